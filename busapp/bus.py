@@ -1,0 +1,362 @@
+"""Calling services: :class:`Client` and Commissaire's :class:`BusMixin`.
+
+A Client owns two broker connections: one to publish (shared by every thread
+under a lock) and one, in a daemon thread, that consumes the client's single
+reply queue and hands each reply to the waiting call by ``correlation_id``.
+So many threads can have calls in flight on one Client, and a reply that
+arrives after its call timed out is read and dropped, never left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import structlog
+
+from busapp import wire
+from busapp.errors import BrokerUnavailable, RequestTimeout
+from busapp.transport import connect, connection_errors, mask_url, resolve_broker_url, translate_errors
+
+log = structlog.get_logger("busapp.bus")
+
+#: Default seconds a call waits for its reply.
+DEFAULT_TIMEOUT = 10.0
+
+#: Environment variable naming the exchange when none is passed.
+EXCHANGE_ENV = "BUSAPP_EXCHANGE"
+
+
+def default_exchange(name: str | None = None) -> str:
+    """``name``, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
+    return name or os.environ.get(EXCHANGE_ENV) or "commissaire"
+
+
+class BusMixin:
+    """Commissaire's bus API, for any class that provides ``_bus_client()``.
+
+    ``request`` returns the whole JSON-RPC response dict, as Commissaire's did;
+    ``call`` returns the result or raises the typed error.
+    """
+
+    def _bus_client(self) -> Client:  # pragma: no cover - provided by subclasses
+        raise NotImplementedError
+
+    def request(self, routing_key: str, params: Any = None, timeout: float = DEFAULT_TIMEOUT) -> dict:
+        """Send a request and return the whole response dict (raises RequestTimeout)."""
+        return self._bus_client().request(routing_key, params, timeout=timeout)
+
+    def call(self, routing_key: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call ``routing_key`` with positional or keyword params; return the result."""
+        return self._bus_client().call(routing_key, *args, timeout=timeout, **kwargs)
+
+    def notify(self, routing_key: str, *args: Any, **kwargs: Any) -> None:
+        """Send a JSON-RPC notification (no id, no reply).
+
+        Accepts Commissaire's form ``notify(key, params)`` with one dict or list too.
+        """
+        self._bus_client().notify(routing_key, *args, **kwargs)
+
+    def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
+        """Publish a plain JSON message (not JSON-RPC) on the exchange."""
+        self._bus_client().publish(routing_key, body, persistent=persistent)
+
+
+def _params_from(args: tuple, kwargs: dict) -> Any:
+    if args and kwargs:
+        raise TypeError("pass params by position or by keyword, not both")
+    if kwargs:
+        return kwargs
+    return list(args)
+
+
+class _Pending:
+    __slots__ = ("event", "response")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.response: dict | None = None
+
+
+class Client(BusMixin):
+    """A connection to the bus for calling services.
+
+    Args:
+        broker_url: kombu URL; None means ``$BUSAPP_BROKER_URL``, else the embedded broker.
+        exchange: topic exchange name; None means ``$BUSAPP_EXCHANGE``, else ``commissaire``.
+        timeout: default seconds to wait for a reply.
+
+    Example::
+
+        with Client() as bus:
+            bus.call("simple.add", 1, 2)
+    """
+
+    def __init__(self, broker_url: str | None = None, exchange: str | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.broker_url = resolve_broker_url(broker_url)
+        self.exchange_name = default_exchange(exchange)
+        self.timeout = timeout
+        self.reply_queue = f"busapp.reply.{uuid.uuid4().hex}"
+        self._pending: dict[str, _Pending] = {}
+        self._publish_lock = threading.Lock()
+        self._conn: Any = None
+        self._producer: Any = None
+        self._exchange: Any = None
+        self._listener: _ReplyListener | None = None
+        self._listener_lock = threading.Lock()
+        self._closed = False
+        self._pid = os.getpid()
+
+    def _bus_client(self) -> Client:
+        return self
+
+    # -- calls -------------------------------------------------------------
+
+    def call(self, routing_key: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call a method and return its result.
+
+        Raises:
+            RemoteProcedureCallError: (a subclass chosen by code) on an error reply.
+            RequestTimeout: no reply within ``timeout`` seconds (default 10).
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        response = self.request(routing_key, _params_from(args, kwargs), timeout=timeout)
+        error = wire.error_from_response(response)
+        if error is not None:
+            raise error
+        return response.get("result")
+
+    def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
+        """Send a request and return the whole JSON-RPC response dict."""
+        method = wire.method_from_routing_key(routing_key)
+        if method is None:
+            raise ValueError(f"routing key {routing_key!r} has no method segment; use '<service>.<method>'")
+        timeout = self.timeout if timeout is None else float(timeout)
+        deadline = time.monotonic() + timeout
+        request_id = wire.new_id()
+        pending = _Pending()
+        self._pending[request_id] = pending
+        try:
+            self._ensure_listener(deadline)
+            self._publish(
+                wire.encode_request(method, params, request_id),
+                routing_key,
+                exchange=self._exchange,
+                reply_to=self.reply_queue,
+                correlation_id=request_id,
+                **self._expiration(timeout),
+            )
+            if not pending.event.wait(max(0.0, deadline - time.monotonic())):
+                raise RequestTimeout(
+                    f"no reply to {routing_key!r} within {timeout:g}s; "
+                    f"is a service consuming it on exchange {self.exchange_name!r}?"
+                )
+            assert pending.response is not None
+            return pending.response
+        finally:
+            self._pending.pop(request_id, None)
+
+    def notify(self, routing_key: str, *args: Any, **kwargs: Any) -> None:
+        """Send a notification: the service handles it and sends no reply."""
+        method = wire.method_from_routing_key(routing_key)
+        if method is None:
+            raise ValueError(f"routing key {routing_key!r} has no method segment")
+        if len(args) == 1 and not kwargs and isinstance(args[0], (dict, list)):
+            params = args[0]  # Commissaire's notify(routing_key, params)
+        else:
+            params = _params_from(args, kwargs)
+        self._publish(wire.encode_request(method, params), routing_key, exchange=self._exchange)
+
+    def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
+        """Publish a plain JSON body on the exchange (e.g. a storage event)."""
+        self._publish(body, routing_key, exchange=self._exchange, delivery_mode=2 if persistent else 1)
+
+    def publish_reply(self, reply_to: str, response: dict, correlation_id: Any = None) -> None:
+        """Send ``response`` to the queue named ``reply_to`` (through the default exchange)."""
+        props = {"correlation_id": str(correlation_id)} if correlation_id is not None else {}
+        self._publish(response, reply_to, exchange="", delivery_mode=1, **props)
+
+    def _expiration(self, timeout: float) -> dict[str, Any]:
+        # A request nobody took in time is useless: let RabbitMQ drop it. (Redis ignores this.)
+        return {"expiration": max(timeout, 0.001)} if self.broker_url.startswith("amqp") else {}
+
+    # -- connections -------------------------------------------------------
+
+    def _publish(self, body: Any, routing_key: str, *, exchange: Any, **props: Any) -> None:
+        payload = wire.dumps(body)
+        with self._publish_lock:
+            self._check_open()
+            for attempt in (1, 2):
+                try:
+                    with translate_errors(self.broker_url):
+                        producer = self._ensure_producer()
+                        producer.publish(
+                            payload,
+                            exchange=self._exchange if exchange is None else exchange,
+                            routing_key=routing_key,
+                            content_type="application/json",
+                            content_encoding="utf-8",
+                            retry=False,
+                            **props,
+                        )
+                    return
+                except BrokerUnavailable:
+                    self._drop_connection()
+                    if attempt == 2:
+                        raise
+
+    def _ensure_producer(self) -> Any:
+        if self._producer is None:
+            from kombu import Exchange, Producer
+
+            conn = connect(self.broker_url)
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            self._exchange = Exchange(self.exchange_name, type="topic", durable=True)
+            self._exchange(channel).declare()
+            self._conn = conn
+            self._producer = Producer(channel)
+        return self._producer
+
+    def _drop_connection(self) -> None:
+        conn, self._conn, self._producer = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.release()
+            except Exception:  # noqa: BLE001 - it is already broken
+                pass
+
+    def _ensure_listener(self, deadline: float) -> None:
+        self._check_open()
+        with self._listener_lock:
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = _ReplyListener(self)
+                self._listener.start()
+        listener = self._listener
+        if not listener.ready.wait(max(0.0, deadline - time.monotonic())):
+            if listener.error is not None:
+                raise BrokerUnavailable(
+                    f"broker at {mask_url(self.broker_url)} unavailable: {listener.error}"
+                )
+            raise RequestTimeout("reply queue could not be set up in time")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Client is closed")
+        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
+            self._pid = os.getpid()
+            self._conn = self._producer = self._listener = None
+            self._publish_lock = threading.Lock()
+            self._listener_lock = threading.Lock()
+            self._pending = {}
+            self.reply_queue = f"busapp.reply.{uuid.uuid4().hex}"
+
+    def _deliver(self, correlation_id: Any, body: Any) -> None:
+        try:
+            response = wire.parse_response(body)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("unparsable reply dropped", error=str(exc))
+            return
+        key = correlation_id if correlation_id is not None else response.get("id")
+        pending = self._pending.get(str(key)) if key is not None else None
+        if pending is None:
+            log.debug("reply for no pending call dropped", correlation_id=key)
+            return
+        pending.response = response
+        pending.event.set()
+
+    def close(self) -> None:
+        """Close both connections and delete the reply queue."""
+        if self._closed:
+            return
+        self._closed = True
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        with self._publish_lock:
+            self._drop_connection()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client {mask_url(self.broker_url)} exchange={self.exchange_name!r}>"
+
+
+class _ReplyListener(threading.Thread):
+    """Consumes a Client's reply queue; reconnects on its own when the broker drops."""
+
+    def __init__(self, client: Client) -> None:
+        super().__init__(name="busapp-replies", daemon=True)
+        self.client = client
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self._stop_event = threading.Event()
+        self._conn: Any = None
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=3)
+
+    def run(self) -> None:
+        backoff = 0.2
+        while not self._stop_event.is_set():
+            try:
+                self._consume()
+                backoff = 0.2
+            except connection_errors() as exc:
+                self.ready.clear()
+                self.error = str(exc) or type(exc).__name__
+                log.warning("reply connection lost; reconnecting", error=self.error, retry_in=backoff)
+                self._close_conn(delete_queue=False)
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self._close_conn(delete_queue=True)
+
+    def _consume(self) -> None:
+        from kombu import Consumer, Queue
+
+        client = self.client
+        conn = connect(client.broker_url)
+        self._conn = conn
+        conn.ensure_connection(max_retries=1)
+        channel = conn.channel()
+        amqp = client.broker_url.startswith("amqp")
+        self._queue = Queue(
+            client.reply_queue, durable=False, auto_delete=True, exclusive=amqp,
+            channel=channel, no_declare=False,
+        )
+        consumer = Consumer(channel, [self._queue], on_message=self._on_message, no_ack=True)
+        consumer.consume()
+        self.error = None
+        self.ready.set()
+        while not self._stop_event.is_set():
+            try:
+                conn.drain_events(timeout=1)
+            except socket.timeout:
+                pass
+
+    def _on_message(self, message: Any) -> None:
+        self.client._deliver(message.properties.get("correlation_id"), message.body)
+
+    def _close_conn(self, *, delete_queue: bool) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if delete_queue and getattr(self, "_queue", None) is not None:
+                self._queue.delete()
+        except Exception:  # noqa: BLE001 - best effort: the broker may be gone
+            pass
+        try:
+            conn.release()
+        except Exception:  # noqa: BLE001
+            pass

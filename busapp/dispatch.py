@@ -1,0 +1,265 @@
+"""Request -> handler call -> response, with parameter binding and conversion. No I/O.
+
+:func:`process` is the one path every transport uses (kombu services and the
+in-memory test client alike): raw body in, response dict (or None for a
+notification) out. It never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from busapp import wire
+from busapp.convert import describe_error, structure, unstructure
+from busapp.errors import InternalError, InvalidParams, MethodNotFound, RemoteProcedureCallError
+
+#: Parameter names filled by busapp, never from the wire.
+INJECTABLE = ("message", "bus", "storage")
+
+_EMPTY = inspect.Parameter.empty
+
+
+@attrs.define
+class Handler:
+    """A callable exposed on the bus, with what it needs bound from a request.
+
+    Args:
+        func: the function (or bound method) to call.
+        name: the method name (last routing-key segment).
+        inject: parameter names to fill from the context instead of the wire.
+        message_first: pass the message as the first positional argument
+            (Commissaire's ``on_<name>(self, message, ...)`` convention).
+    """
+
+    func: Callable[..., Any]
+    name: str
+    inject: tuple[str, ...] = ()
+    message_first: bool = False
+    params: list[inspect.Parameter] = attrs.field(factory=list)
+    hints: dict[str, Any] = attrs.field(factory=dict)
+    var_positional: bool = False
+    var_keyword: bool = False
+    is_async: bool = False
+
+    @classmethod
+    def from_function(cls, func: Callable[..., Any], name: str, *, message_first: bool = False) -> Handler:
+        """Inspect ``func`` once and build its Handler."""
+        sig = inspect.signature(func)
+        target = inspect.unwrap(func)
+        try:
+            hints = typing.get_type_hints(target)
+        except Exception:  # unresolvable annotations: convert nothing rather than fail
+            hints = {}
+        hints.pop("return", None)
+        params = list(sig.parameters.values())
+        if message_first:
+            if not params or params[0].kind not in (
+                inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+            ):
+                raise TypeError(f"{name}: the first parameter must take the message")
+            params = params[1:]
+            inject: tuple[str, ...] = ()
+        else:
+            inject = tuple(p.name for p in params if p.name in INJECTABLE)
+        wire_params = [
+            p for p in params
+            if p.name not in inject
+            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
+        kinds = {p.kind for p in params}
+        return cls(
+            func=func,
+            name=name,
+            inject=inject,
+            message_first=message_first,
+            params=wire_params,
+            hints=hints,
+            var_positional=inspect.Parameter.VAR_POSITIONAL in kinds,
+            var_keyword=inspect.Parameter.VAR_KEYWORD in kinds,
+            is_async=inspect.iscoroutinefunction(target),
+        )
+
+    def describe_params(self) -> list[str]:
+        """Human-readable parameter list, e.g. ``['x: int', 'y: int = 0']``."""
+        out = []
+        for p in self.params:
+            text = p.name
+            if p.name in self.hints:
+                text += f": {_type_name(self.hints[p.name])}"
+            if p.default is not _EMPTY:
+                text += f" = {p.default!r}"
+            out.append(text)
+        return out
+
+    def bind(self, params: list[Any] | dict[str, Any], context: Mapping[str, Any]) -> tuple[list, dict]:
+        """Map wire params onto the function's arguments, converting annotated ones.
+
+        Raises:
+            InvalidParams: naming the missing, unexpected or unconvertible parameter.
+        """
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        if self.message_first:
+            args.append(context.get("message"))
+        if isinstance(params, list):
+            positional = [
+                p for p in self.params
+                if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            ]
+            if len(params) > len(positional) and not self.var_positional:
+                raise InvalidParams(
+                    f"{self.name}() takes {len(positional)} positional params but {len(params)} were given",
+                    data={"expected": [p.name for p in positional]},
+                )
+            given = dict(zip((p.name for p in positional), params))
+            extra_positional = params[len(positional):]
+        else:
+            given = dict(params)
+            extra_positional = []
+            for key in given:
+                if key in INJECTABLE and (key in self.inject or self.message_first and key == "message"):
+                    raise InvalidParams(
+                        f"parameter {key!r} of {self.name}() is filled by busapp and cannot be sent",
+                        data={"param": key},
+                    )
+        known = {p.name for p in self.params}
+        unexpected = [k for k in given if k not in known]
+        if unexpected and not self.var_keyword:
+            raise InvalidParams(
+                f"{self.name}() got unexpected parameter {unexpected[0]!r}; "
+                f"it takes: {', '.join(self.describe_params()) or 'no params'}",
+                data={"param": unexpected[0]},
+            )
+        for p in self.params:
+            if p.name in given:
+                value = self._convert(p.name, given.pop(p.name))
+            elif p.default is not _EMPTY:
+                continue
+            else:
+                raise InvalidParams(
+                    f"{self.name}() missing required parameter {p.name!r}", data={"param": p.name}
+                )
+            if p.kind is inspect.Parameter.POSITIONAL_ONLY or (
+                isinstance(params, list) and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            ):
+                args.append(value)
+            else:
+                kwargs[p.name] = value
+        args.extend(extra_positional)
+        kwargs.update(given)  # leftovers only reach here through **kwargs
+        for name in self.inject:
+            kwargs[name] = context.get(name)
+        return args, kwargs
+
+    def _convert(self, name: str, value: Any) -> Any:
+        hint = self.hints.get(name, Any)
+        if hint is Any:
+            return value
+        try:
+            return structure(value, hint)
+        except Exception as exc:
+            raise InvalidParams(
+                f"parameter {name!r} of {self.name}(): {describe_error(exc)}",
+                data={"param": name, "expected": _type_name(hint)},
+            ) from None
+
+    def call(self, params: list[Any] | dict[str, Any], context: Mapping[str, Any]) -> Any:
+        """Bind, call (awaiting a coroutine), and unstructure the result."""
+        args, kwargs = self.bind(params, context)
+        result = self.func(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = run_coroutine(result)
+        return unstructure(result)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+class _LoopThread:
+    """One event loop per process, in a daemon thread, for ``async def`` handlers."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
+
+    @classmethod
+    def loop(cls) -> asyncio.AbstractEventLoop:
+        import os
+
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid():
+                cls._loop = asyncio.new_event_loop()
+                cls._pid = os.getpid()
+                threading.Thread(target=cls._loop.run_forever, name="busapp-asyncio", daemon=True).start()
+            return cls._loop
+
+
+def run_coroutine(coro: Any) -> Any:
+    """Run ``coro`` on the shared loop and wait for it (handlers run in worker threads)."""
+    return asyncio.run_coroutine_threadsafe(coro, _LoopThread.loop()).result()
+
+
+def process(
+    handlers: Mapping[str, Handler],
+    body: bytes | str | Any,
+    *,
+    content_type: str | None,
+    routing_key: str | None,
+    context: Mapping[str, Any],
+    on_error: Callable[[Request | None, BaseException], None] | None = None,
+    max_body: int | None = None,
+) -> dict[str, Any] | None:
+    """Serve one raw request. Returns the response, or None when none is owed.
+
+    Never raises: every failure becomes an error response. ``on_error`` is told
+    of exceptions raised by handlers (to log them with their traceback).
+    """
+    request: wire.Request | None = None
+    request_id = None
+    try:
+        data = wire.loads_body(body, content_type, max_body)
+        request_id = wire.request_id_of(data)
+        request = wire.parse_request(data, routing_key)
+        handler = handlers.get(request.method)
+        if handler is None:
+            known = ", ".join(sorted(handlers)) or "none"
+            raise MethodNotFound(
+                f"no method {request.method!r} on this service; known: {known}",
+                data={"exception": "AttributeError", "method": request.method},
+            )
+        try:
+            result = handler.call(request.params, context)
+        except InvalidParams:
+            raise
+        except RemoteProcedureCallError as exc:
+            if on_error is not None:
+                on_error(request, exc)
+            raise
+        except Exception as exc:
+            if on_error is not None:
+                on_error(request, exc)
+            raise
+        response = wire.result_response(request.id, result)
+        try:
+            wire.dumps(response)
+        except (TypeError, ValueError) as exc:
+            raise InternalError(
+                f"result of {request.method}() is not JSON serialisable: {exc}",
+                data={"exception": type(exc).__name__},
+            ) from None
+    except Exception as exc:  # noqa: BLE001 - the whole point is that nothing escapes
+        response = wire.error_response(request_id if request is None else request.id, exc)
+    if request is not None and request.is_notification:
+        return None
+    return response
+
+
+Request = wire.Request

@@ -1,0 +1,135 @@
+"""The busapp exception tree.
+
+::
+
+    BusappError
+    ├── RemoteProcedureCallError        an error reply (has .code, .message, .data)
+    │   ├── ParseError                  -32700  body is not JSON
+    │   ├── InvalidRequest              -32600  not a JSON-RPC request
+    │   ├── MethodNotFound              -32601  no such method
+    │   ├── InvalidParams               -32602  missing, extra or unconvertible params
+    │   ├── InternalError               -32603  the handler raised something else
+    │   ├── StorageLookupError          -20000  no such record
+    │   └── ContainerManagerError       -20001  (Commissaire's container manager)
+    ├── RequestTimeout (TimeoutError)   no reply in time
+    └── BrokerUnavailable (ConnectionError)  the broker cannot be reached
+
+Error replies are decoded back to these classes by their ``code`` through
+:func:`error_class_for`, never by importing a name received over the wire;
+an unknown code gives the base :class:`RemoteProcedureCallError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BusappError(Exception):
+    """Root of every exception busapp raises on purpose."""
+
+
+class RemoteProcedureCallError(BusappError):
+    """A JSON-RPC error: raised by a handler to choose the reply, or by a client on an error reply.
+
+    Args:
+        message: Human-readable text, sent as ``error.message``.
+        code: JSON-RPC error code; defaults to the class's ``code``.
+        data: JSON-serialisable extra information, sent as ``error.data``.
+    """
+
+    #: The JSON-RPC error code this class stands for.
+    code: int = -32000
+
+    def __init__(self, message: str = "", code: int | None = None, data: Any = None) -> None:
+        super().__init__(message)
+        self.message = str(message)
+        if code is not None:
+            self.code = int(code)
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, code={self.code}, data={self.data!r})"
+
+    def __reduce__(self):  # keeps code and data through pickling (multiprocessing)
+        return (type(self), (self.message, self.code, self.data))
+
+
+class ParseError(RemoteProcedureCallError):
+    """The request body was not valid JSON (or not text)."""
+
+    code = -32700
+
+
+class InvalidRequest(RemoteProcedureCallError):
+    """The body was JSON but not a JSON-RPC request this service can take."""
+
+    code = -32600
+
+
+class MethodNotFound(RemoteProcedureCallError):
+    """No method of that name is exposed."""
+
+    code = -32601
+
+
+class InvalidParams(RemoteProcedureCallError):
+    """The params were missing, unexpected or of the wrong type."""
+
+    code = -32602
+
+
+class InternalError(RemoteProcedureCallError):
+    """The handler raised an exception that is not a RemoteProcedureCallError."""
+
+    code = -32603
+
+
+class StorageLookupError(RemoteProcedureCallError):
+    """The storage service has no record for that key."""
+
+    code = -20000
+
+
+class ContainerManagerError(RemoteProcedureCallError):
+    """Commissaire's container manager failed."""
+
+    code = -20001
+
+
+class RequestTimeout(BusappError, TimeoutError):
+    """No reply arrived within the call's timeout."""
+
+
+class BrokerUnavailable(BusappError, ConnectionError):
+    """The message broker could not be reached (or the connection was lost)."""
+
+
+_BY_CODE: dict[int, type[RemoteProcedureCallError]] = {
+    cls.code: cls
+    for cls in (
+        ParseError,
+        InvalidRequest,
+        MethodNotFound,
+        InvalidParams,
+        InternalError,
+        StorageLookupError,
+        ContainerManagerError,
+    )
+}
+
+
+def error_class_for(code: Any) -> type[RemoteProcedureCallError]:
+    """Return the exception class for a JSON-RPC error ``code`` (the base class if unknown)."""
+    try:
+        return _BY_CODE.get(int(code), RemoteProcedureCallError)
+    except (TypeError, ValueError):
+        return RemoteProcedureCallError
+
+
+def register_error_code(cls: type[RemoteProcedureCallError]) -> type[RemoteProcedureCallError]:
+    """Make error replies with ``cls.code`` decode to ``cls`` on the client. Usable as a decorator."""
+    _BY_CODE[cls.code] = cls
+    return cls

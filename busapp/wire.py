@@ -1,0 +1,212 @@
+"""JSON-RPC 2.0 on the bus: parse requests, build responses, decode replies. No I/O.
+
+A request arrives as raw bytes with a content type and a routing key; nothing
+here ever calls a deserializer other than :func:`json.loads`, so a pickle,
+yaml or msgpack payload is rejected before anything looks inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import attrs
+
+from busapp.errors import (
+    InternalError,
+    InvalidRequest,
+    ParseError,
+    RemoteProcedureCallError,
+    error_class_for,
+)
+
+#: Content types whose body is parsed (as JSON). Anything else is refused unread.
+JSON_CONTENT_TYPES = frozenset({"application/json", "text/plain", "", None})
+
+#: Largest body accepted, in bytes (a bigger one is refused unread).
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+@attrs.frozen
+class Request:
+    """A parsed JSON-RPC request (``id`` is None for a notification)."""
+
+    method: str
+    params: list[Any] | dict[str, Any]
+    id: Any = None
+    is_notification: bool = False
+
+
+def new_id() -> str:
+    """Return a fresh request id."""
+    return str(uuid.uuid4())
+
+
+def encode_request(method: str, params: Any = None, id: Any = None) -> dict[str, Any]:
+    """Build a request body; ``id=None`` makes it a notification (no reply)."""
+    body: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if id is not None:
+        body["id"] = id
+    if params is not None:
+        body["params"] = params
+    return body
+
+
+def dumps(obj: Any) -> str:
+    """Serialise to compact JSON (raises TypeError/ValueError if it cannot)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def method_from_routing_key(routing_key: str | None) -> str | None:
+    """The last dot-segment of ``routing_key`` (None if there is no usable segment)."""
+    if not routing_key:
+        return None
+    last = routing_key.rsplit(".", 1)[-1]
+    return last or None
+
+
+def loads_body(body: bytes | str | Any, content_type: str | None, max_body: int | None = None) -> Any:
+    """Turn a raw message body into JSON data.
+
+    Raises:
+        ParseError: wrong content type, too large, not UTF-8, or not JSON.
+    """
+    ctype = (content_type or "").split(";", 1)[0].strip().lower()
+    if ctype not in JSON_CONTENT_TYPES:
+        raise ParseError(
+            f"content type {content_type!r} is not accepted; send application/json",
+            data={"content_type": content_type},
+        )
+    limit = DEFAULT_MAX_BODY if max_body is None else max_body
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        if len(body) > limit:
+            raise ParseError(f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
+        try:
+            body = bytes(body).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ParseError(f"body is not UTF-8 text: {exc}") from None
+    if not isinstance(body, str):
+        return body  # already decoded by the transport (in-memory use)
+    if len(body) > limit:
+        raise ParseError(f"body of {len(body)} characters exceeds the limit of {limit} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ParseError(f"body is not valid JSON: {exc}") from None
+
+
+def request_id_of(data: Any) -> Any:
+    """The ``id`` of a decoded body if it has a usable one, else None."""
+    if isinstance(data, dict):
+        rid = data.get("id")
+        if isinstance(rid, (str, int, float)) and not isinstance(rid, bool):
+            return rid
+    return None
+
+
+def parse_request(data: Any, routing_key: str | None) -> Request:
+    """Validate decoded JSON as a JSON-RPC request for ``routing_key``.
+
+    Raises:
+        InvalidRequest: not an object, no method, method differs from the
+            routing key's last segment, or params neither array nor object.
+    """
+    if isinstance(data, str):
+        # Commissaire-era senders may double-encode: a JSON string holding the object.
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise InvalidRequest("body is a JSON string, not a JSON-RPC request object") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"body must be a JSON object, got a JSON {_json_kind(data)}")
+    method = data.get("method")
+    if not isinstance(method, str) or not method:
+        raise InvalidRequest("request has no 'method' string")
+    expected = method_from_routing_key(routing_key)
+    if method != expected:
+        raise InvalidRequest(
+            f"method {method!r} does not match routing key {routing_key!r}; "
+            f"publish to '<prefix>.{method}'",
+            data={"routing_key": routing_key, "method": method},
+        )
+    params = data.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, (list, dict)):
+        raise InvalidRequest(f"params must be an array or an object, got a JSON {_json_kind(params)}")
+    is_notification = "id" not in data
+    return Request(method=method, params=params, id=data.get("id"), is_notification=is_notification)
+
+
+def _json_kind(value: Any) -> str:
+    return {
+        dict: "object", list: "array", str: "string", bool: "boolean",
+        int: "number", float: "number", type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def result_response(request_id: Any, result: Any) -> dict[str, Any]:
+    """A success response."""
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+def error_response(request_id: Any, exc: BaseException) -> dict[str, Any]:
+    """An error response for ``exc`` (a non-RPC exception becomes -32603)."""
+    if isinstance(exc, RemoteProcedureCallError):
+        code, message, data = exc.code, exc.message, exc.data
+    else:
+        code = InternalError.code
+        message = str(exc) or type(exc).__name__
+        data = None
+    if data is None:
+        data = {"exception": type(exc).__name__}
+    error = {"code": code, "message": message, "data": data}
+    try:
+        dumps(error)
+    except (TypeError, ValueError):
+        error["data"] = {"exception": type(exc).__name__, "repr": repr(data)}
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def parse_response(body: Any) -> dict[str, Any]:
+    """Decode a reply body: a JSON object, or (as Commissaire sent) a JSON string holding one.
+
+    Raises:
+        ParseError: the body is not a JSON-RPC response.
+    """
+    data = body
+    for _ in range(2):  # bytes -> object, or str holding JSON -> object
+        if isinstance(data, (bytes, bytearray)):
+            data = data.decode("utf-8", errors="replace")
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except ValueError as exc:
+                raise ParseError(f"reply is not JSON: {exc}") from None
+        if isinstance(data, dict):
+            return data
+    raise ParseError(f"reply is not a JSON-RPC response object: {body!r:.200}")
+
+
+def error_from_response(response: dict[str, Any]) -> RemoteProcedureCallError | None:
+    """The exception an error response stands for (None for a success response)."""
+    if "error" not in response:
+        if "result" not in response:
+            return InvalidRequest(
+                "reply has neither 'result' nor 'error' (the service dropped the request)",
+                data={"response": response},
+            )
+        return None
+    error = response.get("error")
+    if not isinstance(error, dict):
+        return RemoteProcedureCallError(str(error))
+    code = error.get("code", RemoteProcedureCallError.code)
+    cls = error_class_for(code)
+    exc = cls(str(error.get("message", "")), data=error.get("data"))
+    if cls is RemoteProcedureCallError:
+        try:
+            exc.code = int(code)
+        except (TypeError, ValueError):
+            pass
+    return exc

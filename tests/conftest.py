@@ -1,0 +1,74 @@
+"""Shared fixtures: real brokers and databases on loopback, isolated per test.
+
+A service that is not reachable skips its tests locally; with
+``BUSAPP_REQUIRE_SERVICES=1`` (set by ``.ci/run``) it fails them instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+REDIS_URL = os.environ.get("BUSAPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("BUSAPP_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+PG_URL = os.environ.get("BUSAPP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+REQUIRE = os.environ.get("BUSAPP_REQUIRE_SERVICES") == "1"
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _need(port: int, what: str) -> None:
+    if not _port_open(port):
+        msg = f"{what} is not reachable on 127.0.0.1:{port}"
+        if REQUIRE:
+            pytest.fail(msg + " (BUSAPP_REQUIRE_SERVICES=1: a missing service is a failure)")
+        pytest.skip(msg)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of the real Redis server (skips, or fails in CI, if it is down)."""
+    _need(6379, "Redis")
+    return REDIS_URL
+
+
+@pytest.fixture
+def amqp_url() -> str:
+    """URL of the real RabbitMQ server (skips, or fails in CI, if it is down)."""
+    _need(5672, "RabbitMQ")
+    return AMQP_URL
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """URL of the real PostgreSQL database ``test``."""
+    _need(5432, "PostgreSQL")
+    return PG_URL
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each real broker in turn."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def exchange() -> str:
+    """A fresh exchange name, so tests never see each other's messages."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for queue and service names."""
+    return uuid.uuid4().hex[:10]
