@@ -2,4 +2,10 @@
 
 from __future__ import annotations
 
+from busapp import errors
+from busapp.app import App
+from busapp.bus import Client
+
 __version__ = "0.1.0"
+
+__all__ = ["App", "Client", "__version__", "errors"]

@@ -160,7 +160,8 @@ class Handler:
 
     def _convert(self, name: str, value: Any) -> Any:
         hint = self.hints.get(name, Any)
-        if hint is Any:
+        if hint is Any or (isinstance(hint, type) and isinstance(value, hint)
+                           and not isinstance(value, bool) or hint is type(value)):
             return value
         try:
             return structure(value, hint)

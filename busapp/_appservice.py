@@ -1,0 +1,55 @@
+"""Build the CommissaireService subclass that serves an App."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from busapp.service import CommissaireService, IncomingMessage
+
+if TYPE_CHECKING:
+    from busapp.app import App, StorageHandler
+
+
+class AppService(CommissaireService):
+    """Base of every App's generated service class."""
+
+    _busapp_framework = True
+    #: The App this class serves (set on each generated subclass).
+    app: App
+
+    def __init__(self, exchange_name: str | None = None, connection_url: str | None = None,
+                 qkwargs: list[dict[str, Any]] | None = None, config_file: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(exchange_name or self.app.exchange, connection_url,
+                         qkwargs or self.app.qkwargs(), config_file, **kwargs)
+        for entry in self.app.storage_handlers:
+            self.subscribe(entry.binding_key, self._event_callback(entry),
+                           queue_name=entry.queue_name(self.service_name))
+
+    def _event_callback(self, entry: StorageHandler) -> Any:
+        from busapp.storage.events import decode_event
+
+        def on_event(body: Any, message: IncomingMessage) -> None:
+            event, model = decode_event(body)
+            context = self._context(message)
+            entry.handler.call({"event": event, "model": model}, context)
+
+        return on_event
+
+
+def _method(handler: Any) -> Any:
+    def on_method(self: Any, message: Any, *args: Any, **kwargs: Any) -> Any:
+        return handler.func(*args, **kwargs)
+
+    on_method.__busapp_handler__ = handler  # type: ignore[attr-defined]
+    on_method.__name__ = f"on_{handler.name}"
+    on_method.__doc__ = handler.func.__doc__
+    return on_method
+
+
+def build_service_class(app: App) -> type:
+    """A new AppService subclass with one ``on_<name>`` per registered function."""
+    namespace: dict[str, Any] = {"app": app, "__module__": __name__}
+    for name, handler in app.methods.items():
+        namespace[f"on_{name}"] = _method(handler)
+    return type(f"{app.name.title().replace('_', '')}Service", (AppService,), namespace)

@@ -1,0 +1,193 @@
+"""The Flask-style front: plain functions registered on an :class:`App`.
+
+Registration does no I/O and imports no kombu; the generated
+:attr:`App.service_class` is a :class:`~busapp.service.CommissaireService`
+subclass built on first use.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+
+from busapp.dispatch import Handler
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+#: Events a storage handler may ask for.
+STORAGE_EVENTS = ("created", "updated", "deleted", "*")
+
+
+@attrs.define
+class StorageHandler:
+    """A function subscribed to storage change events."""
+
+    func: Callable[..., Any]
+    model: type | None
+    event: str
+    handler: Handler
+
+    @property
+    def model_name(self) -> str:
+        return self.model.__name__ if self.model is not None else "*"
+
+    @property
+    def binding_key(self) -> str:
+        return f"notify.storage.{self.model_name}.{self.event}"
+
+    def queue_name(self, app_queue: str) -> str:
+        model = self.model.__name__ if self.model is not None else "any"
+        event = self.event if self.event != "*" else "any"
+        return f"{app_queue}.notify.{model}.{event}.{self.func.__name__}"
+
+
+class App:
+    """A bus service made of plain functions.
+
+    Args:
+        name: the service name: queue ``name`` and routing keys ``name.<method>``.
+        exchange: the topic exchange.
+        queue: queue name (default ``name``), shared by all workers.
+        routing_key: binding key (default ``name.*``).
+
+    Example::
+
+        app = App("simple")
+
+        @app.method("add")
+        def add(x: int, y: int) -> int:
+            return x + y
+    """
+
+    def __init__(self, name: str, *, exchange: str = "commissaire", queue: str | None = None,
+                 routing_key: str | None = None) -> None:
+        if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name:
+            raise ValueError(f"App name must be a non-empty string without '.', '*' or '#': {name!r}")
+        self.name = name
+        self.exchange = exchange
+        self.queue = queue or name
+        self.routing_key = routing_key or f"{name}.*"
+        #: Bus methods: ``{method name: Handler}``, filled by :meth:`method`.
+        self.methods: dict[str, Handler] = {}
+        #: Storage event subscriptions, filled by :meth:`on_storage_event`.
+        self.storage_handlers: list[StorageHandler] = []
+        self._service_class: type | None = None
+
+    def __repr__(self) -> str:
+        return f"<App {self.name!r} methods={sorted(self.methods)}>"
+
+    # -- registration --------------------------------------------------------
+
+    def method(self, name: str | None = None) -> Callable[[F], F]:
+        """Expose the decorated function as bus method ``name`` (default: its own name).
+
+        Example::
+
+            @app.method()
+            def wordy_add(x: int, y: int, bus) -> str:
+                return f"{x} plus {y} is {bus.call('simple.add', x, y)}"
+        """
+        if callable(name):  # used bare: @app.method
+            func, name = name, None
+            self.add_method(func)
+            return func  # type: ignore[return-value]
+
+        def decorator(func: F) -> F:
+            self.add_method(func, name)
+            return func
+
+        return decorator
+
+    def add_method(self, func: Callable[..., Any], name: str | None = None) -> None:
+        """Register ``func`` as bus method ``name``; the imperative twin of :meth:`method`."""
+        name = name or getattr(func, "__name__", "")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"method name {name!r} must match [A-Za-z][A-Za-z0-9_]*")
+        if name in self.methods:
+            raise ValueError(f"method {name!r} is already registered on App {self.name!r}")
+        self.methods[name] = Handler.from_function(func, name)
+        self._service_class = None
+
+    def on_storage_event(self, model: type | None = None, event: str = "*") -> Callable[[F], F]:
+        """Call the decorated function on storage changes of ``model`` (None: any model).
+
+        The function receives ``event`` (str) and ``model`` (the instance), plus
+        ``storage``, ``bus`` or ``message`` if it declares them.
+
+        Example::
+
+            @app.on_storage_event(Host, "created")
+            def host_created(event, model, storage):
+                storage.save(attrs.evolve(model, status="investigating"))
+        """
+
+        def decorator(func: F) -> F:
+            self.add_storage_handler(func, model, event)
+            return func
+
+        return decorator
+
+    def add_storage_handler(self, func: Callable[..., Any], model: type | None = None,
+                            event: str = "*") -> None:
+        """Subscribe ``func`` to storage events; the imperative twin of :meth:`on_storage_event`."""
+        if event not in STORAGE_EVENTS:
+            raise ValueError(f"event must be one of {', '.join(STORAGE_EVENTS)}; got {event!r}")
+        if model is not None and not isinstance(model, type):
+            raise ValueError(f"model must be a model class or None, got {model!r}")
+        handler = Handler.from_function(func, getattr(func, "__name__", "handler"))
+        entry = StorageHandler(func=func, model=model, event=event, handler=handler)
+        if any(h.queue_name(self.queue) == entry.queue_name(self.queue) for h in self.storage_handlers):
+            raise ValueError(f"{func.__name__!r} is already subscribed to {entry.binding_key}")
+        self.storage_handlers.append(entry)
+        self._service_class = None
+
+    def routing_key_for(self, method: str) -> str:
+        """The routing key callers use for ``method``."""
+        return f"{self.name}.{method}"
+
+    # -- running ---------------------------------------------------------------
+
+    @property
+    def service_class(self) -> type:
+        """The :class:`~busapp.service.CommissaireService` subclass serving this App."""
+        if self._service_class is None:
+            from busapp._appservice import build_service_class
+
+            self._service_class = build_service_class(self)
+        return self._service_class
+
+    def qkwargs(self) -> list[dict[str, Any]]:
+        """The kombu queue arguments of the App's RPC queue."""
+        return [{"name": self.queue, "routing_key": self.routing_key}]
+
+    def run(self, broker_url: str | None = None, *, workers: int = 1, concurrency: int | None = None,
+            exchange: str | None = None, graceful_timeout: float | None = None) -> None:
+        """Serve until SIGINT/SIGTERM: in this process (``workers=1``) or under a ServiceManager."""
+        from busapp.manager import ServiceManager
+
+        exchange = exchange or self.exchange
+        if workers <= 1:
+            service = self.service_class(exchange, broker_url, self.qkwargs())
+            if concurrency is not None:
+                service.concurrency = concurrency
+            if graceful_timeout is not None:
+                service.graceful_timeout = graceful_timeout
+            service.run()
+            return
+        manager = ServiceManager(self.service_class, workers, exchange, broker_url, self.qkwargs())
+        if concurrency is not None:
+            manager.concurrency = concurrency
+        if graceful_timeout is not None:
+            manager.graceful_timeout = graceful_timeout
+        manager.run()
+
+    def test_client(self) -> Any:
+        """An in-memory client calling this App with no broker (see :mod:`busapp.testing`)."""
+        from busapp.testing import TestClient
+
+        return TestClient(self)

@@ -1,0 +1,218 @@
+"""ServiceManager: run N worker processes of a service and keep them alive.
+
+Workers are forked (the service class and its arguments are never pickled),
+share the service's named queue, and are replaced when they die, with an
+exponential back-off per slot. SIGINT/SIGTERM stops them gracefully. A
+service that keeps dying right after start is a crash loop: the manager gives
+up with :class:`CrashLoopError` instead of spinning.
+"""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import attrs
+import structlog
+
+from busapp.transport import mask_url, resolve_broker_url
+
+log = structlog.get_logger("busapp.manager")
+
+
+class CrashLoopError(RuntimeError):
+    """Workers kept failing right after start; the manager stopped restarting them."""
+
+
+@attrs.define
+class _Slot:
+    index: int
+    process: Any = None
+    started: float = 0.0
+    fast_failures: int = 0
+    restart_at: float | None = None
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _worker_main(service_class: type, kwargs: dict[str, Any], options: dict[str, Any]) -> None:
+    """Entry point of a worker process."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    structlog.contextvars.clear_contextvars()
+    try:
+        service = service_class(**kwargs)
+        for name, value in options.items():
+            setattr(service, name, value)
+        service.run()
+    except BaseException as exc:  # noqa: BLE001 - report why before the process dies
+        if isinstance(exc, SystemExit) and not exc.code:
+            raise
+        log.error("worker failed", pid=os.getpid(), exc_info=exc)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+class ServiceManager:
+    """Run ``process_count`` processes of ``service_class`` on one shared queue.
+
+    Args:
+        service_class: a :class:`~busapp.service.CommissaireService` subclass.
+        process_count: how many worker processes.
+        exchange_name, connection_url, qkwargs: passed to each worker's constructor
+            (``qkwargs`` only if its ``__init__`` takes it).
+        **kwargs: further constructor arguments.
+
+    Attributes set before :meth:`run` tune it: ``graceful_timeout``,
+    ``concurrency`` (applied to each worker), ``max_backoff``, ``min_uptime``,
+    ``max_fast_failures``.
+    """
+
+    #: Seconds workers get to finish in-flight messages on shutdown.
+    graceful_timeout: float = 30.0
+    #: Handler threads per worker (None: the service's own default).
+    concurrency: int | None = None
+    #: Longest wait before restarting a dead worker.
+    max_backoff: float = 30.0
+    #: A worker that dies sooner than this after start counts as a fast failure.
+    min_uptime: float = 5.0
+    #: Consecutive fast failures of one slot after which the manager gives up.
+    max_fast_failures: int = 5
+
+    def __init__(self, service_class: type, process_count: int, exchange_name: str | None = None,
+                 connection_url: str | None = None, qkwargs: list[dict] | None = None,
+                 **kwargs: Any) -> None:
+        if process_count < 1:
+            raise ValueError(f"process_count must be at least 1, got {process_count}")
+        self.service_class = service_class
+        self.process_count = process_count
+        self.exchange_name = exchange_name
+        self.connection_url = connection_url
+        self.qkwargs = qkwargs
+        self.kwargs = kwargs
+        self._stopping = threading.Event()
+        self._slots: list[_Slot] = []
+        self._ctx = multiprocessing.get_context("fork")
+
+    def _service_kwargs(self) -> dict[str, Any]:
+        kwargs = dict(self.kwargs, exchange_name=self.exchange_name,
+                      connection_url=self.connection_url)
+        if self.qkwargs is not None:
+            kwargs["qkwargs"] = self.qkwargs
+        params = inspect.signature(self.service_class).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            dropped = [k for k in kwargs if k not in params]
+            if "qkwargs" in dropped:
+                log.warning("service __init__ takes no qkwargs; its own queues are used",
+                            service=self.service_class.__name__)
+            kwargs = {k: v for k, v in kwargs.items() if k in params}
+        return kwargs
+
+    def _options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"graceful_timeout": self.graceful_timeout}
+        if self.concurrency is not None:
+            options["concurrency"] = self.concurrency
+        return options
+
+    @property
+    def pids(self) -> list[int]:
+        """Pids of the live workers."""
+        return [s.process.pid for s in self._slots if s.process is not None and s.process.is_alive()]
+
+    def run(self) -> None:
+        """Start the workers, keep them alive, and return after a graceful stop.
+
+        Raises:
+            CrashLoopError: a worker failed ``max_fast_failures`` times in a row right after start.
+        """
+        self.connection_url = resolve_broker_url(self.connection_url)
+        self._stopping.clear()
+        self._install_signal_handlers()
+        log.info("manager starting", pid=os.getpid(), workers=self.process_count,
+                 service=self.service_class.__name__, broker=mask_url(self.connection_url))
+        self._slots = [_Slot(i) for i in range(self.process_count)]
+        try:
+            for slot in self._slots:
+                self._start(slot)
+            self._supervise()
+        finally:
+            self._stop_all()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to stop all workers gracefully and return."""
+        self._stopping.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+
+    def _start(self, slot: _Slot) -> None:
+        process = self._ctx.Process(
+            target=_worker_main, name=f"busapp-worker-{slot.index}",
+            args=(self.service_class, self._service_kwargs(), self._options()),
+        )
+        process.start()
+        slot.process, slot.started, slot.restart_at = process, time.monotonic(), None
+        log.info("worker started", pid=process.pid, slot=slot.index)
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            sentinels = [s.process.sentinel for s in self._slots if s.restart_at is None]
+            multiprocessing.connection.wait(sentinels, timeout=0.25)
+            now = time.monotonic()
+            for slot in self._slots:
+                if self._stopping.is_set():
+                    return
+                if slot.restart_at is None and not slot.process.is_alive():
+                    self._on_death(slot, now)
+                elif slot.restart_at is not None and now >= slot.restart_at:
+                    self._start(slot)
+
+    def _on_death(self, slot: _Slot, now: float) -> None:
+        code = slot.process.exitcode
+        uptime = now - slot.started
+        slot.fast_failures = slot.fast_failures + 1 if uptime < self.min_uptime else 1
+        if slot.fast_failures >= self.max_fast_failures:
+            raise CrashLoopError(
+                f"worker {slot.index} failed {slot.fast_failures} times within "
+                f"{self.min_uptime:g}s of starting (last: {_exit_reason(code)}); "
+                "see the log above for its error"
+            )
+        delay = min(0.5 * 2 ** (slot.fast_failures - 1), self.max_backoff)
+        slot.restart_at = now + delay
+        log.warning("worker died; restarting", pid=slot.process.pid, slot=slot.index,
+                    reason=_exit_reason(code), uptime_s=round(uptime, 2), restart_in_s=delay)
+
+    def _stop_all(self) -> None:
+        live = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
+        for process in live:
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + self.graceful_timeout + 5
+        for process in live:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker did not stop in time; killing", pid=process.pid)
+                process.kill()
+                process.join(5)
+        log.info("manager stopped", pid=os.getpid())

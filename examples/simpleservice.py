@@ -1,0 +1,45 @@
+"""The seed document's simpleservice, as a busapp App.
+
+Run it:   busapp run examples/simpleservice.py:app --workers 3
+Call it:  busapp call simple.add 1 2
+"""
+
+from __future__ import annotations
+
+from busapp import App
+
+app = App("simple")
+
+
+@app.method("add")
+def add(x: int, y: int) -> int:
+    """Exposed as simple.add: the sum of two integers."""
+    return x + y
+
+
+@app.method()
+def wordy_add(x: int, y: int, bus) -> str:
+    """Exposed as simple.wordy_add: calls simple.add over the bus."""
+    return f"{x} plus {y} is {bus.call('simple.add', x, y)}"
+
+
+@app.method()
+def ping() -> str:
+    """Exposed as simple.ping. Takes no bus arguments."""
+    return "pong"
+
+
+@app.method()
+def echo(words):
+    """Exposed as simple.echo. Takes one bus argument of words."""
+    return words
+
+
+@app.method()
+def fail():
+    """Exposed as simple.fail: always raises, so the caller gets an error reply."""
+    raise NotImplementedError("I was never created")
+
+
+if __name__ == "__main__":
+    app.run()
