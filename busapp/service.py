@@ -92,6 +92,10 @@ class CommissaireService(BusMixin):
         qkwargs: ``kombu.Queue`` keyword dicts (``name``, ``routing_key``, ...); default one
             queue named after the class, bound to ``<name>.*``.
         config_file: kept for Commissaire compatibility (available as ``self.config_file``).
+        client: keyword-only; the bus object replies and ``self.call``/``request``/``notify``/
+            ``publish`` go through (default: a :class:`~busapp.bus.Client` on
+            ``connection_url``). The in-memory test client injects its own here.
+        concurrency, graceful_timeout, max_body: keyword-only overrides of the class attributes.
 
     Example::
 
@@ -114,13 +118,15 @@ class CommissaireService(BusMixin):
     def __init__(self, exchange_name: str | None = None, connection_url: str | None = None,
                  qkwargs: list[dict[str, Any]] | None = None, config_file: str | None = None,
                  **kwargs: Any) -> None:
+        client = kwargs.pop("client", None)
         for option in ("concurrency", "graceful_timeout", "max_body"):
             if option in kwargs:
                 setattr(self, option, kwargs.pop(option))
         if kwargs:
             raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(kwargs))}")
         self.exchange_name = default_exchange(exchange_name)
-        self.connection_url = resolve_broker_url(connection_url)
+        # An injected client (the in-memory test bus) needs no broker at all.
+        self.connection_url = connection_url if client is not None else resolve_broker_url(connection_url)
         if not qkwargs:
             name = type(self).__name__.lower()
             qkwargs = [{"name": name, "routing_key": f"{name}.*"}]
@@ -132,7 +138,7 @@ class CommissaireService(BusMixin):
         self._stopping = threading.Event()
         self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._inflight = 0
-        self._client: Client | None = None
+        self._client: Any = client
         self._client_lock = threading.Lock()
 
     # -- registration ----------------------------------------------------------

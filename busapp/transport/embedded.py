@@ -5,7 +5,7 @@ command calls :func:`ensure_embedded_broker`. It looks in ``./.busapp/``:
 if the broker recorded there answers, its URL is returned; otherwise (under
 an exclusive lock, so two commands started together start one server) any
 stale state is cleared and a detached *keeper* process is spawned in its own
-session. The keeper runs ``redis-server`` as its child (on Linux the server
+session (:mod:`busapp.transport._keeper`). The keeper runs ``redis-server`` as its child (on Linux the server
 is killed with the keeper, so a ``kill -9`` orphans nothing) and stops it,
 removing its socket and state files, when either
 
@@ -49,6 +49,9 @@ DEFAULT_IDLE = 30.0
 START_TIMEOUT = 15.0
 #: Longest Unix socket path we use in place (the OS limit is 104-108 bytes).
 MAX_SOCKET_PATH = 100
+
+#: The module run (with ``python -m``) as the keeper process.
+KEEPER_MODULE = "busapp.transport._keeper"
 
 _HINT = "pass --broker URL (or set BUSAPP_BROKER_URL) to use a Redis or RabbitMQ server instead"
 
@@ -190,7 +193,7 @@ def _is_keeper(pid: Any) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc: trust the pid file
-    return b"busapp.transport.embedded" in cmdline
+    return KEEPER_MODULE.encode() in cmdline
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -269,7 +272,7 @@ def _idle_seconds() -> float:
 def _start(state_dir: Path) -> str:
     server = redis_server_path()
     socket_path = _socket_path(state_dir)
-    cmd = [sys.executable, "-m", "busapp.transport.embedded", str(state_dir), str(socket_path), server]
+    cmd = [sys.executable, "-m", KEEPER_MODULE, str(state_dir), str(socket_path), server]
     with open(state_dir / "keeper.log", "ab") as logfile:
         # The launcher forks the keeper and exits at once, so the keeper is never our child.
         launcher = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
@@ -289,8 +292,3 @@ def _start(state_dir: Path) -> str:
         f"(see {state_dir / 'keeper.log'} and {state_dir / 'redis.log'}); {_HINT}"
     )
 
-
-if __name__ == "__main__":  # the keeper: python -m busapp.transport.embedded DIR SOCKET SERVER
-    from busapp.transport._keeper import main
-
-    main(sys.argv[1:])
