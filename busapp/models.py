@@ -1,0 +1,481 @@
+"""Storage models: Commissaire's records as attrs classes, and the decorator to declare your own.
+
+A model is an attrs class declared with :func:`model`, registered by its class
+name so the storage service and storage events can name it on the wire::
+
+    from busapp.models import Model, model, field, one_of
+
+    @model(primary_key="name")
+    class Widget(Model):
+        name: str
+        colour: str = field(default="red", rule=one_of("red", "blue"))
+
+    w = Widget.new(name="w1")          # from keywords (JSON-shaped values)
+    w.to_dict()                        # {'name': 'w1', 'colour': 'red'}
+    Widget.from_dict({"name": 3})      # ValidationError: Widget.name: expected a string ...
+
+Values are checked when an instance is built: types through busapp's one
+cattrs converter (strict JSON scalars), then each field's ``rule``. Unknown
+keys are refused (Commissaire silently dropped them, hiding typos). A list
+model (``Hosts``) wraps one list field and serialises to a JSON array, as
+Commissaire's did.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from busapp.convert import converter
+
+__all__ = [
+    "CLUSTER_STATUSES", "DATE_FORMAT", "HOST_STATUSES", "OPERATION_STATUSES", "Cluster", "ClusterDeploy", "ClusterRestart", "ClusterUpgrade", "Clusters",
+    "ContainerManagerConfig", "ContainerManagerConfigs", "Host", "HostCreds", "HostStatus",
+    "Hosts", "ListModel", "Model", "Network", "Networks", "SecretModel", "UnknownModelError",
+    "ValidationError", "WatcherRecord", "date_format", "field", "formatted_dt", "get_model_class",
+    "list_model_for", "model", "model_names", "non_empty", "one_of",
+]
+
+#: Timestamp format of Commissaire's records (naive UTC, as it stored them).
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+
+HOST_STATUSES = ("investigating", "bootstrapping", "disassociated", "active", "failed")
+CLUSTER_STATUSES = ("ok", "degraded", "failed")
+OPERATION_STATUSES = ("in_process", "finished", "failed")
+
+#: Every declared model, by class name (what ``model_type_name`` and events carry).
+_REGISTRY: dict[str, type[Model]] = {}
+
+
+class ValidationError(ValueError):
+    """A model value broke a rule. ``field`` and ``rule`` say which and why."""
+
+    def __init__(self, model: str, field: str | None, rule: str) -> None:
+        self.model, self.field, self.rule = model, field, rule
+        where = f"{model}.{field}" if field else model
+        super().__init__(f"{where}: {rule}")
+
+
+class UnknownModelError(LookupError):
+    """No model is registered under that name."""
+
+
+def formatted_dt(when: datetime.datetime | None = None) -> str:
+    """``when`` (default: now, UTC) in :data:`DATE_FORMAT`, as Commissaire wrote timestamps."""
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    return when.strftime(DATE_FORMAT)
+
+
+# -- value rules: callables returning an error text, or None when the value is fine ----
+
+Rule = Callable[[Any], "str | None"]
+
+
+def one_of(*choices: Any) -> Rule:
+    """Rule: the value must be one of ``choices``."""
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}; got {value!r}"
+    return check
+
+
+def non_empty(value: Any) -> str | None:
+    """Rule: the value must not be empty."""
+    return None if value else "must not be empty"
+
+
+def date_format(fmt: str = DATE_FORMAT) -> Rule:
+    """Rule: the value must be a timestamp string in ``fmt``."""
+    def check(value: Any) -> str | None:
+        try:
+            datetime.datetime.strptime(value, fmt)
+        except (TypeError, ValueError):
+            return f"must be a timestamp like {formatted_dt()!r} (format {fmt!r}); got {value!r}"
+        return None
+    return check
+
+
+def field(default: Any = attrs.NOTHING, *, factory: Callable[[], Any] | None = None,
+          rule: Rule | None = None, save_rule: Rule | None = None, transient: bool = False,
+          ) -> Any:
+    """Declare a model field.
+
+    Args:
+        default / factory: as in :func:`attrs.field`.
+        rule: checked whenever an instance is built.
+        save_rule: checked only before the record is saved (Commissaire's
+            ``ClusterDeploy.version`` may be empty in a lookup, not in a save).
+        transient: computed on the instance, never stored nor serialised.
+    """
+    meta = {"rule": rule, "save_rule": save_rule, "transient": transient}
+    return attrs.field(default=default, factory=factory, metadata=meta, eq=not transient)
+
+
+# -- the base classes --------------------------------------------------------------------
+
+class Model:
+    """Base of every model. Declare subclasses with :func:`model`."""
+
+    __slots__ = ()
+    #: Name of the primary-key field (None: the model cannot be stored).
+    _primary_key: ClassVar[str | None] = None
+    #: Fields left out of storage events and of ``to_dict(secure=False)``.
+    _hidden: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def new(cls, **kwargs: Any) -> Any:
+        """Build an instance from JSON-shaped keyword values (defaults fill the rest)."""
+        return cls.from_dict(kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Any:
+        """Build an instance from a JSON object; raises :class:`ValidationError`."""
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            raise ValidationError(cls.__name__, None, f"must be a JSON object, got {_kind(data)}")
+        fields = attrs.fields_dict(cls)
+        unknown = [k for k in data if k not in fields]
+        if unknown:
+            raise ValidationError(
+                cls.__name__, str(unknown[0]),
+                f"unknown field; {cls.__name__} has: {', '.join(fields)}")
+        missing = [n for n, f in fields.items() if n not in data and f.default is attrs.NOTHING]
+        if missing:
+            raise ValidationError(cls.__name__, missing[0], "is required")
+        return cls(**data)
+
+    def __attrs_post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, *, for_save: bool = False) -> None:
+        """Check every field's type and rule (and save rules with ``for_save``).
+
+        Converts values in place where JSON allows it (``3.0`` -> ``3``).
+        """
+        name = type(self).__name__
+        for f in attrs.fields(type(self)):
+            value = _checked(getattr(self, f.name), f.type, f"{name}.{f.name}")
+            object.__setattr__(self, f.name, value)
+            rules = [f.metadata.get("rule"), f.metadata.get("save_rule") if for_save else None]
+            if f.name == self._primary_key:
+                rules.append(_pk_rule)
+            for rule in filter(None, rules):
+                problem = rule(value)
+                if problem:
+                    raise ValidationError(name, f.name, problem)
+
+    @property
+    def primary_key(self) -> Any:
+        """The value of the primary-key field (None for a model without one)."""
+        return None if self._primary_key is None else getattr(self, self._primary_key)
+
+    def to_dict(self, secure: bool = True) -> Any:
+        """JSON-shaped data; ``secure=False`` leaves hidden fields out (as events do)."""
+        return {
+            f.name: converter.unstructure(getattr(self, f.name))
+            for f in attrs.fields(type(self))
+            if not f.metadata.get("transient") and (secure or f.name not in self._hidden)
+        }
+
+    def to_json(self, secure: bool = False) -> str:
+        """JSON text; hidden fields are left out unless ``secure`` (Commissaire's default)."""
+        return json.dumps(self.to_dict(secure=secure), ensure_ascii=False)
+
+
+class SecretModel(Model):
+    """A model holding secrets (Commissaire kept these in Custodia)."""
+
+    __slots__ = ()
+    _key_container: ClassVar[str | None] = None
+
+
+class ListModel(Model):
+    """A model wrapping one list of another model; serialises to a JSON array."""
+
+    __slots__ = ()
+    _list_attr: ClassVar[str]
+    _list_class: ClassVar[type[Model]]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Any:
+        """Build from a JSON array of items (or ``{list_attr: [...]}``)."""
+        if isinstance(data, list):
+            data = {cls._list_attr: data}
+        return super().from_dict(data)
+
+    @property
+    def items(self) -> list:
+        """The wrapped list."""
+        return getattr(self, self._list_attr)
+
+    def to_dict(self, secure: bool = True) -> Any:
+        """A JSON array of the items' dicts."""
+        return [item.to_dict(secure=secure) for item in self.items]
+
+
+def _pk_rule(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return "is the primary key and must be a non-empty string"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _checked(value: Any, tp: Any, path: str) -> Any:
+    """``value`` converted to ``tp`` by the converter; ValidationError names ``path`` on a mismatch."""
+    origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
+    if origin in (list, dict):
+        if not isinstance(value, origin):
+            model_name, _, rest = path.partition(".")
+            expected = "an array" if origin is list else "an object"
+            raise ValidationError(model_name, rest, f"expected {expected}, got {_kind(value)}")
+        if origin is list and args:
+            return [_checked(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+        if origin is dict and len(args) == 2:
+            return {_checked(k, args[0], path): _checked(v, args[1], f"{path}[{k!r}]")
+                    for k, v in value.items()}
+        return value
+    if tp is Any:
+        return value
+    try:
+        return converter.structure(value, tp)
+    except ValidationError as exc:  # a nested model: keep the outer path
+        model_name, _, rest = path.partition(".")
+        raise ValidationError(model_name, f"{rest}.{exc.field}" if exc.field else rest, exc.rule) from None
+    except Exception as exc:  # noqa: BLE001 - any converter failure is a bad value
+        model_name, _, rest = path.partition(".")
+        raise ValidationError(model_name, rest, str(exc) or type(exc).__name__) from None
+
+
+# -- declaring models -------------------------------------------------------------------
+
+def model(cls: type | None = None, *, primary_key: str | None = None,
+          hidden: tuple[str, ...] = ()) -> Any:
+    """Declare a model: make ``cls`` an attrs class and register it under its class name.
+
+    Args:
+        primary_key: the field that identifies a stored record.
+        hidden: fields left out of storage events and ``to_dict(secure=False)``.
+
+    Example::
+
+        @model(primary_key="name")
+        class Widget(Model):
+            name: str
+            size: int = 0
+    """
+    def wrap(klass: type) -> type:
+        return _declare(klass, primary_key, tuple(hidden))
+    return wrap if cls is None else wrap(cls)
+
+
+def _declare(klass: type, primary_key: str | None, hidden: tuple[str, ...]) -> type:
+    if not issubclass(klass, Model):
+        raise TypeError(f"@model needs a subclass of busapp.models.Model; "
+                        f"declare it as 'class {klass.__name__}(Model): ...'")
+    new_cls = attrs.define(klass, slots=True)
+    attrs.resolve_types(new_cls)
+    names = attrs.fields_dict(new_cls)
+    for name in filter(None, (primary_key, *hidden)):
+        if name not in names:
+            raise ValueError(f"{klass.__name__} has no field {name!r}; fields: {', '.join(names)}")
+    new_cls._primary_key = primary_key
+    new_cls._hidden = frozenset(hidden)
+    if issubclass(new_cls, ListModel):
+        _declare_list(new_cls)
+    old = _REGISTRY.get(klass.__name__)
+    if old is not None and (old.__module__, old.__qualname__) != (klass.__module__, klass.__qualname__):
+        raise ValueError(f"a model named {klass.__name__!r} is already declared in {old.__module__}; "
+                         f"model names are global on the bus, pick another name")
+    _REGISTRY[klass.__name__] = new_cls
+    return new_cls
+
+
+def _declare_list(cls: type[ListModel]) -> None:
+    fields = attrs.fields(cls)
+    item = typing.get_args(fields[0].type) if len(fields) == 1 else ()
+    if len(fields) != 1 or typing.get_origin(fields[0].type) is not list or not item:
+        raise TypeError(f"list model {cls.__name__} must have exactly one field typed list[SomeModel]")
+    cls._list_attr, cls._list_class = fields[0].name, item[0]
+
+
+def get_model_class(name: str) -> type[Model]:
+    """The model registered as ``name``; raises :class:`UnknownModelError` listing the known ones."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        known = ", ".join(sorted(_REGISTRY))
+        raise UnknownModelError(
+            f"unknown model type {name!r}; known: {known}. Declare it with @busapp.models.model "
+            f"in a module the storage service imports") from None
+
+
+def model_names() -> list[str]:
+    """Names of every registered model, sorted."""
+    return sorted(_REGISTRY)
+
+
+def list_model_for(item_cls: type[Model]) -> type[ListModel] | None:
+    """The registered list model whose items are ``item_cls`` (None if there is none)."""
+    for cls in _REGISTRY.values():
+        if issubclass(cls, ListModel) and cls._list_class is item_cls:
+            return cls
+    return None
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Model)
+
+
+converter.register_structure_hook_func(_is_model, lambda data, tp: tp.from_dict(data))
+converter.register_unstructure_hook_func(_is_model, lambda inst: inst.to_dict())
+
+
+# -- Commissaire's models ---------------------------------------------------------------
+
+def _zero_hosts() -> dict[str, int]:
+    return {"total": 0, "available": 0, "unavailable": 0}
+
+
+@model(primary_key="address")
+class Host(Model):
+    """A managed host. ``source`` names a store handler in Commissaire."""
+
+    address: str
+    status: str = ""
+    os: str = ""
+    cpus: int = 0
+    memory: int = 0
+    space: int = 0
+    last_check: str = ""
+    source: str = ""
+
+
+@model(primary_key="address", hidden=("ssh_priv_key",))
+class HostCreds(SecretModel):
+    """SSH credentials of a host; ``ssh_priv_key`` is the base64 of the key (never in events)."""
+
+    _key_container: ClassVar[str | None] = "hosts"
+    address: str
+    ssh_priv_key: str = ""
+    remote_user: str = "root"
+
+
+@model
+class HostStatus(Model):
+    """A host's status report (not stored: it has no primary key)."""
+
+    type: str = ""
+    host: dict = field(factory=dict)
+    container_manager: dict = field(factory=dict)
+
+
+@model(primary_key="name", hidden=("hostset",))
+class Cluster(Model):
+    """A cluster; ``hostset`` (member addresses) is hidden, ``hosts`` is computed, never stored."""
+
+    name: str
+    status: str = ""
+    network: str = "default"
+    hostset: list[str] = field(factory=list)
+    container_manager: str = ""
+    hosts: dict = field(factory=_zero_hosts, transient=True)
+
+
+@model(primary_key="name")
+class ClusterDeploy(Model):
+    """A deploy operation on a cluster."""
+
+    name: str
+    status: str = ""
+    version: str = field(default="", save_rule=non_empty)
+    deployed: list[str] = field(factory=list)
+    in_process: list[str] = field(factory=list)
+    started_at: str = ""
+    finished_at: str = ""
+
+
+@model(primary_key="name")
+class ClusterRestart(Model):
+    """A restart operation on a cluster."""
+
+    name: str
+    status: str = ""
+    restarted: list[str] = field(factory=list)
+    in_process: list[str] = field(factory=list)
+    started_at: str = ""
+    finished_at: str = ""
+
+
+@model(primary_key="name")
+class ClusterUpgrade(Model):
+    """An upgrade operation on a cluster."""
+
+    name: str
+    status: str = ""
+    upgraded: list[str] = field(factory=list)
+    in_process: list[str] = field(factory=list)
+    started_at: str = ""
+    finished_at: str = ""
+
+
+@model(primary_key="name")
+class Network(Model):
+    """A cluster network."""
+
+    name: str
+    type: str = field(default="flannel_etcd", rule=one_of("flannel_etcd", "flannel_server"))
+    options: dict = field(factory=dict)
+
+
+@model(primary_key="name")
+class ContainerManagerConfig(Model):
+    """How to reach a container manager."""
+
+    name: str
+    type: str = field(default="openshift", rule=one_of("openshift", "trivial"))
+    options: dict = field(factory=dict)
+
+
+@model
+class WatcherRecord(Model):
+    """An item of the watcher's ring (not stored)."""
+
+    address: str = ""
+    last_check: str = field(default=datetime.datetime.max.isoformat(), rule=date_format())
+
+
+@model
+class Hosts(ListModel):
+    """A list of Host; a JSON array on the wire."""
+
+    hosts: list[Host] = field(factory=list)
+
+
+@model
+class Clusters(ListModel):
+    """A list of Cluster; a JSON array on the wire."""
+
+    clusters: list[Cluster] = field(factory=list)
+
+
+@model
+class Networks(ListModel):
+    """A list of Network; a JSON array on the wire."""
+
+    networks: list[Network] = field(factory=list)
+
+
+@model
+class ContainerManagerConfigs(ListModel):
+    """A list of ContainerManagerConfig; a JSON array on the wire."""
+
+    container_managers: list[ContainerManagerConfig] = field(factory=list)
