@@ -1,0 +1,121 @@
+"""Storage backends, chosen by URL.
+
+===========================  =====================================================
+URL                          backend
+===========================  =====================================================
+``memory://``                a dict in this process (tests; lost on exit)
+``sqlite:///PATH``           a SQLite file (``sqlite:///./x.db`` is relative)
+``postgresql://...``         PostgreSQL through psycopg 3 (``?table=NAME`` option)
+``redis://...``              Redis through redis-py (``?prefix=NAME`` option)
+===========================  =====================================================
+
+Every backend stores JSON records by ``(model type name, primary key)``.
+:meth:`Backend.save` is atomic and reports, from the same atomic step, whether
+the record was created, updated or left unchanged, so the storage service
+emits exactly one ``created`` event per key however many workers race.
+Tables and keys are created on first use. Backends open their connections
+lazily and reopen them after a fork.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from busapp.transport import mask_url
+
+#: What :meth:`Backend.save` reports.
+CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
+
+#: Environment variable naming the store when none is passed.
+STORE_ENV = "BUSAPP_STORE_URL"
+
+#: The store used when neither an argument nor ``$BUSAPP_STORE_URL`` names one.
+DEFAULT_STORE_URL = "sqlite:///./.busapp/storage.sqlite3"
+
+
+def resolve_store_url(url: str | None = None) -> str:
+    """``url``, else ``$BUSAPP_STORE_URL``, else :data:`DEFAULT_STORE_URL`."""
+    return url or os.environ.get(STORE_ENV) or DEFAULT_STORE_URL
+
+
+def encode(data: Any) -> str:
+    """Canonical JSON text of a record: equal records give equal text."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def pop_option(url: str, name: str) -> tuple[str, str | None]:
+    """Take busapp's own ``?name=value`` option out of ``url`` (drivers reject unknown ones)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    value = next((v for k, v in query if k == name), None)
+    rest = urlencode([(k, v) for k, v in query if k != name])
+    return urlunsplit(parts._replace(query=rest)), value
+
+
+class Backend:
+    """The interface every backend implements (records are JSON-shaped dicts)."""
+
+    #: ``handler_type`` reported by ``storage.list_store_handlers``.
+    handler_type = "Backend"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+    def save(self, type_name: str, key: str, data: dict[str, Any]) -> str:
+        """Write the record; return CREATED, UPDATED or UNCHANGED (decided atomically)."""
+        raise NotImplementedError
+
+    def get(self, type_name: str, key: str) -> dict[str, Any] | None:
+        """The stored record, or None."""
+        raise NotImplementedError
+
+    def delete(self, type_name: str, key: str) -> dict[str, Any] | None:
+        """Remove the record; return what was stored (None if there was nothing)."""
+        raise NotImplementedError
+
+    def list(self, type_name: str) -> list[dict[str, Any]]:
+        """Every record of ``type_name``, ordered by key (``[]`` if none)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (the backend reopens them if used again)."""
+
+    def describe(self) -> dict[str, Any]:
+        """``config`` for ``list_store_handlers`` (secrets masked)."""
+        return {"name": f"busapp.storage.{type(self).__module__.rsplit('.', 1)[-1]}",
+                "url": mask_url(self.url)}
+
+    def _forked(self) -> bool:
+        """True (once) when this process is a fork of the one that opened the backend."""
+        if self._pid == os.getpid():
+            return False
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        return True
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {mask_url(self.url)}>"
+
+
+def open_backend(url: str | None = None) -> Backend:
+    """The backend for ``url`` (see :func:`resolve_store_url`); opens nothing yet."""
+    url = resolve_store_url(url)
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "memory":
+        from busapp.storage.backends.memory import MemoryBackend as cls
+    elif scheme == "sqlite":
+        from busapp.storage.backends.sqlite import SQLiteBackend as cls
+    elif scheme in ("postgresql", "postgres"):
+        from busapp.storage.backends.postgres import PostgresBackend as cls
+    elif scheme in ("redis", "rediss", "unix"):
+        from busapp.storage.backends.redis import RedisBackend as cls
+    else:
+        raise ValueError(f"unknown store URL {mask_url(url)!r}; use memory://, sqlite:///PATH, "
+                         f"postgresql://... or redis://...")
+    return cls(url)

@@ -1,0 +1,107 @@
+"""``postgresql://...``: PostgreSQL through psycopg 3.
+
+Records live in one table (``busapp_records`` unless the URL says
+``?table=NAME``) with a ``jsonb`` column. A save is one
+``INSERT ... ON CONFLICT DO UPDATE ... WHERE data IS DISTINCT FROM ...``
+statement in autocommit mode: PostgreSQL decides created (a fresh row),
+updated (a changed row) or unchanged (no row returned) atomically, and the
+write is committed when the statement returns.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from busapp.storage.backends import CREATED, UNCHANGED, UPDATED, Backend, encode, pop_option
+
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+
+
+class PostgresBackend(Backend):
+    """One autocommit connection per process, shared by its threads under a lock."""
+
+    handler_type = "PostgreSQLStoreHandler"
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._dsn, table = pop_option(url, "table")
+        self.table = table or "busapp_records"
+        if not _TABLE_NAME.match(self.table):
+            raise ValueError(f"table name {self.table!r} must be a plain SQL identifier "
+                             f"(letters, digits, underscore)")
+        self._conn: Any = None
+
+    def _connection(self) -> Any:
+        import psycopg
+
+        if self._forked():
+            # Keep the parent's connection referenced: finalising it here would close the
+            # parent's session too.
+            self._inherited, self._conn = self._conn, None
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
+            with conn.transaction():
+                # The advisory lock serialises concurrent first uses: CREATE TABLE IF NOT
+                # EXISTS alone can still fail when two processes race on it.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                             "model_type text NOT NULL, key text NOT NULL, data jsonb NOT NULL, "
+                             "PRIMARY KEY (model_type, key))")
+            self._conn = conn
+        return self._conn
+
+    def _run(self, sql: str, params: tuple) -> list[tuple]:
+        """Execute with one retry on a fresh connection if the old one was dropped."""
+        import psycopg
+
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    cur = self._connection().execute(sql, params)
+                    return cur.fetchall() if cur.description else []
+                except psycopg.OperationalError:
+                    if attempt == 2 or self._conn is None or not self._conn.broken:
+                        raise
+                    self._conn = None
+        raise AssertionError("unreachable")
+
+    def save(self, type_name: str, key: str, data: dict[str, Any]) -> str:
+        # xmax = 0 marks a row version this statement inserted (not an update of an older one).
+        rows = self._run(
+            f"INSERT INTO {self.table} AS t (model_type, key, data) VALUES (%s, %s, %s::jsonb) "
+            f"ON CONFLICT (model_type, key) DO UPDATE SET data = EXCLUDED.data "
+            f"WHERE t.data IS DISTINCT FROM EXCLUDED.data RETURNING (t.xmax = 0)",
+            (type_name, key, encode(data)))
+        if not rows:
+            return UNCHANGED
+        return CREATED if rows[0][0] else UPDATED
+
+    def get(self, type_name: str, key: str) -> dict[str, Any] | None:
+        rows = self._run(f"SELECT data FROM {self.table} WHERE model_type = %s AND key = %s",
+                         (type_name, key))
+        return rows[0][0] if rows else None
+
+    def delete(self, type_name: str, key: str) -> dict[str, Any] | None:
+        rows = self._run(f"DELETE FROM {self.table} WHERE model_type = %s AND key = %s "
+                         f"RETURNING data", (type_name, key))
+        return rows[0][0] if rows else None
+
+    def list(self, type_name: str) -> list[dict[str, Any]]:
+        rows = self._run(f'SELECT data FROM {self.table} WHERE model_type = %s '
+                         f'ORDER BY key COLLATE "C"', (type_name,))
+        return [r[0] for r in rows]
+
+    def drop(self) -> None:
+        """Drop the table (tests use a table per run)."""
+        self._run(f"DROP TABLE IF EXISTS {self.table}", ())
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "table": self.table}
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None and not self._forked():
+                conn.close()
