@@ -13,6 +13,8 @@ for Commissaire's import path.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import queue
@@ -21,7 +23,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -42,6 +44,24 @@ RESERVED_HOOKS = frozenset({
 })
 
 _METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+#: The bus client for services constructed inside :func:`injected_client`.
+_INJECTED_CLIENT: contextvars.ContextVar[Any] = contextvars.ContextVar("busapp_client", default=None)
+
+
+@contextlib.contextmanager
+def injected_client(client: Any) -> Iterator[None]:
+    """Services constructed in this block use ``client`` as if passed ``client=``.
+
+    The seam for a subclass whose own ``__init__`` does not pass ``client=`` on
+    (Commissaire's ``__init__(self, exchange_name, connection_url, config_file=None)``);
+    the in-memory test client uses it.
+    """
+    token = _INJECTED_CLIENT.set(client)
+    try:
+        yield
+    finally:
+        _INJECTED_CLIENT.reset(token)
 
 
 @attrs.define
@@ -119,6 +139,8 @@ class CommissaireService(BusMixin):
                  qkwargs: list[dict[str, Any]] | None = None, config_file: str | None = None,
                  **kwargs: Any) -> None:
         client = kwargs.pop("client", None)
+        if client is None:
+            client = _INJECTED_CLIENT.get()
         for option in ("concurrency", "graceful_timeout", "max_body"):
             if option in kwargs:
                 setattr(self, option, kwargs.pop(option))
