@@ -1,0 +1,206 @@
+"""The storage service: an :class:`~busapp.App` named ``storage`` over a backend chosen by URL.
+
+Bus methods (routing keys ``storage.<method>``), with Commissaire's params:
+
+- ``save(model_type_name, model_json_data)``: store one model (a JSON object)
+  or several (an array); returns what was stored.
+- ``get(model_type_name, model_json_data)``: the stored record(s) with those
+  primary keys; a missing one is error -20000 (StorageLookupError).
+- ``delete(model_type_name, model_json_data)``: remove them; returns null.
+- ``list(model_type_name)``: every record of ``Hosts`` (or ``Host``): a JSON array.
+- ``list_store_handlers()``: the backend in use, in Commissaire's shape.
+
+Invalid data or an unknown type is error -32602 naming the field. After each
+write is committed, the service publishes ``notify.storage.<Class>.<event>``
+through the injected ``bus`` (``created``, ``updated`` or ``deleted``); a save
+that changes nothing publishes nothing, so a handler that saves on ``updated``
+cannot loop forever.
+
+Run it with ``busapp storage --store URL`` or ``make_app(url).run(broker)``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import structlog
+
+from busapp.app import App
+from busapp.errors import InternalError, InvalidParams, StorageLookupError
+from busapp.models import (
+    ListModel,
+    Model,
+    UnknownModelError,
+    ValidationError,
+    get_model_class,
+    model_names,
+)
+from busapp.storage.backends import UNCHANGED, Backend, open_backend, resolve_store_url
+from busapp.storage.events import encode_event, routing_key
+
+log = structlog.get_logger("busapp.storage")
+
+
+class Store:
+    """The backend of one storage App, opened on first use (in each worker process)."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self._url = url
+        self._backend: Backend | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def backend(self) -> Backend:
+        with self._lock:
+            if self._backend is None:
+                self._backend = open_backend(resolve_store_url(self._url))
+            return self._backend
+
+    def close(self) -> None:
+        """Close the backend's connections (it reopens on next use)."""
+        if self._backend is not None:
+            self._backend.close()
+
+
+def _model_class(model_type_name: str) -> type[Model]:
+    try:
+        return get_model_class(model_type_name)
+    except UnknownModelError as exc:
+        raise InvalidParams(str(exc), data={"param": "model_type_name", "known": model_names()}) from None
+
+
+def _storable(model_type_name: str) -> type[Model]:
+    cls = _model_class(model_type_name)
+    if issubclass(cls, ListModel):
+        raise InvalidParams(
+            f"{model_type_name} is a list model; send model_type_name "
+            f"{cls._list_class.__name__!r} with an array of records",
+            data={"param": "model_type_name"})
+    if cls._primary_key is None:
+        raise InvalidParams(f"{model_type_name} has no primary key, so it cannot be stored",
+                            data={"param": "model_type_name"})
+    return cls
+
+
+def _parse(model_type_name: str, model_json_data: Any, *, for_save: bool = False,
+           ) -> tuple[type[Model], list[Model], bool]:
+    """``(class, models, was_a_list)``; every item is built before anything is written."""
+    cls = _storable(model_type_name)
+    many = isinstance(model_json_data, list)
+    items = model_json_data if many else [model_json_data]
+    models = []
+    for index, item in enumerate(items):
+        try:
+            model = cls.from_dict(item)
+            if for_save:
+                model.validate(for_save=True)
+        except ValidationError as exc:
+            where = f"model_json_data[{index}]" if many else "model_json_data"
+            raise InvalidParams(
+                f"invalid {model_type_name} in {where}: {exc}",
+                data={"param": "model_json_data", "model_type_name": model_type_name,
+                      "field": exc.field, "rule": exc.rule, "index": index if many else None},
+            ) from None
+        models.append(model)
+    return cls, models, many
+
+
+def _stored(cls: type[Model], record: dict[str, Any]) -> Model:
+    try:
+        return cls.from_dict(record)
+    except ValidationError as exc:
+        raise InternalError(f"a stored {cls.__name__} no longer fits the model: {exc}; "
+                            f"migrate the record or relax the model",
+                            data={"record": record}) from None
+
+
+def _not_found(cls: type[Model], missing: list[Model], data: Any) -> StorageLookupError:
+    keys = ", ".join(repr(m.primary_key) for m in missing)
+    return StorageLookupError(
+        f"no {cls.__name__} with {cls._primary_key} {keys} in storage",
+        data={"model_type_name": cls.__name__, "model_json_data": data})
+
+
+def _publish(bus: Any, event: str, model: Model) -> None:
+    try:
+        bus.publish(routing_key(model, event), encode_event(event, model), persistent=True)
+    except Exception as exc:  # noqa: BLE001 - the write stands; say loudly that no event went out
+        log.error("storage event not published; subscribers miss this change",
+                  event=event, model=type(model).__name__, key=model.primary_key, exc_info=exc)
+
+
+def make_app(store_url: str | None = None, *, name: str = "storage", **app_kwargs: Any) -> App:
+    """A storage service App on ``store_url`` (default ``$BUSAPP_STORE_URL``, else SQLite).
+
+    ``name`` and ``app_kwargs`` (``exchange``, ``queue``...) go to :class:`~busapp.App`.
+    Nothing is opened until the first call, in the worker process that serves it.
+    """
+    app = App(name, **app_kwargs)
+    store = app.store = Store(store_url)  # type: ignore[attr-defined]
+
+    @app.method()
+    def save(model_type_name: str, model_json_data: Any, bus: Any) -> Any:
+        """Store one model or a list; returns what was stored."""
+        cls, models, many = _parse(model_type_name, model_json_data, for_save=True)
+        backend = store.backend
+        for model in models:
+            outcome = backend.save(cls.__name__, model.primary_key, model.to_dict())
+            if outcome != UNCHANGED:
+                _publish(bus, outcome, model)
+        result = [m.to_dict() for m in models]
+        return result if many else result[0]
+
+    @app.method()
+    def get(model_type_name: str, model_json_data: Any) -> Any:
+        """The stored records with the given primary keys (StorageLookupError if one is missing)."""
+        cls, models, many = _parse(model_type_name, model_json_data)
+        backend = store.backend
+        records = [backend.get(cls.__name__, m.primary_key) for m in models]
+        missing = [m for m, r in zip(models, records) if r is None]
+        if missing:
+            raise _not_found(cls, missing, model_json_data)
+        result = [_stored(cls, r).to_dict() for r in records if r is not None]
+        return result if many else result[0]
+
+    @app.method()
+    def delete(model_type_name: str, model_json_data: Any, bus: Any) -> None:
+        """Remove the records with the given primary keys (StorageLookupError names any missing)."""
+        cls, models, _ = _parse(model_type_name, model_json_data)
+        backend = store.backend
+        missing = []
+        for model in models:
+            record = backend.delete(cls.__name__, model.primary_key)
+            if record is None:
+                missing.append(model)
+                continue
+            try:
+                gone = cls.from_dict(record)
+            except ValidationError:
+                gone = model
+            _publish(bus, "deleted", gone)
+        if missing:
+            raise _not_found(cls, missing, model_json_data)
+
+    @app.method("list")
+    def list_(model_type_name: str) -> list[Any]:
+        """Every record of a type: ``Hosts`` (as Commissaire sent it) or ``Host``; ``[]`` if none."""
+        cls = _model_class(model_type_name)
+        item_cls = cls._list_class if issubclass(cls, ListModel) else _storable(model_type_name)
+        return [_stored(item_cls, r).to_dict() for r in store.backend.list(item_cls.__name__)]
+
+    @app.method()
+    def list_store_handlers() -> list[dict[str, Any]]:
+        """The backend in use, as Commissaire's storage service described its handlers."""
+        backend = store.backend
+        storable = [n for n in model_names()
+                    if not issubclass(get_model_class(n), ListModel)
+                    and get_model_class(n)._primary_key is not None]
+        return [{"handler_type": backend.handler_type, "config": backend.describe(),
+                 "model_types": storable}]
+
+    return app
+
+
+#: The storage service on ``$BUSAPP_STORE_URL`` (else ``./.busapp/storage.sqlite3``).
+app = make_app()
