@@ -86,6 +86,11 @@ def ensure_embedded_broker(base_dir: str | None = None) -> str:
     return url
 
 
+def find_embedded_broker(base_dir: str | None = None) -> str | None:
+    """The URL of the running embedded broker of ``base_dir``, or None (never starts one)."""
+    return _running_url(_state_dir(base_dir))
+
+
 def stop_embedded_broker(base_dir: str | None = None, timeout: float = 10.0) -> bool:
     """Stop the embedded broker of ``base_dir`` and remove its state. Returns whether one was running."""
     state_dir = _state_dir(base_dir)
