@@ -24,6 +24,7 @@ from busapp.errors import InternalError, InvalidParams, MethodNotFound, RemotePr
 INJECTABLE = ("message", "bus", "storage")
 
 _EMPTY = inspect.Parameter.empty
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 
 @attrs.define
@@ -47,6 +48,19 @@ class Handler:
     var_positional: bool = False
     var_keyword: bool = False
     is_async: bool = False
+    # Derived from params once, so binding a call does no signature work.
+    _positional: tuple[str, ...] = attrs.field(init=False, default=(), repr=False)
+    _known: frozenset[str] = attrs.field(init=False, default=frozenset(), repr=False)
+    _specs: tuple[tuple[str, bool, bool, bool], ...] = attrs.field(init=False, default=(), repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._positional = tuple(p.name for p in self.params if p.kind in _POSITIONAL)
+        self._known = frozenset(p.name for p in self.params)
+        self._specs = tuple(
+            (p.name, p.default is not _EMPTY, p.kind is inspect.Parameter.POSITIONAL_ONLY,
+             p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            for p in self.params
+        )
 
     @classmethod
     def from_function(cls, func: Callable[..., Any], name: str, *, message_first: bool = False) -> Handler:
@@ -108,17 +122,15 @@ class Handler:
         kwargs: dict[str, Any] = {}
         if self.message_first:
             args.append(context.get("message"))
-        if isinstance(params, list):
-            positional = [
-                p for p in self.params
-                if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            ]
+        is_list = isinstance(params, list)
+        if is_list:
+            positional = self._positional
             if len(params) > len(positional) and not self.var_positional:
                 raise InvalidParams(
                     f"{self.name}() takes {len(positional)} positional params but {len(params)} were given",
-                    data={"expected": [p.name for p in positional]},
+                    data={"expected": list(positional)},
                 )
-            given = dict(zip((p.name for p in positional), params))
+            given = dict(zip(positional, params))
             extra_positional = params[len(positional):]
         else:
             given = dict(params)
@@ -129,29 +141,27 @@ class Handler:
                         f"parameter {key!r} of {self.name}() is filled by busapp and cannot be sent",
                         data={"param": key},
                     )
-        known = {p.name for p in self.params}
-        unexpected = [k for k in given if k not in known]
-        if unexpected and not self.var_keyword:
-            raise InvalidParams(
-                f"{self.name}() got unexpected parameter {unexpected[0]!r}; "
-                f"it takes: {', '.join(self.describe_params()) or 'no params'}",
-                data={"param": unexpected[0]},
-            )
-        for p in self.params:
-            if p.name in given:
-                value = self._convert(p.name, given.pop(p.name))
-            elif p.default is not _EMPTY:
+        if not self.var_keyword:
+            unexpected = [k for k in given if k not in self._known]
+            if unexpected:
+                raise InvalidParams(
+                    f"{self.name}() got unexpected parameter {unexpected[0]!r}; "
+                    f"it takes: {', '.join(self.describe_params()) or 'no params'}",
+                    data={"param": unexpected[0]},
+                )
+        for name, has_default, positional_only, positional_or_keyword in self._specs:
+            if name in given:
+                value = self._convert(name, given.pop(name))
+            elif has_default:
                 continue
             else:
                 raise InvalidParams(
-                    f"{self.name}() missing required parameter {p.name!r}", data={"param": p.name}
+                    f"{self.name}() missing required parameter {name!r}", data={"param": name}
                 )
-            if p.kind is inspect.Parameter.POSITIONAL_ONLY or (
-                isinstance(params, list) and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-            ):
+            if positional_only or (is_list and positional_or_keyword):
                 args.append(value)
             else:
-                kwargs[p.name] = value
+                kwargs[name] = value
         args.extend(extra_positional)
         kwargs.update(given)  # leftovers only reach here through **kwargs
         for name in self.inject:

@@ -53,9 +53,13 @@ def encode_request(method: str, params: Any = None, id: Any = None) -> dict[str,
     return body
 
 
+# One encoder for every message: json.dumps() with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def dumps(obj: Any) -> str:
     """Serialise to compact JSON (raises TypeError/ValueError if it cannot)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(obj)
 
 
 def method_from_routing_key(routing_key: str | None) -> str | None:
