@@ -1,0 +1,354 @@
+"""The ``busapp`` command: run, call, routes, storage.
+
+Exit codes: 0 success; 1 an error reply or a failed run; 2 a usage error
+(including an app that cannot be found), a timeout, or no broker.
+
+Example::
+
+    busapp run examples/simpleservice.py:app --workers 3
+    busapp call simple.add 1 2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Any
+
+import click
+import structlog
+
+import busapp
+from busapp.errors import BrokerUnavailable, RemoteProcedureCallError, RequestTimeout
+from busapp.log import FORMATS, LEVELS, configure_logging
+from busapp.transport import BROKER_ENV, mask_url
+
+log = structlog.get_logger("busapp.cli")
+
+EXCHANGE_ENV = "BUSAPP_EXCHANGE"
+STORE_ENV = "BUSAPP_STORE_URL"
+
+
+class CallFailed(click.ClickException):
+    """The service answered with an error."""
+
+    exit_code = 1
+
+
+class NoReply(click.ClickException):
+    """No answer: a timeout, or no broker to send through."""
+
+    exit_code = 2
+
+
+class RunFailed(click.ClickException):
+    """``busapp run`` could not start, or its workers kept crashing."""
+
+    exit_code = 1
+
+
+def _broker_option(func: Any) -> Any:
+    return click.option("--broker", metavar="URL", envvar=BROKER_ENV, show_envvar=True,
+                        help="kombu broker URL (redis://..., amqp://...). "
+                             "Default: the embedded Redis under ./.busapp/.")(func)
+
+
+def _exchange_option(func: Any) -> Any:
+    return click.option("--exchange", metavar="NAME", envvar=EXCHANGE_ENV, show_envvar=True,
+                        help="Topic exchange. Default: the App's own (commissaire).")(func)
+
+
+def _log_options(func: Any) -> Any:
+    func = click.option("-l", "--log-level", type=click.Choice(LEVELS, case_sensitive=False),
+                        default="info", show_default=True,
+                        help="Lowest level logged; debug adds a line per call.")(func)
+    return click.option("--log-format", type=click.Choice(FORMATS),
+                        help="Log format. Default: console on a terminal, JSON lines otherwise.")(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(busapp.__version__, "-V", "--version", prog_name="busapp")
+def cli() -> None:
+    """busapp: JSON-RPC services on a message bus (Redis, RabbitMQ, or an embedded Redis).
+
+    \b
+    Start a service, then call it from a second terminal:
+      busapp run examples/simpleservice.py:app --workers 3
+      busapp call simple.add 1 2
+    """
+
+
+# -- run -----------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("target", metavar="MODULE[:APP]")
+@click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (they share the App's queue).")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1),
+              help="Messages handled at once inside each worker. Default: 8.")
+@_broker_option
+@_exchange_option
+@click.option("-r", "--reload", is_flag=True,
+              help="Restart the workers when a .py file under the module's directory changes.")
+@click.option("--graceful-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="On SIGTERM/SIGINT, how long in-flight messages may take. Default: 30.")
+@_log_options
+def run(target: str, workers: int, concurrency: int | None, broker: str | None, exchange: str | None,
+        reload: bool, graceful_timeout: float | None, log_format: str | None, log_level: str) -> None:
+    """Serve MODULE[:APP] until SIGTERM or SIGINT.
+
+    MODULE is a dotted module name or a file path; APP names an App (default:
+    `app`, else the only App in the module) or a CommissaireService subclass.
+
+    \b
+      busapp run examples/simpleservice.py:app --workers 3
+      busapp run mypackage.service:MyService --broker amqp://guest:guest@localhost//
+    """
+    configure_logging(log_level, log_format, cache=True)
+    from busapp.locate import load_target
+
+    loaded = load_target(target)
+    url = _resolve_broker(broker)
+    if reload:
+        from busapp.reloader import run_with_reload
+
+        options = {"workers": workers, "concurrency": concurrency, "exchange": exchange,
+                   "graceful_timeout": graceful_timeout, "log_format": log_format, "log_level": log_level}
+        sys.exit(run_with_reload(target, loaded.root, url, options))
+    log.info("starting", target=target, serves=loaded.label, workers=workers, broker=mask_url(url),
+             pid=os.getpid())
+    _serve(loaded, url, workers=workers, concurrency=concurrency, exchange=exchange,
+           graceful_timeout=graceful_timeout)
+
+
+def _resolve_broker(broker: str | None) -> str:
+    from busapp.transport import resolve_broker_url
+
+    try:
+        return resolve_broker_url(broker)
+    except BrokerUnavailable as exc:
+        raise RunFailed(str(exc)) from None
+
+
+def _serve(loaded: Any, url: str, **options: Any) -> None:
+    from busapp.manager import CrashLoopError, ServiceManager
+
+    try:
+        if loaded.app is not None:
+            loaded.app.run(url, **options)
+            return
+        manager = ServiceManager(loaded.service_class, options["workers"], options["exchange"], url, None)
+        for name in ("concurrency", "graceful_timeout"):
+            if options[name] is not None:
+                setattr(manager, name, options[name])
+        manager.run()
+    except CrashLoopError as exc:
+        log.error("giving up", error=str(exc))
+        raise RunFailed(f"{exc}; fix the error and run again") from None
+
+
+# -- call ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("routing_key")
+@click.argument("params", nargs=-1)
+@_broker_option
+@_exchange_option
+@click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, metavar="SECONDS", help="How long to wait for the reply.")
+def call(routing_key: str, params: tuple[str, ...], broker: str | None, exchange: str | None,
+         timeout: float) -> None:
+    """Call ROUTING_KEY and print the result as JSON.
+
+    PARAMS is one JSON array or object, key=value pairs (values parsed as JSON,
+    else taken as strings), or plain values sent by position.
+
+    \b
+      busapp call simple.add 1 2
+      busapp call simple.add x=1 y=2
+      busapp call simple.echo '{"words": "hi there"}'
+
+    Exits 0 with the result on stdout; 1 on an error reply (code and message
+    on stderr); 2 on a timeout or when there is no broker.
+    """
+    configure_logging("warning", cache=True)
+    if "." not in routing_key.strip("."):
+        raise click.BadParameter(f"{routing_key!r} has no method; use SERVICE.METHOD, e.g. simple.add",
+                                 param_hint="ROUTING_KEY")
+    body = parse_params(params)
+    response = _request(routing_key, body, broker, exchange, timeout)
+    error = response.get("error")
+    if error is not None:
+        raise CallFailed(_describe_error(response))
+    click.echo(json.dumps(response.get("result")))
+
+
+def _request(routing_key: str, body: Any, broker: str | None, exchange: str | None,
+             timeout: float) -> dict:
+    from busapp.bus import Client
+
+    url = broker or _running_embedded()
+    try:
+        with Client(url, exchange, timeout=timeout) as client:
+            return client.request(routing_key, body, timeout=timeout)
+    except RequestTimeout as exc:
+        raise NoReply(f"timeout: {exc}") from None
+    except BrokerUnavailable as exc:
+        raise NoReply(f"{exc}; pass --broker URL (or set {BROKER_ENV})") from None
+
+
+def _running_embedded() -> str:
+    """The embedded broker if one runs here; with none, no service can answer, so say so now."""
+    from busapp.transport.embedded import find_embedded_broker
+
+    url = find_embedded_broker()
+    if url is None:
+        raise NoReply(
+            f"no broker: no embedded broker is running in {os.getcwd()}/.busapp "
+            "(start a service here with `busapp run MODULE:APP`), and no --broker or "
+            f"{BROKER_ENV} was given"
+        )
+    return url
+
+
+def _describe_error(response: dict) -> str:
+    from busapp import wire
+
+    exc = wire.error_from_response(response)
+    if not isinstance(exc, RemoteProcedureCallError):  # pragma: no cover - malformed error
+        return f"error reply: {response.get('error')!r}"
+    text = f"{exc.code} {type(exc).__name__}: {exc.message}"
+    if exc.data is not None:
+        text += f"\ndata: {json.dumps(exc.data)}"
+    return text
+
+
+_KEY_VALUE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)\Z", re.DOTALL)
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_params(args: tuple[str, ...] | list[str]) -> list | dict | None:
+    """Turn ``busapp call`` PARAMS into JSON-RPC params.
+
+    One JSON array or object is sent as is; ``key=value`` pairs make an object;
+    other values are sent by position. Values are parsed as JSON, else kept as strings.
+
+    Raises:
+        click.BadParameter: key=value pairs mixed with positional values.
+    """
+    if not args:
+        return None
+    if len(args) == 1:
+        single = _json_or_text(args[0])
+        if isinstance(single, (list, dict)):
+            return single
+    pairs = [_KEY_VALUE.match(a) for a in args]
+    if all(pairs):
+        return {m.group(1): _json_or_text(m.group(2)) for m in pairs if m}
+    if any(pairs):
+        raise click.BadParameter("mix of key=value and positional values; use one style "
+                                 "(e.g. `x=1 y=2` or `1 2`)", param_hint="PARAMS")
+    return [_json_or_text(a) for a in args]
+
+
+# -- routes --------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("target", metavar="MODULE[:APP]")
+def routes(target: str) -> None:
+    """List the routing keys MODULE[:APP] serves, with functions, parameters and storage events."""
+    from busapp.locate import load_target
+
+    click.echo(route_table(load_target(target)))
+
+
+def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+
+
+def _function_name(func: Any) -> str:
+    func = getattr(func, "__func__", func)
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def route_table(target: Any) -> str:
+    """The text ``busapp routes`` prints for ``target`` (a :class:`busapp.locate.Target`)."""
+    if target.app is not None:
+        app = target.app
+        lines = [f"App {app.name!r}: exchange {app.exchange!r}, queue {app.queue!r}, "
+                 f"binding {app.routing_key!r}", ""]
+        rows = [(app.routing_key_for(name), _function_name(h.func), ", ".join(h.describe_params()))
+                for name, h in sorted(app.methods.items())]
+        events = [(e.binding_key, _function_name(e.func)) for e in app.storage_handlers]
+    else:
+        service = _describe_instance(target.service_class)
+        binding = service.routing_keys[0] if service.routing_keys else f"{service.service_name}.*"
+        prefix = binding[:-2] if binding.endswith(".*") else service.service_name
+        lines = [f"Service class {target.service_class.__name__!r}: exchange {service.exchange_name!r}, "
+                 f"queue {service.service_name!r}, binding {binding!r}", ""]
+        rows = [(f"{prefix}.{name}", _function_name(h.func), ", ".join(h.describe_params()))
+                for name, h in sorted(service.handlers.items())]
+        events = []
+    lines += _table(("ROUTING KEY", "FUNCTION", "PARAMS"), rows) if rows else ["(no methods)"]
+    lines.append("")
+    lines += _table(("STORAGE EVENT", "FUNCTION"), events) if events else ["(no storage subscriptions)"]
+    return "\n".join(lines)
+
+
+def _describe_instance(service_class: type) -> Any:
+    """An instance, to read its queues and handlers (a URL is given, so nothing connects)."""
+    import inspect
+
+    kwargs = {"exchange_name": None, "connection_url": "memory://"}
+    params = inspect.signature(service_class).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    try:
+        return service_class(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user's __init__ may need more
+        raise click.UsageError(f"could not create {service_class.__name__} to list its routes: {exc}") from None
+
+
+# -- storage -------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--store", metavar="URL", envvar=STORE_ENV, show_envvar=True,
+              help="Storage backend: sqlite:///PATH (default ./.busapp/storage.sqlite3), memory://, "
+                   "postgresql://..., redis://...")
+@click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes.")
+@_broker_option
+@_exchange_option
+@_log_options
+def storage(store: str | None, workers: int, broker: str | None, exchange: str | None,
+            log_format: str | None, log_level: str) -> None:
+    """Run the storage service (routing keys storage.*) until SIGTERM or SIGINT."""
+    configure_logging(log_level, log_format, cache=True)
+    from busapp.storage.service import make_app
+
+    app = make_app(store)
+    url = _resolve_broker(broker)
+    log.info("starting storage service", store=mask_url(store) if store else "default",
+             workers=workers, broker=mask_url(url), pid=os.getpid())
+    from busapp.locate import Target
+
+    target = Target("storage", sys.modules[make_app.__module__], app, app.service_class, os.getcwd())
+    _serve(target, url, workers=workers, concurrency=None, exchange=exchange, graceful_timeout=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``busapp`` console script and ``python -m busapp``."""
+    cli.main(args=argv, prog_name="busapp")

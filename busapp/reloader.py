@@ -1,0 +1,87 @@
+"""``busapp run --reload``: serve in a child process and restart it when a .py file changes.
+
+The reloader itself imports nothing of the user's: each restart is a fresh
+``python -m busapp run`` (so edited modules are imported anew). The broker
+URL reaches the child through ``$BUSAPP_BROKER_URL``, never its command line
+(which ``ps`` shows). On Linux the child gets SIGTERM if the reloader dies.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from busapp.transport import BROKER_ENV
+from busapp.transport._keeper import die_with_parent
+
+log = structlog.get_logger("busapp.reloader")
+
+#: Seconds between checks that the child still runs, while waiting for changes.
+TICK_MS = 500
+
+
+def child_command(target: str, options: dict[str, Any]) -> list[str]:
+    """The ``busapp run`` command line for the child (without --reload or --broker)."""
+    cmd = [sys.executable, "-m", "busapp", "run", target]
+    flags = {"workers": "--workers", "concurrency": "--concurrency", "exchange": "--exchange",
+             "graceful_timeout": "--graceful-timeout", "log_format": "--log-format",
+             "log_level": "--log-level"}
+    for key, flag in flags.items():
+        if options.get(key) is not None:
+            cmd += [flag, str(options[key])]
+    return cmd
+
+
+def run_with_reload(target: str, root: Path, broker_url: str, options: dict[str, Any]) -> int:
+    """Serve ``target`` in a child, restarting it on changes under ``root``, until SIGTERM/SIGINT.
+
+    Returns:
+        The exit status for the reloader: 0 after a signal.
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    grace = float(options.get("graceful_timeout") or 30.0) + 10
+    env = dict(os.environ, **{BROKER_ENV: broker_url})
+    log.info("reloader watching", dir=str(root), pid=os.getpid())
+    while not stop.is_set():
+        child = subprocess.Popen(child_command(target, options), env=env, preexec_fn=die_with_parent)
+        changes = _wait_for_change(root, child, stop)
+        _terminate(child, grace)
+        if changes:
+            log.info("reloading", changed=sorted(os.path.relpath(path, root) for _, path in changes))
+    return 0
+
+
+def _wait_for_change(root: Path, child: subprocess.Popen, stop: threading.Event) -> set:
+    import watchfiles
+
+    reported = False
+    for changes in watchfiles.watch(root, watch_filter=watchfiles.PythonFilter(), stop_event=stop,
+                                    rust_timeout=TICK_MS, yield_on_timeout=True, debounce=400,
+                                    raise_interrupt=False):
+        if changes:
+            return changes
+        if child.poll() is not None and not reported:
+            log.warning("service exited; waiting for a change to restart it",
+                        status=child.returncode, dir=str(root))
+            reported = True
+    return set()
+
+
+def _terminate(child: subprocess.Popen, grace: float) -> None:
+    if child.poll() is None:
+        child.terminate()
+    try:
+        child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        log.warning("service did not stop in time; killing", pid=child.pid)
+        child.kill()
+        child.wait()
