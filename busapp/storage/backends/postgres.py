@@ -1,7 +1,8 @@
 """``postgresql://...``: PostgreSQL through psycopg 3.
 
 Records live in one table (``busapp_records`` unless the URL says
-``?table=NAME``) with a ``jsonb`` column. A save is one
+``?table=NAME``), as canonical JSON text (``jsonb`` cannot hold ``\\u0000``,
+which JSON and the other backends allow). A save is one
 ``INSERT ... ON CONFLICT DO UPDATE ... WHERE data IS DISTINCT FROM ...``
 statement in autocommit mode: PostgreSQL decides created (a fresh row),
 updated (a changed row) or unchanged (no row returned) atomically, and the
@@ -10,6 +11,7 @@ write is committed when the statement returns.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -46,7 +48,7 @@ class PostgresBackend(Backend):
                 # EXISTS alone can still fail when two processes race on it.
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                             "model_type text NOT NULL, key text NOT NULL, data jsonb NOT NULL, "
+                             "model_type text NOT NULL, key text NOT NULL, data text NOT NULL, "
                              "PRIMARY KEY (model_type, key))")
             self._conn = conn
         return self._conn
@@ -69,7 +71,7 @@ class PostgresBackend(Backend):
     def save(self, type_name: str, key: str, data: dict[str, Any]) -> str:
         # xmax = 0 marks a row version this statement inserted (not an update of an older one).
         rows = self._run(
-            f"INSERT INTO {self.table} AS t (model_type, key, data) VALUES (%s, %s, %s::jsonb) "
+            f"INSERT INTO {self.table} AS t (model_type, key, data) VALUES (%s, %s, %s) "
             f"ON CONFLICT (model_type, key) DO UPDATE SET data = EXCLUDED.data "
             f"WHERE t.data IS DISTINCT FROM EXCLUDED.data RETURNING (t.xmax = 0)",
             (type_name, key, encode(data)))
@@ -80,17 +82,17 @@ class PostgresBackend(Backend):
     def get(self, type_name: str, key: str) -> dict[str, Any] | None:
         rows = self._run(f"SELECT data FROM {self.table} WHERE model_type = %s AND key = %s",
                          (type_name, key))
-        return rows[0][0] if rows else None
+        return json.loads(rows[0][0]) if rows else None
 
     def delete(self, type_name: str, key: str) -> dict[str, Any] | None:
         rows = self._run(f"DELETE FROM {self.table} WHERE model_type = %s AND key = %s "
                          f"RETURNING data", (type_name, key))
-        return rows[0][0] if rows else None
+        return json.loads(rows[0][0]) if rows else None
 
     def list(self, type_name: str) -> list[dict[str, Any]]:
         rows = self._run(f'SELECT data FROM {self.table} WHERE model_type = %s '
                          f'ORDER BY key COLLATE "C"', (type_name,))
-        return [r[0] for r in rows]
+        return [json.loads(r[0]) for r in rows]
 
     def drop(self) -> None:
         """Drop the table (tests use a table per run)."""
