@@ -25,6 +25,8 @@ Topic patterns follow AMQP: ``*`` is exactly one word, ``#`` zero or more.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import functools
 import itertools
 import threading
@@ -108,6 +110,7 @@ class MemoryBus:
         self._id_prefix = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._local = threading.local()  # .pending: deliveries queued behind the one running
 
     def add_service(self, service: Any) -> None:
         """Route messages matching ``service``'s RPC bindings and subscriptions to it."""
@@ -145,10 +148,12 @@ class MemoryBus:
         response: dict | None = None
         cause: BaseException | None = None
         for service in self._rpc_route(routing_key):
+            _refuse_loop_deadlock(service, method, routing_key)
             served, failure = self._serve(service, routing_key, body, request_id)
             if response is None:
                 response, cause = served, failure
-        self._deliver_to_subscribers(routing_key, body)
+        if self._has_subscribers(routing_key):
+            self._in_order(self._deliver_to_subscribers, routing_key, body)
         early = self._early_replies.pop(request_id, None)
         if early is not None:
             return early, None
@@ -201,9 +206,31 @@ class MemoryBus:
     def _send(self, routing_key: str, body: Any, kind: str) -> None:
         payload = wire.dumps(body).encode()
         self.published.append(Published(routing_key, wire.loads_body(payload, "application/json"), kind))
+        self._in_order(self._deliver, routing_key, payload)
+
+    def _deliver(self, routing_key: str, payload: bytes) -> None:
         for service in self._rpc_route(routing_key):
             self._serve(service, routing_key, payload, None)
         self._deliver_to_subscribers(routing_key, payload)
+
+    def _in_order(self, deliver: Callable[..., None], *args: Any) -> None:
+        """Run ``deliver(*args)`` now, or after the delivery this thread is in the middle of.
+
+        So a handler's own publications reach every consumer after the message
+        being handled, in the order they were published, as from a broker queue;
+        all are done before the outermost publish returns.
+        """
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.append((deliver, args))
+            return
+        pending = self._local.pending = collections.deque([(deliver, args)])
+        try:
+            while pending:
+                deliver, args = pending.popleft()
+                deliver(*args)
+        finally:
+            self._local.pending = None
 
     # -- delivery ---------------------------------------------------------------
 
@@ -228,6 +255,10 @@ class MemoryBus:
         # The reply crosses the "wire" as JSON text, as a broker would carry it.
         return wire.parse_response(wire.dumps(response).encode()), (failure[0] if failure else None)
 
+    def _has_subscribers(self, routing_key: str) -> bool:
+        return any(topic_matches(sub.binding_key, routing_key)
+                   for service in self.services for sub in service.subscriptions)
+
     def _deliver_to_subscribers(self, routing_key: str, body: bytes) -> None:
         for service in list(self.services):
             for sub in list(service.subscriptions):
@@ -244,6 +275,21 @@ class MemoryBus:
     def _handler_failed(self, routing_key: str, consumer: str, exc: BaseException) -> None:
         if self.on_handler_error is not None:
             self.on_handler_error(HandlerError(routing_key, consumer, exc))
+
+
+def _refuse_loop_deadlock(service: Any, method: str, routing_key: str) -> None:
+    """Fail fast where a broker would time out: a blocking call, made on the event loop, to an async handler."""
+    handler = service.handlers.get(method)
+    if handler is None or not handler.is_async:
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RequestTimeout(
+        f"{routing_key!r} is an async handler, called with a blocking bus.call() from inside the "
+        f"running event loop (an async handler?): the loop it needs is blocked by this very call, "
+        f"so on a broker it times out; make the caller a plain def handler")
 
 
 def _loads_or_none(body: bytes, max_body: int) -> Any:
