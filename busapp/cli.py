@@ -198,7 +198,7 @@ def _request(routing_key: str, body: Any, broker: str | None, exchange: str | No
     except RequestTimeout as exc:
         raise NoReply(f"timeout: {exc}") from None
     except BrokerUnavailable as exc:
-        raise NoReply(f"{exc}; pass --broker URL (or set {BROKER_ENV})") from None
+        raise NoReply(f"{exc}; check that the broker runs and the URL (--broker or {BROKER_ENV}) is right") from None
 
 
 def _running_embedded() -> str:
