@@ -35,21 +35,21 @@ def _need(port: int, what: str) -> None:
         pytest.skip(msg)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     """URL of the real Redis server (skips, or fails in CI, if it is down)."""
     _need(6379, "Redis")
     return REDIS_URL
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def amqp_url() -> str:
     """URL of the real RabbitMQ server (skips, or fails in CI, if it is down)."""
     _need(5672, "RabbitMQ")
     return AMQP_URL
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def pg_url() -> str:
     """URL of the real PostgreSQL database ``test``."""
     _need(5432, "PostgreSQL")
