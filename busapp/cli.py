@@ -184,7 +184,7 @@ def call(routing_key: str, params: tuple[str, ...], broker: str | None, exchange
     error = response.get("error")
     if error is not None:
         raise CallFailed(_describe_error(response))
-    click.echo(json.dumps(response.get("result")))
+    click.echo(json.dumps(response.get("result"), ensure_ascii=False))
 
 
 def _request(routing_key: str, body: Any, broker: str | None, exchange: str | None,

@@ -304,7 +304,7 @@ def test_broker_password_never_printed(project: Project, amqp_url: str, exchange
 def test_wrong_password_is_not_echoed_by_call(project: Project, amqp_url: str, exchange: str) -> None:
     """A refused broker URL with a password fails with exit 2 and the password masked."""
     url = amqp_url.replace("guest:guest@", "guest:s3cretPW@")
-    result = project.cli("call", "x.y", "--broker", url, "--exchange", exchange, "--timeout", "5")
+    result = project.cli("call", "x.y", "--broker", url, "--exchange", exchange, "--timeout", "2")
     assert result.returncode == 2
     assert "s3cretPW" not in result.stderr + result.stdout
 

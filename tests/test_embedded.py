@@ -178,6 +178,13 @@ def test_server_that_fails_to_start_says_pass_broker(state_dir: Path, monkeypatc
         ensure_embedded_broker(str(state_dir))
 
 
+def test_unusable_directory_says_pass_broker(tmp_path: Path) -> None:
+    """A state directory that cannot be created gives BrokerUnavailable naming --broker, not an OSError."""
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(BrokerUnavailable, match="cannot run the embedded broker.*--broker"):
+        ensure_embedded_broker(str(tmp_path / "afile" / ".busapp"))
+
+
 def test_long_directory_gets_a_short_socket(tmp_path: Path) -> None:
     """A directory too deep for a Unix socket path still works (the socket goes to the temp dir)."""
     deep = tmp_path / ("d" * 60) / ("e" * 60) / ".busapp"

