@@ -160,6 +160,16 @@ class TestClient:
         """Send a request and return the whole JSON-RPC response dict (Commissaire's form)."""
         return self._run(self.bus.request, self.routing_key(routing_key), params)
 
+    def request_raw(self, routing_key: str, body: bytes | str, *,
+                    content_type: str = "application/json") -> dict | None:
+        """Deliver ``body`` exactly as given; return the response dict (None for a notification).
+
+        For what a client never sends: bad JSON (-32700), a foreign content
+        type, a method that differs from the routing key (-32600).
+        """
+        return self._run(self.bus.request_raw, self.routing_key(routing_key), body,
+                         content_type=content_type)
+
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification; every consumer has handled it when this returns."""
         self._run(self.bus.notify, self.routing_key(method), *args, **kwargs)

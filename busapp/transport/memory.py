@@ -161,6 +161,20 @@ class MemoryBus:
             raise NoRouteError(self._no_route_message(routing_key))
         return response, cause
 
+    def request_raw(self, routing_key: str, body: bytes | str, *,
+                    content_type: str = "application/json") -> dict | None:
+        """Serve a body exactly as given (e.g. not JSON, or a foreign content type).
+
+        Returns the decoded response, or None when none is owed (a notification).
+        Raises NoRouteError when no registered service consumes ``routing_key``.
+        """
+        body = body.encode() if isinstance(body, str) else bytes(body)
+        route = self._rpc_route(routing_key)
+        if not route:
+            raise NoRouteError(self._no_route_message(routing_key))
+        responses = [self._serve(s, routing_key, body, "raw", content_type)[0] for s in route]
+        return responses[0]
+
     def notify(self, routing_key: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification: every consumer handles it before this returns; nothing answers."""
         method = wire.method_from_routing_key(routing_key)
@@ -234,8 +248,8 @@ class MemoryBus:
 
     # -- delivery ---------------------------------------------------------------
 
-    def _serve(self, service: Any, routing_key: str, body: bytes,
-               request_id: Any) -> tuple[dict | None, BaseException | None]:
+    def _serve(self, service: Any, routing_key: str, body: bytes, request_id: Any,
+               content_type: str = "application/json") -> tuple[dict | None, BaseException | None]:
         data = _loads_or_none(body, service.max_body)
         info = IncomingMessage(body=data, routing_key=routing_key, headers={},
                                reply_to=REPLY_TO if request_id is not None else None,
@@ -244,7 +258,7 @@ class MemoryBus:
         payload = data if isinstance(data, dict) else body
         failure: list[BaseException] = []
         response = dispatch.process(
-            service.handlers, payload, content_type="application/json", routing_key=routing_key,
+            service.handlers, payload, content_type=content_type, routing_key=routing_key,
             context=service._context(info), on_error=lambda _req, exc: failure.append(exc),
             max_body=service.max_body,
         )
