@@ -434,3 +434,15 @@ def test_plugin_is_loaded_by_entry_point(tmp_path) -> None:
                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert "1 passed" in run.stdout and "1 error" in run.stdout, run.stdout
     assert "define a 'busapp_app' fixture" in run.stdout
+
+
+def test_event_handler_error_under_an_async_handler_fails_the_call() -> None:
+    """An event handler failing under an async handler's storage write is still re-raised."""
+    app = _failing_app()
+
+    @app.method()
+    async def make_cluster(name: str, storage) -> None:
+        storage.save(Cluster.new(name=name))
+
+    with pytest.raises(KeyError, match="no network for c3"):
+        app.test_client().call("make_cluster", "c3")
