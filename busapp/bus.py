@@ -340,7 +340,8 @@ class _ReplyListener(threading.Thread):
         self.ready.set()
         while not self._stop_event.is_set():
             try:
-                conn.drain_events(timeout=1)
+                # Short, so close() does not wait long for this thread to notice.
+                conn.drain_events(timeout=0.2)
             except socket.timeout:
                 pass
 
