@@ -1,10 +1,16 @@
-"""Storage fixtures: a fresh store of each backend kind, dropped after the test."""
+"""Storage fixtures: fresh stores of each backend kind, and a storage service shared by the tests."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 
+from busapp import Client
 from busapp.storage.backends import open_backend
+from busapp.storage.service import make_app
+from tests._services import running
+from tests.conftest import REDIS_URL, _need
 
 #: Backends whose data outlives the process (all but memory).
 PERSISTENT = ("sqlite", "postgres", "redis")
@@ -47,3 +53,33 @@ def store_url(request: pytest.FixtureRequest, make_store_url) -> str:
 def persistent_store_url(request: pytest.FixtureRequest, make_store_url) -> str:
     """A fresh store URL of each backend that keeps data across restarts."""
     return make_store_url(request.param)
+
+
+def storage_running(store_url: str, url: str, exchange: str, unique: str, *, workers: int = 1):
+    """Run the storage service (queue ``storage-<unique>``) until the block ends."""
+    app = make_app(store_url, queue=f"storage-{unique}")
+    return running(lambda: app.run(url, exchange=exchange, workers=workers),
+                   ready="storage.list_store_handlers", url=url, exchange=exchange,
+                   cleanup_queues=(app.queue,))
+
+
+@pytest.fixture(scope="package")
+def shared(tmp_path_factory):
+    """One storage service (SQLite, Redis broker) shared by the storage tests.
+
+    Starting and stopping a service costs seconds, so tests that only call it
+    share one, each using its own keys.
+    """
+    _need(6379, "Redis")
+    token = uuid.uuid4().hex[:10]
+    exchange = f"test-{token}"
+    store = f"sqlite:///{tmp_path_factory.mktemp('storage')}/shared.sqlite3"
+    with storage_running(store, REDIS_URL, exchange, token):
+        yield REDIS_URL, exchange
+
+
+@pytest.fixture
+def bus(shared):
+    """A Client on the shared storage service's exchange."""
+    with Client(*shared) as client:
+        yield client

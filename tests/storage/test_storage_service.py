@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import time
-import uuid
 
 import pytest
 import redis
@@ -14,39 +13,8 @@ from busapp import App, Client
 from busapp.errors import InvalidParams, StorageLookupError
 from busapp.models import Cluster, ContainerManagerConfig, Host, Hosts, Network
 from busapp.storage.client import StorageClient
-from busapp.storage.service import make_app
-from tests._services import run_app, running
-from tests.conftest import REDIS_URL, _need
-
-
-def storage_running(store_url: str, url: str, exchange: str, unique: str, *, workers: int = 1):
-    """Run the storage service (queue ``storage-<unique>``) until the block ends."""
-    app = make_app(store_url, queue=f"storage-{unique}")
-    return running(lambda: app.run(url, exchange=exchange, workers=workers),
-                   ready="storage.list_store_handlers", url=url, exchange=exchange,
-                   cleanup_queues=(app.queue,))
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One storage service (SQLite, Redis broker) shared by this module's plain-call tests.
-
-    Starting and stopping a service costs seconds, so tests that only call it
-    share one, each using its own keys.
-    """
-    _need(6379, "Redis")
-    token = uuid.uuid4().hex[:10]
-    exchange = f"test-{token}"
-    store = f"sqlite:///{tmp_path_factory.mktemp('storage')}/shared.sqlite3"
-    with storage_running(store, REDIS_URL, exchange, token):
-        yield REDIS_URL, exchange
-
-
-@pytest.fixture
-def bus(shared):
-    """A Client on the shared storage service's exchange."""
-    with Client(*shared) as client:
-        yield client
+from tests._services import run_app
+from tests.storage.conftest import storage_running
 
 
 @pytest.fixture
