@@ -134,7 +134,7 @@ class Client(BusMixin):
     def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
         """Send a request and return the whole JSON-RPC response dict."""
         method = wire.method_from_routing_key(routing_key)
-        if method is None:
+        if method is None or "." not in routing_key:
             raise ValueError(f"routing key {routing_key!r} has no method segment; use '<service>.<method>'")
         timeout = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
@@ -164,8 +164,8 @@ class Client(BusMixin):
     def notify(self, routing_key: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the service handles it and sends no reply."""
         method = wire.method_from_routing_key(routing_key)
-        if method is None:
-            raise ValueError(f"routing key {routing_key!r} has no method segment")
+        if method is None or "." not in routing_key:
+            raise ValueError(f"routing key {routing_key!r} has no method segment; use '<service>.<method>'")
         if len(args) == 1 and not kwargs and isinstance(args[0], (dict, list)):
             params = args[0]  # Commissaire's notify(routing_key, params)
         else:
@@ -215,7 +215,7 @@ class Client(BusMixin):
             from kombu import Exchange, Producer
 
             conn = connect(self.broker_url)
-            conn.ensure_connection(max_retries=1)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
             channel = conn.channel()
             self._exchange = Exchange(self.exchange_name, type="topic", durable=True)
             self._exchange(channel).declare()
@@ -238,12 +238,14 @@ class Client(BusMixin):
                 self._listener = _ReplyListener(self)
                 self._listener.start()
         listener = self._listener
-        if not listener.ready.wait(max(0.0, deadline - time.monotonic())):
+        while not listener.ready.wait(0.02):
+            # Fail fast while the broker is down rather than wait out the timeout.
             if listener.error is not None:
                 raise BrokerUnavailable(
                     f"broker at {mask_url(self.broker_url)} unavailable: {listener.error}"
                 )
-            raise RequestTimeout("reply queue could not be set up in time")
+            if time.monotonic() >= deadline:
+                raise RequestTimeout("reply queue could not be set up in time")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -327,7 +329,7 @@ class _ReplyListener(threading.Thread):
         client = self.client
         conn = connect(client.broker_url)
         self._conn = conn
-        conn.ensure_connection(max_retries=1)
+        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
         channel = conn.channel()
         amqp = client.broker_url.startswith("amqp")
         self._queue = Queue(

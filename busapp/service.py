@@ -259,7 +259,7 @@ class CommissaireService(BusMixin):
 
         conn = connect(self.connection_url)
         try:
-            conn.ensure_connection(max_retries=1)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
             channel = conn.channel()
             exchange = Exchange(self.exchange_name, type="topic", durable=True)
             rpc_queues, sub_queues = self._queues(exchange)
