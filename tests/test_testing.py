@@ -446,3 +446,20 @@ def test_event_handler_error_under_an_async_handler_fails_the_call() -> None:
 
     with pytest.raises(KeyError, match="no network for c3"):
         app.test_client().call("make_cluster", "c3")
+
+
+def test_test_client_loads_no_broker_code() -> None:
+    """A call and a storage write through the test client never import kombu or redis."""
+    code = textwrap.dedent("""
+        import sys
+        from busapp import App
+        from busapp.models import Host
+        app = App("calc")
+        app.add_method(lambda x, y: x + y, "add")
+        client = app.test_client()
+        assert client.call("add", 1, 2) == 3
+        client.storage.save(Host.new(address="10.0.0.1"))
+        print(sorted(m for m in ("kombu", "redis", "amqp") if m in sys.modules))
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "[]", run.stderr
