@@ -26,8 +26,12 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 FORMATS = ("console", "json")
 
 
-class NamedLogger(structlog.PrintLogger):
-    """A PrintLogger that remembers the name given to ``get_logger``."""
+class NamedLogger(structlog.WriteLogger):
+    """A WriteLogger that remembers the name given to ``get_logger``.
+
+    WriteLogger writes each line with one ``write`` call (PrintLogger's ``print``
+    makes two), so the lines of worker processes sharing stderr never interleave.
+    """
 
     def __init__(self, file: TextIO | None = None, name: str | None = None) -> None:
         super().__init__(file)

@@ -136,3 +136,24 @@ def test_unknown_level_or_format_names_the_choices(level: str, fmt: str | None, 
     """A bad level or format raises ValueError listing what is accepted."""
     with pytest.raises(ValueError, match=named):
         configure_logging(level, fmt)
+
+
+class CountingStream(io.StringIO):
+    """Records every write call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_each_line_is_one_write(out: io.StringIO) -> None:
+    """A log line is written in one call, so workers sharing stderr never interleave their lines."""
+    stream = CountingStream()
+    configure_logging("info", "json", file=stream)
+    structlog.get_logger("busapp.service").info("worker ready", pid=1)
+    logging.getLogger("kombu.test").warning("lost")
+    assert len(stream.writes) == 2 and all(w.endswith("}\n") for w in stream.writes)
