@@ -68,8 +68,16 @@ def transport_options(url: str) -> dict[str, Any]:
 
 
 def connect(url: str):
-    """A new, not yet connected, kombu Connection for ``url``."""
-    from kombu import Connection
+    """A new, not yet connected, kombu Connection for ``url``.
+
+    Redis URLs (``redis://``, ``rediss://``, ``redis+socket://``) get busapp's transport
+    (:mod:`busapp.transport.redis`: kombu's, without its per-command client and per-publish
+    binding lookup); other URLs get kombu's own.
+    """
+    if is_redis(url):
+        from busapp.transport.redis import Connection
+    else:
+        from kombu import Connection
 
     return Connection(url, transport_options=transport_options(url), connect_timeout=5)
 

@@ -1,0 +1,577 @@
+#!/usr/bin/env python
+"""busapp RPC round trips against a plain-kombu yardstick, measured side by side.
+
+Echo RPC with a 64-byte JSON payload (params ``{"data": "a" * 53}``), for each broker:
+
+(a) sequential: one client process, one call in flight: calls/s, latency p50/p99;
+(b) throughput: ``--clients`` client processes x ``--inflight`` threads sharing one client each,
+    against a server with ``--workers 1`` and ``--workers 2``;
+(c) CPU time per call (from ``/proc/<pid>/stat``) of the client processes, the server's process
+    tree and the broker (``redis-server`` on the URL's port, RabbitMQ's ``beam.smp``, or the
+    embedded broker's ``redis-server``).
+
+Every busapp figure is printed next to the same measurement of a raw-kombu echo server and
+client (``benchmarks/rawkombu.py``) taken in the same run, with the ratio busapp/raw.
+Both servers of a broker run at once (on their own queues) and the measurements alternate,
+so drift on a shared machine hits both alike. Figures are medians over ``--repeat`` passes.
+
+Run by hand (never from the test suite)::
+
+    .venv/bin/python benchmarks/rpc.py                 # all brokers, ~5 minutes
+    .venv/bin/python benchmarks/rpc.py --quick         # smoke check, < 1 minute
+    .venv/bin/python benchmarks/rpc.py --broker redis --repeat 5
+
+Other sections (storage saves/s, storage-event latency, test-client calls/s) live in
+``benchmarks/storage.py`` and ``benchmarks/testclient.py``; :data:`EXTRA_SECTIONS` names them
+and ``--with-extra`` runs those that exist after the RPC table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # rawkombu
+
+PAYLOAD = {"data": "a" * 53}
+assert len(json.dumps(PAYLOAD, separators=(",", ":"))) == 64
+
+DEFAULT_URLS = {
+    "redis": "redis://127.0.0.1:6379/0",
+    "amqp": "amqp://guest:guest@127.0.0.1:5672//",
+}
+BROKERS = ("redis", "amqp", "embedded")
+IMPLS = ("busapp", "raw")
+#: Sibling benchmark scripts owned by others, run with --with-extra when present.
+EXTRA_SECTIONS = ("storage.py", "testclient.py")
+#: FastStream 0.7 request/reply, 4 clients (issue 7): the throughput target is twice these.
+FASTSTREAM_4X = {"redis": 396, "amqp": 250, "embedded": 396}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------
+# /proc
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _ppids() -> dict[int, int]:
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    out[int(entry)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _ppids().items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def broker_pids(kind: str, url: str, embedded_state: dict[str, Any] | None = None) -> list[int]:
+    """Pids whose CPU counts as the broker's (may be empty if they cannot be found)."""
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    if kind == "embedded":
+        pid = (embedded_state or {}).get("redis_pid")
+        return [int(pid)] if pid else []
+    if kind == "amqp":
+        return [p for p in pids if _comm(p) == "beam.smp"]
+    from urllib.parse import urlsplit
+
+    port = urlsplit(url).port or 6379
+    return [p for p in pids if _comm(p) == "redis-server" and f":{port}" in _cmdline(p)]
+
+
+# ---------------------------------------------------------------------------------------------
+# child processes: servers and clients
+
+
+def _serve_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="rpc.py _serve")
+    p.add_argument("--impl", choices=IMPLS, required=True)
+    p.add_argument("--url", required=True)
+    p.add_argument("--exchange", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--workers", type=int, default=1)
+    a = p.parse_args(argv)
+    if a.impl == "busapp":
+        from busapp import App
+        from busapp.log import configure_logging
+
+        # What `busapp run` does by default: info level, so per-call debug lines are no-ops.
+        configure_logging("info", fmt="json", cache=True)
+        app = App(a.name, exchange=a.exchange)
+
+        @app.method()
+        def echo(data: Any) -> Any:
+            return {"data": data}
+
+        app.run(a.url, workers=a.workers)
+        return
+    import rawkombu
+
+    routing_key = f"{a.name}.*"
+    if a.workers <= 1:
+        rawkombu.serve_forever(a.url, a.exchange, a.name, routing_key)
+        return
+    children = []
+    for _ in range(a.workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                rawkombu.serve_forever(a.url, a.exchange, a.name, routing_key)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+def _client_main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="rpc.py _client")
+    p.add_argument("--impl", choices=IMPLS, required=True)
+    p.add_argument("--url", required=True)
+    p.add_argument("--exchange", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=20)
+    a = p.parse_args(argv)
+    routing_key = f"{a.name}.echo"
+    if a.impl == "busapp":
+        from busapp.bus import Client
+
+        client = Client(a.url, a.exchange, timeout=30)
+
+        def call() -> Any:
+            return client.call(routing_key, **PAYLOAD)
+
+        expected = PAYLOAD
+    else:
+        import rawkombu
+
+        client = rawkombu.RawClient(a.url, a.exchange, threaded=a.threads > 1)
+
+        def call() -> Any:
+            return client.call(routing_key, "echo", PAYLOAD, timeout=30)
+
+        expected = PAYLOAD
+    try:
+        for _ in range(a.warmup):
+            assert call() == expected
+        print("READY", flush=True)
+        t0, t1 = map(float, sys.stdin.readline().split())
+        latencies: list[list[float]] = [[] for _ in range(a.threads)]
+        errors = [0]
+
+        def loop(out: list[float]) -> None:
+            delay = t0 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            while True:
+                start = time.monotonic()
+                if start >= t1:
+                    return
+                try:
+                    call()
+                except Exception:  # noqa: BLE001 - counted, not fatal
+                    errors[0] += 1
+                    continue
+                end = time.monotonic()
+                if t0 <= start and end <= t1:
+                    out.append(end - start)
+
+        threads = [threading.Thread(target=loop, args=(lat,)) for lat in latencies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        merged = [x for lat in latencies for x in lat]
+        print(json.dumps({"count": len(merged), "lat": merged, "errors": errors[0]}), flush=True)
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent: orchestration
+
+
+class Server:
+    """A busapp or raw-kombu echo server in a child process (a process tree with --workers > 1)."""
+
+    def __init__(self, impl: str, url: str, exchange: str, workers: int, logdir: Path) -> None:
+        self.impl, self.url, self.exchange, self.workers = impl, url, exchange, workers
+        self.name = f"bench_{impl}_{uuid.uuid4().hex[:8]}"
+        self.log = open(logdir / f"{self.name}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "_serve", "--impl", impl, "--url", url,
+             "--exchange", exchange, "--name", self.name, "--workers", str(workers)],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def pids(self) -> list[int]:
+        return process_tree(self.proc.pid)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Call the server until it answers (a request sent before its queue is bound is lost)."""
+        import rawkombu
+
+        deadline = time.monotonic() + timeout
+        client = rawkombu.RawClient(self.url, self.exchange, threaded=False)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.impl} server exited: {self.log_tail()}")
+                try:
+                    client.call(f"{self.name}.echo", "echo", PAYLOAD, timeout=0.5)
+                    return
+                except OSError:  # socket.timeout: not consuming yet
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{self.impl} server not answering: {self.log_tail()}") from None
+        finally:
+            client.close()
+
+    def log_tail(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                for pid in reversed(self.pids()):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                self.proc.wait(5)
+        self.log.close()
+
+
+def _cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for p in pids)
+
+
+def measure(server: Server, clients: int, threads: int, duration: float,
+            broker: list[int], warmup: int) -> dict[str, float]:
+    """One timed window: calls/s, latency percentiles, CPU ms per call by party."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "_client", "--impl", server.impl, "--url", server.url,
+             "--exchange", server.exchange, "--name", server.name, "--threads", str(threads),
+             "--warmup", str(warmup)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for _ in range(clients)
+    ]
+    try:
+        for proc in procs:
+            line = proc.stdout.readline()
+            if line.strip() != "READY":
+                raise RuntimeError(f"{server.impl} client did not get ready; server log ends:\n"
+                                   f"{server.log_tail()}")
+        t0 = time.monotonic() + 0.25
+        t1 = t0 + duration
+        for proc in procs:
+            proc.stdin.write(f"{t0} {t1}\n")
+            proc.stdin.flush()
+        client_pids = [p.pid for p in procs]
+        server_pids = server.pids()
+        time.sleep(max(0.0, t0 - time.monotonic()))
+        before = (_cpu(client_pids), _cpu(server_pids), _cpu(broker))
+        time.sleep(max(0.0, t1 - time.monotonic()))
+        after = (_cpu(client_pids), _cpu(server_pids), _cpu(broker))
+        results = [json.loads(proc.stdout.readline()) for proc in procs]
+    finally:
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    count = sum(r["count"] for r in results)
+    lat = sorted(x for r in results for x in r["lat"])
+    per_call = [(b - a) * 1000 / max(count, 1) for a, b in zip(before, after)]
+    return {
+        "calls_s": count / duration,
+        "p50_ms": lat[len(lat) // 2] * 1000 if lat else float("nan"),
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan"),
+        "cpu_client": per_call[0], "cpu_server": per_call[1], "cpu_broker": per_call[2],
+        "cpu_total": sum(per_call),
+        "errors": sum(r["errors"] for r in results),
+    }
+
+
+def _median_dicts(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def cleanup(kind: str, url: str, exchange: str, queues: list[str]) -> None:
+    """Delete the benchmark's queues and exchange (and kombu's binding keys on Redis)."""
+    from kombu import Connection, Exchange, Queue
+
+    try:
+        with Connection(url) as conn:
+            channel = conn.channel()
+            for q in queues:
+                try:
+                    Queue(q, channel=channel).delete()
+                except Exception:  # noqa: BLE001
+                    pass
+            try:
+                Exchange(exchange, type="topic", channel=channel).delete()
+            except Exception:  # noqa: BLE001
+                pass
+            if kind != "amqp":
+                client = channel.client
+                client.delete(f"_kombu.binding.{exchange}", f"_kombu.binding_permanent.{exchange}")
+                client.zrem("_kombu.binding_deadlines", exchange)
+    except Exception as exc:  # noqa: BLE001 - report, do not hide the table
+        print(f"# cleanup on {kind} failed: {exc}", file=sys.stderr)
+
+
+def bench_broker(kind: str, url: str, args: argparse.Namespace, logdir: Path,
+                 embedded_state: dict | None) -> dict[tuple[str, str], dict[str, float]]:
+    """All measurements of one broker: {(scenario, impl): figures}."""
+    broker = broker_pids(kind, url, embedded_state)
+    if not broker:
+        print(f"# {kind}: broker process not found; broker CPU reads 0", file=sys.stderr)
+    exchange = f"bench.{uuid.uuid4().hex[:8]}"
+    out: dict[tuple[str, str], list[dict[str, float]]] = {}
+    queues: list[str] = []
+    for workers in args.workers:
+        servers = {impl: Server(impl, url, exchange, workers, logdir) for impl in IMPLS}
+        queues += [s.name for s in servers.values()]
+        try:
+            for server in servers.values():
+                server.wait_ready()
+            scenarios = [(f"{args.clients}x{args.inflight} w{workers}", args.clients, args.inflight,
+                          args.duration)]
+            if workers == args.workers[0]:
+                scenarios.insert(0, (f"sequential w{workers}", 1, 1, args.seq_duration))
+            for rep in range(args.repeat):
+                for label, clients, threads, duration in scenarios:
+                    order = IMPLS if rep % 2 == 0 else IMPLS[::-1]
+                    for impl in order:
+                        fig = measure(servers[impl], clients, threads, duration, broker, args.warmup)
+                        out.setdefault((label, impl), []).append(fig)
+                        if args.verbose:
+                            print(f"# {kind} {label} {impl} pass {rep + 1}: "
+                                  + ", ".join(f"{k}={v:.3g}" for k, v in fig.items()), file=sys.stderr)
+        except BaseException:
+            for server in servers.values():
+                server.stop()
+            cleanup(kind, url, exchange, queues)
+            raise
+        for server in servers.values():
+            server.stop()
+    cleanup(kind, url, exchange, queues)
+    return {key: _median_dicts(runs) for key, runs in out.items()}
+
+
+ROWS = [
+    # (label, key, format, higher is better)
+    ("calls/s", "calls_s", "{:,.0f}", True),
+    ("p50 ms", "p50_ms", "{:.2f}", False),
+    ("p99 ms", "p99_ms", "{:.2f}", False),
+    ("CPU ms/call client", "cpu_client", "{:.2f}", False),
+    ("CPU ms/call server", "cpu_server", "{:.2f}", False),
+    ("CPU ms/call broker", "cpu_broker", "{:.2f}", False),
+    ("CPU ms/call total", "cpu_total", "{:.2f}", False),
+]
+
+
+def render(results: dict[str, dict[tuple[str, str], dict[str, float]]]) -> str:
+    lines = ["| broker | scenario | measure | busapp | raw kombu | busapp/raw |",
+             "|---|---|---|---:|---:|---:|"]
+    for kind, figures in results.items():
+        scenarios = list(dict.fromkeys(label for label, _ in figures))
+        for label in scenarios:
+            b, r = figures[(label, "busapp")], figures[(label, "raw")]
+            for name, key, fmt, _ in ROWS:
+                ratio = b[key] / r[key] if r[key] else float("nan")
+                lines.append(f"| {kind} | {label} | {name} | {fmt.format(b[key])} | "
+                             f"{fmt.format(r[key])} | {ratio:.2f} |")
+            if b["errors"] or r["errors"]:
+                lines.append(f"| {kind} | {label} | errors | {b['errors']:.0f} | {r['errors']:.0f} | |")
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, dict[tuple[str, str], dict[str, float]]],
+            args: argparse.Namespace) -> str:
+    lines = []
+    for kind, figures in results.items():
+        seq = next((k for k, _ in figures if k.startswith("sequential")), None)
+        if seq:
+            b, r = figures[(seq, "busapp")], figures[(seq, "raw")]
+            want = 0.9 if kind == "amqp" else 1.0
+            ratio = b["calls_s"] / r["calls_s"]
+            lines.append(f"- {kind}: sequential calls/s busapp/raw {ratio:.2f} (target >= {want}) "
+                         f"{'met' if ratio >= want else 'MISSED'}")
+            cpu = b["cpu_total"] / r["cpu_total"]
+            lines.append(f"- {kind}: sequential CPU/call busapp/raw {cpu:.2f} (target <= 1.1) "
+                         f"{'met' if cpu <= 1.1 else 'MISSED'}")
+            if kind != "amqp":
+                lines.append(f"- {kind}: sequential {b['calls_s']:,.0f} calls/s (stretch >= 700) "
+                             f"{'met' if b['calls_s'] >= 700 else 'missed'}")
+        for label, impl in figures:
+            if impl == "busapp" and label.startswith(f"{args.clients}x{args.inflight} w2"):
+                got, floor = figures[(label, impl)]["calls_s"], 2 * FASTSTREAM_4X[kind]
+                lines.append(f"- {kind}: {label} {got:,.0f} calls/s (target >= 2x FastStream = "
+                             f"{floor}) {'met' if got >= floor else 'MISSED'}")
+    return "\n".join(lines)
+
+
+def _start_embedded(tmp: Path) -> tuple[str, dict]:
+    from busapp.transport.embedded import broker_state, ensure_embedded_broker
+
+    url = ensure_embedded_broker(str(tmp / "embedded"))
+    return url, broker_state(str(tmp / "embedded"))
+
+
+def _stop_embedded(tmp: Path) -> None:
+    from busapp.transport.embedded import stop_embedded_broker
+
+    stop_embedded_broker(str(tmp / "embedded"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_serve"]:
+        _serve_main(argv[1:])
+        return 0
+    if argv[:1] == ["_client"]:
+        _client_main(argv[1:])
+        return 0
+    p = argparse.ArgumentParser(
+        prog="benchmarks/rpc.py",
+        description="busapp echo RPC vs raw kombu on each broker: latency, throughput, CPU per call.",
+    )
+    p.add_argument("--broker", choices=(*BROKERS, "all"), default="all",
+                   help="which broker(s) to measure (default all; embedded is skipped if unavailable)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke check: one short pass per figure (< 1 minute in all)")
+    p.add_argument("--redis-url", default=DEFAULT_URLS["redis"])
+    p.add_argument("--amqp-url", default=DEFAULT_URLS["amqp"])
+    p.add_argument("--workers", default="1,2", help="server worker counts to measure (default 1,2)")
+    p.add_argument("--clients", type=int, default=4, help="client processes for throughput (default 4)")
+    p.add_argument("--inflight", type=int, default=8,
+                   help="calls in flight per client process, one thread each (default 8)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per throughput window (3)")
+    p.add_argument("--seq-duration", type=float, default=None, help="seconds per sequential window (3)")
+    p.add_argument("--repeat", type=int, default=None, help="passes per figure; medians are shown (3)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed calls per client first (20)")
+    p.add_argument("--with-extra", action="store_true",
+                   help=f"also run {', '.join(EXTRA_SECTIONS)} from benchmarks/ if present")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every pass on stderr")
+    args = p.parse_args(argv)
+    args.workers = [int(w) for w in args.workers.split(",")]
+    quick = args.quick
+    args.duration = args.duration or (0.8 if quick else 3.0)
+    args.seq_duration = args.seq_duration or (0.8 if quick else 3.0)
+    args.repeat = args.repeat or (1 if quick else 3)
+    if quick:
+        args.warmup = min(args.warmup, 5)
+    kinds = BROKERS if args.broker == "all" else (args.broker,)
+
+    tmp = Path(tempfile.mkdtemp(prefix="busapp-bench-"))
+    results: dict[str, dict] = {}
+    notes: list[str] = []
+    started = time.monotonic()
+    try:
+        for kind in kinds:
+            state = None
+            if kind == "embedded":
+                try:
+                    url, state = _start_embedded(tmp)
+                except Exception as exc:  # noqa: BLE001 - not there yet, or cannot run here
+                    notes.append(f"embedded broker skipped: {type(exc).__name__}: {exc}")
+                    continue
+            else:
+                url = args.redis_url if kind == "redis" else args.amqp_url
+            try:
+                results[kind] = bench_broker(kind, url, args, tmp, state)
+            except Exception as exc:  # noqa: BLE001 - one broker down must not lose the others
+                notes.append(f"{kind} failed: {type(exc).__name__}: {exc}")
+            finally:
+                if kind == "embedded":
+                    _stop_embedded(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    print(f"busapp vs raw kombu, echo RPC, 64-byte JSON payload; {os.cpu_count()} CPUs; "
+          f"medians of {args.repeat} pass(es); windows {args.seq_duration:g}s sequential, "
+          f"{args.duration:g}s throughput; {elapsed:.0f}s in all")
+    print()
+    print(render(results))
+    print()
+    print(targets(results, args))
+    for note in notes:
+        print(f"- note: {note}")
+    if args.with_extra:
+        for name in EXTRA_SECTIONS:
+            script = HERE / name
+            if script.exists():
+                print(f"\n## {name}\n", flush=True)
+                subprocess.run([sys.executable, str(script)] + (["--quick"] if quick else []), check=False)
+    return 0 if results else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""busapp's kombu transport for Redis: kombu's own, minus its per-operation costs.
+
+:func:`busapp.transport.connect` uses :class:`Transport` for ``redis://``, ``rediss://``
+and ``redis+socket://`` URLs. The wire format and the keys in Redis are exactly kombu's,
+so busapp processes interoperate with plain kombu (and Commissaire) on the same broker.
+What changes, measured with py-spy on an echo RPC (see BENCHMARKS.md):
+
+- kombu builds a new ``redis.Redis`` object for almost every command
+  (``Channel.conn_or_acquire()`` -> ``_create_client()``), which copies ~170 response
+  callbacks each time. A channel here keeps one (it is thread-safe: every command takes a
+  connection from the channel's pool) and makes a new one only when the pool is replaced.
+- kombu reads the topic exchange's bindings (``SMEMBERS _kombu.binding.<exchange>``) on
+  every publish: one extra round trip per request. A channel here keeps each exchange's
+  table for ``binding_cache_ttl`` seconds (transport option, default 1; 0 turns the cache
+  off) and reads it again at once when a routing key matches nothing in the cached table,
+  or when this channel binds or deletes a queue. So a service that just started gets its
+  first request; what the cache can delay, by at most the TTL, is a *further* queue bound
+  elsewhere to keys that already match (it misses messages published in that window), and
+  the removal of a binding deleted elsewhere.
+- kombu's ack emulation (``ZADD``+``HSET`` on delivery, ``ZREM``+``HDEL`` on ack) runs each
+  pair in a ``MULTI``/``EXEC`` transaction. Here the pairs are sent as plain pipelines, one
+  round trip each as before, without the transaction's two extra commands. Nothing reads
+  the pair in between: unacked messages are only restored once older than the visibility
+  timeout.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from time import monotonic
+from typing import Any
+
+import kombu
+from kombu.transport import redis as _kredis
+
+__all__ = ["Channel", "Connection", "QoS", "Transport"]
+
+
+class QoS(_kredis.QoS):
+    """kombu's Redis ack emulation, with non-transactional pipelines."""
+
+    @contextmanager
+    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Any:
+        if pipe:
+            yield pipe
+        else:
+            with self.channel.conn_or_acquire(client) as client:
+                yield client.pipeline(transaction=False)
+
+
+class Channel(_kredis.Channel):
+    """kombu's Redis channel with one reused client and a short-lived binding cache."""
+
+    QoS = QoS
+
+    #: Seconds a topic/direct exchange's binding table is reused (0: read it on every publish).
+    binding_cache_ttl: float = 1.0
+
+    from_transport_options = _kredis.Channel.from_transport_options + ("binding_cache_ttl",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._sync_client: Any = None
+        self._tables: dict[str, tuple[float, Any]] = {}
+        super().__init__(*args, **kwargs)
+
+    # -- one client per pool -------------------------------------------------------------
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        client = self._sync_client
+        pool = self.pool  # a new pool after _disconnect_pools(): then a new client too
+        if client is None or client.connection_pool is not pool:
+            client = self._sync_client = super()._create_client()
+        return client
+
+    def _disconnect_pools(self) -> None:
+        self._sync_client = None
+        super()._disconnect_pools()
+
+    # -- the binding cache ---------------------------------------------------------------
+
+    def get_table(self, exchange: str) -> Any:
+        ttl = self.binding_cache_ttl
+        if not ttl:
+            return super().get_table(exchange)
+        now = monotonic()
+        cached = self._tables.get(exchange)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        table = super().get_table(exchange)
+        self._tables[exchange] = (now + ttl, table)
+        return table
+
+    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
+        if exchange and self.binding_cache_ttl and exchange in self._tables:
+            try:
+                found = self.typeof(exchange).lookup(
+                    self.get_table(exchange), exchange, routing_key, default)
+            except KeyError:
+                found = None
+            if found:
+                return found
+            # Nothing matched the cached table: a queue may have been bound since. Look again.
+            self._tables.pop(exchange, None)
+        return super()._lookup(exchange, routing_key, default)
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        self._tables.pop(exchange, None)
+        super()._queue_bind(exchange, routing_key, pattern, queue)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self._tables.clear()
+        super()._delete(queue, *args, **kwargs)
+
+
+class Transport(_kredis.Transport):
+    """kombu's Redis transport using busapp's :class:`Channel`."""
+
+    Channel = Channel
+
+
+class Connection(kombu.Connection):
+    """A kombu Connection that uses :class:`Transport` where kombu would use its Redis transport.
+
+    The URL is parsed by kombu as usual (so ``as_uri()``, ``clone()`` and ``redis+socket://``
+    behave as in kombu); only the transport class is swapped. Sentinel URLs keep kombu's.
+    """
+
+    def get_transport_cls(self) -> type:
+        cls = super().get_transport_cls()
+        return Transport if cls is _kredis.Transport else cls
