@@ -147,8 +147,9 @@ class App:
         self._service_class = None
 
     def routing_key_for(self, method: str) -> str:
-        """The routing key callers use for ``method``."""
-        return f"{self.name}.{method}"
+        """The routing key callers use for ``method`` (``<binding prefix>.<method>``)."""
+        prefix = self.routing_key[:-2] if self.routing_key.endswith(".*") else self.name
+        return f"{prefix}.{method}"
 
     # -- running ---------------------------------------------------------------
 

@@ -8,10 +8,12 @@ notification) out. It never raises.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import threading
 import typing
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -194,28 +196,26 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-class _LoopThread:
-    """One event loop per process, in a daemon thread, for ``async def`` handlers."""
-
-    _lock = threading.Lock()
-    _loop: asyncio.AbstractEventLoop | None = None
-    _pid: int | None = None
-
-    @classmethod
-    def loop(cls) -> asyncio.AbstractEventLoop:
-        import os
-
-        with cls._lock:
-            if cls._loop is None or cls._pid != os.getpid():
-                cls._loop = asyncio.new_event_loop()
-                cls._pid = os.getpid()
-                threading.Thread(target=cls._loop.run_forever, name="busapp-asyncio", daemon=True).start()
-            return cls._loop
+_loops = threading.local()
 
 
 def run_coroutine(coro: Any) -> Any:
-    """Run ``coro`` on the shared loop and wait for it (handlers run in worker threads)."""
-    return asyncio.run_coroutine_threadsafe(coro, _LoopThread.loop()).result()
+    """Run ``coro`` to completion on this thread's own event loop.
+
+    Each handler thread keeps one loop, so an ``async def`` handler that makes a
+    blocking ``bus.call`` (even to another async handler of the same worker) only
+    blocks its own thread; and the caller's contextvars (log context) carry over.
+    """
+    loop = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _loops.loop = asyncio.new_event_loop()
+    if loop.is_running():
+        # Nested: an async handler's blocking call reached another async handler in
+        # this same thread (the in-memory test bus does that). Give it a thread of its own.
+        context = contextvars.copy_context()
+        with ThreadPoolExecutor(1, thread_name_prefix="busapp-nested-async") as pool:
+            return pool.submit(context.run, run_coroutine, coro).result()
+    return loop.run_until_complete(coro)
 
 
 def process(

@@ -51,10 +51,24 @@ def _exit_reason(code: int | None) -> str:
     return f"exited with status {code}"
 
 
-def _worker_main(service_class: type, kwargs: dict[str, Any], options: dict[str, Any]) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM when the manager dies, even by kill -9 (Linux), so no worker is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the getppid check below still helps
+        pass
+    if os.getppid() != parent_pid:  # the manager died before prctl took effect
+        os._exit(0)
+
+
+def _worker_main(service_class: type, kwargs: dict[str, Any], options: dict[str, Any],
+                 parent_pid: int) -> None:
     """Entry point of a worker process."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    _die_with_parent(parent_pid)
     structlog.contextvars.clear_contextvars()
     try:
         service = service_class(**kwargs)
@@ -167,7 +181,7 @@ class ServiceManager:
     def _start(self, slot: _Slot) -> None:
         process = self._ctx.Process(
             target=_worker_main, name=f"busapp-worker-{slot.index}",
-            args=(self.service_class, self._service_kwargs(), self._options()),
+            args=(self.service_class, self._service_kwargs(), self._options(), os.getpid()),
         )
         process.start()
         slot.process, slot.started, slot.restart_at = process, time.monotonic(), None

@@ -83,9 +83,11 @@ class IncomingMessage:
             body = json.loads(message.body) if message.body else None
         except (ValueError, TypeError, UnicodeDecodeError):
             body = None
+        headers = message.headers or {}
         return cls(
             body=body,
-            routing_key=(message.delivery_info or {}).get("routing_key"),
+            routing_key=headers.get("x-busapp-routing-key")
+            or (message.delivery_info or {}).get("routing_key"),
             headers=dict(message.headers or {}),
             reply_to=props.get("reply_to"),
             id=wire.request_id_of(body),
@@ -101,6 +103,10 @@ class Subscription:
     binding_key: str
     callback: Callable[[Any, IncomingMessage], Any]
     queue_name: str
+
+
+class ConsumerStalled(ConnectionError):
+    """The worker is connected but no longer receives; it re-subscribes."""
 
 
 class CommissaireService(BusMixin):
@@ -134,6 +140,11 @@ class CommissaireService(BusMixin):
     graceful_timeout: float = 30.0
     #: Largest request body accepted, in bytes.
     max_body: int = wire.DEFAULT_MAX_BODY
+    #: Deliveries of one message without an answer (its worker died each time) before it
+    #: goes to the ``<queue>.dead`` queue and the caller gets an error.
+    max_deliveries: int = 3
+    #: Seconds between checks that an idle worker still receives (see ``_watchdog``).
+    watchdog_interval: float = 5.0
 
     def __init__(self, exchange_name: str | None = None, connection_url: str | None = None,
                  qkwargs: list[dict[str, Any]] | None = None, config_file: str | None = None,
@@ -141,7 +152,7 @@ class CommissaireService(BusMixin):
         client = kwargs.pop("client", None)
         if client is None:
             client = _INJECTED_CLIENT.get()
-        for option in ("concurrency", "graceful_timeout", "max_body"):
+        for option in ("concurrency", "graceful_timeout", "max_body", "max_deliveries"):
             if option in kwargs:
                 setattr(self, option, kwargs.pop(option))
         if kwargs:
@@ -263,14 +274,18 @@ class CommissaireService(BusMixin):
             channel = conn.channel()
             exchange = Exchange(self.exchange_name, type="topic", durable=True)
             rpc_queues, sub_queues = self._queues(exchange)
-            consumers = [Consumer(channel, rpc_queues, on_message=self._on_request,
-                                  prefetch_count=self.concurrency)]
+            consumers = [Consumer(channel, [q], on_message=self._request_receiver(q.name),
+                                  prefetch_count=self.concurrency) for q in rpc_queues]
             for sub, q in zip(self.subscriptions, sub_queues):
                 consumers.append(Consumer(channel, [q], on_message=self._event_receiver(sub)))
             self._done = queue.SimpleQueue()  # acks of an old connection are void
             self._inflight = 0
+            self._channel = channel
+            self._dead_declared: set[str] = set()
             for consumer in consumers:
                 consumer.consume()
+            self._last_receive = time.monotonic()
+            self._stalled_checks = 0
             self._bus_client()
             log.info("worker ready", pid=os.getpid(), service=self.service_name,
                      routing_keys=self.routing_keys + [s.binding_key for s in self.subscriptions],
@@ -278,6 +293,7 @@ class CommissaireService(BusMixin):
                      concurrency=self.concurrency)
             while not self._stopping.is_set():
                 self._drain(conn, 0.02 if self._inflight else 1.0)
+                self._watchdog(channel, rpc_queues)
             for consumer in consumers:
                 consumer.cancel()
             self._drain_in_flight(conn)
@@ -293,6 +309,29 @@ class CommissaireService(BusMixin):
         except socket.timeout:
             pass
         self._flush_acks()
+
+    def _watchdog(self, channel: Any, rpc_queues: list[Any]) -> None:
+        """Reconnect if this worker is idle while its queue holds messages (consumer lost).
+
+        A broker can drop a consumer without dropping the connection; the worker
+        then sits connected and deaf. Two checks in a row that find messages
+        waiting while this worker has nothing in hand mean it is not receiving.
+        """
+        now = time.monotonic()
+        if self._inflight or now - self._last_receive < self.watchdog_interval:
+            return
+        self._last_receive = now  # next check one interval later
+        waiting = 0
+        for q in rpc_queues:
+            # Re-declaring is idempotent and restores a binding the broker lost
+            # (a Redis restarted without persistence forgets kombu's binding table).
+            q.declare()
+            waiting += q.queue_declare().message_count
+        self._stalled_checks = self._stalled_checks + 1 if waiting else 0
+        if self._stalled_checks >= 2:
+            log.warning("consumer stalled: messages wait but none arrive; re-subscribing",
+                        waiting=waiting, service=self.service_name)
+            raise ConsumerStalled(f"{waiting} messages waiting on an idle worker")
 
     def _drain_in_flight(self, conn: Any) -> None:
         deadline = time.monotonic() + self.graceful_timeout
@@ -313,12 +352,67 @@ class CommissaireService(BusMixin):
 
     # -- per message (main thread hands over, pool threads work) --------------
 
-    def _on_request(self, message: Any) -> None:
-        if self._stopping.is_set():
-            message.requeue()
-            return
-        self._inflight += 1
-        self._executor.submit(self._serve, message, self._done)
+    def _request_receiver(self, queue_name: str) -> Callable[[Any], None]:
+        def receive(message: Any) -> None:
+            self._last_receive = time.monotonic()
+            if self._stopping.is_set():
+                message.requeue()
+                return
+            if self._is_redelivery(message) and not self._count_delivery(message, queue_name):
+                return
+            self._inflight += 1
+            self._executor.submit(self._serve, message, self._done)
+
+        return receive
+
+    # A message whose worker died comes back flagged as redelivered. Its delivery
+    # count travels in a header: the message is re-published with the count + 1 and
+    # the old copy acked, so the count survives the next crash too.
+    _COUNT = "x-busapp-deliveries"
+    _ROUTING_KEY = "x-busapp-routing-key"
+
+    @staticmethod
+    def _is_redelivery(message: Any) -> bool:
+        return bool((message.delivery_info or {}).get("redelivered")
+                    or (message.headers or {}).get("redelivered"))
+
+    def _count_delivery(self, message: Any, queue_name: str) -> bool:
+        """Re-publish a redelivered message with its count, or dead-letter it. Always False."""
+        from kombu import Producer, Queue
+
+        headers = dict(message.headers or {})
+        headers.pop("redelivered", None)
+        count = int(headers.get(self._COUNT, 1)) + 1
+        routing_key = headers.get(self._ROUTING_KEY) or (message.delivery_info or {}).get("routing_key")
+        headers.update({self._COUNT: count, self._ROUTING_KEY: routing_key})
+        target = queue_name if count <= self.max_deliveries else f"{queue_name}.dead"
+        if target != queue_name and target not in self._dead_declared:
+            Queue(target, durable=True, channel=self._channel).declare()
+            self._dead_declared.add(target)
+        props = message.properties or {}
+        Producer(self._channel).publish(
+            message.body, exchange="", routing_key=target, headers=headers,
+            content_type=message.content_type, content_encoding=message.content_encoding,
+            delivery_mode=2, reply_to=props.get("reply_to"), correlation_id=props.get("correlation_id"),
+        )
+        message.ack()
+        if target != queue_name:
+            self._answer_poison(message, routing_key, count, target)
+        return False
+
+    def _answer_poison(self, message: Any, routing_key: str | None, count: int, dead: str) -> None:
+        from busapp.errors import InternalError
+
+        info = IncomingMessage.from_kombu(message)
+        log.error("message dead-lettered: its worker died on every delivery",
+                  routing_key=routing_key, deliveries=count - 1, dead_letter_queue=dead, id=info.id)
+        if info.reply_to and info.id is not None:
+            exc = InternalError(
+                f"the worker handling {routing_key!r} died on each of {count - 1} deliveries; "
+                f"the request was moved to queue {dead!r}",
+                data={"exception": "WorkerLost", "deliveries": count - 1})
+            self._bus_client().publish_reply(
+                info.reply_to, wire.error_response(info.id, exc), info.correlation_id or info.id)
 
     def _serve(self, message: Any, done: queue.SimpleQueue) -> None:
         started = time.perf_counter()
@@ -377,8 +471,11 @@ class CommissaireService(BusMixin):
 
     def _event_receiver(self, sub: Subscription) -> Callable[[Any], None]:
         def receive(message: Any) -> None:
+            self._last_receive = time.monotonic()
             if self._stopping.is_set():
                 message.requeue()
+                return
+            if self._is_redelivery(message) and not self._count_delivery(message, sub.queue_name):
                 return
             self._inflight += 1
             self._executor.submit(self._serve_event, sub, message, self._done)

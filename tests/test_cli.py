@@ -248,7 +248,6 @@ def test_new_run_after_kill9_recovers_stale_broker_state(project: Project) -> No
     assert (result.returncode, result.stdout) == (0, "3\n"), result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="busapp.manager workers outlive a kill -9 of the manager (reported)")
 def test_kill9_of_run_leaves_no_workers(project: Project) -> None:
     """kill -9 of the `busapp run` process alone: its workers notice and exit."""
     running = project.run(str(project.module), "--workers", "2")

@@ -25,7 +25,6 @@ Topic patterns follow AMQP: ``*`` is exactly one word, ``#`` zero or more.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import functools
 import itertools
@@ -148,7 +147,6 @@ class MemoryBus:
         response: dict | None = None
         cause: BaseException | None = None
         for service in self._rpc_route(routing_key):
-            _refuse_loop_deadlock(service, method, routing_key)
             served, failure = self._serve(service, routing_key, body, request_id)
             if response is None:
                 response, cause = served, failure
@@ -289,21 +287,6 @@ class MemoryBus:
     def _handler_failed(self, routing_key: str, consumer: str, exc: BaseException) -> None:
         if self.on_handler_error is not None:
             self.on_handler_error(HandlerError(routing_key, consumer, exc))
-
-
-def _refuse_loop_deadlock(service: Any, method: str, routing_key: str) -> None:
-    """Fail fast where a broker would time out: a blocking call, made on the event loop, to an async handler."""
-    handler = service.handlers.get(method)
-    if handler is None or not handler.is_async:
-        return
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RequestTimeout(
-        f"{routing_key!r} is an async handler, called with a blocking bus.call() from inside the "
-        f"running event loop (an async handler?): the loop it needs is blocked by this very call, "
-        f"so on a broker it times out; make the caller a plain def handler")
 
 
 def _loads_or_none(body: bytes, max_body: int) -> Any:
