@@ -32,7 +32,7 @@ import structlog
 
 from busapp import dispatch, wire
 from busapp.bus import BusMixin, Client, default_exchange
-from busapp.transport import connect, connection_errors, mask_url, resolve_broker_url
+from busapp.transport import connect, connection_errors, is_redis, mask_url, resolve_broker_url
 
 log = structlog.get_logger("busapp.service")
 
@@ -230,12 +230,16 @@ class CommissaireService(BusMixin):
             while not self._stopping.is_set():
                 try:
                     self._consume_until_stopped()
-                except connection_errors() as exc:
+                except Exception as exc:  # noqa: BLE001 - the worker must outlive any one fault
                     if self._stopping.is_set():
                         break
-                    log.warning("broker connection lost; reconnecting",
-                                error=str(exc) or type(exc).__name__, retry_in=backoff,
-                                broker=mask_url(self.connection_url))
+                    if isinstance(exc, connection_errors()):
+                        log.warning("broker connection lost; reconnecting",
+                                    error=str(exc) or type(exc).__name__, retry_in=backoff,
+                                    broker=mask_url(self.connection_url))
+                    else:
+                        log.error("consumer loop failed; reconnecting", retry_in=backoff,
+                                  exc_info=exc)
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
                 else:
@@ -293,7 +297,7 @@ class CommissaireService(BusMixin):
                      concurrency=self.concurrency)
             while not self._stopping.is_set():
                 self._drain(conn, 0.02 if self._inflight else 1.0)
-                self._watchdog(channel, rpc_queues)
+                self._watchdog(channel, rpc_queues + sub_queues)
             for consumer in consumers:
                 consumer.cancel()
             self._drain_in_flight(conn)
@@ -310,7 +314,7 @@ class CommissaireService(BusMixin):
             pass
         self._flush_acks()
 
-    def _watchdog(self, channel: Any, rpc_queues: list[Any]) -> None:
+    def _watchdog(self, channel: Any, queues: list[Any]) -> None:
         """Reconnect if this worker is idle while its queue holds messages (consumer lost).
 
         A broker can drop a consumer without dropping the connection; the worker
@@ -321,12 +325,17 @@ class CommissaireService(BusMixin):
         if self._inflight or now - self._last_receive < self.watchdog_interval:
             return
         self._last_receive = now  # next check one interval later
+        if is_redis(self.connection_url):
+            # kombu keeps Redis bindings in a set that a flushed or restarted Redis loses,
+            # and its channel would not write them again: reconnect to re-declare.
+            bound = {queue for _, _, queue in channel.get_table(self.exchange_name)}
+            missing = [q.name for q in queues if q.name not in bound]
+            if missing:
+                log.warning("queue binding lost on the broker; re-subscribing", queues=missing)
+                raise ConsumerStalled(f"bindings of {missing} are gone")
         waiting = 0
-        for q in rpc_queues:
-            # Re-declaring is idempotent and restores a binding the broker lost
-            # (a Redis restarted without persistence forgets kombu's binding table).
-            q.declare()
-            waiting += q.queue_declare().message_count
+        for q in queues:
+            waiting += q(channel).queue_declare().message_count
         self._stalled_checks = self._stalled_checks + 1 if waiting else 0
         if self._stalled_checks >= 2:
             log.warning("consumer stalled: messages wait but none arrive; re-subscribing",

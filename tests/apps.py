@@ -65,6 +65,11 @@ def make_app(name: str) -> App:
         return os.getpid()
 
     @app.method()
+    def die() -> None:
+        """Poison: kills its own worker process on every delivery."""
+        os.kill(os.getpid(), 9)
+
+    @app.method()
     def nested(depth: int, bus) -> int:
         """Calls itself over the bus ``depth`` times (with one worker)."""
         if depth <= 0:
