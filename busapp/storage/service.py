@@ -21,7 +21,10 @@ Run it with ``busapp storage --store URL`` or ``make_app(url).run(broker)``.
 
 from __future__ import annotations
 
+import importlib
+import os
 import threading
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -40,6 +43,9 @@ from busapp.storage.backends import UNCHANGED, Backend, open_backend, resolve_st
 from busapp.storage.events import encode_event, routing_key
 
 log = structlog.get_logger("busapp.storage")
+
+#: Environment variable listing modules that declare models to store (comma-separated).
+MODELS_ENV = "BUSAPP_STORAGE_MODELS"
 
 
 class Store:
@@ -130,12 +136,31 @@ def _publish(bus: Any, event: str, model: Model) -> None:
                   event=event, model=type(model).__name__, key=model.primary_key, exc_info=exc)
 
 
-def make_app(store_url: str | None = None, *, name: str = "storage", **app_kwargs: Any) -> App:
+def import_models(modules: Iterable[str] | None = None) -> None:
+    """Import the modules declaring your own models (default: ``$BUSAPP_STORAGE_MODELS``).
+
+    The storage service stores only the model types it knows: the built-ins,
+    and those declared in these modules (a comma-separated list in the variable).
+    """
+    if modules is None:
+        modules = [m.strip() for m in os.environ.get(MODELS_ENV, "").split(",") if m.strip()]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ImportError(f"cannot import model module {module!r} for the storage service: "
+                              f"{exc}; check {MODELS_ENV} or the models argument") from exc
+
+
+def make_app(store_url: str | None = None, *, name: str = "storage",
+             models: Iterable[str] | None = None, **app_kwargs: Any) -> App:
     """A storage service App on ``store_url`` (default ``$BUSAPP_STORE_URL``, else SQLite).
 
+    ``models`` names modules declaring your own models (see :func:`import_models`).
     ``name`` and ``app_kwargs`` (``exchange``, ``queue``...) go to :class:`~busapp.App`.
     Nothing is opened until the first call, in the worker process that serves it.
     """
+    import_models(models)
     app = App(name, **app_kwargs)
     store = app.store = Store(store_url)  # type: ignore[attr-defined]
 

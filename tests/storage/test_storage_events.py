@@ -120,3 +120,18 @@ def test_client_validates_before_sending(client):
     with pytest.raises(ValidationError, match="version"):
         StorageClient(client).save(ClusterDeploy.new(name="c"))
     assert client.published() == []
+
+
+def test_user_models_from_named_modules(monkeypatch, tmp_path, unique):
+    """make_app imports the model modules named in $BUSAPP_STORAGE_MODELS, so their types are storable."""
+    (tmp_path / f"models_{unique}.py").write_text(
+        "from busapp.models import Model, model\n"
+        f"@model(primary_key='name')\nclass Gadget{unique}(Model):\n    name: str\n    size: int = 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("BUSAPP_STORAGE_MODELS", f"models_{unique}")
+    with TestClient(make_app("memory://"), storage=False) as client:
+        saved = client.call("storage.save", model_type_name=f"Gadget{unique}",
+                            model_json_data={"name": "g1"})
+    assert saved == {"name": "g1", "size": 0}
+    with pytest.raises(ImportError, match="no_such_models_module"):
+        make_app("memory://", models=["no_such_models_module"])
