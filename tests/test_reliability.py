@@ -116,8 +116,10 @@ def test_workers_and_client_survive_redis_restart(private_redis, unique):
                 bus.call(f"{name}.add", 1, 1, timeout=1)
             time.sleep(1)
             private_redis.start()  # no persistence: queues and bindings are gone
-            result, _, waited = _call_until(bus, f"{name}.add", 2, 3)
+            result, failures, waited = _call_until(bus, f"{name}.add", 2, 3)
             assert result == 5
+            print(f"\n[figure] redis restart: served again {waited:.1f}s after restart, "
+                  f"{len(failures)} failed calls meanwhile")
             after: set[int] = set()
             end = time.monotonic() + 20
             while len(after) < 2 and time.monotonic() < end:
@@ -142,8 +144,10 @@ def test_workers_survive_rabbitmq_dropping_connections(amqp_url, unique):
             before = {bus.call(f"{name}.pid") for _ in range(30)}
             subprocess.run([ctl, "close_all_connections", "busapp fault test"], check=True,
                            capture_output=True, timeout=60)
-            result, _, _ = _call_until(bus, f"{name}.add", 2, 3)
+            result, failures, waited = _call_until(bus, f"{name}.add", 2, 3)
             assert result == 5
+            print(f"\n[figure] rabbitmq connections closed: served again after {waited:.1f}s, "
+                  f"{len(failures)} failed calls")
             after: set[int] = set()
             end = time.monotonic() + 20
             while len(after) < 2 and time.monotonic() < end:
@@ -170,6 +174,7 @@ def test_lost_binding_is_restored_by_the_watchdog(redis_url, unique):
             result, failures, waited = _call_until(bus, f"{name}.add", 1, 2, deadline=30)
         assert result == 3
         assert failures, "the deleted binding should have cost at least one call"
+        print(f"\n[figure] lost redis binding restored after {waited:.1f}s")
     finally:
         log = _stop(proc)
         delete_queues(redis_url, exchange, name)
@@ -203,8 +208,10 @@ def test_poison_message_is_dead_lettered(broker, request, unique):
     try:
         wait_until_served(url, exchange, f"{name}.ping")
         with Client(url, exchange) as bus:
+            started = time.monotonic()
             with pytest.raises(InternalError, match="died on each of 3 deliveries") as info:
                 bus.call(f"{name}.die", timeout=60)
+            print(f"\n[figure] poison on {broker}: error reply after {time.monotonic() - started:.1f}s")
             assert info.value.data["exception"] == "WorkerLost"
             assert _call_until(bus, f"{name}.add", 1, 1)[0] == 2
         from kombu import Connection, Queue
@@ -265,6 +272,7 @@ def test_random_worker_kills_under_load(amqp_url, unique):
     finally:
         _stop(proc)
         delete_queues(amqp_url, exchange, name, f"{name}.dead")
+    print(f"\n[figure] chaos {seconds:.0f}s, {killed} kills: outcomes {outcomes}")
     assert killed >= seconds // 2 - 1
     assert outcomes.get("ok", 0) > 10 * killed, outcomes
 

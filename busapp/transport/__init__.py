@@ -63,6 +63,11 @@ def transport_options(url: str) -> dict[str, Any]:
             "visibility_timeout": float(os.environ.get("BUSAPP_VISIBILITY_TIMEOUT", "60")),
             "socket_connect_timeout": 5,
             "health_check_interval": 25,
+            # kombu's restore scan takes a mutex that a worker killed mid-scan would leave
+            # held for kombu's default 300 s, stalling every redelivery on that Redis.
+            "unacked_mutex_expire": 10,
+            # Scan for expired unacked messages every 2nd idle poll, not every 10th.
+            "unacked_restore_throttle": 2,
         }
     return {"confirm_publish": False}
 
