@@ -54,6 +54,7 @@ class App:
         exchange: the topic exchange.
         queue: queue name (default ``name``), shared by all workers.
         routing_key: binding key (default ``name.*``).
+        max_body: largest request body accepted, in bytes (default 1 MiB).
 
     Example::
 
@@ -65,13 +66,14 @@ class App:
     """
 
     def __init__(self, name: str, *, exchange: str = "commissaire", queue: str | None = None,
-                 routing_key: str | None = None) -> None:
+                 routing_key: str | None = None, max_body: int | None = None) -> None:
         if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name:
             raise ValueError(f"App name must be a non-empty string without '.', '*' or '#': {name!r}")
         self.name = name
         self.exchange = exchange
         self.queue = queue or name
         self.routing_key = routing_key or f"{name}.*"
+        self.max_body = max_body
         #: Bus methods: ``{method name: Handler}``, filled by :meth:`method`.
         self.methods: dict[str, Handler] = {}
         #: Storage event subscriptions, filled by :meth:`on_storage_event`.

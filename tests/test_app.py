@@ -92,3 +92,20 @@ def test_core_does_not_import_kombu():
             "print('kombu' in sys.modules, 'click' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_max_body_reaches_the_service_class():
+    """App(max_body=...) sets the generated service's body limit."""
+    app = App("big", max_body=5 * 1024 * 1024)
+    assert app.service_class.max_body == 5 * 1024 * 1024
+    assert App("small").service_class.max_body == 1024 * 1024
+
+
+def test_storage_service_takes_records_over_one_mib():
+    """A 1.5 MB record goes through the storage service's bus path (its limit is 16 MiB)."""
+    from busapp.models import Host
+
+    client = App("bigrec").test_client()
+    big = Host.new(address="10.9.9.9", os="x" * 1_500_000)
+    client.storage.save(big)
+    assert client.storage.get_host("10.9.9.9").os == big.os

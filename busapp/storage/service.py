@@ -133,7 +133,7 @@ def _publish(bus: Any, event: str, model: Model) -> None:
         bus.publish(routing_key(model, event), encode_event(event, model), persistent=True)
     except Exception as exc:  # noqa: BLE001 - the write stands; say loudly that no event went out
         log.error("storage event not published; subscribers miss this change",
-                  event=event, model=type(model).__name__, key=model.primary_key, exc_info=exc)
+                  change=event, model=type(model).__name__, key=model.primary_key, exc_info=exc)
 
 
 def import_models(modules: Iterable[str] | None = None) -> None:
@@ -161,6 +161,7 @@ def make_app(store_url: str | None = None, *, name: str = "storage",
     Nothing is opened until the first call, in the worker process that serves it.
     """
     import_models(models)
+    app_kwargs.setdefault("max_body", 16 * 1024 * 1024)  # records of a few MB must fit
     app = App(name, **app_kwargs)
     store = app.store = Store(store_url)  # type: ignore[attr-defined]
 

@@ -217,7 +217,9 @@ class MemoryBus:
 
     def _send(self, routing_key: str, body: Any, kind: str) -> None:
         payload = wire.dumps(body).encode()
-        self.published.append(Published(routing_key, wire.loads_body(payload, "application/json"), kind))
+        # The record is for the test to read: no size limit (each consumer applies its own).
+        record = wire.loads_body(payload, "application/json", max_body=len(payload))
+        self.published.append(Published(routing_key, record, kind))
         self._in_order(self._deliver, routing_key, payload)
 
     def _deliver(self, routing_key: str, payload: bytes) -> None:
