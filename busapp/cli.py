@@ -137,10 +137,15 @@ def _serve(loaded: Any, url: str, **options: Any) -> None:
     from busapp.manager import CrashLoopError, ServiceManager
 
     try:
+        # Always under a manager, even with one worker: a worker that dies is replaced,
+        # and a crash loop ends in a clear exit 1 (app.run(workers=1) stays in-process).
         if loaded.app is not None:
-            loaded.app.run(url, **options)
-            return
-        manager = ServiceManager(loaded.service_class, options["workers"], options["exchange"], url, None)
+            app = loaded.app
+            manager = ServiceManager(app.service_class, options["workers"],
+                                     options["exchange"] or app.exchange, url, app.qkwargs())
+        else:
+            manager = ServiceManager(loaded.service_class, options["workers"], options["exchange"],
+                                     url, None)
         for name in ("concurrency", "graceful_timeout"):
             if options[name] is not None:
                 setattr(manager, name, options[name])
