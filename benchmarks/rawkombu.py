@@ -66,11 +66,16 @@ def serve(url: str, exchange: str, queue: str, routing_key: str, stop: threading
 
 
 def serve_forever(url: str, exchange: str, queue: str, routing_key: str) -> None:
-    """:func:`serve` until SIGTERM/SIGINT."""
+    """:func:`serve` until SIGTERM/SIGINT, reconnecting if the broker drops the connection."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    serve(url, exchange, queue, routing_key, stop)
+    errors = Connection(url).connection_errors + Connection(url).channel_errors
+    while not stop.is_set():
+        try:
+            serve(url, exchange, queue, routing_key, stop)
+        except errors:
+            stop.wait(0.5)
 
 
 class RawClient:

@@ -134,6 +134,33 @@ def broker_pids(kind: str, url: str, embedded_state: dict[str, Any] | None = Non
 # ---------------------------------------------------------------------------------------------
 # child processes: servers and clients
 
+#: Comma-separated busapp Redis-transport changes to undo in the child processes, to measure
+#: each one's effect: ``stock`` (kombu's transport), ``client`` (a redis client per command),
+#: ``bindings`` (SMEMBERS per publish), ``multi`` (MULTI/EXEC in ack emulation); ``expiration`` (experiment: no per-request TTL on AMQP).
+ABLATE_ENV = "BUSAPP_BENCH_ABLATE"
+
+
+def _ablate() -> None:
+    undo = {x for x in os.environ.get(ABLATE_ENV, "").split(",") if x}
+    if not undo:
+        return
+    from kombu.transport import redis as kredis
+
+    from busapp.transport import redis as ours
+
+    if "stock" in undo:
+        ours.Connection.get_transport_cls = lambda self: kredis.Transport
+    if "client" in undo:
+        ours.Channel._create_client = kredis.Channel._create_client
+    if "bindings" in undo:
+        ours.Channel.binding_cache_ttl = 0
+    if "multi" in undo:
+        ours.QoS.pipe_or_acquire = kredis.QoS.pipe_or_acquire
+    if "expiration" in undo:  # experiment: requests without RabbitMQ's per-message TTL
+        from busapp.bus import Client
+
+        Client._expiration = lambda self, timeout: {}
+
 
 def _serve_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="rpc.py _serve")
@@ -143,6 +170,7 @@ def _serve_main(argv: list[str]) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--workers", type=int, default=1)
     a = p.parse_args(argv)
+    _ablate()
     if a.impl == "busapp":
         from busapp import App
         from busapp.log import configure_logging
@@ -191,6 +219,7 @@ def _client_main(argv: list[str]) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=20)
     a = p.parse_args(argv)
+    _ablate()
     routing_key = f"{a.name}.echo"
     if a.impl == "busapp":
         from busapp.bus import Client
@@ -523,12 +552,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
     quick = args.quick
-    args.duration = args.duration or (0.8 if quick else 3.0)
-    args.seq_duration = args.seq_duration or (0.8 if quick else 3.0)
+    args.duration = args.duration or (0.5 if quick else 3.0)
+    args.seq_duration = args.seq_duration or (0.5 if quick else 3.0)
     args.repeat = args.repeat or (1 if quick else 3)
     if quick:
-        args.warmup = min(args.warmup, 5)
+        args.warmup = min(args.warmup, 3)
     kinds = BROKERS if args.broker == "all" else (args.broker,)
+    from busapp.log import configure_logging
+
+    configure_logging("warning", fmt="console")  # stdout stays the table
 
     tmp = Path(tempfile.mkdtemp(prefix="busapp-bench-"))
     results: dict[str, dict] = {}
