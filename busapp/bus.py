@@ -27,6 +27,9 @@ log = structlog.get_logger("busapp.bus")
 #: Default seconds a call waits for its reply.
 DEFAULT_TIMEOUT = 10.0
 
+#: Reply queues are named ``busapp.reply.<hex>`` (the Redis transport expires orphans).
+REPLY_PREFIX = "busapp.reply."
+
 #: Environment variable naming the exchange when none is passed.
 EXCHANGE_ENV = "BUSAPP_EXCHANGE"
 
@@ -101,7 +104,7 @@ class Client(BusMixin):
         self.broker_url = resolve_broker_url(broker_url)
         self.exchange_name = default_exchange(exchange)
         self.timeout = timeout
-        self.reply_queue = f"busapp.reply.{uuid.uuid4().hex}"
+        self.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
         self._pending: dict[str, _Pending] = {}
         self._publish_lock = threading.Lock()
         self._conn: Any = None
@@ -256,7 +259,7 @@ class Client(BusMixin):
             self._publish_lock = threading.Lock()
             self._listener_lock = threading.Lock()
             self._pending = {}
-            self.reply_queue = f"busapp.reply.{uuid.uuid4().hex}"
+            self.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
 
     def _deliver(self, correlation_id: Any, body: Any) -> None:
         try:

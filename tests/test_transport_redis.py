@@ -163,3 +163,22 @@ def test_unacked_message_is_restored_after_visibility_timeout(redis_url, names):
         client = conn.default_channel._create_client()
         assert not client.hexists(keys["unacked_key"], tag)
         client.delete(*keys.values())
+
+
+def test_reply_to_a_gone_client_expires(redis_url):
+    """A reply pushed to a busapp reply queue nobody reads gets a TTL instead of living forever."""
+    import uuid
+
+    import redis
+
+    from busapp.bus import Client
+
+    queue = f"busapp.reply.{uuid.uuid4().hex}"
+    with Client(redis_url, "x") as bus:
+        bus.publish_reply(queue, {"jsonrpc": "2.0", "id": 1, "result": 1}, correlation_id=1)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        assert r.llen(queue) == 1
+        assert 0 < r.pttl(queue) <= 60_000
+    finally:
+        r.delete(queue)

@@ -32,6 +32,9 @@ from typing import Any
 
 import kombu
 from kombu.transport import redis as _kredis
+from kombu.utils import json as _kjson
+
+from busapp.bus import REPLY_PREFIX
 
 __all__ = ["Channel", "Connection", "QoS", "Transport"]
 
@@ -112,6 +115,22 @@ class Channel(_kredis.Channel):
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         self._tables.clear()
         super()._delete(queue, *args, **kwargs)
+
+
+    # -- replies to clients that went away ------------------------------------------------
+
+    #: Milliseconds an unread reply list outlives its last push. A live client reads its
+    #: replies at once (and Redis drops the emptied list); this only reaps the replies
+    #: sent to a client that was killed or timed out and is gone.
+    reply_expires_ms: int = 60_000
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        if not queue.startswith(REPLY_PREFIX) or "_publish_batch" in kwargs:
+            return super()._put(queue, message, **kwargs)
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            pipe.lpush(key, _kjson.dumps(message)).pexpire(key, self.reply_expires_ms).execute()
 
 
 class Transport(_kredis.Transport):
