@@ -69,14 +69,6 @@ class BusMixin:
         self._bus_client().publish(routing_key, body, persistent=persistent)
 
 
-def _params_from(args: tuple, kwargs: dict) -> Any:
-    if args and kwargs:
-        raise TypeError("pass params by position or by keyword, not both")
-    if kwargs:
-        return kwargs
-    return list(args)
-
-
 class _Pending:
     __slots__ = ("event", "response")
 
@@ -128,7 +120,7 @@ class Client(BusMixin):
             RequestTimeout: no reply within ``timeout`` seconds (default 10).
             BrokerUnavailable: the broker cannot be reached.
         """
-        response = self.request(routing_key, _params_from(args, kwargs), timeout=timeout)
+        response = self.request(routing_key, wire.params_from(args, kwargs), timeout=timeout)
         error = wire.error_from_response(response)
         if error is not None:
             raise error
@@ -136,9 +128,7 @@ class Client(BusMixin):
 
     def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
         """Send a request and return the whole JSON-RPC response dict."""
-        method = wire.method_from_routing_key(routing_key)
-        if method is None or "." not in routing_key:
-            raise ValueError(f"routing key {routing_key!r} has no method segment; use '<service>.<method>'")
+        method = wire.call_method(routing_key)
         timeout = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
         request_id = wire.new_id()
@@ -166,13 +156,8 @@ class Client(BusMixin):
 
     def notify(self, routing_key: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the service handles it and sends no reply."""
-        method = wire.method_from_routing_key(routing_key)
-        if method is None or "." not in routing_key:
-            raise ValueError(f"routing key {routing_key!r} has no method segment; use '<service>.<method>'")
-        if len(args) == 1 and not kwargs and isinstance(args[0], (dict, list)):
-            params = args[0]  # Commissaire's notify(routing_key, params)
-        else:
-            params = _params_from(args, kwargs)
+        method = wire.call_method(routing_key)
+        params = wire.params_from(args, kwargs, single_container=True)
         self._publish(wire.encode_request(method, params), routing_key, exchange=self._exchange)
 
     def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:

@@ -278,10 +278,11 @@ class CommissaireService(BusMixin):
             channel = conn.channel()
             exchange = Exchange(self.exchange_name, type="topic", durable=True)
             rpc_queues, sub_queues = self._queues(exchange)
-            consumers = [Consumer(channel, [q], on_message=self._request_receiver(q.name),
+            consumers = [Consumer(channel, [q], on_message=self._receiver(q.name, self._serve),
                                   prefetch_count=self.concurrency) for q in rpc_queues]
             for sub, q in zip(self.subscriptions, sub_queues):
-                consumers.append(Consumer(channel, [q], on_message=self._event_receiver(sub)))
+                consumers.append(Consumer(channel, [q], on_message=self._receiver(
+                    q.name, self._serve_event, sub)))
             self._done = queue.SimpleQueue()  # acks of an old connection are void
             self._inflight = 0
             self._channel = channel
@@ -361,7 +362,8 @@ class CommissaireService(BusMixin):
 
     # -- per message (main thread hands over, pool threads work) --------------
 
-    def _request_receiver(self, queue_name: str) -> Callable[[Any], None]:
+    def _receiver(self, queue_name: str, serve: Callable[..., None], *args: Any) -> Callable[[Any], None]:
+        """The kombu on_message callback for ``queue_name``: hand each message to ``serve``."""
         def receive(message: Any) -> None:
             self._last_receive = time.monotonic()
             if self._stopping.is_set():
@@ -370,7 +372,7 @@ class CommissaireService(BusMixin):
             if self._is_redelivery(message) and not self._count_delivery(message, queue_name):
                 return
             self._inflight += 1
-            self._executor.submit(self._serve, message, self._done)
+            self._executor.submit(serve, *args, message, self._done)
 
         return receive
 
@@ -477,19 +479,6 @@ class CommissaireService(BusMixin):
             log.info("handler returned an error", method=method, code=exc.code, error=exc.message)
         else:
             log.error("handler raised", method=method, exc_info=exc)
-
-    def _event_receiver(self, sub: Subscription) -> Callable[[Any], None]:
-        def receive(message: Any) -> None:
-            self._last_receive = time.monotonic()
-            if self._stopping.is_set():
-                message.requeue()
-                return
-            if self._is_redelivery(message) and not self._count_delivery(message, sub.queue_name):
-                return
-            self._inflight += 1
-            self._executor.submit(self._serve_event, sub, message, self._done)
-
-        return receive
 
     def _serve_event(self, sub: Subscription, message: Any, done: queue.SimpleQueue) -> None:
         info = IncomingMessage.from_kombu(message)

@@ -70,6 +70,29 @@ def method_from_routing_key(routing_key: str | None) -> str | None:
     return last or None
 
 
+def call_method(routing_key: str) -> str:
+    """The method a caller's ``routing_key`` names (ValueError with a hint if none)."""
+    method = method_from_routing_key(routing_key)
+    if method is None or "." not in routing_key:
+        raise ValueError(f"routing key {routing_key!r} has no method segment; use '<service>.<method>'")
+    return method
+
+
+def params_from(args: tuple, kwargs: dict, *, single_container: bool = False) -> Any:
+    """JSON-RPC params from a call's arguments: positional -> array, keywords -> object.
+
+    With ``single_container``, one dict or list argument is the params themselves
+    (Commissaire's ``notify(routing_key, params)``).
+    """
+    if args and kwargs:
+        raise TypeError("pass params by position or by keyword, not both")
+    if single_container and len(args) == 1 and isinstance(args[0], (dict, list)):
+        return args[0]
+    if kwargs:
+        return kwargs
+    return list(args)
+
+
 def loads_body(body: bytes | str | Any, content_type: str | None, max_body: int | None = None) -> Any:
     """Turn a raw message body into JSON data.
 

@@ -124,7 +124,7 @@ class MemoryBus:
 
         A failed handler's own exception is the raised error's ``__cause__``.
         """
-        response, cause = self._request(routing_key, _params_from(args, kwargs))
+        response, cause = self._request(routing_key, wire.params_from(args, kwargs))
         error = wire.error_from_response(response)
         if error is not None:
             raise error from cause
@@ -139,9 +139,7 @@ class MemoryBus:
         return self._request(routing_key, params)[0]
 
     def _request(self, routing_key: str, params: Any) -> tuple[dict, BaseException | None]:
-        method = wire.method_from_routing_key(routing_key)
-        if method is None:
-            raise ValueError(f"routing key {routing_key!r} has no method segment; use '<service>.<method>'")
+        method = wire.call_method(routing_key)
         request_id = f"{self._id_prefix}-{next(self._ids)}"
         body = wire.dumps(wire.encode_request(method, params, request_id)).encode()
         response: dict | None = None
@@ -175,13 +173,8 @@ class MemoryBus:
 
     def notify(self, routing_key: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification: every consumer handles it before this returns; nothing answers."""
-        method = wire.method_from_routing_key(routing_key)
-        if method is None:
-            raise ValueError(f"routing key {routing_key!r} has no method segment")
-        if len(args) == 1 and not kwargs and isinstance(args[0], (dict, list)):
-            params = args[0]  # Commissaire's notify(routing_key, params)
-        else:
-            params = _params_from(args, kwargs)
+        method = wire.call_method(routing_key)
+        params = wire.params_from(args, kwargs, single_container=True)
         self._send(routing_key, wire.encode_request(method, params), "notify")
 
     def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
@@ -298,9 +291,3 @@ def _loads_or_none(body: bytes, max_body: int) -> Any:
         return None
 
 
-def _params_from(args: tuple, kwargs: dict) -> Any:
-    if args and kwargs:
-        raise TypeError("pass params by position or by keyword, not both")
-    if kwargs:
-        return kwargs
-    return list(args)
