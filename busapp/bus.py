@@ -1,10 +1,14 @@
 """Calling services: :class:`Client` and Commissaire's :class:`BusMixin`.
 
 A Client owns two broker connections: one to publish (shared by every thread
-under a lock) and one, in a daemon thread, that consumes the client's single
-reply queue and hands each reply to the waiting call by ``correlation_id``.
-So many threads can have calls in flight on one Client, and a reply that
-arrives after its call timed out is read and dropped, never left behind.
+under a lock) and one for its single reply queue. There is no reply thread:
+a caller waiting for its reply drains the reply connection itself if no other
+caller is doing so (the leader), and hands every reply it reads to the call it
+belongs to by ``correlation_id``; the other callers wait on their own event
+and one of them takes over when the leader's reply has come. So a lone caller
+pays no thread hand-off, many threads can have calls in flight on one Client,
+and a reply that arrives after its call timed out is read and dropped, never
+left behind.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import structlog
 
 from busapp import wire
 from busapp.errors import BrokerUnavailable, RequestTimeout
-from busapp.transport import connect, connection_errors, mask_url, resolve_broker_url, translate_errors
+from busapp.transport import connect, mask_url, resolve_broker_url, translate_errors
 
 log = structlog.get_logger("busapp.bus")
 
@@ -102,8 +106,7 @@ class Client(BusMixin):
         self._conn: Any = None
         self._producer: Any = None
         self._exchange: Any = None
-        self._listener: _ReplyListener | None = None
-        self._listener_lock = threading.Lock()
+        self._replies = _ReplyQueue(self)
         self._closed = False
         self._pid = os.getpid()
 
@@ -135,7 +138,8 @@ class Client(BusMixin):
         pending = _Pending()
         self._pending[request_id] = pending
         try:
-            self._ensure_listener(deadline)
+            self._check_open()
+            self._replies.ensure(deadline)
             self._publish(
                 wire.encode_request(method, params, request_id),
                 routing_key,
@@ -144,7 +148,7 @@ class Client(BusMixin):
                 correlation_id=request_id,
                 **self._expiration(timeout),
             )
-            if not pending.event.wait(max(0.0, deadline - time.monotonic())):
+            if not self._replies.wait_for(pending, deadline):
                 raise RequestTimeout(
                     f"no reply to {routing_key!r} within {timeout:g}s; "
                     f"is a service consuming it on exchange {self.exchange_name!r}?"
@@ -219,30 +223,14 @@ class Client(BusMixin):
             except Exception:  # noqa: BLE001 - it is already broken
                 pass
 
-    def _ensure_listener(self, deadline: float) -> None:
-        self._check_open()
-        with self._listener_lock:
-            if self._listener is None or not self._listener.is_alive():
-                self._listener = _ReplyListener(self)
-                self._listener.start()
-        listener = self._listener
-        while not listener.ready.wait(0.02):
-            # Fail fast while the broker is down rather than wait out the timeout.
-            if listener.error is not None:
-                raise BrokerUnavailable(
-                    f"broker at {mask_url(self.broker_url)} unavailable: {listener.error}"
-                )
-            if time.monotonic() >= deadline:
-                raise RequestTimeout("reply queue could not be set up in time")
-
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Client is closed")
         if self._pid != os.getpid():  # forked: the parent's sockets are not ours
             self._pid = os.getpid()
-            self._conn = self._producer = self._listener = None
+            self._conn = self._producer = None
             self._publish_lock = threading.Lock()
-            self._listener_lock = threading.Lock()
+            self._replies = _ReplyQueue(self)
             self._pending = {}
             self.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
 
@@ -265,9 +253,7 @@ class Client(BusMixin):
         if self._closed:
             return
         self._closed = True
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.stop()
+        self._replies.close()
         with self._publish_lock:
             self._drop_connection()
 
@@ -281,73 +267,120 @@ class Client(BusMixin):
         return f"<Client {mask_url(self.broker_url)} exchange={self.exchange_name!r}>"
 
 
-class _ReplyListener(threading.Thread):
-    """Consumes a Client's reply queue; reconnects on its own when the broker drops."""
+class _ReplyQueue:
+    """A Client's reply queue and its connection, drained by one waiting caller at a time."""
+
+    #: Longest single drain: bounds how long a caller setting up waits for the leader.
+    DRAIN_SLICE = 0.25
 
     def __init__(self, client: Client) -> None:
-        super().__init__(name="busapp-replies", daemon=True)
         self.client = client
-        self.ready = threading.Event()
-        self.error: str | None = None
-        self._stop_event = threading.Event()
+        self.lock = threading.Lock()  # held by the caller that drains (the leader)
+        self.ready = False
         self._conn: Any = None
+        self._queue: Any = None
 
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=3)
+    def ensure(self, deadline: float) -> None:
+        """Make sure the reply queue exists before a request names it."""
+        if self.ready:
+            return
+        if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise RequestTimeout("reply queue could not be set up in time")
+        try:
+            self._connect()
+        finally:
+            self.lock.release()
 
-    def run(self) -> None:
-        backoff = 0.2
-        while not self._stop_event.is_set():
-            try:
-                self._consume()
-                backoff = 0.2
-            except connection_errors() as exc:
-                self.ready.clear()
-                self.error = str(exc) or type(exc).__name__
-                log.warning("reply connection lost; reconnecting", error=self.error, retry_in=backoff)
-                self._close_conn(delete_queue=False)
-                self._stop_event.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-        self._close_conn(delete_queue=True)
-
-    def _consume(self) -> None:
+    def _connect(self) -> None:
+        if self.ready:
+            return
         from kombu import Consumer, Queue
 
-        client = self.client
-        conn = connect(client.broker_url)
-        self._conn = conn
-        conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
-        channel = conn.channel()
-        amqp = client.broker_url.startswith("amqp")
-        self._queue = Queue(
-            client.reply_queue, durable=False, auto_delete=True, exclusive=amqp,
-            channel=channel, no_declare=False,
-        )
-        consumer = Consumer(channel, [self._queue], on_message=self._on_message, no_ack=True)
-        consumer.consume()
-        self.error = None
-        self.ready.set()
-        while not self._stop_event.is_set():
+        url = self.client.broker_url
+        with translate_errors(url):
             try:
-                # Short, so close() does not wait long for this thread to notice.
-                conn.drain_events(timeout=0.2)
-            except socket.timeout:
-                pass
+                conn = connect(url)
+                self._conn = conn
+                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
+                channel = conn.channel()
+                self._queue = Queue(self.client.reply_queue, durable=False, auto_delete=True,
+                                    exclusive=url.startswith("amqp"), channel=channel)
+                Consumer(channel, [self._queue], on_message=self._on_message, no_ack=True).consume()
+            except BaseException:
+                self._drop(delete_queue=False)
+                raise
+        self.ready = True
+
+    def wait_for(self, pending: _Pending, deadline: float) -> bool:
+        """Wait until ``pending`` has its response (True) or the deadline passes (False)."""
+        while pending.response is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self.lock.acquire(blocking=False):
+                try:
+                    self._lead(pending, deadline)
+                finally:
+                    self.lock.release()
+                    self._hand_over(pending)
+            else:
+                pending.event.wait(remaining)
+                pending.event.clear()  # a hand-over wake-up: check the response, maybe lead
+        return True
+
+    def _lead(self, pending: _Pending, deadline: float) -> None:
+        self._connect()
+        reconnected = False
+        while pending.response is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                with translate_errors(self.client.broker_url):
+                    try:
+                        self._conn.drain_events(timeout=min(remaining, self.DRAIN_SLICE))
+                    except socket.timeout:
+                        pass
+            except BrokerUnavailable as exc:
+                self._drop(delete_queue=False)
+                if reconnected:
+                    raise
+                # The broker may have come back since the last call: reconnect once, and
+                # wait on (a Redis reply list survives; a RabbitMQ one is declared anew).
+                log.warning("reply connection lost; reconnecting", error=str(exc))
+                reconnected = True
+                self._connect()
+
+    def _hand_over(self, leaving: _Pending) -> None:
+        # Wake one other caller still waiting, so someone drains for it.
+        for waiting in list(self.client._pending.values()):
+            if waiting is not leaving and waiting.response is None:
+                waiting.event.set()
+                return
 
     def _on_message(self, message: Any) -> None:
         self.client._deliver(message.properties.get("correlation_id"), message.body)
 
-    def _close_conn(self, *, delete_queue: bool) -> None:
+    def _drop(self, *, delete_queue: bool) -> None:
+        self.ready = False
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        try:
-            if delete_queue and getattr(self, "_queue", None) is not None:
+        if delete_queue and self._queue is not None:
+            try:
                 self._queue.delete()
-        except Exception:  # noqa: BLE001 - best effort: the broker may be gone
-            pass
+            except Exception:  # noqa: BLE001 - best effort: the broker may be gone
+                pass
         try:
             conn.release()
         except Exception:  # noqa: BLE001
             pass
+
+    def close(self) -> None:
+        """Delete the reply queue and close its connection (waits for a leader briefly)."""
+        got = self.lock.acquire(timeout=self.DRAIN_SLICE * 4)
+        try:
+            self._drop(delete_queue=True)
+        finally:
+            if got:
+                self.lock.release()

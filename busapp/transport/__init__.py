@@ -72,6 +72,17 @@ def transport_options(url: str) -> dict[str, Any]:
     return {"confirm_publish": False}
 
 
+def busy_poll_interval(url: str) -> float:
+    """Seconds a worker with messages in hand waits on the broker before acking finished ones.
+
+    Handler threads hand finished messages back to the consumer thread, which acks
+    them when its wait on the broker ends. With prefetch full, nothing new arrives to
+    end that wait early, so on RabbitMQ the wait caps throughput: 4 ms instead of 20 ms
+    doubled calls/s with 32 calls in flight. On Redis the shorter wait only cost CPU.
+    """
+    return 0.02 if is_redis(url) else 0.004
+
+
 def connect(url: str):
     """A new, not yet connected, kombu Connection for ``url``.
 
