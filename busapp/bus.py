@@ -165,8 +165,13 @@ class Client(BusMixin):
         self._publish(wire.encode_request(method, params), routing_key, exchange=self._exchange)
 
     def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
-        """Publish a plain JSON body on the exchange (e.g. a storage event)."""
-        self._publish(body, routing_key, exchange=self._exchange, delivery_mode=2 if persistent else 1)
+        """Publish a plain JSON body on the exchange (e.g. a storage event) to every subscriber.
+
+        Unlike a request, this reads the exchange's bindings afresh (busapp's Redis
+        transport caches them briefly), so a subscriber bound a moment ago is not missed.
+        """
+        self._publish(body, routing_key, exchange=self._exchange, fresh_bindings=True,
+                      delivery_mode=2 if persistent else 1)
 
     def publish_reply(self, reply_to: str, response: dict, correlation_id: Any = None) -> None:
         """Send ``response`` to the queue named ``reply_to`` (through the default exchange)."""
@@ -179,7 +184,8 @@ class Client(BusMixin):
 
     # -- connections -------------------------------------------------------
 
-    def _publish(self, body: Any, routing_key: str, *, exchange: Any, **props: Any) -> None:
+    def _publish(self, body: Any, routing_key: str, *, exchange: Any, fresh_bindings: bool = False,
+                 **props: Any) -> None:
         payload = wire.dumps(body)
         with self._publish_lock:
             self._check_open()
@@ -187,6 +193,8 @@ class Client(BusMixin):
                 try:
                     with translate_errors(self.broker_url):
                         producer = self._ensure_producer()
+                        if fresh_bindings and hasattr(producer.channel, "forget_bindings"):
+                            producer.channel.forget_bindings(self.exchange_name)
                         producer.publish(
                             payload,
                             exchange=self._exchange if exchange is None else exchange,

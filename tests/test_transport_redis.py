@@ -182,3 +182,17 @@ def test_reply_to_a_gone_client_expires(redis_url):
         assert 0 < r.pttl(queue) <= 60_000
     finally:
         r.delete(queue)
+
+
+def test_event_publish_reaches_a_subscriber_bound_a_moment_ago(redis_url, names):
+    """Client.publish reads bindings afresh: a queue bound after the cache filled, on a key an
+    older binding already matches, still gets the very next event."""
+    from busapp.bus import Client
+
+    other = Connection(redis_url, transport=busapp_redis.Transport)
+    with other, Client(redis_url, names["exchange"]) as bus:
+        _bind(other, names["exchange"], names["q1"], "notify.storage.*.*")  # an old subscriber
+        bus.publish("notify.storage.Host.created", {"n": 1})  # fills the publisher's cache
+        _bind(other, names["exchange"], names["q2"], "notify.storage.Host.created")  # new one
+        bus.publish("notify.storage.Host.created", {"n": 2})
+        assert [m.payload for m in _get(other, names["q2"])] == [{"n": 2}]

@@ -12,6 +12,7 @@ What changes, measured with py-spy on an echo RPC (see BENCHMARKS.md):
 - kombu reads the topic exchange's bindings (``SMEMBERS _kombu.binding.<exchange>``) on
   every publish: one extra round trip per request. A channel here keeps each exchange's
   table for ``binding_cache_ttl`` seconds (transport option, default 1; 0 turns the cache
+  off; :meth:`Channel.forget_bindings` skips it for one publish, as event publishes do)
   off) and reads it again at once when a routing key matches nothing in the cached table,
   or when this channel binds or deletes a queue. So a service that just started gets its
   first request; what the cache can delay, by at most the TTL, is a *further* queue bound
@@ -116,6 +117,14 @@ class Channel(_kredis.Channel):
         self._tables.clear()
         super()._delete(queue, *args, **kwargs)
 
+    def forget_bindings(self, exchange: str) -> None:
+        """Read ``exchange``'s bindings afresh on the next publish.
+
+        For fan-out publishes (storage events): a subscriber that bound its queue a
+        moment ago must get the next event, even when older subscribers' bindings
+        already match the key and so would not trigger a fresh read.
+        """
+        self._tables.pop(exchange, None)
 
     # -- replies to clients that went away ------------------------------------------------
 
