@@ -92,9 +92,17 @@ def test_interoperates_with_plain_kombu(redis_url, names):
         assert message.payload == {"n": 2}
 
 
+def test_binding_cache_is_off_by_default(redis_url):
+    """Without the option, every publish reads the bindings (no missed subscriber, ever)."""
+    with connect(redis_url) as conn:
+        assert conn.default_channel.binding_cache_ttl == 0
+
+
 def test_binding_cache_sees_a_new_queue_at_once(redis_url, names):
     """A routing key that matched nothing in the cached table makes the channel read the bindings again."""
-    with connect(redis_url) as publisher, Connection(redis_url) as other:
+    cached = Connection(redis_url, transport=busapp_redis.Transport,
+                        transport_options={"binding_cache_ttl": 60})
+    with cached as publisher, Connection(redis_url) as other:
         exchange = _topic(publisher, names["exchange"])
         _bind(other, names["exchange"], names["q1"], "one.*")
         producer = Producer(publisher.default_channel)
@@ -184,12 +192,13 @@ def test_reply_to_a_gone_client_expires(redis_url):
         r.delete(queue)
 
 
-def test_event_publish_reaches_a_subscriber_bound_a_moment_ago(redis_url, names):
+def test_event_publish_reaches_a_subscriber_bound_a_moment_ago(redis_url, names, monkeypatch):
     """Client.publish reads bindings afresh: a queue bound after the cache filled, on a key an
     older binding already matches, still gets the very next event."""
     from busapp.bus import Client
 
     other = Connection(redis_url, transport=busapp_redis.Transport)
+    monkeypatch.setenv("BUSAPP_BINDING_CACHE_TTL", "60")  # the cache on, as a user may set it
     with other, Client(redis_url, names["exchange"]) as bus:
         _bind(other, names["exchange"], names["q1"], "notify.storage.*.*")  # an old subscriber
         bus.publish("notify.storage.Host.created", {"n": 1})  # fills the publisher's cache

@@ -68,6 +68,8 @@ def transport_options(url: str) -> dict[str, Any]:
             "unacked_mutex_expire": 10,
             # Scan for expired unacked messages every 2nd idle poll, not every 10th.
             "unacked_restore_throttle": 2,
+            # Off unless asked for: see busapp.transport.redis.Channel.binding_cache_ttl.
+            "binding_cache_ttl": float(os.environ.get("BUSAPP_BINDING_CACHE_TTL", "0")),
         }
     return {"confirm_publish": False}
 

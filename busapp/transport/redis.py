@@ -11,9 +11,9 @@ What changes, measured with py-spy on an echo RPC (see BENCHMARKS.md):
   connection from the channel's pool) and makes a new one only when the pool is replaced.
 - kombu reads the topic exchange's bindings (``SMEMBERS _kombu.binding.<exchange>``) on
   every publish: one extra round trip per request. A channel here keeps each exchange's
-  table for ``binding_cache_ttl`` seconds (transport option, default 1; 0 turns the cache
-  off; :meth:`Channel.forget_bindings` skips it for one publish, as event publishes do)
-  off) and reads it again at once when a routing key matches nothing in the cached table,
+  table for ``binding_cache_ttl`` seconds (transport option, default 0 = off, because a
+  queue bound elsewhere can miss messages behind it; :meth:`Channel.forget_bindings` skips
+  it for one publish, as event publishes do) and, when on, reads it again at once when a routing key matches nothing in the cached table,
   or when this channel binds or deletes a queue. So a service that just started gets its
   first request; what the cache can delay, by at most the TTL, is a *further* queue bound
   elsewhere to keys that already match (it misses messages published in that window), and
@@ -57,8 +57,12 @@ class Channel(_kredis.Channel):
 
     QoS = QoS
 
-    #: Seconds a topic/direct exchange's binding table is reused (0: read it on every publish).
-    binding_cache_ttl: float = 1.0
+    #: Seconds a topic/direct exchange's binding table is reused (0, the default: read it on
+    #: every publish). Opt in with the ``binding_cache_ttl`` transport option or
+    #: ``$BUSAPP_BINDING_CACHE_TTL``: it saves a round trip per request, but a queue bound
+    #: elsewhere to keys that an older binding (even a stale one) already matches misses up
+    #: to that long of requests.
+    binding_cache_ttl: float = 0.0
 
     from_transport_options = _kredis.Channel.from_transport_options + ("binding_cache_ttl",)
 
