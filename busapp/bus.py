@@ -157,6 +157,9 @@ class Client(BusMixin):
             return pending.response
         finally:
             self._pending.pop(request_id, None)
+            # A hand-over may have picked this call before it waited (say, its publish
+            # failed): make sure a caller still waiting is not left without a leader.
+            self._replies.hand_over_if_idle(pending)
 
     def notify(self, routing_key: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification: the service handles it and sends no reply."""
@@ -278,7 +281,7 @@ class Client(BusMixin):
 class _ReplyQueue:
     """A Client's reply queue and its connection, drained by one waiting caller at a time."""
 
-    #: Longest single drain: bounds how long a caller setting up waits for the leader.
+    #: Longest single wait on the broker (close() waits up to four for a leader to finish).
     DRAIN_SLICE = 0.25
 
     def __init__(self, client: Client) -> None:
@@ -358,6 +361,11 @@ class _ReplyQueue:
                 log.warning("reply connection lost; reconnecting", error=str(exc))
                 reconnected = True
                 self._connect()
+
+    def hand_over_if_idle(self, leaving: _Pending) -> None:
+        """Wake a waiting caller to lead if nobody drains now."""
+        if not self.lock.locked():
+            self._hand_over(leaving)
 
     def _hand_over(self, leaving: _Pending) -> None:
         # Wake one other caller still waiting, so someone drains for it.
