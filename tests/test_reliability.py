@@ -279,3 +279,47 @@ def test_random_worker_kills_under_load(amqp_url, unique):
 def _worker_pids(manager_pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(manager_pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
+
+
+def test_storage_event_subscription_survives_redis_restart(private_redis, unique, tmp_path):
+    """After Redis restarts empty, a subscriber re-subscribes by itself and gets the next event."""
+    from busapp import App
+    from busapp.models import Host
+    from busapp.storage.client import StorageClient
+    from busapp.storage.service import make_app
+    from tests._services import running
+
+    url, exchange, seen = private_redis.url, f"test-{unique}", tmp_path / "seen"
+    storage_app = make_app("memory://", queue=f"storage-{unique}")
+    sub = App(f"sub{unique}")
+    sub.add_method(lambda: "pong", "ping")
+
+    @sub.on_storage_event(Host, "created")
+    def host_created(event, model):
+        with open(seen, "a") as fh:
+            fh.write(model.address + "\n")
+
+    def saw(address: str) -> bool:
+        return seen.exists() and address in seen.read_text().split()
+
+    with running(lambda: storage_app.run(url, exchange=exchange), url=url, exchange=exchange,
+                 ready="storage.list_store_handlers"), \
+         running(lambda: sub.run(url, exchange=exchange), url=url, exchange=exchange,
+                 ready=f"{sub.name}.ping"), Client(url, exchange) as bus:
+        storage = StorageClient(bus)
+        storage.save(Host.new(address="before"))
+        _wait(lambda: saw("before"))
+        private_redis.stop()
+        time.sleep(1)
+        private_redis.start()
+        _call_until(bus, f"{sub.name}.ping")  # both services are back on the bus
+        _call_until(bus, "storage.list_store_handlers")
+        storage.save(Host.new(address="after"))
+        _wait(lambda: saw("after"))
+
+
+def _wait(condition, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, "condition not met in time"
+        time.sleep(0.05)
