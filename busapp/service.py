@@ -231,6 +231,7 @@ class CommissaireService(BusMixin):
     def run(self) -> None:
         """Consume until :meth:`stop` (or SIGINT/SIGTERM in the main thread), then drain."""
         self._stopping.clear()
+        self._ever_ready = False
         self._install_signal_handlers()
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="busapp-handler")
         backoff = 0.5
@@ -241,6 +242,8 @@ class CommissaireService(BusMixin):
                 except Exception as exc:  # noqa: BLE001 - the worker must outlive any one fault
                     if self._stopping.is_set():
                         break
+                    if not self._ever_ready and not isinstance(exc, connection_errors()):
+                        raise  # a start-up bug, not a fault: let the manager see it fail
                     if isinstance(exc, connection_errors()):
                         log.warning("broker connection lost; reconnecting",
                                     error=str(exc) or type(exc).__name__, retry_in=backoff,
@@ -303,6 +306,7 @@ class CommissaireService(BusMixin):
             self._stalled_checks = 0
             busy_poll = busy_poll_interval(self.connection_url)
             self._bus_client()
+            self._ever_ready = True
             log.info("worker ready", pid=os.getpid(), service=self.service_name,
                      routing_keys=self.routing_keys + [s.binding_key for s in self.subscriptions],
                      exchange=self.exchange_name, broker=mask_url(self.connection_url),

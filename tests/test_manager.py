@@ -142,3 +142,18 @@ def test_classic_example_runs_under_manager(broker_url):
         if proc.poll() is None:
             proc.kill()
         delete_queues(broker_url, "my_exchange", "my_queue")
+
+
+class _BrokenStart(CommissaireService):
+    """Fails inside run(), before it is ever ready (like a missing module in the transport)."""
+
+    def _consume_until_stopped(self):
+        raise ImportError("No module named 'packaging'")
+
+
+def test_startup_failure_inside_run_is_a_crash_loop(redis_url):
+    """A non-broker error before the first ready line ends the worker, so the manager gives up."""
+    manager = ServiceManager(_BrokenStart, 1, "x", redis_url, None)
+    manager.max_fast_failures = 2
+    with pytest.raises(CrashLoopError, match="failed 2 times"):
+        manager.run()
