@@ -172,9 +172,10 @@ class Handler:
 
     def _convert(self, name: str, value: Any) -> Any:
         hint = self.hints.get(name, Any)
-        if hint is Any or (isinstance(hint, type) and isinstance(value, hint)
-                           and not isinstance(value, bool) or hint is type(value)):
+        if hint is Any or type(value) is hint:
             return value
+        if isinstance(hint, type) and isinstance(value, hint) and not isinstance(value, bool):
+            return value  # already built, e.g. a model instance passed in-process
         try:
             return structure(value, hint)
         except Exception as exc:
