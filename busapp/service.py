@@ -443,8 +443,10 @@ class CommissaireService(BusMixin):
         info = IncomingMessage.from_kombu(message, self.max_body)
         structlog.contextvars.bind_contextvars(routing_key=info.routing_key, id=info.id)
         try:
+            # from_kombu already parsed an acceptable JSON object: do not parse it twice.
+            body = info.body if isinstance(info.body, dict) else message.body
             response = dispatch.process(
-                self.handlers, message.body,
+                self.handlers, body,
                 content_type=message.content_type, routing_key=info.routing_key,
                 context=self._context(info), on_error=self._log_handler_error,
                 max_body=self.max_body,
@@ -494,8 +496,9 @@ class CommissaireService(BusMixin):
     def _serve_event(self, sub: Subscription, message: Any, done: queue.SimpleQueue) -> None:
         info = IncomingMessage.from_kombu(message, self.max_body)
         try:
-            # Parsed again to raise (and log) what made the body unacceptable.
-            body = wire.loads_body(message.body, message.content_type, self.max_body)
+            body = info.body
+            if body is None:  # refused, or JSON null: loads_body raises (and we log) the reason
+                body = wire.loads_body(message.body, message.content_type, self.max_body)
             sub.callback(body, info)
         except Exception as exc:  # noqa: BLE001 - one bad event must not stop the others
             log.error("event handler failed; event dropped", routing_key=info.routing_key,
