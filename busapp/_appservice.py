@@ -51,7 +51,7 @@ def build_service_class(app: App) -> type:
     """A new AppService subclass with one ``on_<name>`` per registered function."""
     namespace: dict[str, Any] = {"app": app, "__module__": __name__}
     if app.max_body is not None:
-        namespace["max_body"] = app.max_body
+        namespace["worker_options"] = AppService.worker_options.evolve(max_body=app.max_body)
     for name, handler in app.methods.items():
         namespace[f"on_{name}"] = _method(handler)
     return type(f"{app.name.title().replace('_', '')}Service", (AppService,), namespace)

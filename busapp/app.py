@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from busapp.bus import default_exchange
 from busapp.dispatch import Handler
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,7 +52,7 @@ class App:
 
     Args:
         name: the service name: queue ``name`` and routing keys ``name.<method>``.
-        exchange: the topic exchange.
+        exchange: the topic exchange (default ``$BUSAPP_EXCHANGE``, else ``commissaire``).
         queue: queue name (default ``name``), shared by all workers.
         routing_key: binding key (default ``name.*``).
         max_body: largest request body accepted, in bytes (default 1 MiB).
@@ -65,12 +66,12 @@ class App:
             return x + y
     """
 
-    def __init__(self, name: str, *, exchange: str = "commissaire", queue: str | None = None,
+    def __init__(self, name: str, *, exchange: str | None = None, queue: str | None = None,
                  routing_key: str | None = None, max_body: int | None = None) -> None:
         if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name:
             raise ValueError(f"App name must be a non-empty string without '.', '*' or '#': {name!r}")
         self.name = name
-        self.exchange = exchange
+        self._exchange = exchange
         self.queue = queue or name
         self.routing_key = routing_key or f"{name}.*"
         self.max_body = max_body
@@ -79,6 +80,11 @@ class App:
         #: Storage event subscriptions, filled by :meth:`on_storage_event`.
         self.storage_handlers: list[StorageHandler] = []
         self._service_class: type | None = None
+
+    @property
+    def exchange(self) -> str:
+        """The exchange given, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
+        return default_exchange(self._exchange)
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} methods={sorted(self.methods)}>"
@@ -169,25 +175,23 @@ class App:
         return [{"name": self.queue, "routing_key": self.routing_key}]
 
     def run(self, broker_url: str | None = None, *, workers: int = 1, concurrency: int | None = None,
-            exchange: str | None = None, graceful_timeout: float | None = None) -> None:
-        """Serve until SIGINT/SIGTERM: in this process (``workers=1``) or under a ServiceManager."""
+            exchange: str | None = None, graceful_timeout: float | None = None,
+            options: Any = None) -> None:
+        """Serve until SIGINT/SIGTERM: in this process (``workers=1``) or under a ServiceManager.
+
+        ``options`` is a :class:`~busapp.worker.WorkerOptions`; ``concurrency`` and
+        ``graceful_timeout`` change single fields of it.
+        """
         from busapp.manager import ServiceManager
 
         exchange = exchange or self.exchange
+        options = (options or self.service_class.worker_options).evolve(
+            concurrency=concurrency, graceful_timeout=graceful_timeout)
         if workers <= 1:
-            service = self.service_class(exchange, broker_url, self.qkwargs())
-            if concurrency is not None:
-                service.concurrency = concurrency
-            if graceful_timeout is not None:
-                service.graceful_timeout = graceful_timeout
-            service.run()
+            self.service_class(exchange, broker_url, self.qkwargs(), options=options).run()
             return
-        manager = ServiceManager(self.service_class, workers, exchange, broker_url, self.qkwargs())
-        if concurrency is not None:
-            manager.concurrency = concurrency
-        if graceful_timeout is not None:
-            manager.graceful_timeout = graceful_timeout
-        manager.run()
+        ServiceManager(self.service_class, workers, exchange, broker_url, self.qkwargs(),
+                       options=options).run()
 
     def test_client(self) -> Any:
         """An in-memory client calling this App with no broker (see :mod:`busapp.testing`)."""

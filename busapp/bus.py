@@ -1,7 +1,7 @@
 """Calling services: :class:`Client` and Commissaire's :class:`BusMixin`.
 
-A Client owns two broker connections: one to publish (shared by every thread
-under a lock) and one for its single reply queue. There is no reply thread:
+A Client owns two transports (:mod:`busapp.transport.base`): one to publish
+(shared by every thread under a lock) and one for its single reply queue. There is no reply thread:
 a caller waiting for its reply drains the reply connection itself if no other
 caller is doing so (the leader), and hands every reply it reads to the call it
 belongs to by ``correlation_id``; the other callers wait on their own event
@@ -14,7 +14,6 @@ left behind.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 import uuid
@@ -24,15 +23,15 @@ import structlog
 
 from busapp import wire
 from busapp.errors import BrokerUnavailable, RequestTimeout
-from busapp.transport import connect, mask_url, resolve_broker_url, translate_errors
+from busapp.transport import mask_url, open_transport, resolve_broker_url
+from busapp.transport.base import REPLY_PREFIX, Delivery, QueueSpec, Transport
 
 log = structlog.get_logger("busapp.bus")
 
 #: Default seconds a call waits for its reply.
 DEFAULT_TIMEOUT = 10.0
 
-#: Reply queues are named ``busapp.reply.<hex>`` (the Redis transport expires orphans).
-REPLY_PREFIX = "busapp.reply."
+__all__ = ["DEFAULT_TIMEOUT", "REPLY_PREFIX", "BusMixin", "Client", "default_exchange"]
 
 #: Environment variable naming the exchange when none is passed.
 EXCHANGE_ENV = "BUSAPP_EXCHANGE"
@@ -41,6 +40,21 @@ EXCHANGE_ENV = "BUSAPP_EXCHANGE"
 def default_exchange(name: str | None = None) -> str:
     """``name``, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
     return name or os.environ.get(EXCHANGE_ENV) or "commissaire"
+
+
+class _WaitHook(threading.local):
+    """What a worker wants to know of a call its handler makes: it is about to wait.
+
+    A worker runs a handler in the thread that received its message; before that
+    handler blocks on a call's reply, the worker hands its receiving role to another
+    thread (so the call, even to the worker's own queue, can be served). See
+    :mod:`busapp.worker`.
+    """
+
+    hook: Any = None
+
+
+WAIT_HOOK = _WaitHook()
 
 
 class BusMixin:
@@ -74,18 +88,19 @@ class BusMixin:
 
 
 class _Pending:
-    __slots__ = ("event", "response")
+    __slots__ = ("event", "response", "arrived")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.response: dict | None = None
+        self.arrived = 0.0
 
 
 class Client(BusMixin):
     """A connection to the bus for calling services.
 
     Args:
-        broker_url: kombu URL; None means ``$BUSAPP_BROKER_URL``, else the embedded broker.
+        broker_url: broker URL; None means ``$BUSAPP_BROKER_URL``, else the embedded broker.
         exchange: topic exchange name; None means ``$BUSAPP_EXCHANGE``, else ``commissaire``.
         timeout: default seconds to wait for a reply.
 
@@ -100,15 +115,18 @@ class Client(BusMixin):
         self.broker_url = resolve_broker_url(broker_url)
         self.exchange_name = default_exchange(exchange)
         self.timeout = timeout
+        self._closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        """Fresh state: at construction, and in a forked child (the parent's sockets are not ours)."""
+        self._pid = os.getpid()
         self.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
         self._pending: dict[str, _Pending] = {}
-        self._publish_lock = threading.Lock()
-        self._conn: Any = None
-        self._producer: Any = None
-        self._exchange: Any = None
+        # Reentrant: on the in-memory transport a publish delivers (and so may reply) inline.
+        self._publish_lock = threading.RLock()
+        self._publisher: Transport | None = None
         self._replies = _ReplyQueue(self)
-        self._closed = False
-        self._pid = os.getpid()
 
     def _bus_client(self) -> Client:
         return self
@@ -134,21 +152,24 @@ class Client(BusMixin):
         method = wire.call_method(routing_key)
         timeout = self.timeout if timeout is None else float(timeout)
         deadline = time.monotonic() + timeout
+        self._check_open()
         request_id = wire.new_id()
         pending = _Pending()
         self._pending[request_id] = pending
+        hook = WAIT_HOOK.hook
+        if hook is not None:
+            hook.waiting()
         try:
-            self._check_open()
             self._replies.ensure(deadline)
             self._publish(
                 wire.encode_request(method, params, request_id),
                 routing_key,
-                exchange=self._exchange,
+                exchange=self.exchange_name,
                 reply_to=self.reply_queue,
                 correlation_id=request_id,
-                **self._expiration(timeout),
+                expiration=timeout,
             )
-            if not self._replies.wait_for(pending, deadline):
+            if not self._replies.wait_for(pending, deadline) or pending.arrived > deadline:
                 raise RequestTimeout(
                     f"no reply to {routing_key!r} within {timeout:g}s; "
                     f"is a service consuming it on exchange {self.exchange_name!r}?"
@@ -156,6 +177,8 @@ class Client(BusMixin):
             assert pending.response is not None
             return pending.response
         finally:
+            if hook is not None:
+                hook.done_waiting()
             self._pending.pop(request_id, None)
             # A hand-over may have picked this call before it waited (say, its publish
             # failed): make sure a caller still waiting is not left without a leader.
@@ -165,97 +188,75 @@ class Client(BusMixin):
         """Send a notification: the service handles it and sends no reply."""
         method = wire.call_method(routing_key)
         params = wire.params_from(args, kwargs, single_container=True)
-        self._publish(wire.encode_request(method, params), routing_key, exchange=self._exchange)
+        self._publish(wire.encode_request(method, params), routing_key, exchange=self.exchange_name)
 
     def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """Publish a plain JSON body on the exchange (e.g. a storage event) to every subscriber.
 
         Unlike a request, this reads the exchange's bindings afresh (busapp's Redis
-        transport caches them briefly), so a subscriber bound a moment ago is not missed.
+        transport can cache them briefly), so a subscriber bound a moment ago is not missed.
         """
-        self._publish(body, routing_key, exchange=self._exchange, fresh_bindings=True,
-                      delivery_mode=2 if persistent else 1)
+        self._publish(body, routing_key, exchange=self.exchange_name, persistent=persistent)
 
     def publish_reply(self, reply_to: str, response: dict, correlation_id: Any = None) -> None:
         """Send ``response`` to the queue named ``reply_to`` (through the default exchange)."""
-        props = {"correlation_id": str(correlation_id)} if correlation_id is not None else {}
-        self._publish(response, reply_to, exchange="", delivery_mode=1, **props)
-
-    def _expiration(self, timeout: float) -> dict[str, Any]:
-        # A request nobody took in time is useless: let RabbitMQ drop it. (Redis ignores this.)
-        return {"expiration": max(timeout, 0.001)} if self.broker_url.startswith("amqp") else {}
+        self._publish(response, reply_to, exchange="",
+                      correlation_id=None if correlation_id is None else str(correlation_id))
 
     # -- connections -------------------------------------------------------
 
-    def _publish(self, body: Any, routing_key: str, *, exchange: Any, fresh_bindings: bool = False,
-                 **props: Any) -> None:
-        payload = wire.dumps(body)
+    def _publish(self, body: Any, routing_key: str, *, exchange: str, **props: Any) -> None:
+        payload = wire.dumps(body).encode()
         with self._publish_lock:
             self._check_open()
             for attempt in (1, 2):
                 try:
-                    with translate_errors(self.broker_url):
-                        producer = self._ensure_producer()
-                        if fresh_bindings and hasattr(producer.channel, "forget_bindings"):
-                            producer.channel.forget_bindings(self.exchange_name)
-                        producer.publish(
-                            payload,
-                            exchange=self._exchange if exchange is None else exchange,
-                            routing_key=routing_key,
-                            content_type="application/json",
-                            content_encoding="utf-8",
-                            retry=False,
-                            **props,
-                        )
+                    publisher = self._publisher
+                    if publisher is None:
+                        publisher = self._connect_publisher()
+                    publisher.publish(payload, exchange=exchange, routing_key=routing_key, **props)
                     return
                 except BrokerUnavailable:
-                    self._drop_connection()
+                    self._drop_publisher()
                     if attempt == 2:
                         raise
 
-    def _ensure_producer(self) -> Any:
-        if self._producer is None:
-            from kombu import Exchange, Producer
+    def _connect_publisher(self) -> Transport:
+        transport = open_transport(self.broker_url)
+        transport.connect()
+        try:
+            transport.declare_exchange(self.exchange_name)
+        except BaseException:
+            transport.close()
+            raise
+        self._publisher = transport
+        return transport
 
-            conn = connect(self.broker_url)
-            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
-            channel = conn.channel()
-            self._exchange = Exchange(self.exchange_name, type="topic", durable=True)
-            self._exchange(channel).declare()
-            self._conn = conn
-            self._producer = Producer(channel)
-        return self._producer
-
-    def _drop_connection(self) -> None:
-        conn, self._conn, self._producer = self._conn, None, None
-        if conn is not None:
-            try:
-                conn.release()
-            except Exception:  # noqa: BLE001 - it is already broken
-                pass
+    def _drop_publisher(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Client is closed")
-        if self._pid != os.getpid():  # forked: the parent's sockets are not ours
-            self._pid = os.getpid()
-            self._conn = self._producer = None
-            self._publish_lock = threading.Lock()
-            self._replies = _ReplyQueue(self)
-            self._pending = {}
-            self.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
+        if self._pid != os.getpid():
+            self._reset()
 
-    def _deliver(self, correlation_id: Any, body: Any) -> None:
+    def _deliver(self, delivery: Delivery) -> None:
         try:
-            response = wire.parse_response(body)
+            response = wire.parse_response(delivery.body)
         except Exception as exc:  # noqa: BLE001
             log.warning("unparsable reply dropped", error=str(exc))
             return
-        key = correlation_id if correlation_id is not None else response.get("id")
+        key = delivery.correlation_id
+        if key is None:
+            key = response.get("id")
         pending = self._pending.get(str(key)) if key is not None else None
         if pending is None:
             log.debug("reply for no pending call dropped", correlation_id=key)
             return
+        pending.arrived = time.monotonic()
         pending.response = response
         pending.event.set()
 
@@ -266,7 +267,7 @@ class Client(BusMixin):
         self._closed = True
         self._replies.close()
         with self._publish_lock:
-            self._drop_connection()
+            self._drop_publisher()
 
     def __enter__(self) -> Client:
         return self
@@ -279,7 +280,7 @@ class Client(BusMixin):
 
 
 class _ReplyQueue:
-    """A Client's reply queue and its connection, drained by one waiting caller at a time."""
+    """A Client's reply queue and its transport, drained by one waiting caller at a time."""
 
     #: Longest single wait on the broker (close() waits up to four for a leader to finish).
     DRAIN_SLICE = 0.25
@@ -288,8 +289,7 @@ class _ReplyQueue:
         self.client = client
         self.lock = threading.Lock()  # held by the caller that drains (the leader)
         self.ready = False
-        self._conn: Any = None
-        self._queue: Any = None
+        self._transport: Transport | None = None
 
     def ensure(self, deadline: float) -> None:
         """Make sure the reply queue exists before a request names it."""
@@ -305,21 +305,16 @@ class _ReplyQueue:
     def _connect(self) -> None:
         if self.ready:
             return
-        from kombu import Consumer, Queue
-
-        url = self.client.broker_url
-        with translate_errors(url):
-            try:
-                conn = connect(url)
-                self._conn = conn
-                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
-                channel = conn.channel()
-                self._queue = Queue(self.client.reply_queue, durable=False, auto_delete=True,
-                                    exclusive=url.startswith("amqp"), channel=channel)
-                Consumer(channel, [self._queue], on_message=self._on_message, no_ack=True).consume()
-            except BaseException:
-                self._drop(delete_queue=False)
-                raise
+        transport = open_transport(self.client.broker_url)
+        try:
+            transport.connect()
+            transport.declare_queue("", QueueSpec(self.client.reply_queue, durable=False,
+                                                  auto_delete=True))
+            transport.consume(self.client.reply_queue, self.client._deliver, no_ack=True)
+        except BaseException:
+            transport.close()
+            raise
+        self._transport = transport
         self.ready = True
 
     def wait_for(self, pending: _Pending, deadline: float) -> bool:
@@ -347,11 +342,8 @@ class _ReplyQueue:
             if remaining <= 0:
                 return
             try:
-                with translate_errors(self.client.broker_url):
-                    try:
-                        self._conn.drain_events(timeout=min(remaining, self.DRAIN_SLICE))
-                    except socket.timeout:
-                        pass
+                assert self._transport is not None
+                self._transport.drain(min(remaining, self.DRAIN_SLICE))
             except BrokerUnavailable as exc:
                 self._drop(delete_queue=False)
                 if reconnected:
@@ -374,23 +366,11 @@ class _ReplyQueue:
                 waiting.event.set()
                 return
 
-    def _on_message(self, message: Any) -> None:
-        self.client._deliver(message.properties.get("correlation_id"), message.body)
-
     def _drop(self, *, delete_queue: bool) -> None:
         self.ready = False
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        if delete_queue and self._queue is not None:
-            try:
-                self._queue.delete()
-            except Exception:  # noqa: BLE001 - best effort: the broker may be gone
-                pass
-        try:
-            conn.release()
-        except Exception:  # noqa: BLE001
-            pass
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close(delete_queue=self.client.reply_queue if delete_queue else None)
 
     def close(self) -> None:
         """Delete the reply queue and close its connection (waits for a leader briefly)."""

@@ -135,6 +135,7 @@ def _resolve_broker(broker: str | None) -> str:
 
 def _serve(loaded: Any, url: str, **options: Any) -> None:
     from busapp.manager import CrashLoopError, ServiceManager
+    from busapp.worker import WorkerOptions
 
     try:
         # Always under a manager, even with one worker: a worker that dies is replaced,
@@ -146,9 +147,10 @@ def _serve(loaded: Any, url: str, **options: Any) -> None:
         else:
             manager = ServiceManager(loaded.service_class, options["workers"], options["exchange"],
                                      url, None)
-        for name in ("concurrency", "graceful_timeout"):
-            if options[name] is not None:
-                setattr(manager, name, options[name])
+        base = manager.options or getattr(manager.service_class, "worker_options", None)
+        manager.options = (base or WorkerOptions()).evolve(
+            concurrency=options["concurrency"], graceful_timeout=options["graceful_timeout"])
+        manager.graceful_timeout = manager.options.graceful_timeout
         manager.run()
     except CrashLoopError as exc:
         log.error("giving up", error=str(exc))

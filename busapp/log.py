@@ -102,6 +102,14 @@ def _processors(fmt: str, file: TextIO | None) -> list[Any]:
     return shared + [_renderer(fmt, file)]
 
 
+def quiet() -> bool:
+    """True while nobody configured structlog: busapp, a library then, writes no per-call lines.
+
+    (structlog's default would print every debug line to a program's stdout.)
+    """
+    return not structlog.is_configured()
+
+
 def configure_logging(level: str | int = "info", fmt: str | None = None, *,
                       file: TextIO | None = None, cache: bool = False) -> None:
     """Configure structlog (and route stdlib logging, e.g. kombu's, through it).

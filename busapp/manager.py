@@ -23,6 +23,7 @@ import attrs
 import structlog
 
 from busapp.transport import mask_url, resolve_broker_url
+from busapp.worker import WorkerOptions
 
 log = structlog.get_logger("busapp.manager")
 
@@ -63,7 +64,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def _worker_main(service_class: type, kwargs: dict[str, Any], options: dict[str, Any],
+def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOptions,
                  parent_pid: int) -> None:
     """Entry point of a worker process."""
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,8 +73,7 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: dict[str,
     structlog.contextvars.clear_contextvars()
     try:
         service = service_class(**kwargs)
-        for name, value in options.items():
-            setattr(service, name, value)
+        service.options = options
         service.run()
     except BaseException as exc:  # noqa: BLE001 - report why before the process dies
         if isinstance(exc, SystemExit) and not exc.code:
@@ -112,7 +112,7 @@ class ServiceManager:
 
     def __init__(self, service_class: type, process_count: int, exchange_name: str | None = None,
                  connection_url: str | None = None, qkwargs: list[dict] | None = None,
-                 **kwargs: Any) -> None:
+                 *, options: WorkerOptions | None = None, **kwargs: Any) -> None:
         if process_count < 1:
             raise ValueError(f"process_count must be at least 1, got {process_count}")
         self.service_class = service_class
@@ -121,6 +121,10 @@ class ServiceManager:
         self.connection_url = connection_url
         self.qkwargs = qkwargs
         self.kwargs = kwargs
+        #: The workers' options (default: the service class's ``worker_options``).
+        self.options = options
+        if options is not None:
+            self.graceful_timeout = options.graceful_timeout
         self._stopping = threading.Event()
         self._slots: list[_Slot] = []
         self._ctx = multiprocessing.get_context("fork")
@@ -139,11 +143,9 @@ class ServiceManager:
             kwargs = {k: v for k, v in kwargs.items() if k in params}
         return kwargs
 
-    def _options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"graceful_timeout": self.graceful_timeout}
-        if self.concurrency is not None:
-            options["concurrency"] = self.concurrency
-        return options
+    def _options(self) -> WorkerOptions:
+        base = self.options or getattr(self.service_class, "worker_options", None) or WorkerOptions()
+        return base.evolve(concurrency=self.concurrency, graceful_timeout=self.graceful_timeout)
 
     @property
     def pids(self) -> list[int]:

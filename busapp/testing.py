@@ -1,4 +1,4 @@
-"""Test services without a broker: :class:`TestClient` over the in-memory bus.
+"""Test services without a broker: :class:`TestClient` over the in-memory transport.
 
 ::
 
@@ -8,13 +8,16 @@
         with pytest.raises(InvalidParams):
             client.call("add", "x", 2)
 
-Every call is JSON-encoded, served by the same :func:`busapp.dispatch.process`
-a worker on a broker runs, and its reply JSON-decoded into the same result or
-exception class (see :mod:`busapp.transport.memory`). Handlers that call
-``bus.call(...)`` reach the registered services in memory; ``client.storage``
-is a :class:`~busapp.storage.client.StorageClient` over an in-memory storage
-service, and every matching ``on_storage_event`` handler (or
-``register_callback`` callback) has run before the storage call returns.
+Nothing here re-implements the bus: calls go through a real
+:class:`~busapp.bus.Client`, and each registered service is served by a real
+:class:`~busapp.worker.Worker` (the same serve path as on a broker: redelivery
+counting, JSON decoding, dispatch, reply publishing, ack, log context) over the
+in-memory transport (:mod:`busapp.transport.memory`), which delivers every message
+synchronously. So when a call returns, everything it caused has happened: handlers
+that call ``bus.call(...)`` reach the registered services, and every matching
+``on_storage_event`` handler (or ``register_callback`` callback) has run.
+``client.storage`` is a :class:`~busapp.storage.client.StorageClient` over an
+in-memory storage service.
 
 Differences from a broker, all meant to make tests fail fast and clearly:
 
@@ -32,11 +35,17 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from busapp.service import IncomingMessage, Subscription, injected_client
-from busapp.transport.memory import HandlerError, MemoryBus, NoRouteError, Published, topic_matches
+import attrs
+
+from busapp import wire
+from busapp.bus import Client
+from busapp.serve import IncomingMessage, Subscription
+from busapp.transport.memory import MemoryBroker, MemoryTransport, NoRouteError, topic_matches
+from busapp.worker import Worker
 
 __all__ = ["HandlerError", "NoRouteError", "Published", "TestClient"]
 
@@ -45,8 +54,30 @@ _COLLECTOR: contextvars.ContextVar[list[HandlerError] | None] = contextvars.Cont
     "busapp_testing_collector", default=None)
 
 
+@attrs.frozen
+class Published:
+    """One message published on the test bus: a notification or a plain message.
+
+    ``kind`` is ``"notify"`` (JSON-RPC notification) or ``"publish"`` (plain
+    JSON such as a storage event); ``body`` is the decoded JSON body.
+    """
+
+    routing_key: str
+    body: Any
+    kind: str
+
+
+@attrs.frozen
+class HandlerError:
+    """An exception raised by a handler that had no caller to answer (event or notification)."""
+
+    routing_key: str
+    consumer: str
+    exception: BaseException
+
+
 class TestClient:
-    """Call an App (and the services it talks to) in memory, on the production dispatch path.
+    """Call an App (and the services it talks to) in memory, on the production serve path.
 
     Args:
         app: the App (or ``CommissaireService`` subclass) that short names refer to.
@@ -65,14 +96,24 @@ class TestClient:
         self.raise_handler_errors = raise_handler_errors
         #: Every exception raised by a handler that had no caller to answer (events, notifications).
         self.handler_errors: list[HandlerError] = []
-        self.bus = MemoryBus(getattr(app, "exchange", None) or "commissaire",
-                             on_handler_error=self._handler_failed)
+        #: The in-memory broker URL every service and client of this test client shares.
+        self.url = f"memory://test-{uuid.uuid4().hex}"
+        self.exchange = getattr(app, "exchange", None) or "commissaire"
+        #: The test's own bus client (a real :class:`~busapp.bus.Client`).
+        self.bus = Client(self.url, self.exchange)
+        #: Services served on this client, in registration order.
+        self.services: list[Any] = []
         self.service_name = "test"
+        self._published: list[Published] = []
+        self._causes: dict[str, BaseException] = {}
         self._lock = threading.Lock()
         self._unclaimed: list[HandlerError] = []
         self._short: dict[str, str] = {}
-        self._listener: _Listener | None = None
         self._storage: Any = None
+        self._raw = MemoryTransport(self.url)
+        self._raw_replies: dict[str, dict] = {}
+        self._raw_queue = f"busapp.reply.test-raw-{uuid.uuid4().hex}"
+        MemoryBroker.named(self.url).taps.append(self._record)
         self.storage_app: Any = None
         if storage:
             from busapp.storage.service import make_app
@@ -83,7 +124,7 @@ class TestClient:
         self.service: Any = self.register(app) if app is not None else None
 
     def __repr__(self) -> str:
-        names = ", ".join(s.service_name for s in self.bus.services)
+        names = ", ".join(s.service_name for s in self.services)
         return f"<TestClient services=[{names}]>"
 
     # -- registration -----------------------------------------------------------
@@ -91,25 +132,30 @@ class TestClient:
     def register(self, target: Any, *args: Any, **kwargs: Any) -> Any:
         """Serve ``target`` (an App or a CommissaireService subclass) on this client; return the service.
 
-        A class is constructed as ``target(exchange_name, "memory://", *args, **kwargs)``
-        with this client's bus injected, whatever its own ``__init__`` takes.
+        A class is constructed as ``target(exchange_name, <memory URL>, *args, **kwargs)``.
         """
         service_class = getattr(target, "service_class", None)
         if service_class is not None:  # an App
-            args = args or (target.exchange, "memory://", target.qkwargs())
+            args = args or (target.exchange, self.url, target.qkwargs())
         elif isinstance(target, type):
             service_class = target
-            args = args or (self.bus.exchange_name, "memory://")
+            args = args or (self.exchange, self.url)
         else:
             raise TypeError(f"register() takes an App or a CommissaireService subclass, got {target!r}")
-        with injected_client(self.bus):
-            service = service_class(*args, **kwargs)
+        service = service_class(*args, **kwargs)
         self._check_queues(service)
-        self.bus.add_service(service)
+        self._attach(service)
         return service
 
+    def _attach(self, service: Any) -> None:
+        worker = Worker(service, getattr(service, "options", None))
+        worker.on_handler_error = self._on_handler_error
+        worker.attach()
+        with self._lock:
+            self.services.append(service)
+
     def _check_queues(self, service: Any) -> None:
-        taken = {q.get("name") for s in self.bus.services for q in s.qkwargs}
+        taken = {q.get("name") for s in self.services for q in s.qkwargs}
         clash = [q.get("name") for q in service.qkwargs if q.get("name") in taken]
         if clash:
             raise ValueError(f"queue {clash[0]!r} is already served on this client (workers of one "
@@ -121,12 +167,10 @@ class TestClient:
 
         Also what ``client.storage.register_callback(...)`` uses.
         """
-        with self._lock:
-            if self._listener is None:
-                self._listener = _Listener(self.service_name)
-                self.bus.add_service(self._listener)
-        self._listener.subscriptions.append(
+        listener = _Listener(self.service_name, self.url, self.exchange, self.bus)
+        listener.subscriptions.append(
             Subscription(binding_key, callback, queue_name or f"test.{binding_key}"))
+        self._attach(listener)
 
     # -- calls ------------------------------------------------------------------
 
@@ -151,14 +195,23 @@ class TestClient:
         """Call ``method`` (short name or routing key) and return its result.
 
         Raises:
-            RemoteProcedureCallError: the subclass chosen by the error reply's code.
+            RemoteProcedureCallError: the subclass chosen by the error reply's code, with
+                the handler's own exception as its ``__cause__``.
             NoRouteError: no registered service consumes the routing key.
+            RequestTimeout: the handler took longer than ``timeout`` (as on a broker).
         """
-        return self._run(self.bus.call, self.routing_key(method), *args, **kwargs)
+        params = wire.params_from(args, kwargs)
+        response = self._run(self.bus.request, self.routing_key(method), params, timeout)
+        error = wire.error_from_response(response)
+        if error is not None:
+            raise error from self._causes.pop(str(response.get("id")), None)
+        return response.get("result")
 
     def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
         """Send a request and return the whole JSON-RPC response dict (Commissaire's form)."""
-        return self._run(self.bus.request, self.routing_key(routing_key), params)
+        response = self._run(self.bus.request, self.routing_key(routing_key), params, timeout)
+        self._causes.pop(str(response.get("id")), None)
+        return response
 
     def request_raw(self, routing_key: str, body: bytes | str, *,
                     content_type: str = "application/json") -> dict | None:
@@ -167,8 +220,20 @@ class TestClient:
         For what a client never sends: bad JSON (-32700), a foreign content
         type, a method that differs from the routing key (-32600).
         """
-        return self._run(self.bus.request_raw, self.routing_key(routing_key), body,
-                         content_type=content_type)
+        with self._lock:
+            if not self._raw_replies:
+                self._raw.declare_queue("", _reply_spec(self._raw_queue))
+                self._raw.consume(self._raw_queue, self._on_raw_reply, no_ack=True)
+                self._raw_replies["ready"] = {}
+        correlation_id = uuid.uuid4().hex
+        payload = body.encode() if isinstance(body, str) else bytes(body)
+        self._run(self._raw.publish, payload, exchange=self.exchange,
+                  routing_key=self.routing_key(routing_key), reply_to=self._raw_queue,
+                  correlation_id=correlation_id, content_type=content_type)
+        return self._raw_replies.pop(correlation_id, None)
+
+    def _on_raw_reply(self, delivery: Any) -> None:
+        self._raw_replies[str(delivery.correlation_id)] = wire.parse_response(delivery.body)
 
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification; every consumer has handled it when this returns."""
@@ -191,14 +256,25 @@ class TestClient:
 
     # -- what the services published -------------------------------------------
 
+    def _record(self, exchange: str, routing_key: str, body: bytes, reply_to: str | None) -> None:
+        if not exchange or reply_to is not None:
+            return  # replies and requests are not "published"
+        try:
+            data = wire.loads_body(body, "application/json", max_body=len(body))
+        except Exception:  # noqa: BLE001 - not JSON: record the text
+            data = body.decode("utf-8", "replace")
+        kind = "notify" if isinstance(data, dict) and "method" in data and "jsonrpc" in data \
+            else "publish"
+        self._published.append(Published(routing_key, data, kind))
+
     @property
     def notifications(self) -> list[Published]:
         """Every notification and plain message published on the bus (storage events too), in order."""
-        return self.bus.published
+        return self._published
 
     def published(self, pattern: str = "#") -> list[Any]:
         """The bodies of the messages published with a routing key matching ``pattern``."""
-        return [p.body for p in self.bus.published if topic_matches(pattern, p.routing_key)]
+        return [p.body for p in self._published if topic_matches(pattern, p.routing_key)]
 
     @property
     def storage(self) -> Any:
@@ -212,6 +288,17 @@ class TestClient:
         return self._storage
 
     # -- handler errors ---------------------------------------------------------
+
+    def _on_handler_error(self, kind: str, info: IncomingMessage, request: Any,
+                          exc: BaseException, consumer: str) -> None:
+        """The workers' error hook: causes for error replies, HandlerErrors for the rest."""
+        if kind == "call" and request is not None and not request.is_notification:
+            with self._lock:
+                if len(self._causes) > 1000:  # causes nobody asked for (nested calls)
+                    self._causes.clear()
+                self._causes[str(request.id)] = exc
+            return
+        self._handler_failed(HandlerError(info.routing_key or "", consumer, exc))
 
     def _handler_failed(self, error: HandlerError) -> None:
         with self._lock:
@@ -238,9 +325,11 @@ class TestClient:
     # -- lifetime ---------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the in-memory storage."""
+        """Release the in-memory storage and broker."""
         if self.storage_app is not None:
             self.storage_app.store.close()
+        self.bus.close()
+        MemoryBroker.forget(self.url)
 
     def __enter__(self) -> TestClient:
         return self
@@ -249,14 +338,31 @@ class TestClient:
         self.close()
 
 
+def _reply_spec(name: str) -> Any:
+    from busapp.transport.base import QueueSpec
+
+    return QueueSpec(name, durable=False, auto_delete=True)
+
+
 class _Listener:
     """A consumer with subscriptions only: what :meth:`TestClient.subscribe` registers."""
 
     qkwargs: list[dict[str, Any]] = []
     routing_keys: list[str] = []
     handlers: dict[str, Any] = {}
-    max_body = 1024 * 1024
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, url: str, exchange: str, bus: Client) -> None:
         self.service_name = name
+        self.connection_url = url
+        self.exchange_name = exchange
         self.subscriptions: list[Subscription] = []
+        self._bus = bus
+
+    def queue_specs(self) -> list[Any]:
+        return []
+
+    def _bus_client(self) -> Client:
+        return self._bus
+
+    def _context(self, info: IncomingMessage) -> dict[str, Any]:
+        return {"message": info, "bus": self._bus, "storage": None}

@@ -97,8 +97,8 @@ def test_core_does_not_import_kombu():
 def test_max_body_reaches_the_service_class():
     """App(max_body=...) sets the generated service's body limit."""
     app = App("big", max_body=5 * 1024 * 1024)
-    assert app.service_class.max_body == 5 * 1024 * 1024
-    assert App("small").service_class.max_body == 1024 * 1024
+    assert app.service_class.worker_options.max_body == 5 * 1024 * 1024
+    assert App("small").service_class.worker_options.max_body == 1024 * 1024
 
 
 def test_storage_service_takes_records_over_one_mib():

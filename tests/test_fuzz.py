@@ -94,11 +94,11 @@ def test_oversized_body_is_refused_with_clear_error():
 
 
 def test_body_limit_is_configurable():
-    """CommissaireService.max_body (or the max_body= keyword) sets the limit."""
+    """The max_body= keyword sets the worker option the limit comes from."""
     service = APP.service_class("fz", "memory://", client=object(), max_body=10)
-    assert service.max_body == 10
+    assert service.options.max_body == 10
     response = dispatch.process(service.handlers, b'{"jsonrpc":"2.0","id":1,"method":"ping"}',
                                 content_type="application/json", routing_key="fuzz.ping",
-                                context={}, max_body=service.max_body)
+                                context={}, max_body=service.options.max_body)
     assert response["error"]["code"] == -32700
     assert isinstance(SERVICE, CommissaireService)

@@ -147,7 +147,7 @@ def test_classic_example_runs_under_manager(broker_url):
 class _BrokenStart(CommissaireService):
     """Fails inside run(), before it is ever ready (like a missing module in the transport)."""
 
-    def _consume_until_stopped(self):
+    def queue_specs(self):
         raise ImportError("No module named 'packaging'")
 
 

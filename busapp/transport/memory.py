@@ -1,26 +1,22 @@
-"""An in-memory bus: the transport the test client injects into services. No broker, no sockets.
+"""An in-process broker for the test client: topic routing, queues, synchronous delivery.
 
-:class:`MemoryBus` has the :class:`~busapp.bus.Client` API (``request``,
-``call``, ``notify``, ``publish``, ``publish_reply``) and routes every message
-by topic pattern to the services registered on it, synchronously, in the
-calling thread. A request is JSON-encoded, served by the same
-:func:`busapp.dispatch.process` a broker-fed worker uses, and its response
-JSON-decoded and turned into the same exception classes
-(:func:`busapp.wire.error_from_response`), so a handler sees exactly what it
-would see on a broker.
+:class:`MemoryTransport` is a :class:`~busapp.transport.base.Transport` over a
+:class:`MemoryBroker` shared by every transport opened on the same ``memory://NAME``
+URL. Nothing here knows about JSON-RPC: the Client and the worker above the seam are
+the production ones, so the test client runs the real serve path (acks, redelivery
+counting, dead-lettering, reply publishing, log context).
 
-Where it differs from a broker, on purpose:
+Delivery is synchronous, in the publishing thread, so a test sees every effect of a
+call when the call returns:
 
-- a request nobody consumes raises :class:`NoRouteError` at once (a
-  :class:`~busapp.errors.RequestTimeout`, which is what a broker would give
-  after the timeout);
-- an exception raised by a storage-event or notification handler is reported
-  to ``on_handler_error`` (the test client re-raises it in the test) instead
-  of being logged and dropped;
-- an error reply raised by the caller has the handler's original exception
-  as its ``__cause__``, so a failing test shows the real traceback.
+- a message goes to its queue's consumer at once; a message published by a consumer
+  while it handles another one is delivered right after that one is handled, in the
+  order published (as from a broker queue, and deterministic);
+- a queue without a consumer keeps its messages until one consumes it.
 
-Topic patterns follow AMQP: ``*`` is exactly one word, ``#`` zero or more.
+Where it differs from a broker, on purpose: a request (a message with ``reply_to``)
+that no queue is bound to raises :class:`NoRouteError` at once, where a broker would
+let the caller time out. Topic patterns follow AMQP: ``*`` is one word, ``#`` zero or more.
 """
 
 from __future__ import annotations
@@ -29,44 +25,16 @@ import collections
 import functools
 import itertools
 import threading
-import uuid
+import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
-from busapp import dispatch, wire
 from busapp.errors import RequestTimeout
-from busapp.service import IncomingMessage
-
-#: The ``reply_to`` requests carry on the memory bus (replies are handed back directly).
-REPLY_TO = "busapp.reply.memory"
+from busapp.transport.base import Delivery, QueueSpec
 
 
 class NoRouteError(RequestTimeout):
-    """No registered service consumes the routing key (on a broker: a timeout)."""
-
-
-@attrs.frozen
-class Published:
-    """One message a service (or the test) published: a notification or a plain message.
-
-    ``kind`` is ``"notify"`` (JSON-RPC notification) or ``"publish"`` (plain
-    JSON such as a storage event); ``body`` is the decoded JSON body.
-    """
-
-    routing_key: str
-    body: Any
-    kind: str
-
-
-@attrs.frozen
-class HandlerError:
-    """An exception raised by a handler that had no caller to answer (event or notification)."""
-
-    routing_key: str
-    consumer: str
-    exception: BaseException
+    """No queue is bound to the routing key of a request (on a broker: a timeout)."""
 
 
 @functools.lru_cache(maxsize=8192)
@@ -86,208 +54,202 @@ def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
     return (head == "*" or head == words[0]) and _match(rest, words[1:])
 
 
-class MemoryBus:
-    """Routes messages to registered services in memory; the ``client=`` a service is given.
+class _Queue:
+    __slots__ = ("name", "consumers", "waiting", "turn")
 
-    Args:
-        exchange: the exchange name services see (informational).
-        on_handler_error: told of every :class:`HandlerError` (default: none).
-    """
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.consumers: list[Callable[[Delivery], None]] = []
+        self.waiting: collections.deque[Delivery] = collections.deque()
+        self.turn = itertools.count()
 
-    def __init__(self, exchange: str = "commissaire", *,
-                 on_handler_error: Callable[[HandlerError], None] | None = None) -> None:
-        self.exchange_name = exchange
-        self.broker_url = "memory://"
-        self.on_handler_error = on_handler_error
-        #: Services messages are routed to, in registration order.
-        self.services: list[Any] = []
-        #: Every notification and plain message published, in order.
-        self.published: list[Published] = []
-        self._routes: dict[str, list[Any]] = {}
-        self._early_replies: dict[str, dict[str, Any]] = {}
-        # Request ids: unique like a uuid4 per call, at a fraction of the cost.
-        self._id_prefix = uuid.uuid4().hex[:12]
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self._local = threading.local()  # .pending: deliveries queued behind the one running
+    def consumer(self) -> Callable[[Delivery], None] | None:
+        if not self.consumers:
+            return None
+        return self.consumers[next(self.turn) % len(self.consumers)]
 
-    def add_service(self, service: Any) -> None:
-        """Route messages matching ``service``'s RPC bindings and subscriptions to it."""
-        with self._lock:
-            self.services.append(service)
-            self._routes = {}
 
-    # -- the Client API -------------------------------------------------------
+class MemoryBroker:
+    """Exchanges, bindings and queues of one ``memory://NAME`` URL."""
 
-    def call(self, routing_key: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call a method and return its result (raises the error reply's class).
+    _registry: dict[str, MemoryBroker] = {}
+    _registry_lock = threading.Lock()
 
-        A failed handler's own exception is the raised error's ``__cause__``.
-        """
-        response, cause = self._request(routing_key, wire.params_from(args, kwargs))
-        error = wire.error_from_response(response)
-        if error is not None:
-            raise error from cause
-        return response.get("result")
+    @classmethod
+    def named(cls, url: str) -> MemoryBroker:
+        """The broker of ``url`` (made on first use)."""
+        with cls._registry_lock:
+            broker = cls._registry.get(url)
+            if broker is None:
+                broker = cls._registry[url] = cls()
+            return broker
 
-    def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
-        """Serve a request and return the whole JSON-RPC response dict.
+    @classmethod
+    def forget(cls, url: str) -> None:
+        """Drop the broker of ``url`` (its queues and bindings)."""
+        with cls._registry_lock:
+            cls._registry.pop(url, None)
 
-        Raises:
-            NoRouteError: no registered service consumes ``routing_key``.
-        """
-        return self._request(routing_key, params)[0]
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.queues: dict[str, _Queue] = {}
+        self.bindings: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+        self._routes: dict[tuple[str, str], list[_Queue]] = {}
+        self._local = threading.local()  # .frames: deliveries held back per message in hand
+        #: Told of every publish: ``tap(exchange, routing_key, body, reply_to)`` (the test
+        #: client records notifications and events with one).
+        self.taps: list[Callable[[str, str, bytes, str | None], None]] = []
 
-    def _request(self, routing_key: str, params: Any) -> tuple[dict, BaseException | None]:
-        method = wire.call_method(routing_key)
-        request_id = f"{self._id_prefix}-{next(self._ids)}"
-        body = wire.dumps(wire.encode_request(method, params, request_id)).encode()
-        response: dict | None = None
-        cause: BaseException | None = None
-        for service in self._rpc_route(routing_key):
-            served, failure = self._serve(service, routing_key, body, request_id)
-            if response is None:
-                response, cause = served, failure
-        if self._has_subscribers(routing_key):
-            self._in_order(self._deliver_to_subscribers, routing_key, body)
-        early = self._early_replies.pop(request_id, None)
-        if early is not None:
-            return early, None
-        if response is None:
-            raise NoRouteError(self._no_route_message(routing_key))
-        return response, cause
+    def queue(self, name: str) -> _Queue:
+        with self.lock:
+            q = self.queues.get(name)
+            if q is None:
+                q = self.queues[name] = _Queue(name)
+            return q
 
-    def request_raw(self, routing_key: str, body: bytes | str, *,
-                    content_type: str = "application/json") -> dict | None:
-        """Serve a body exactly as given (e.g. not JSON, or a foreign content type).
+    def bind(self, exchange: str, pattern: str, queue: str) -> None:
+        with self.lock:
+            self.queue(queue)
+            if (pattern, queue) not in self.bindings[exchange]:
+                self.bindings[exchange].append((pattern, queue))
+                self._routes.clear()
 
-        Returns the decoded response, or None when none is owed (a notification).
-        Raises NoRouteError when no registered service consumes ``routing_key``.
-        """
-        body = body.encode() if isinstance(body, str) else bytes(body)
-        route = self._rpc_route(routing_key)
-        if not route:
-            raise NoRouteError(self._no_route_message(routing_key))
-        responses = [self._serve(s, routing_key, body, "raw", content_type)[0] for s in route]
-        return responses[0]
+    def delete(self, queue: str) -> None:
+        with self.lock:
+            self.queues.pop(queue, None)
+            for table in self.bindings.values():
+                table[:] = [b for b in table if b[1] != queue]
+            self._routes.clear()
 
-    def notify(self, routing_key: str, *args: Any, **kwargs: Any) -> None:
-        """Send a notification: every consumer handles it before this returns; nothing answers."""
-        method = wire.call_method(routing_key)
-        params = wire.params_from(args, kwargs, single_container=True)
-        self._send(routing_key, wire.encode_request(method, params), "notify")
-
-    def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
-        """Publish a plain JSON body: every matching subscription has run before this returns."""
-        self._send(routing_key, body, "publish")
-
-    def publish_reply(self, reply_to: str, response: dict, correlation_id: Any = None) -> None:
-        """Answer a request in flight early (the first reply wins, as on a broker)."""
-        key = str(correlation_id if correlation_id is not None else response.get("id"))
-        self._early_replies.setdefault(key, wire.parse_response(wire.dumps(response)))
-
-    def close(self) -> None:
-        """Nothing to release (the Client API has it)."""
-
-    def _bus_client(self) -> MemoryBus:
-        return self
-
-    # -- routing ----------------------------------------------------------------
-
-    def _rpc_route(self, routing_key: str) -> list[Any]:
-        route = self._routes.get(routing_key)
+    def route(self, exchange: str, routing_key: str) -> list[_Queue]:
+        if not exchange:
+            return [self.queue(routing_key)]
+        key = (exchange, routing_key)
+        route = self._routes.get(key)
         if route is None:
-            route = [s for s in list(self.services)
-                     if any(topic_matches(k, routing_key) for k in s.routing_keys)]
-            self._routes[routing_key] = route
+            with self.lock:
+                names = dict.fromkeys(q for p, q in self.bindings.get(exchange, ())
+                                      if topic_matches(p, routing_key))
+                route = self._routes[key] = [self.queue(n) for n in names]
         return route
 
-    def _no_route_message(self, routing_key: str) -> str:
-        known = sorted({k for s in self.services for k in s.routing_keys})
+    def put(self, queue: _Queue, delivery: Delivery) -> None:
+        """Queue ``delivery``: delivered now, or after the message this thread is handling."""
+        frames = getattr(self._local, "frames", None)
+        if frames and delivery.reply_to is None:
+            frames[-1].append((queue, delivery))  # handled after the message in hand
+            return
+        queue.waiting.append(delivery)
+        self._pump(queue)
+
+    def _pump(self, queue: _Queue) -> None:
+        """Deliver ``queue``'s waiting messages, oldest first, while it has a consumer."""
+        while queue.waiting:
+            consumer = queue.consumer()
+            if consumer is None:
+                return
+            try:
+                delivery = queue.waiting.popleft()
+            except IndexError:  # another thread took it
+                return
+            self._deliver(consumer, delivery)
+
+    def _deliver(self, consumer: Callable[[Delivery], None], delivery: Delivery) -> None:
+        frames = getattr(self._local, "frames", None)
+        if frames is None:
+            frames = self._local.frames = []
+        held: list[tuple[_Queue, Delivery]] = []
+        frames.append(held)
+        try:
+            consumer(delivery)
+        finally:
+            frames.pop()
+        # Everything the consumer published joins its queues first, then each is pumped:
+        # so every queue sees its messages in the order they were published.
+        for queue, later in held:
+            queue.waiting.append(later)
+        for queue in dict.fromkeys(q for q, _ in held):
+            self._pump(queue)
+
+    def consume(self, queue: str, callback: Callable[[Delivery], None]) -> None:
+        q = self.queue(queue)
+        q.consumers.append(callback)
+        self._pump(q)
+
+
+class MemoryTransport:
+    """A :class:`~busapp.transport.base.Transport` on the in-process broker of ``url``."""
+
+    concurrent_ack = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.broker = MemoryBroker.named(url)
+        self._consumed: list[tuple[str, Callable[[Delivery], None]]] = []
+
+    def connect(self) -> None:
+        """Nothing to open."""
+
+    def declare_exchange(self, exchange: str) -> None:
+        """Exchanges exist as soon as something is bound to them."""
+
+    def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
+        self.broker.queue(spec.name)
+        for key in spec.binding_keys:
+            self.broker.bind(exchange, key, spec.name)
+
+    def publish(self, body: bytes, *, exchange: str, routing_key: str,
+                headers: dict[str, Any] | None = None, reply_to: str | None = None,
+                correlation_id: str | None = None, expiration: float | None = None,
+                persistent: bool = False, content_type: str = "application/json") -> None:
+        broker = self.broker
+        for tap in broker.taps:
+            tap(exchange, routing_key, body, reply_to)
+        queues = broker.route(exchange, routing_key)
+        if not queues and reply_to is not None:
+            raise NoRouteError(self._no_route(exchange, routing_key))
+        for queue in queues:
+            delivery = Delivery(body=body, content_type=content_type,
+                                headers=dict(headers or {}), routing_key=routing_key,
+                                reply_to=reply_to, correlation_id=correlation_id, queue=queue.name)
+            delivery._requeue = functools.partial(self.broker.put, queue, delivery)
+            self.broker.put(queue, delivery)
+
+    def _no_route(self, exchange: str, routing_key: str) -> str:
+        bound = sorted({p for p, _ in self.broker.bindings.get(exchange, ())
+                        if not p.startswith("notify.")})
         return (f"no service on the test bus consumes {routing_key!r} (on a broker this call "
-                f"would time out); bindings: {', '.join(known) or 'none'}; "
+                f"would time out); bindings: {', '.join(bound) or 'none'}; "
                 f"register the service with client.register(...)")
 
-    def _send(self, routing_key: str, body: Any, kind: str) -> None:
-        payload = wire.dumps(body).encode()
-        # The record is for the test to read: no size limit (each consumer applies its own).
-        record = wire.loads_body(payload, "application/json", max_body=len(payload))
-        self.published.append(Published(routing_key, record, kind))
-        self._in_order(self._deliver, routing_key, payload)
+    def consume(self, queue: str, callback: Callable[[Delivery], None], *,
+                no_ack: bool = False) -> None:
+        self._consumed.append((queue, callback))
+        self.broker.consume(queue, callback)
 
-    def _deliver(self, routing_key: str, payload: bytes) -> None:
-        for service in self._rpc_route(routing_key):
-            self._serve(service, routing_key, payload, None)
-        self._deliver_to_subscribers(routing_key, payload)
+    def cancel(self) -> None:
+        for queue, callback in self._consumed:
+            q = self.broker.queues.get(queue)
+            if q is not None and callback in q.consumers:
+                q.consumers.remove(callback)
+        self._consumed.clear()
 
-    def _in_order(self, deliver: Callable[..., None], *args: Any) -> None:
-        """Run ``deliver(*args)`` now, or after the delivery this thread is in the middle of.
+    def set_prefetch(self, count: int) -> None:
+        """Delivery is synchronous: nothing is prefetched."""
 
-        So a handler's own publications reach every consumer after the message
-        being handled, in the order they were published, as from a broker queue;
-        all are done before the outermost publish returns.
-        """
-        pending = getattr(self._local, "pending", None)
-        if pending is not None:
-            pending.append((deliver, args))
-            return
-        pending = self._local.pending = collections.deque([(deliver, args)])
-        try:
-            while pending:
-                deliver, args = pending.popleft()
-                deliver(*args)
-        finally:
-            self._local.pending = None
+    def drain(self, timeout: float) -> bool:
+        """Everything was delivered when it was published: just let the time pass (briefly)."""
+        time.sleep(min(timeout, 0.001))
+        return False
 
-    # -- delivery ---------------------------------------------------------------
+    def queue_depth(self, queue: str) -> int:
+        q = self.broker.queues.get(queue)
+        return len(q.waiting) if q is not None else 0
 
-    def _serve(self, service: Any, routing_key: str, body: bytes, request_id: Any,
-               content_type: str = "application/json") -> tuple[dict | None, BaseException | None]:
-        data = _loads_or_none(body, service.max_body)
-        info = IncomingMessage(body=data, routing_key=routing_key, headers={},
-                               reply_to=REPLY_TO if request_id is not None else None,
-                               id=wire.request_id_of(data), correlation_id=request_id)
-        # Decoded once here, as a worker does for the message; anything else goes raw to dispatch.
-        payload = data if isinstance(data, dict) else body
-        failure: list[BaseException] = []
-        response = dispatch.process(
-            service.handlers, payload, content_type=content_type, routing_key=routing_key,
-            context=service._context(info), on_error=lambda _req, exc: failure.append(exc),
-            max_body=service.max_body,
-        )
-        if response is None:  # a notification: nobody to answer, so report the failure
-            if failure:
-                self._handler_failed(routing_key, service.service_name, failure[0])
-            return None, None
-        # The reply crosses the "wire" as JSON text, as a broker would carry it.
-        return wire.parse_response(wire.dumps(response).encode()), (failure[0] if failure else None)
+    def bound_queues(self, exchange: str) -> set[str] | None:
+        return {q for _, q in self.broker.bindings.get(exchange, ())}
 
-    def _has_subscribers(self, routing_key: str) -> bool:
-        return any(topic_matches(sub.binding_key, routing_key)
-                   for service in self.services for sub in service.subscriptions)
-
-    def _deliver_to_subscribers(self, routing_key: str, body: bytes) -> None:
-        for service in list(self.services):
-            for sub in list(service.subscriptions):
-                if not topic_matches(sub.binding_key, routing_key):
-                    continue
-                data = wire.loads_body(body, "application/json", service.max_body)
-                info = IncomingMessage(body=data, routing_key=routing_key, headers={},
-                                       reply_to=None, id=wire.request_id_of(data))
-                try:
-                    sub.callback(data, info)
-                except Exception as exc:  # noqa: BLE001 - reported to the test, as a broker would log it
-                    self._handler_failed(routing_key, sub.queue_name, exc)
-
-    def _handler_failed(self, routing_key: str, consumer: str, exc: BaseException) -> None:
-        if self.on_handler_error is not None:
-            self.on_handler_error(HandlerError(routing_key, consumer, exc))
-
-
-def _loads_or_none(body: bytes, max_body: int) -> Any:
-    try:
-        return wire.loads_body(body, "application/json", max_body)
-    except Exception:  # noqa: BLE001 - dispatch reports the parse error itself
-        return None
-
-
+    def close(self, *, delete_queue: str | None = None) -> None:
+        self.cancel()
+        if delete_queue:
+            self.broker.delete(delete_queue)

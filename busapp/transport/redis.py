@@ -1,6 +1,6 @@
 """busapp's kombu transport for Redis: kombu's own, minus its per-operation costs.
 
-:func:`busapp.transport.connect` uses :class:`Transport` for ``redis://``, ``rediss://``
+:class:`busapp.transport.kombu_transport.KombuTransport` uses :class:`Transport` for ``redis://``, ``rediss://``
 and ``redis+socket://`` URLs. The wire format and the keys in Redis are exactly kombu's,
 so busapp processes interoperate with plain kombu (and Commissaire) on the same broker.
 What changes, measured with py-spy on an echo RPC (see BENCHMARKS.md):
@@ -33,9 +33,10 @@ from typing import Any
 
 import kombu
 from kombu.transport import redis as _kredis
+from kombu.transport import virtual as _virtual
 from kombu.utils import json as _kjson
 
-from busapp.bus import REPLY_PREFIX
+from busapp.transport.base import REPLY_PREFIX
 
 __all__ = ["Channel", "Connection", "QoS", "Transport"]
 
@@ -52,10 +53,30 @@ class QoS(_kredis.QoS):
                 yield client.pipeline(transaction=False)
 
 
+class Message(_virtual.Message):
+    """kombu's virtual message, minus decompression: the compression header is kept aside.
+
+    kombu inflates a body whose ``compression`` header names a codec as soon as the
+    message object is made, before busapp can check its size; busapp refuses such
+    messages instead (see :attr:`busapp.transport.base.Delivery.compression`).
+    """
+
+    compression: str | None = None
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        headers = payload.get("headers") if isinstance(payload, dict) else None
+        compression = headers.get("compression") if isinstance(headers, dict) else None
+        if compression:
+            payload = dict(payload, headers={k: v for k, v in headers.items() if k != "compression"})
+        super().__init__(payload, channel, **kwargs)
+        self.compression = compression
+
+
 class Channel(_kredis.Channel):
     """kombu's Redis channel with one reused client and a short-lived binding cache."""
 
     QoS = QoS
+    Message = Message
 
     #: Seconds a topic/direct exchange's binding table is reused (0, the default: read it on
     #: every publish). Opt in with the ``binding_cache_ttl`` transport option or

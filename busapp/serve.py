@@ -1,0 +1,107 @@
+"""One message in, one reply out: the step a worker runs per message. No I/O.
+
+:func:`serve_request` and :func:`serve_event` are the same for every transport (a
+broker-fed worker and the in-memory test client run exactly these): they turn a
+:class:`~busapp.transport.base.Delivery` into an :class:`IncomingMessage`, run the
+handler through :func:`busapp.dispatch.process`, and return what to publish. The
+caller (:mod:`busapp.worker`) publishes and settles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from busapp import dispatch, wire
+from busapp.errors import ParseError, RemoteProcedureCallError
+from busapp.transport.base import Delivery
+
+#: Header carrying the routing key a re-published (redelivered) message was first sent with.
+ROUTING_KEY_HEADER = "x-busapp-routing-key"
+
+
+@attrs.define
+class IncomingMessage:
+    """What a handler's ``message`` parameter receives."""
+
+    body: Any
+    routing_key: str | None
+    headers: dict[str, Any]
+    reply_to: str | None
+    id: Any
+    correlation_id: str | None = None
+    raw: Any = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def from_delivery(cls, delivery: Delivery, max_body: int | None = None) -> IncomingMessage:
+        """Wrap a delivery; ``body`` is its JSON, or None if it is not acceptable JSON."""
+        try:
+            body = decode(delivery, max_body)
+        except RemoteProcedureCallError:  # refused (content type, size, compression, not JSON)
+            body = None
+        headers = delivery.headers
+        return cls(
+            body=body,
+            routing_key=headers.get(ROUTING_KEY_HEADER) or delivery.routing_key,
+            headers=dict(headers),
+            reply_to=delivery.reply_to,
+            id=wire.request_id_of(body),
+            correlation_id=delivery.correlation_id,
+            raw=delivery,
+        )
+
+
+@attrs.define
+class Subscription:
+    """A plain-JSON queue a service consumes besides its RPC queues (e.g. storage events)."""
+
+    binding_key: str
+    callback: Callable[[Any, IncomingMessage], Any]
+    queue_name: str
+
+
+def decode(delivery: Delivery, max_body: int | None) -> Any:
+    """The JSON a delivery carries. Size, content type and compression are checked first.
+
+    Raises:
+        ParseError: compressed, too large, a foreign content type, or not JSON.
+    """
+    if delivery.compression:
+        raise ParseError(f"compressed messages ({delivery.compression}) are not accepted; "
+                         "send plain application/json", data={"compression": str(delivery.compression)})
+    return wire.loads_body(delivery.body, delivery.content_type, max_body)
+
+
+def serve_request(
+    handlers: Mapping[str, dispatch.Handler],
+    info: IncomingMessage,
+    context: Mapping[str, Any],
+    *,
+    max_body: int | None,
+    on_error: Callable[[wire.Request | None, BaseException], None] | None = None,
+) -> dict[str, Any] | None:
+    """Run the request in ``info``; the response to send, or None (a notification)."""
+    delivery: Delivery = info.raw
+    if isinstance(info.body, dict):  # already parsed by from_delivery: not twice
+        body: Any = info.body
+    elif delivery.compression:
+        body = b""  # refused below, before anything is inflated
+        try:
+            decode(delivery, max_body)
+        except ParseError as exc:
+            return wire.error_response(None, exc)
+    else:
+        body = delivery.body
+    return dispatch.process(handlers, body, content_type=delivery.content_type,
+                            routing_key=info.routing_key, context=context, on_error=on_error,
+                            max_body=max_body)
+
+
+def serve_event(subscription: Subscription, info: IncomingMessage, max_body: int | None) -> None:
+    """Hand an event's JSON to its subscriber (raises what decoding or the subscriber raises)."""
+    body = info.body
+    if body is None:  # refused, or JSON null: decode raises the reason (or gives None)
+        body = decode(info.raw, max_body)
+    subscription.callback(body, info)

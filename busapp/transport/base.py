@@ -1,0 +1,115 @@
+"""The transport seam: what the Client and the worker need from a broker, and nothing more.
+
+Two implementations: :mod:`busapp.transport.kombu_transport` (Redis, RabbitMQ and the
+embedded broker, through kombu; the only modules of busapp that import kombu) and
+:mod:`busapp.transport.memory` (in-process, for the test client). Everything above the
+seam (:class:`~busapp.bus.Client`, :class:`~busapp.worker.Worker`) is written once.
+
+A transport is one broker connection. It is driven by one thread at a time
+(:meth:`Transport.drain` and everything that reads), except :meth:`Transport.publish`,
+which callers serialise themselves. Broker failures surface as
+:class:`~busapp.errors.BrokerUnavailable`, never as a library's own exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+
+#: Reply queues of busapp clients are named ``busapp.reply.<hex>``.
+REPLY_PREFIX = "busapp.reply."
+
+
+@attrs.define(slots=True)
+class Delivery:
+    """One message taken from a queue.
+
+    ``body`` is the payload exactly as it crossed the wire (bytes, not decoded); the
+    transport never deserialises or decompresses it, so size and content-type checks
+    come first. ``compression`` is the sender's compression header, if any (busapp
+    refuses such messages instead of inflating them).
+    """
+
+    body: bytes
+    content_type: str | None
+    headers: dict[str, Any]
+    routing_key: str | None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    redelivered: bool = False
+    compression: str | None = None
+    queue: str | None = None
+    #: Settles the message on its broker: ``ack()`` or ``requeue()`` (set by the transport).
+    _ack: Callable[[], None] | None = attrs.field(default=None, repr=False)
+    _requeue: Callable[[], None] | None = attrs.field(default=None, repr=False)
+
+    def ack(self) -> None:
+        """Remove the message from its queue for good."""
+        if self._ack is not None:
+            self._ack()
+
+    def requeue(self) -> None:
+        """Give the message back to its queue (for another consumer)."""
+        if self._requeue is not None:
+            self._requeue()
+
+
+@attrs.frozen
+class QueueSpec:
+    """A queue to declare, and the bindings that feed it from the exchange."""
+
+    name: str
+    binding_keys: tuple[str, ...] = ()
+    durable: bool = True
+    auto_delete: bool = False
+    #: Seconds the queue outlives its last consumer (None: forever).
+    expires: float | None = None
+    #: Extra broker arguments (``x-queue-type``, ...).
+    arguments: dict[str, Any] | None = None
+
+
+class Transport(Protocol):
+    """One connection to a broker (see the module docstring for the threading rule)."""
+
+    url: str
+    #: True if acknowledging from a thread other than the draining one is safe.
+    concurrent_ack: bool
+
+    def connect(self) -> None:
+        """Open the connection (raises BrokerUnavailable)."""
+
+    def declare_exchange(self, exchange: str) -> None:
+        """Make sure the topic ``exchange`` exists (idempotent)."""
+
+    def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
+        """Declare ``spec`` and bind it to ``exchange`` with its binding keys."""
+
+    def publish(self, body: bytes, *, exchange: str, routing_key: str,
+                headers: dict[str, Any] | None = None, reply_to: str | None = None,
+                correlation_id: str | None = None, expiration: float | None = None,
+                persistent: bool = False, content_type: str = "application/json") -> None:
+        """Publish one JSON message (``exchange=""``: straight to the queue ``routing_key``)."""
+
+    def consume(self, queue: str, callback: Callable[[Delivery], None], *,
+                no_ack: bool = False) -> None:
+        """Call ``callback`` (from :meth:`drain`) with each message of ``queue``."""
+
+    def cancel(self) -> None:
+        """Stop consuming every queue (messages already sent may still arrive on drain)."""
+
+    def set_prefetch(self, count: int) -> None:
+        """Unacknowledged messages the broker may hand this connection at once."""
+
+    def drain(self, timeout: float) -> bool:
+        """Deliver what arrives within ``timeout`` seconds; False if nothing came."""
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in ``queue`` (not yet delivered to anyone)."""
+
+    def bound_queues(self, exchange: str) -> set[str] | None:
+        """Queues bound to ``exchange`` as the broker sees it now, or None if unknowable."""
+
+    def close(self, *, delete_queue: str | None = None) -> None:
+        """Close the connection (deleting ``delete_queue`` first, best effort)."""

@@ -1,0 +1,287 @@
+"""The kombu implementation of the transport seam: Redis, RabbitMQ and the embedded broker.
+
+With :mod:`busapp.transport.redis` this is the only place busapp imports kombu. It
+works on kombu's channel layer (``basic_publish``, ``basic_consume``, ``basic_ack``),
+below kombu's ``Producer``/``Consumer``/``Message``: a message body reaches busapp as the
+bytes that crossed the wire, never decompressed or deserialised by kombu, and a call
+pays for no serializer registry, compression or entity bookkeeping it does not use.
+The keys and properties on the wire are kombu's, so plain kombu and Commissaire
+processes interoperate on the same broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import kombu
+import kombu.exceptions
+
+from busapp.errors import BrokerUnavailable, BusappError
+from busapp.transport import is_redis, mask_url
+from busapp.transport.base import Delivery, QueueSpec
+
+
+def transport_options(url: str) -> dict[str, Any]:
+    """kombu transport options busapp uses for ``url``."""
+    if is_redis(url):
+        return {
+            # Unacked messages of a dead worker come back after this long.
+            "visibility_timeout": float(os.environ.get("BUSAPP_VISIBILITY_TIMEOUT", "60")),
+            "socket_connect_timeout": 5,
+            "health_check_interval": 25,
+            # kombu's restore scan takes a mutex that a worker killed mid-scan would leave
+            # held for kombu's default 300 s, stalling every redelivery on that Redis.
+            "unacked_mutex_expire": 10,
+            # Scan for expired unacked messages every 2nd idle poll, not every 10th.
+            "unacked_restore_throttle": 2,
+            # Off unless asked for: see busapp.transport.redis.Channel.binding_cache_ttl.
+            "binding_cache_ttl": float(os.environ.get("BUSAPP_BINDING_CACHE_TTL", "0")),
+        }
+    return {"confirm_publish": False}
+
+
+def kombu_connection(url: str) -> Any:
+    """A new, not yet connected, kombu Connection for ``url``.
+
+    Redis URLs (``redis://``, ``rediss://``, ``redis+socket://``) get busapp's transport
+    (:mod:`busapp.transport.redis`: kombu's, without its per-command client and per-publish
+    binding lookup); other URLs get kombu's own.
+    """
+    if is_redis(url):
+        from busapp.transport.redis import Connection
+
+        cls: type = Connection
+    else:
+        cls = kombu.Connection
+    return cls(url, transport_options=transport_options(url), connect_timeout=5)
+
+
+def _base_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        OSError, ConnectionError, EOFError,
+        kombu.exceptions.OperationalError, kombu.exceptions.ConnectionError,
+        kombu.exceptions.ChannelError,
+    ]
+    try:
+        import amqp.exceptions
+
+        errors += [amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableConnectionError,
+                   amqp.exceptions.ChannelError]
+    except ImportError:  # pragma: no cover - amqp is a dependency
+        pass
+    try:
+        import redis.exceptions
+
+        errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                   redis.exceptions.BusyLoadingError, redis.exceptions.ResponseError]
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    return tuple(errors)
+
+
+_ERRORS = _base_errors()
+
+
+class KombuTransport:
+    """One kombu connection and channel (see :class:`busapp.transport.base.Transport`)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.redis = is_redis(url)
+        # Redis acks go through the channel's thread-safe client pool; an AMQP channel's
+        # socket belongs to the thread that drains it.
+        self.concurrent_ack = self.redis
+        self._conn: Any = None
+        self._channel: Any = None
+        self._errors = _ERRORS
+        self._prefetch = 0
+        self._tags: list[str] = []
+
+    # -- errors ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except BusappError:
+            raise
+        except self._errors as exc:
+            raise BrokerUnavailable(
+                f"broker at {mask_url(self.url)} unavailable: {exc or type(exc).__name__}"
+            ) from exc
+
+    # -- connection ------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        with self._guard():
+            conn = kombu_connection(self.url)
+            try:
+                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
+                self._errors = tuple(dict.fromkeys(
+                    _ERRORS + tuple(conn.connection_errors) + tuple(conn.channel_errors)))
+                self._channel = conn.channel()
+            except BaseException:
+                _release(conn)
+                raise
+            self._conn = conn
+
+    @property
+    def channel(self) -> Any:
+        if self._channel is None:
+            self.connect()
+        return self._channel
+
+    def declare_exchange(self, exchange: str) -> None:
+        with self._guard():
+            kombu.Exchange(exchange, type="topic", durable=True)(self.channel).declare()
+
+    def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
+        with self._guard():
+            self._kombu_queue(exchange, spec)(self.channel).declare()
+
+    @staticmethod
+    def _kombu_queue(exchange: str, spec: QueueSpec) -> Any:
+        ex = kombu.Exchange(exchange, type="topic", durable=True) if exchange else None
+        options: dict[str, Any] = {"durable": spec.durable, "auto_delete": spec.auto_delete}
+        if spec.expires is not None:
+            options["expires"] = spec.expires
+        if spec.arguments:
+            options["queue_arguments"] = dict(spec.arguments)
+        keys = list(spec.binding_keys)
+        if len(keys) > 1 and ex is not None:
+            options["bindings"] = [kombu.binding(ex, routing_key=k) for k in keys]
+            return kombu.Queue(spec.name, **options)
+        return kombu.Queue(spec.name, ex, routing_key=keys[0] if keys else spec.name, **options)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def publish(self, body: bytes, *, exchange: str, routing_key: str,
+                headers: dict[str, Any] | None = None, reply_to: str | None = None,
+                correlation_id: str | None = None, expiration: float | None = None,
+                persistent: bool = False, content_type: str = "application/json") -> None:
+        properties: dict[str, Any] = {"delivery_mode": 2 if persistent else 1}
+        if reply_to is not None:
+            properties["reply_to"] = reply_to
+        if correlation_id is not None:
+            properties["correlation_id"] = correlation_id
+        if expiration is not None:
+            properties["expiration"] = str(max(1, int(expiration * 1000)))
+        with self._guard():
+            channel = self.channel
+            if self.redis and exchange and reply_to is None:
+                # Events and notifications fan out: read the bindings afresh, so a
+                # subscriber bound a moment ago is not missed behind the binding cache.
+                channel.forget_bindings(exchange)
+            message = channel.prepare_message(body, 0, content_type, "utf-8",
+                                              headers or {}, properties)
+            channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def consume(self, queue: str, callback: Callable[[Delivery], None], *,
+                no_ack: bool = False) -> None:
+        convert = self._from_redis if self.redis else self._from_amqp
+
+        def on_raw(raw: Any) -> None:
+            callback(convert(raw, queue, no_ack))
+
+        tag = f"busapp-{os.getpid()}-{len(self._tags)}-{queue}"
+        with self._guard():
+            self.channel.basic_consume(queue, no_ack=no_ack, callback=on_raw, consumer_tag=tag)
+        self._tags.append(tag)
+
+    def _from_amqp(self, raw: Any, queue: str, no_ack: bool) -> Delivery:
+        props = raw.properties
+        info = raw.delivery_info
+        headers = props.get("application_headers") or {}
+        body = raw.body
+        delivery = Delivery(
+            body=body if isinstance(body, bytes) else str(body).encode(),
+            content_type=props.get("content_type"), headers=headers,
+            routing_key=info.get("routing_key"), reply_to=props.get("reply_to"),
+            correlation_id=props.get("correlation_id"), redelivered=bool(info.get("redelivered")),
+            compression=headers.get("compression"), queue=queue,
+        )
+        if not no_ack:
+            tag = info["delivery_tag"]
+            channel = self._channel
+            delivery._ack = lambda: self._settle(channel.basic_ack, tag)
+            delivery._requeue = lambda: self._settle(channel.basic_reject, tag, requeue=True)
+        return delivery
+
+    def _from_redis(self, message: Any, queue: str, no_ack: bool) -> Delivery:
+        props = message.properties or {}
+        info = message.delivery_info or {}
+        headers = message.headers or {}
+        body = message.body
+        delivery = Delivery(
+            body=body if isinstance(body, bytes) else str(body or "").encode(),
+            content_type=message.content_type, headers=headers,
+            routing_key=info.get("routing_key"), reply_to=props.get("reply_to"),
+            correlation_id=props.get("correlation_id"),
+            redelivered=bool(info.get("redelivered") or headers.get("redelivered")),
+            compression=getattr(message, "compression", None), queue=queue,
+        )
+        if not no_ack:
+            tag = message.delivery_tag
+            channel = self._channel
+            delivery._ack = lambda: self._settle(channel.basic_ack, tag)
+            delivery._requeue = lambda: self._settle(channel.basic_reject, tag, requeue=True)
+        return delivery
+
+    def cancel(self) -> None:
+        tags, self._tags = self._tags, []
+        with self._guard():
+            for tag in tags:
+                self.channel.basic_cancel(tag)
+
+    def _settle(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        with self._guard():
+            method(*args, **kwargs)
+
+    def set_prefetch(self, count: int) -> None:
+        if count == self._prefetch:
+            return
+        with self._guard():
+            # global: one limit for the channel, which RabbitMQ applies to running consumers.
+            self.channel.basic_qos(0, count, True)
+        self._prefetch = count
+
+    def drain(self, timeout: float) -> bool:
+        with self._guard():
+            try:
+                self._conn.drain_events(timeout=timeout)
+            except socket.timeout:
+                return False
+        return True
+
+    def queue_depth(self, queue: str) -> int:
+        with self._guard():
+            if self.redis:  # an empty Redis list does not exist: a passive declare would fail
+                return int(self.channel._size(queue))
+            return int(self.channel.queue_declare(queue=queue, passive=True).message_count)
+
+    def bound_queues(self, exchange: str) -> set[str] | None:
+        if not self.redis:
+            return None
+        with self._guard():
+            return {q for _, _, q in self.channel.get_table(exchange)}
+
+    def close(self, *, delete_queue: str | None = None) -> None:
+        conn, self._conn, channel, self._channel = self._conn, None, self._channel, None
+        self._tags.clear()
+        if conn is None:
+            return
+        if delete_queue and channel is not None:
+            with contextlib.suppress(Exception):
+                channel.queue_delete(delete_queue)
+        _release(conn)
+
+
+def _release(conn: Any) -> None:
+    with contextlib.suppress(Exception):  # closing a broken connection
+        conn.release()
