@@ -139,29 +139,3 @@ def test_huge_integer_from_the_wire_is_refused_naming_the_field(bus):
     assert "64-bit" in str(info.value)
     with pytest.raises(StorageLookupError):
         StorageClient(bus).get_host("10.9.0.7")
-
-
-class _NoBus:
-    """A bus that must not be called: the client refuses the argument before any call."""
-
-    def call(self, *args, **kwargs):
-        raise AssertionError("the storage service was called")
-
-
-@pytest.mark.parametrize("op", ["save", "get", "delete", "get_versioned"])
-def test_a_dict_instead_of_a_model_says_to_annotate_the_parameter(op):
-    """storage.save(dict) (an unannotated handler param) is a TypeError saying how to get a model."""
-    storage = StorageClient(_NoBus())
-    with pytest.raises(TypeError) as info:
-        getattr(storage, op)({"address": "10.9.0.8"})
-    text = str(info.value)
-    assert f"storage.{op}() takes a model instance" in text
-    assert "got a dict" in text
-    assert "host: Host" in text and "Host.from_dict" in text
-
-
-def test_a_dict_in_save_many_is_refused_the_same_way():
-    """save_many with a dict among the models: the same TypeError, naming save_many."""
-    storage = StorageClient(_NoBus())
-    with pytest.raises(TypeError, match=r"storage\.save_many\(\) takes a model instance"):
-        storage.save_many([Host.new(address="a"), {"address": "b"}])
