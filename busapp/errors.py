@@ -10,7 +10,8 @@
     │   ├── InvalidParams               -32602  missing, extra or unconvertible params
     │   ├── InternalError               -32603  the handler raised something else
     │   ├── StorageLookupError          -20000  no such record
-    │   └── ContainerManagerError       -20001  (Commissaire's container manager)
+    │   ├── ContainerManagerError       -20001  (Commissaire's container manager)
+    │   └── Conflict                    -20002  a versioned save lost the race
     ├── RequestTimeout (TimeoutError)   no reply in time
     └── BrokerUnavailable (ConnectionError)  the broker cannot be reached
 
@@ -99,6 +100,17 @@ class ContainerManagerError(RemoteProcedureCallError):
     code = -20001
 
 
+class Conflict(RemoteProcedureCallError):
+    """A save with ``expect_version`` found another version stored: someone else wrote first.
+
+    ``data`` holds ``model_type_name``, ``key``, ``expected_version`` and
+    ``version`` (what is stored now; 0 when there is no record). Read the
+    record again, reapply the change, and save with the new version.
+    """
+
+    code = -20002
+
+
 class RequestTimeout(BusappError, TimeoutError):
     """No reply arrived within the call's timeout."""
 
@@ -117,6 +129,7 @@ _BY_CODE: dict[int, type[RemoteProcedureCallError]] = {
         InternalError,
         StorageLookupError,
         ContainerManagerError,
+        Conflict,
     )
 }
 

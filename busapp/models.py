@@ -15,7 +15,10 @@ name so the storage service and storage events can name it on the wire::
     Widget.from_dict({"name": 3})      # ValidationError: Widget.name: expected a string ...
 
 Values are checked when an instance is built: types through busapp's one
-cattrs converter (strict JSON scalars), then each field's ``rule``. Unknown
+cattrs converter (strict JSON scalars), then each field's ``rule``. An
+``int`` field holds a signed 64-bit integer (what PostgreSQL's BIGINT,
+SQLite's INTEGER and most JSON readers keep exactly); a larger value is a
+:class:`ValidationError`. Unknown
 keys are refused (Commissaire silently dropped them, hiding typos). A list
 model (``Hosts``) wraps one list field and serialises to a JSON array, as
 Commissaire's did.
@@ -47,6 +50,9 @@ DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
 HOST_STATUSES = ("investigating", "bootstrapping", "disassociated", "active", "failed")
 CLUSTER_STATUSES = ("ok", "degraded", "failed")
 OPERATION_STATUSES = ("in_process", "finished", "failed")
+
+#: The range of an ``int`` field: signed 64-bit.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 #: Every declared model, by class name (what ``model_type_name`` and events carry).
 _REGISTRY: dict[str, type[Model]] = {}
@@ -246,13 +252,20 @@ def _checked(value: Any, tp: Any, path: str) -> Any:
     if tp is Any:
         return value
     try:
-        return converter.structure(value, tp)
+        value = converter.structure(value, tp)
     except ValidationError as exc:  # a nested model: keep the outer path
         model_name, _, rest = path.partition(".")
         raise ValidationError(model_name, f"{rest}.{exc.field}" if exc.field else rest, exc.rule) from None
     except Exception as exc:  # noqa: BLE001 - any converter failure is a bad value
         model_name, _, rest = path.partition(".")
         raise ValidationError(model_name, rest, str(exc) or type(exc).__name__) from None
+    if type(value) is int and not INT_MIN <= value <= INT_MAX:  # int, or int in a union
+        model_name, _, rest = path.partition(".")
+        # str() of a huge int is slow, and refused past 4300 digits
+        shown = str(value) if abs(value) < 10**40 else f"an integer of {value.bit_length()} bits"
+        raise ValidationError(model_name, rest, f"must fit in a signed 64-bit integer "
+                                                f"(-2**63 .. 2**63-1); got {shown}")
+    return value
 
 
 # -- declaring models -------------------------------------------------------------------

@@ -174,3 +174,37 @@ def test_mutation_is_caught_by_validate():
     host.cpus = "many"
     with pytest.raises(ValidationError, match="cpus"):
         host.validate()
+
+
+@pytest.mark.parametrize("value", [10**4000, 2**63, -(2**63) - 1])
+def test_int_field_outside_64_bits_is_refused(value):
+    """An int field refuses a value beyond signed 64 bits, naming the field."""
+    with pytest.raises(ValidationError) as info:
+        Host.new(address="h", cpus=value)
+    assert info.value.field == "cpus"
+    assert "signed 64-bit" in str(info.value)
+
+
+def test_int_field_takes_the_64_bit_extremes():
+    """The largest and smallest signed 64-bit integers are accepted."""
+    assert Host.new(address="h", cpus=2**63 - 1, memory=-(2**63)).cpus == 2**63 - 1
+
+
+@model(primary_key="name")
+class ModelsTestCounts(Model):
+    """A user model with typed containers of ints."""
+
+    name: str
+    sizes: list[int] = field(factory=list)
+    limits: dict[str, int] = field(factory=dict)
+
+
+def test_ints_inside_typed_lists_and_dicts_are_bounded_too():
+    """list[int] and dict[str, int] fields check each item's range, naming where it is."""
+    with pytest.raises(ValidationError) as info:
+        ModelsTestCounts.new(name="c", sizes=[1, 2**64])
+    assert info.value.field == "sizes[1]"
+    with pytest.raises(ValidationError) as info:
+        ModelsTestCounts.new(name="c", limits={"cpu": -(2**70)})
+    assert info.value.field == "limits['cpu']"
+    assert ModelsTestCounts.new(name="c", sizes=[2**63 - 1]).sizes == [2**63 - 1]

@@ -14,18 +14,30 @@ CommissaireService has::
         @NotifyCallback
         def host_created_cb(self, event, model, message):
             ...
+
+Plain saves are last-writer-wins. To change a record that others may be
+changing too (read-modify-write), read its version and save with it: the save
+fails with :class:`~busapp.errors.Conflict` if someone saved in between::
+
+    host, version = storage.get_versioned(Host.new(address="10.0.0.1"))
+    host.cpus += 1
+    storage.save(host, expect_version=version)   # Conflict: get it again and retry
+
+or let :meth:`StorageClient.update` run that loop::
+
+    storage.update(Host.new(address="10.0.0.1"), lambda h: attrs.evolve(h, cpus=h.cpus + 1))
 """
 
 from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
 
-from busapp.errors import RemoteProcedureCallError
+from busapp.errors import Conflict, RemoteProcedureCallError
 from busapp.models import Cluster, Host, ListModel, Model, Network, ValidationError, list_model_for
 from busapp.storage.events import binding_key, decode_event
 
@@ -62,10 +74,24 @@ class NotifyCallback:
         return self.func(*head, event, model, message)
 
 
-def get_uniform_model_type(models: Sequence[Model]) -> type[Model]:
+def _model_class_of(model: Any, op: str) -> type[Model]:
+    """``type(model)``; a TypeError that says how to get a model when ``model`` is not one."""
+    if isinstance(model, Model):
+        return type(model)
+    kind = "a dict" if isinstance(model, Mapping) else f"a {type(model).__name__}"
+    raise TypeError(
+        f"storage.{op}() takes a model instance such as Host.new(address=...), got {kind}. "
+        f"In a bus handler, annotate the parameter with its model class "
+        f"(def on_do_something(self, message, host: Host)) so it arrives as a Host, "
+        f"or build one with Host.from_dict(data)")
+
+
+def get_uniform_model_type(models: Sequence[Model], op: str = "save_many") -> type[Model]:
     """The one model class of ``models``; TypeError if they mix classes or are not models."""
+    for model in models:
+        _model_class_of(model, op)
     classes = {type(m) for m in models}
-    if len(classes) != 1 or not issubclass(next(iter(classes)), Model):
+    if len(classes) != 1:
         names = ", ".join(sorted(c.__name__ for c in classes)) or "nothing"
         raise TypeError(f"models must all be of one Model class; got {names}")
     return classes.pop()
@@ -92,6 +118,9 @@ class StorageClient:
         try:
             return self.bus.call(f"{self.service}.{op}", model_type_name=cls.__name__,
                                  timeout=self.timeout, **params)
+        except Conflict as exc:  # expected under contention: the caller retries, not a failure
+            log.debug(f"{type(self.bus).__name__}: {op} {cls.__name__} \"{what}\" lost a race: {exc}")
+            raise
         except RemoteProcedureCallError as exc:
             log.warning(f'{type(self.bus).__name__}: Unable to {op} {cls.__name__} "{what}": {exc}')
             raise
@@ -100,20 +129,69 @@ class StorageClient:
 
     def get(self, model: Model) -> Any:
         """The stored record with ``model``'s primary key (StorageLookupError if none)."""
-        cls = type(model)
+        cls = _model_class_of(model, "get")
         result = self._call("get", cls, model.primary_key, model_json_data=model.to_dict())
         return cls.from_dict(result)
 
-    def save(self, model: Model) -> Any:
-        """Validate, store, and return the record as stored."""
-        cls = type(model)
+    def get_versioned(self, model: Model) -> tuple[Any, int]:
+        """``(record, version)`` for ``model``'s primary key, to save back with ``expect_version``.
+
+        A record is at version 1 when created and one more on every save
+        that changes it. StorageLookupError if there is no record.
+        """
+        cls = _model_class_of(model, "get_versioned")
+        result = self._call("get_versioned", cls, model.primary_key, model_json_data=model.to_dict())
+        return cls.from_dict(result["model"]), result["version"]
+
+    def save(self, model: Model, *, expect_version: int | None = None) -> Any:
+        """Validate, store, and return the record as stored.
+
+        Args:
+            model: the model instance to store.
+            expect_version: store only if the stored record is still at this
+                version (from :meth:`get_versioned`; 0: only if there is no
+                record yet). None (the default): the last writer wins.
+
+        Raises:
+            Conflict: ``expect_version`` is not the stored version; someone
+                else saved first. Get the record again and redo the change.
+        """
+        cls = _model_class_of(model, "save")
         self._validated(model)
-        result = self._call("save", cls, model.primary_key, model_json_data=model.to_dict())
+        params: dict[str, Any] = {"model_json_data": model.to_dict()}
+        if expect_version is not None:  # Commissaire's storage service knows no such param
+            params["expect_version"] = expect_version
+        result = self._call("save", cls, model.primary_key, **params)
         return cls.from_dict(result)
+
+    def update(self, model: Model, change: Callable[[Any], Any], *, attempts: int = 100) -> Any:
+        """Read-modify-write without losing concurrent updates; returns the record as saved.
+
+        Gets the record with ``model``'s primary key, saves ``change(record)``
+        with the version read, and starts again from the read when another
+        writer got in first. ``change`` may modify the record in place (then
+        return None) or return a new instance; it may run several times.
+
+        Raises:
+            Conflict: still losing the race after ``attempts`` tries.
+            StorageLookupError: there is no such record.
+        """
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, got {attempts}")
+        for attempt in range(1, attempts + 1):
+            record, version = self.get_versioned(model)
+            changed = change(record)
+            try:
+                return self.save(record if changed is None else changed, expect_version=version)
+            except Conflict:
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
 
     def delete(self, model: Model) -> None:
         """Remove the record with ``model``'s primary key (StorageLookupError if none)."""
-        self._call("delete", type(model), model.primary_key, model_json_data=model.to_dict())
+        self._call("delete", _model_class_of(model, "delete"), model.primary_key,
+                   model_json_data=model.to_dict())
 
     # -- many models of one class ----------------------------------------------
 
@@ -121,7 +199,7 @@ class StorageClient:
         """``get`` for each model, in one call."""
         if not models:
             return []
-        cls = get_uniform_model_type(models)
+        cls = get_uniform_model_type(models, "get_many")
         result = self._call("get", cls, _keys(models), model_json_data=[m.to_dict() for m in models])
         return [cls.from_dict(item) for item in result]
 
@@ -138,7 +216,7 @@ class StorageClient:
     def delete_many(self, models: Sequence[Model]) -> None:
         """``delete`` for each model, in one call."""
         if models:
-            cls = get_uniform_model_type(models)
+            cls = get_uniform_model_type(models, "delete_many")
             self._call("delete", cls, _keys(models), model_json_data=[m.to_dict() for m in models])
 
     def list(self, model_class: type[Model]) -> Any:

@@ -2,10 +2,16 @@
 
 Bus methods (routing keys ``storage.<method>``), with Commissaire's params:
 
-- ``save(model_type_name, model_json_data)``: store one model (a JSON object)
-  or several (an array); returns what was stored.
+- ``save(model_type_name, model_json_data, expect_version=None)``: store one
+  model (a JSON object) or several (an array); returns what was stored. With
+  ``expect_version`` (one model only) the save is a compare-and-set: it writes
+  only if the stored record is still at that version (0: there is none yet),
+  else error -20002 (Conflict). Without it, the last writer wins.
 - ``get(model_type_name, model_json_data)``: the stored record(s) with those
   primary keys; a missing one is error -20000 (StorageLookupError).
+- ``get_versioned(model_type_name, model_json_data)``: as ``get``, each
+  record as ``{"model": {...}, "version": N}``. A record is at version 1 when
+  created and one more on every save that changes it.
 - ``delete(model_type_name, model_json_data)``: remove them; returns null.
 - ``list(model_type_name)``: every record of ``Hosts`` (or ``Host``): a JSON array.
 - ``list_store_handlers()``: the backend in use, in Commissaire's shape.
@@ -128,6 +134,29 @@ def _not_found(cls: type[Model], missing: list[Model], data: Any) -> StorageLook
         data={"model_type_name": cls.__name__, "model_json_data": data})
 
 
+def _lookup(backend: Backend, model_type_name: str, model_json_data: Any,
+            ) -> tuple[type[Model], list[tuple[dict[str, Any], int]], bool]:
+    """``(class, [(record, version)...], was_a_list)``; StorageLookupError names any missing key."""
+    cls, models, many = _parse(model_type_name, model_json_data)
+    found = [backend.get_versioned(cls.__name__, m.primary_key) for m in models]
+    missing = [m for m, f in zip(models, found) if f is None]
+    if missing:
+        raise _not_found(cls, missing, model_json_data)
+    return cls, [f for f in found if f is not None], many
+
+
+def _check_expect_version(expect_version: int | None, many: bool) -> None:
+    if expect_version is None:
+        return
+    if many:
+        raise InvalidParams("expect_version applies to one model: send model_json_data as one "
+                            "JSON object, or save the list without expect_version",
+                            data={"param": "expect_version"})
+    if expect_version < 0:
+        raise InvalidParams(f"expect_version must be >= 0 (0: the record must not exist yet), "
+                            f"got {expect_version}", data={"param": "expect_version"})
+
+
 def _publish(bus: Any, event: str, model: Model) -> None:
     try:
         bus.publish(routing_key(model, event), encode_event(event, model), persistent=True)
@@ -166,12 +195,15 @@ def make_app(store_url: str | None = None, *, name: str = "storage",
     store = app.store = Store(store_url)  # type: ignore[attr-defined]
 
     @app.method()
-    def save(model_type_name: str, model_json_data: Any, bus: Any) -> Any:
-        """Store one model or a list; returns what was stored."""
+    def save(model_type_name: str, model_json_data: Any, bus: Any,
+             expect_version: int | None = None) -> Any:
+        """Store one model or a list; returns what was stored (Conflict if ``expect_version`` is stale)."""
         cls, models, many = _parse(model_type_name, model_json_data, for_save=True)
+        _check_expect_version(expect_version, many)
         backend = store.backend
         for model in models:
-            outcome = backend.save(cls.__name__, model.primary_key, model.to_dict())
+            outcome = backend.save(cls.__name__, model.primary_key, model.to_dict(),
+                                   expect_version=expect_version)
             if outcome != UNCHANGED:
                 _publish(bus, outcome, model)
         result = [m.to_dict() for m in models]
@@ -180,13 +212,16 @@ def make_app(store_url: str | None = None, *, name: str = "storage",
     @app.method()
     def get(model_type_name: str, model_json_data: Any) -> Any:
         """The stored records with the given primary keys (StorageLookupError if one is missing)."""
-        cls, models, many = _parse(model_type_name, model_json_data)
-        backend = store.backend
-        records = [backend.get(cls.__name__, m.primary_key) for m in models]
-        missing = [m for m, r in zip(models, records) if r is None]
-        if missing:
-            raise _not_found(cls, missing, model_json_data)
-        result = [_stored(cls, r).to_dict() for r in records if r is not None]
+        cls, found, many = _lookup(store.backend, model_type_name, model_json_data)
+        result = [_stored(cls, record).to_dict() for record, _ in found]
+        return result if many else result[0]
+
+    @app.method()
+    def get_versioned(model_type_name: str, model_json_data: Any) -> Any:
+        """As ``get``, each record as ``{"model": {...}, "version": N}``."""
+        cls, found, many = _lookup(store.backend, model_type_name, model_json_data)
+        result = [{"model": _stored(cls, record).to_dict(), "version": version}
+                  for record, version in found]
         return result if many else result[0]
 
     @app.method()

@@ -13,6 +13,14 @@ Every backend stores JSON records by ``(model type name, primary key)``.
 :meth:`Backend.save` is atomic and reports, from the same atomic step, whether
 the record was created, updated or left unchanged, so the storage service
 emits exactly one ``created`` event per key however many workers race.
+
+Each record has a version kept by the backend: 1 when it is created, one more
+on every save that changes it (a save that changes nothing leaves it). A save
+with ``expect_version`` is a compare-and-set: it writes only if the stored
+version is still that one (0: only if there is no record) and raises
+:class:`~busapp.errors.Conflict` otherwise, in the same atomic step. Tables
+made before versions existed gain the column on first use (their records
+start at version 1).
 Tables and keys are created on first use. Backends open their connections
 lazily and reopen them after a fork.
 """
@@ -25,6 +33,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from busapp.errors import Conflict
 from busapp.transport import mask_url
 
 #: What :meth:`Backend.save` reports.
@@ -56,6 +65,30 @@ def pop_option(url: str, name: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), value
 
 
+def conflict(type_name: str, key: str, expected: int, actual: int | None) -> Conflict:
+    """The :class:`~busapp.errors.Conflict` for a compare-and-set that found ``actual``."""
+    if actual is None or actual == expected:  # read after the failed write: it moved again
+        found = "changed while being saved"
+    elif actual == 0:
+        found = "has no stored record"
+    else:
+        found = f"is at version {actual}"
+    return Conflict(
+        f"{type_name} {key!r} {found}, not version {expected}: someone else wrote it first; "
+        f"get it again, reapply your change and save with the version you read",
+        data={"model_type_name": type_name, "key": key, "expected_version": expected,
+              "version": actual})
+
+
+def check_expect_version(expect_version: int | None) -> None:
+    """ValueError unless ``expect_version`` is None or an integer >= 0."""
+    if expect_version is None:
+        return
+    if isinstance(expect_version, bool) or not isinstance(expect_version, int) or expect_version < 0:
+        raise ValueError(f"expect_version must be an integer >= 0 (0: the record must not exist "
+                         f"yet), got {expect_version!r}")
+
+
 class Backend:
     """The interface every backend implements (records are JSON-shaped dicts)."""
 
@@ -67,13 +100,23 @@ class Backend:
         self._lock = threading.RLock()
         self._pid = os.getpid()
 
-    def save(self, type_name: str, key: str, data: dict[str, Any]) -> str:
-        """Write the record; return CREATED, UPDATED or UNCHANGED (decided atomically)."""
+    def save(self, type_name: str, key: str, data: dict[str, Any],
+             expect_version: int | None = None) -> str:
+        """Write the record; return CREATED, UPDATED or UNCHANGED (decided atomically).
+
+        With ``expect_version``, write only if the stored version is that one
+        (0: no record yet); otherwise raise :class:`~busapp.errors.Conflict`.
+        """
+        raise NotImplementedError
+
+    def get_versioned(self, type_name: str, key: str) -> tuple[dict[str, Any], int] | None:
+        """``(record, version)`` read in one atomic step, or None."""
         raise NotImplementedError
 
     def get(self, type_name: str, key: str) -> dict[str, Any] | None:
         """The stored record, or None."""
-        raise NotImplementedError
+        found = self.get_versioned(type_name, key)
+        return None if found is None else found[0]
 
     def delete(self, type_name: str, key: str) -> dict[str, Any] | None:
         """Remove the record; return what was stored (None if there was nothing)."""

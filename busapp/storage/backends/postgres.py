@@ -6,7 +6,10 @@ which JSON and the other backends allow). A save is one
 ``INSERT ... ON CONFLICT DO UPDATE ... WHERE data IS DISTINCT FROM ...``
 statement in autocommit mode: PostgreSQL decides created (a fresh row),
 updated (a changed row) or unchanged (no row returned) atomically, and the
-write is committed when the statement returns.
+write is committed when the statement returns. A save with
+``expect_version`` is one conditional statement too (``INSERT ... ON
+CONFLICT DO NOTHING`` for version 0, ``UPDATE ... WHERE version = %s``
+otherwise), so no other write can come between the check and the write.
 """
 
 from __future__ import annotations
@@ -15,7 +18,16 @@ import json
 import re
 from typing import Any
 
-from busapp.storage.backends import CREATED, UNCHANGED, UPDATED, Backend, encode, pop_option
+from busapp.storage.backends import (
+    CREATED,
+    UNCHANGED,
+    UPDATED,
+    Backend,
+    check_expect_version,
+    conflict,
+    encode,
+    pop_option,
+)
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
@@ -49,9 +61,20 @@ class PostgresBackend(Backend):
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.table,))
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ("
                              "model_type text NOT NULL, key text NOT NULL, data text NOT NULL, "
-                             "PRIMARY KEY (model_type, key))")
+                             "version bigint NOT NULL DEFAULT 1, PRIMARY KEY (model_type, key))")
+                self._add_version_column(conn)
             self._conn = conn
         return self._conn
+
+    def _add_version_column(self, conn: Any) -> None:
+        """Give a table made before records had versions its column (existing records: version 1)."""
+        # Checked first: ALTER TABLE takes an exclusive lock on the table even when it has nothing to do.
+        found = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                             "current_schema() AND table_name = %s AND column_name = 'version'",
+                             (self.table.lower(),)).fetchone()
+        if found is None:
+            conn.execute(f"ALTER TABLE {self.table} ADD COLUMN IF NOT EXISTS "
+                         f"version bigint NOT NULL DEFAULT 1")
 
     def _run(self, sql: str, params: tuple) -> list[tuple]:
         """Execute with one retry on a fresh connection if the old one was dropped."""
@@ -68,21 +91,54 @@ class PostgresBackend(Backend):
                     self._conn = None
         raise AssertionError("unreachable")
 
-    def save(self, type_name: str, key: str, data: dict[str, Any]) -> str:
+    def save(self, type_name: str, key: str, data: dict[str, Any],
+             expect_version: int | None = None) -> str:
+        check_expect_version(expect_version)
+        if expect_version is None:
+            return self._upsert(type_name, key, encode(data))
+        if expect_version == 0:
+            rows = self._run(f"INSERT INTO {self.table} (model_type, key, data) VALUES (%s, %s, %s) "
+                             f"ON CONFLICT (model_type, key) DO NOTHING RETURNING version",
+                             (type_name, key, encode(data)))
+            if not rows:
+                raise conflict(type_name, key, 0, self._version(type_name, key))
+            return CREATED
+        return self._compare_and_set(type_name, key, encode(data), expect_version)
+
+    def _upsert(self, type_name: str, key: str, text: str) -> str:
         # xmax = 0 marks a row version this statement inserted (not an update of an older one).
         rows = self._run(
             f"INSERT INTO {self.table} AS t (model_type, key, data) VALUES (%s, %s, %s) "
-            f"ON CONFLICT (model_type, key) DO UPDATE SET data = EXCLUDED.data "
+            f"ON CONFLICT (model_type, key) DO UPDATE SET data = EXCLUDED.data, "
+            f"version = t.version + 1 "
             f"WHERE t.data IS DISTINCT FROM EXCLUDED.data RETURNING (t.xmax = 0)",
-            (type_name, key, encode(data)))
+            (type_name, key, text))
         if not rows:
             return UNCHANGED
         return CREATED if rows[0][0] else UPDATED
 
-    def get(self, type_name: str, key: str) -> dict[str, Any] | None:
-        rows = self._run(f"SELECT data FROM {self.table} WHERE model_type = %s AND key = %s",
+    def _compare_and_set(self, type_name: str, key: str, text: str, expected: int) -> str:
+        # The row is rewritten even when the data is the same, so that the returned version
+        # tells updated (expected + 1) from unchanged (expected) from the same statement.
+        rows = self._run(
+            f"UPDATE {self.table} SET data = %s, version = CASE WHEN data IS DISTINCT FROM %s "
+            f"THEN version + 1 ELSE version END "
+            f"WHERE model_type = %s AND key = %s AND version = %s RETURNING version",
+            (text, text, type_name, key, expected))
+        if not rows:
+            raise conflict(type_name, key, expected, self._version(type_name, key))
+        return UNCHANGED if rows[0][0] == expected else UPDATED
+
+    def _version(self, type_name: str, key: str) -> int:
+        """The stored version (0: no record), for a Conflict's message only."""
+        rows = self._run(f"SELECT version FROM {self.table} WHERE model_type = %s AND key = %s",
                          (type_name, key))
-        return json.loads(rows[0][0]) if rows else None
+        return rows[0][0] if rows else 0
+
+    def get_versioned(self, type_name: str, key: str) -> tuple[dict[str, Any], int] | None:
+        rows = self._run(f"SELECT data, version FROM {self.table} "
+                         f"WHERE model_type = %s AND key = %s", (type_name, key))
+        return (json.loads(rows[0][0]), rows[0][1]) if rows else None
 
     def delete(self, type_name: str, key: str) -> dict[str, Any] | None:
         rows = self._run(f"DELETE FROM {self.table} WHERE model_type = %s AND key = %s "

@@ -2,8 +2,11 @@
 
 Each model type is one hash, ``<prefix>:<TypeName>``, mapping primary keys
 to canonical JSON (prefix ``busapp:storage`` unless the URL says
-``?prefix=NAME``). Saves and deletes are Lua scripts, so reading the old
-record and writing the new one is one atomic step on the server.
+``?prefix=NAME``), and a second hash, ``<prefix>:<TypeName>:versions``,
+mapping them to record versions (a record saved before versions existed, with
+no entry there, is at version 1). Saves and deletes are Lua scripts, so
+reading the old record and version, checking ``expect_version`` and writing
+the new ones is one atomic step on the server.
 
 How durable a write is depends on the server's persistence settings
 (``appendonly yes`` with ``appendfsync always`` or ``everysec``): busapp
@@ -15,20 +18,35 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from busapp.storage.backends import CREATED, UNCHANGED, UPDATED, Backend, encode, pop_option
+from busapp.storage.backends import (
+    CREATED,
+    UNCHANGED,
+    UPDATED,
+    Backend,
+    check_expect_version,
+    conflict,
+    encode,
+    pop_option,
+)
 
-# Returns 0 unchanged, 1 created, 2 updated.
+# KEYS: records hash, versions hash. ARGV: key, JSON, expected version ('' for any).
+# Returns {outcome, version}: outcome -1 conflict, 0 unchanged, 1 created, 2 updated.
 _SAVE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old == ARGV[2] then return 0 end
+local version = 0
+if old then version = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '1') end
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= version then return {-1, version} end
+if old == ARGV[2] then return {0, version} end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if old then return 2 end
-return 1
+redis.call('HSET', KEYS[2], ARGV[1], version + 1)
+if old then return {2, version + 1} end
+return {1, 1}
 """
 
 _DELETE = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('HDEL', KEYS[2], ARGV[1])
 return old
 """
 
@@ -57,18 +75,28 @@ class RedisBackend(Backend):
     def _key(self, type_name: str) -> str:
         return f"{self.prefix}:{type_name}"
 
-    def save(self, type_name: str, key: str, data: dict[str, Any]) -> str:
+    def _keys(self, type_name: str) -> list[str]:
+        return [self._key(type_name), f"{self._key(type_name)}:versions"]
+
+    def save(self, type_name: str, key: str, data: dict[str, Any],
+             expect_version: int | None = None) -> str:
+        check_expect_version(expect_version)
         self._redis()
-        outcome = self._save(keys=[self._key(type_name)], args=[key, encode(data)])
+        expected = "" if expect_version is None else str(expect_version)
+        outcome, version = self._save(keys=self._keys(type_name), args=[key, encode(data), expected])
+        if int(outcome) < 0:
+            raise conflict(type_name, key, expect_version or 0, int(version))
         return (UNCHANGED, CREATED, UPDATED)[int(outcome)]
 
-    def get(self, type_name: str, key: str) -> dict[str, Any] | None:
-        text = self._redis().hget(self._key(type_name), key)
-        return None if text is None else json.loads(text)
+    def get_versioned(self, type_name: str, key: str) -> tuple[dict[str, Any], int] | None:
+        records, versions = self._keys(type_name)
+        with self._redis().pipeline(transaction=True) as pipe:  # MULTI: one consistent read
+            text, version = pipe.hget(records, key).hget(versions, key).execute()
+        return None if text is None else (json.loads(text), int(version or 1))
 
     def delete(self, type_name: str, key: str) -> dict[str, Any] | None:
         self._redis()
-        text = self._delete(keys=[self._key(type_name)], args=[key])
+        text = self._delete(keys=self._keys(type_name), args=[key])
         return None if text is None else json.loads(text)
 
     def list(self, type_name: str) -> list[dict[str, Any]]:

@@ -3,7 +3,9 @@
 The file is in WAL mode with ``synchronous=FULL``, so a save is on disk when
 it returns. A save runs in a ``BEGIN IMMEDIATE`` transaction: it holds the
 database's write lock from the read of the old record to the commit, which
-is what makes created-vs-updated exact across processes.
+is what makes created-vs-updated exact across processes, and what makes a
+save with ``expect_version`` a compare-and-set: the version read is the
+version replaced.
 """
 
 from __future__ import annotations
@@ -13,13 +15,22 @@ import os
 import sqlite3
 from typing import Any
 
-from busapp.storage.backends import CREATED, UNCHANGED, UPDATED, Backend, encode
+from busapp.storage.backends import (
+    CREATED,
+    UNCHANGED,
+    UPDATED,
+    Backend,
+    check_expect_version,
+    conflict,
+    encode,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS busapp_records (
     model_type TEXT NOT NULL,
     key TEXT NOT NULL,
     data TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (model_type, key)
 )
 """
@@ -36,6 +47,24 @@ def path_from_url(url: str) -> str:
     if not path:
         raise ValueError("SQLite store URL has no file path: use sqlite:///./.busapp/storage.sqlite3")
     return path
+
+
+def _add_version_column(conn: sqlite3.Connection) -> None:
+    """Give a table made before records had versions its column (existing records: version 1)."""
+    def has_version() -> bool:
+        return any(col[1] == "version" for col in conn.execute("PRAGMA table_info(busapp_records)"))
+
+    if has_version():
+        return
+    conn.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
+    try:
+        if not has_version():
+            conn.execute("ALTER TABLE busapp_records ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 class SQLiteBackend(Backend):
@@ -61,22 +90,28 @@ class SQLiteBackend(Backend):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(_SCHEMA)
+            _add_version_column(conn)
             self._conn = conn
         return self._conn
 
-    def save(self, type_name: str, key: str, data: dict[str, Any]) -> str:
+    def save(self, type_name: str, key: str, data: dict[str, Any],
+             expect_version: int | None = None) -> str:
+        check_expect_version(expect_version)
         text = encode(data)
         with self._lock:
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute("SELECT data FROM busapp_records WHERE model_type=? AND key=?",
-                                   (type_name, key)).fetchone()
+                row = conn.execute("SELECT data, version FROM busapp_records "
+                                   "WHERE model_type=? AND key=?", (type_name, key)).fetchone()
+                version = 0 if row is None else row[1]
+                if expect_version is not None and expect_version != version:
+                    raise conflict(type_name, key, expect_version, version)
                 if row is not None and row[0] == text:
                     conn.execute("ROLLBACK")
                     return UNCHANGED
-                conn.execute("INSERT OR REPLACE INTO busapp_records (model_type, key, data) "
-                             "VALUES (?, ?, ?)", (type_name, key, text))
+                conn.execute("INSERT OR REPLACE INTO busapp_records (model_type, key, data, version) "
+                             "VALUES (?, ?, ?, ?)", (type_name, key, text, version + 1))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -84,12 +119,12 @@ class SQLiteBackend(Backend):
                 raise
             return CREATED if row is None else UPDATED
 
-    def get(self, type_name: str, key: str) -> dict[str, Any] | None:
+    def get_versioned(self, type_name: str, key: str) -> tuple[dict[str, Any], int] | None:
         with self._lock:
             row = self._connection().execute(
-                "SELECT data FROM busapp_records WHERE model_type=? AND key=?",
+                "SELECT data, version FROM busapp_records WHERE model_type=? AND key=?",
                 (type_name, key)).fetchone()
-        return None if row is None else json.loads(row[0])
+        return None if row is None else (json.loads(row[0]), row[1])
 
     def delete(self, type_name: str, key: str) -> dict[str, Any] | None:
         with self._lock:
