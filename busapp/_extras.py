@@ -14,17 +14,17 @@ class MissingExtra(ImportError):
     """An optional dependency is not installed (the message says which extra installs it)."""
 
 
-def require(module: str, extra: str, feature: str) -> ModuleType:
-    """Import ``module`` for ``feature``, or raise :class:`MissingExtra` naming ``busapp[extra]``.
+def require(module: str, extra: str, who_needs: str) -> ModuleType:
+    """Import ``module``, or raise :class:`MissingExtra` saying ``who_needs`` it and naming ``busapp[extra]``.
 
     Example::
 
-        psycopg = require("psycopg", "postgres", "postgresql:// stores")
+        psycopg = require("psycopg", "postgres", "postgresql:// stores need")
     """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        message = f"{feature} need {module}: pip install 'busapp[{extra}]'"
+        message = f"{who_needs} {module}: pip install 'busapp[{extra}]'"
         if not (isinstance(exc, ModuleNotFoundError) and exc.name == module):
             message += f" (importing it failed: {exc})"  # installed but broken, e.g. no libpq
         raise MissingExtra(message) from exc
@@ -32,9 +32,9 @@ def require(module: str, extra: str, feature: str) -> ModuleType:
 
 def psycopg() -> ModuleType:
     """psycopg 3, for ``postgresql://`` stores (extra ``postgres``)."""
-    return require("psycopg", "postgres", "postgresql:// stores")
+    return require("psycopg", "postgres", "postgresql:// stores need")
 
 
 def watchfiles() -> ModuleType:
     """watchfiles, for ``busapp run --reload`` (extra ``reload``)."""
-    return require("watchfiles", "reload", "busapp run --reload")
+    return require("watchfiles", "reload", "busapp run --reload needs")

@@ -44,7 +44,7 @@ def test_reload_without_watchfiles_names_the_extra(monkeypatch: pytest.MonkeyPat
     from busapp.reloader import run_with_reload
 
     monkeypatch.setitem(sys.modules, "watchfiles", None)
-    with pytest.raises(MissingExtra, match=r"^busapp run --reload need watchfiles: "
+    with pytest.raises(MissingExtra, match=r"^busapp run --reload needs watchfiles: "
                                            r"pip install 'busapp\[reload\]'"):
         run_with_reload("nothing:app", ROOT, "memory://", {})
 
@@ -52,7 +52,7 @@ def test_reload_without_watchfiles_names_the_extra(monkeypatch: pytest.MonkeyPat
 def test_a_missing_module_gives_the_plain_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """Not installed at all: exactly the one line; installed but broken: the line and why."""
     with pytest.raises(MissingExtra) as info:
-        _extras.require("no_such_module_xyz_busapp", "thing", "things")
+        _extras.require("no_such_module_xyz_busapp", "thing", "things need")
     assert str(info.value) == "things need no_such_module_xyz_busapp: pip install 'busapp[thing]'"
     assert isinstance(info.value, ImportError)
 
