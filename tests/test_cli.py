@@ -223,6 +223,7 @@ def test_ctrl_c_stops_run_but_keeps_the_embedded_broker(project: Project) -> Non
 # -- failures and recovery (embedded) ------------------------------------------------
 
 
+@pytest.mark.slow  # > 5 s
 def test_killed_worker_is_replaced(project: Project) -> None:
     """kill -9 of a worker: the manager starts another and calls keep working."""
     running = project.run(str(project.module), "--workers", "2")
@@ -257,6 +258,7 @@ def test_kill9_of_run_leaves_no_workers(project: Project) -> None:
     assert wait_until(lambda: not any(_alive(p) for p in pids), 10)
 
 
+@pytest.mark.slow  # > 5 s
 def test_reload_serves_the_edited_module(project: Project) -> None:
     """With --reload, editing the module restarts the workers and calls see the new code."""
     running = project.run(str(project.module), "--reload")
