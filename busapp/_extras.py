@@ -15,7 +15,7 @@ class MissingExtra(ImportError):
 
 
 def require(module: str, extra: str, who_needs: str) -> ModuleType:
-    """Import ``module``, or raise :class:`MissingExtra` saying ``who_needs`` it and naming ``busapp[extra]``.
+    """Import ``module``, or raise :class:`MissingExtra`: ``who_needs`` it, install ``busapp[extra]``.
 
     Example::
 

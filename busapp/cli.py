@@ -76,7 +76,8 @@ def check_broker_url(url: str) -> str | None:
     """Why ``url`` is not a broker URL busapp can use, or None when its scheme is known."""
     if "://" not in url:
         # Not echoed: without a scheme, mask_url cannot tell a password from a host.
-        return "the broker URL has no scheme; use e.g. redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST//"
+        return ("the broker URL has no scheme; "
+                "use e.g. redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST//")
     scheme = url.split("://", 1)[0].lower()
     if scheme.split("+", 1)[0] not in BROKER_SCHEMES:
         return (f"unknown broker URL scheme {scheme!r}; use one of "
