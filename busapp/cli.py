@@ -1,7 +1,8 @@
 """The ``busapp`` command: run, call, routes, storage.
 
 Exit codes: 0 success; 1 an error reply or a failed run; 2 a usage error
-(including an app that cannot be found), a timeout, or no broker.
+(including an app that cannot be found, a URL with an unknown scheme, or a
+missing optional dependency), a timeout, or no broker.
 
 Example::
 
@@ -21,6 +22,7 @@ import click
 import structlog
 
 import busapp
+from busapp._extras import MissingExtra
 from busapp.errors import BrokerUnavailable, RemoteProcedureCallError, RequestTimeout
 from busapp.log import FORMATS, LEVELS, configure_logging
 from busapp.transport import BROKER_ENV, mask_url
@@ -49,8 +51,50 @@ class RunFailed(click.ClickException):
     exit_code = 1
 
 
+class Unusable(click.ClickException):
+    """A setting busapp cannot use (a URL's scheme, a missing extra): one line, exit 2."""
+
+    exit_code = 2
+
+
+#: Broker URL schemes busapp serves on: the kombu transport aliases (kombu.transport.
+#: TRANSPORT_ALIASES) of Redis, RabbitMQ and kombu's in-process memory transport. Hard-coded so
+#: the CLI does not import kombu to check a URL; tests/test_cli.py checks it against kombu's.
+#: kombu reads ``TRANSPORT+URL`` (e.g. ``redis+socket://``) as TRANSPORT.
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "librabbitmq", "memory")
+
+
+def _url_source(ctx: click.Context, param: click.Parameter) -> str:
+    """How the user gave ``param``: ``--broker`` or ``$BUSAPP_BROKER_URL``."""
+    source = ctx.get_parameter_source(param.name or "")
+    if source is click.core.ParameterSource.ENVIRONMENT and param.envvar:
+        return f"${param.envvar}"
+    return param.opts[0]
+
+
+def check_broker_url(url: str) -> str | None:
+    """Why ``url`` is not a broker URL busapp can use, or None when its scheme is known."""
+    if "://" not in url:
+        # Not echoed: without a scheme, mask_url cannot tell a password from a host.
+        return ("the broker URL has no scheme; "
+                "use e.g. redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST//")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme.split("+", 1)[0] not in BROKER_SCHEMES:
+        return (f"unknown broker URL scheme {scheme!r}; use one of "
+                + ", ".join(f"{s}://" for s in BROKER_SCHEMES))
+    return None
+
+
+def _validate_broker(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    problem = check_broker_url(value) if value else None
+    if problem:
+        raise Unusable(f"{problem} (from {_url_source(ctx, param)})")
+    return value
+
+
 def _broker_option(func: Any) -> Any:
     return click.option("--broker", metavar="URL", envvar=BROKER_ENV, show_envvar=True,
+                        callback=_validate_broker,
                         help="kombu broker URL (redis://..., amqp://...). "
                              "Default: the embedded Redis under ./.busapp/.")(func)
 
@@ -110,6 +154,10 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None, 
     configure_logging(log_level, log_format, cache=True)
     from busapp.locate import load_target
 
+    if reload:
+        from busapp import _extras
+
+        _usable(_extras.watchfiles)
     loaded = load_target(target)
     url = _resolve_broker(broker)
     if reload:
@@ -122,6 +170,14 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None, 
              pid=os.getpid())
     _serve(loaded, url, workers=workers, concurrency=concurrency, exchange=exchange,
            graceful_timeout=graceful_timeout)
+
+
+def _usable(check: Any, *args: Any) -> Any:
+    """``check(*args)``, with a missing extra or a bad URL turned into a one-line exit 2."""
+    try:
+        return check(*args)
+    except (MissingExtra, ValueError) as exc:
+        raise Unusable(str(exc)) from None
 
 
 def _resolve_broker(broker: str | None) -> str:
@@ -344,8 +400,11 @@ def storage(store: str | None, workers: int, broker: str | None, exchange: str |
             log_format: str | None, log_level: str) -> None:
     """Run the storage service (routing keys storage.*) until SIGTERM or SIGINT."""
     configure_logging(log_level, log_format, cache=True)
+    from busapp.storage.backends import open_backend
     from busapp.storage.service import make_app
 
+    # Check the URL (scheme, options, driver installed) now; workers open it at the first call.
+    _usable(open_backend, store)
     app = make_app(store)
     url = _resolve_broker(broker)
     log.info("starting storage service", store=mask_url(store) if store else "default",

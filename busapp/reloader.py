@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from busapp import _extras
 from busapp.transport import BROKER_ENV
 from busapp.transport._keeper import die_with_parent
 
@@ -44,7 +45,11 @@ def run_with_reload(target: str, root: Path, broker_url: str, options: dict[str,
 
     Returns:
         The exit status for the reloader: 0 after a signal.
+
+    Raises:
+        busapp._extras.MissingExtra: watchfiles is not installed.
     """
+    _extras.watchfiles()  # before starting anything
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -61,8 +66,7 @@ def run_with_reload(target: str, root: Path, broker_url: str, options: dict[str,
 
 
 def _wait_for_change(root: Path, child: subprocess.Popen, stop: threading.Event) -> set:
-    import watchfiles
-
+    watchfiles = _extras.watchfiles()
     reported = False
     for changes in watchfiles.watch(root, watch_filter=watchfiles.PythonFilter(), stop_event=stop,
                                     rust_timeout=TICK_MS, yield_on_timeout=True, debounce=400,

@@ -2,6 +2,10 @@
 
 A service that is not reachable skips its tests locally; with
 ``BUSAPP_REQUIRE_SERVICES=1`` (set by ``.ci/run``) it fails them instead.
+
+Tests are marked ``redis``, ``rabbitmq`` or ``postgres`` by the services they
+use (see :func:`pytest_collection_modifyitems`), so ``pytest -m "not rabbitmq"``
+leaves those out; ``slow`` (more than 5 s) is set by hand.
 """
 
 from __future__ import annotations
@@ -33,6 +37,27 @@ def _need(port: int, what: str) -> None:
         if REQUIRE:
             pytest.fail(msg + " (BUSAPP_REQUIRE_SERVICES=1: a missing service is a failure)")
         pytest.skip(msg)
+
+
+#: Fixtures that reach a service, and the marker for it.
+SERVICE_FIXTURES = {"redis_url": "redis", "amqp_url": "rabbitmq", "pg_url": "postgres"}
+#: Parameter values (of broker_url, store_url, ... or a parametrize) naming a service.
+SERVICE_PARAMS = {"redis": "redis", "amqp": "rabbitmq", "postgres": "postgres"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the services it uses: by the fixtures it needs (``redis_url``,
+    ``amqp_url``, ``pg_url``), and by parameters naming one (``broker_url[redis]``,
+    ``store_url[postgres]``...: these fixtures ask for the service fixture at run time)."""
+    for item in items:
+        needed = {SERVICE_FIXTURES[name] for name in getattr(item, "fixturenames", ())
+                  if name in SERVICE_FIXTURES}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            needed |= {SERVICE_PARAMS[value] for value in callspec.params.values()
+                       if isinstance(value, str) and value in SERVICE_PARAMS}
+        for marker in sorted(needed):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

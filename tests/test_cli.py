@@ -223,6 +223,7 @@ def test_ctrl_c_stops_run_but_keeps_the_embedded_broker(project: Project) -> Non
 # -- failures and recovery (embedded) ------------------------------------------------
 
 
+@pytest.mark.slow  # > 5 s
 def test_killed_worker_is_replaced(project: Project) -> None:
     """kill -9 of a worker: the manager starts another and calls keep working."""
     running = project.run(str(project.module), "--workers", "2")
@@ -257,6 +258,7 @@ def test_kill9_of_run_leaves_no_workers(project: Project) -> None:
     assert wait_until(lambda: not any(_alive(p) for p in pids), 10)
 
 
+@pytest.mark.slow  # > 5 s
 def test_reload_serves_the_edited_module(project: Project) -> None:
     """With --reload, editing the module restarts the workers and calls see the new code."""
     running = project.run(str(project.module), "--reload")
@@ -286,6 +288,60 @@ def test_call_without_any_broker_exits_2_at_once(project: Project) -> None:
     result = project.cli("call", f"{project.name}.add", "1", "2")
     assert result.returncode == 2 and "busapp run" in result.stderr and "--broker" in result.stderr
     assert not (project.root / ".busapp" / "broker.json").exists()
+
+
+# -- unusable URLs ------------------------------------------------------------------------
+
+
+def test_unknown_broker_scheme_is_one_line_exit_2(project: Project) -> None:
+    """`call`, `run` and `storage` refuse a broker URL with an unknown scheme at once: one line, exit 2."""
+    for command in (["call", "x.y"], ["run", str(project.module)], ["storage"]):
+        for how, env in (("--broker", clean_env()), ("$BUSAPP_BROKER_URL", clean_env(BUSAPP_BROKER_URL="foo://x"))):
+            args = [*command, "--broker", "foo://x"] if how == "--broker" else command
+            result = project.cli(*args, env=env, timeout=30)
+            assert result.returncode == 2, (command, how, result.stderr)
+            assert result.stderr.splitlines() == [
+                "Error: unknown broker URL scheme 'foo'; use one of redis://, rediss://, sentinel://, amqp://, "
+                f"amqps://, pyamqp://, librabbitmq://, memory:// (from {how})"], (command, how)
+            assert result.stdout == ""
+    assert not (project.root / ".busapp").exists()  # no embedded broker was started either
+
+
+def test_broker_url_without_scheme_is_one_line_exit_2(project: Project) -> None:
+    """A bare host is not taken for an AMQP URL (kombu's default): exit 2, the password masked."""
+    result = project.cli("call", "x.y", "--broker", "user:s3cret@localhost")
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert "has no scheme" in result.stderr and "s3cret" not in result.stderr
+
+
+def test_unknown_store_scheme_is_one_line_exit_2(project: Project) -> None:
+    """`busapp storage` checks its --store URL (or $BUSAPP_STORE_URL) before starting anything."""
+    for args, env in ((["--store", "foo://x"], clean_env()), ([], clean_env(BUSAPP_STORE_URL="foo://x"))):
+        result = project.cli("storage", *args, "--broker", "memory://", env=env, timeout=30)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [
+            "Error: unknown store URL 'foo://x'; use memory://, sqlite:///PATH, postgresql://... or redis://..."]
+
+
+def test_known_broker_schemes_are_kombu_transports() -> None:
+    """The CLI's hard-coded scheme list (it does not import kombu) names only kombu transports."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    from busapp.cli import BROKER_SCHEMES, check_broker_url
+
+    assert set(BROKER_SCHEMES) <= set(TRANSPORT_ALIASES)
+    for url in ("redis://h:6379/0", "rediss://h", "redis+socket:///tmp/r.sock", "amqp://g:g@h//",
+                "AMQP://h//", "memory://", "sentinel://h:26379"):
+        assert check_broker_url(url) is None, url
+    for url in ("foo://x", "redisx://h", "localhost", "sqs+foo://x"):
+        assert check_broker_url(url) is not None, url
+
+
+def test_cli_does_not_import_kombu_to_check_a_url() -> None:
+    """Checking a URL stays cheap: importing busapp.cli does not import kombu."""
+    code = "import sys, busapp.cli; print('kombu' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 # -- secrets ---------------------------------------------------------------------------

@@ -139,6 +139,7 @@ def test_idle_broker_stops_and_cleans_up(state_dir: Path, monkeypatch: pytest.Mo
     assert not (state_dir / "redis.sock").exists()
 
 
+@pytest.mark.slow  # > 5 s
 def test_connected_client_keeps_broker_alive(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A connected client (a running worker) keeps the broker past the idle period."""
     monkeypatch.setenv(embedded.IDLE_ENV, "1")

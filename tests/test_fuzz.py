@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,6 +59,7 @@ def _well_formed(response: dict) -> None:
     json.dumps(response)  # always serialisable
 
 
+@pytest.mark.slow  # > 5 s
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=bodies, content_type=content_types, routing_key=routing_keys)
 def test_any_message_gets_a_well_formed_answer_or_none(body, content_type, routing_key):

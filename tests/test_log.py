@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import structlog
 
+from busapp import App, Client
+from busapp.errors import InternalError, RequestTimeout
 from busapp.log import choose_format, configure_logging
 
 
@@ -38,6 +46,44 @@ def out():
     root = logging.getLogger()
     root.handlers = [h for h in root.handlers if h.get_name() != "busapp"]
     root.setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[tuple[App, Callable[..., Any]]]:
+    """A worker of a small App in a thread of this process, on kombu's in-memory transport, so its
+    log lines go through this process's logging configuration; yields (app, call)."""
+    app = App(f"t{uuid.uuid4().hex[:10]}")
+
+    @app.method()
+    def ping() -> str:
+        return "pong"
+
+    @app.method()
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.method()
+    def boom() -> None:
+        raise ZeroDivisionError("boom")
+
+    exchange = f"test-{app.name}"
+    service = app.service_class(exchange, "memory://", app.qkwargs())
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        with Client("memory://", exchange, timeout=10) as bus:
+            deadline = time.monotonic() + 20
+            while True:  # until the worker's queue is bound
+                try:
+                    bus.call(f"{app.name}.ping", timeout=0.5)
+                    break
+                except RequestTimeout:
+                    if time.monotonic() > deadline:
+                        raise
+            yield app, bus.call
+    finally:
+        service.stop()
+        thread.join(30)
 
 
 def lines(stream: io.StringIO) -> list[dict]:
@@ -81,13 +127,23 @@ def test_below_level_calls_are_dropped_unrendered(out: io.StringIO) -> None:
     assert [line["event"] for line in lines(out)] == ["kept"]
 
 
-def test_debug_level_shows_per_call_lines(out: io.StringIO) -> None:
-    """At debug, the per-message line comes through with its fields."""
+def test_worker_logs_each_call_at_debug_level(out: io.StringIO) -> None:
+    """At debug, a worker writes one "call" line per message, with its routing key, id, outcome and time."""
     configure_logging("debug", "json", file=out)
-    structlog.get_logger("busapp.service").debug("call", routing_key="s.add", id="1",
-                                                 duration_ms=1.5, outcome="ok")
-    [line] = lines(out)
-    assert line["level"] == "debug" and line["outcome"] == "ok" and line["duration_ms"] == 1.5
+    with serving() as (app, call):
+        assert call(f"{app.name}.add", 1, 2) == 3
+    [line] = [line for line in lines(out) if line["event"] == "call" and line["routing_key"] == f"{app.name}.add"]
+    assert line["level"] == "debug" and line["logger"] == "busapp.service" and line["outcome"] == "ok"
+    assert line["id"] and line["duration_ms"] >= 0
+
+
+def test_worker_at_info_level_writes_no_call_lines(out: io.StringIO) -> None:
+    """At info, the per-call lines are left out (the ready and stopped lines stay)."""
+    configure_logging("info", "json", file=out)
+    with serving() as (app, call):
+        assert call(f"{app.name}.add", 1, 2) == 3
+    events = [line["event"] for line in lines(out)]
+    assert "call" not in events and {"worker ready", "worker stopped"} <= set(events)
 
 
 def test_contextvars_are_merged(out: io.StringIO) -> None:
@@ -103,14 +159,14 @@ def test_contextvars_are_merged(out: io.StringIO) -> None:
     assert "id" not in outside
 
 
-def test_errors_carry_the_traceback(out: io.StringIO) -> None:
-    """log.error(..., exc_info=exc) writes the traceback into the JSON line."""
+def test_handler_errors_carry_the_traceback(out: io.StringIO) -> None:
+    """A handler that raises is logged by the worker as one JSON line holding the traceback and the call."""
     configure_logging("info", "json", file=out)
-    try:
-        raise ZeroDivisionError("boom")
-    except ZeroDivisionError as exc:
-        structlog.get_logger("busapp.service").error("handler raised", exc_info=exc)
-    [line] = lines(out)
+    with serving() as (app, call):
+        with pytest.raises(InternalError):
+            call(f"{app.name}.boom")
+    [line] = [line for line in lines(out) if line["event"] == "handler raised"]
+    assert line["level"] == "error" and line["method"] == "boom" and line["routing_key"] == f"{app.name}.boom"
     assert "Traceback" in line["exception"] and "ZeroDivisionError: boom" in line["exception"]
 
 

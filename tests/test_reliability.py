@@ -160,6 +160,7 @@ def test_workers_survive_rabbitmq_dropping_connections(amqp_url, unique):
 
 # -- lost consumers ---------------------------------------------------------------------------
 
+@pytest.mark.slow  # > 5 s
 def test_lost_binding_is_restored_by_the_watchdog(redis_url, unique):
     """Redis forgets the exchange's binding table: an idle worker re-declares it within seconds."""
     import redis
@@ -197,6 +198,7 @@ def test_deleted_queue_is_resubscribed(amqp_url, unique):
 
 # -- worker faults ----------------------------------------------------------------------------
 
+@pytest.mark.slow  # > 5 s
 @pytest.mark.parametrize("broker", ["amqp", "redis"])
 def test_poison_message_is_dead_lettered(broker, request, unique):
     """A request that kills its worker every time is dead-lettered after 3 deliveries; caller gets an error."""
@@ -224,6 +226,7 @@ def test_poison_message_is_dead_lettered(broker, request, unique):
     assert "dead-lettered" in log
 
 
+@pytest.mark.slow  # > 5 s
 def test_random_worker_kills_under_load(amqp_url, unique):
     """kill -9 of a random worker every 2 s under concurrent calls: no call outlives its timeout,
     every call ends in a result or a typed error, and the manager keeps 3 workers."""

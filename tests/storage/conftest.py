@@ -10,7 +10,6 @@ from busapp import Client
 from busapp.storage.backends import open_backend
 from busapp.storage.service import make_app
 from tests._services import running
-from tests.conftest import REDIS_URL, _need
 
 #: Backends whose data outlives the process (all but memory).
 PERSISTENT = ("sqlite", "postgres", "redis")
@@ -64,18 +63,17 @@ def storage_running(store_url: str, url: str, exchange: str, unique: str, *, wor
 
 
 @pytest.fixture(scope="package")
-def shared(tmp_path_factory):
+def shared(tmp_path_factory, redis_url):
     """One storage service (SQLite, Redis broker) shared by the storage tests.
 
     Starting and stopping a service costs seconds, so tests that only call it
     share one, each using its own keys.
     """
-    _need(6379, "Redis")
     token = uuid.uuid4().hex[:10]
     exchange = f"test-{token}"
     store = f"sqlite:///{tmp_path_factory.mktemp('storage')}/shared.sqlite3"
-    with storage_running(store, REDIS_URL, exchange, token):
-        yield REDIS_URL, exchange
+    with storage_running(store, redis_url, exchange, token):
+        yield redis_url, exchange
 
 
 @pytest.fixture

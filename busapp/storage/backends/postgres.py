@@ -18,6 +18,7 @@ import json
 import re
 from typing import Any
 
+from busapp import _extras
 from busapp.storage.backends import (
     CREATED,
     UNCHANGED,
@@ -45,10 +46,11 @@ class PostgresBackend(Backend):
             raise ValueError(f"table name {self.table!r} must be a plain SQL identifier "
                              f"(letters, digits, underscore)")
         self._conn: Any = None
+        # Fail here, when the store is chosen, not in a worker at the first call.
+        _extras.psycopg()
 
     def _connection(self) -> Any:
-        import psycopg
-
+        psycopg = _extras.psycopg()
         if self._forked():
             # Keep the parent's connection referenced: finalising it here would close the
             # parent's session too.
@@ -78,8 +80,7 @@ class PostgresBackend(Backend):
 
     def _run(self, sql: str, params: tuple) -> list[tuple]:
         """Execute with one retry on a fresh connection if the old one was dropped."""
-        import psycopg
-
+        psycopg = _extras.psycopg()
         with self._lock:
             for attempt in (1, 2):
                 try:
