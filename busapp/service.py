@@ -307,6 +307,8 @@ class CommissaireService(BusMixin):
             busy_poll = busy_poll_interval(self.connection_url)
             self._bus_client()
             self._ever_ready = True
+            if (cb := getattr(self, "ready_callback", None)) is not None:  # set by ServiceManager
+                cb()
             log.info("worker ready", pid=os.getpid(), service=self.service_name,
                      routing_keys=self.routing_keys + [s.binding_key for s in self.subscriptions],
                      exchange=self.exchange_name, broker=mask_url(self.connection_url),
