@@ -179,7 +179,7 @@ def private_redis(tmp_path):
 
 @pytest.fixture
 def private_rabbitmq(tmp_path):
-    """A RabbitMQ node of this test's own on a free port of 127.0.0.1 (takes ~8 s to start)."""
+    """A RabbitMQ node of this test's own on a free port of 127.0.0.1 (starts in 5-7 s here)."""
     workdir = tmp_path / "private-rabbitmq"
     workdir.mkdir()
     node = PrivateRabbitMQ(workdir)
