@@ -265,10 +265,16 @@ def _request(routing_key: str, body: Any, broker: str | None, exchange: str | No
 
 
 def _running_embedded() -> str:
-    """The embedded broker if one runs here; with none, no service can answer, so say so now."""
+    """The embedded broker if one runs (or was killed) here; with none, no service can answer.
+
+    A broker that was killed is started again, so the workers still retrying it reconnect.
+    """
     from busapp.transport.embedded import find_embedded_broker
 
-    url = find_embedded_broker()
+    try:
+        url = find_embedded_broker(revive=True)
+    except BrokerUnavailable as exc:
+        raise NoReply(str(exc)) from None
     if url is None:
         raise NoReply(
             f"no broker: no embedded broker is running in {os.getcwd()}/.busapp "

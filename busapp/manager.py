@@ -2,9 +2,20 @@
 
 Workers are forked (the service class and its arguments are never pickled),
 share the service's named queue, and are replaced when they die, with an
-exponential back-off per slot. SIGINT/SIGTERM stops them gracefully. A
-service that keeps dying right after start is a crash loop: the manager gives
-up with :class:`CrashLoopError` instead of spinning.
+exponential back-off per slot that is reset once a worker has stayed up a
+while. SIGINT/SIGTERM stops them gracefully.
+
+Readiness crosses the fork through one shared double per started worker: the
+manager sets ``service.ready_callback`` before ``service.run()``, and the
+service calls it once, when it first consumes; the callback writes the
+(system-wide) monotonic time into the shared double. It is a lock-free
+``RawValue`` on purpose: a worker SIGKILLed inside a locked ``Event.set()``
+would leave the lock held and hang the manager.
+
+Only a worker that dies *before it was ever ready* counts toward a crash loop:
+after ``max_fast_failures`` such deaths in a row the manager gives up with
+:class:`CrashLoopError` instead of spinning on a start-up bug. A worker that
+was ready and then died (OOM kill, segfault, kill -9) is replaced forever.
 """
 
 from __future__ import annotations
@@ -29,16 +40,38 @@ log = structlog.get_logger("busapp.manager")
 
 
 class CrashLoopError(RuntimeError):
-    """Workers kept failing right after start; the manager stopped restarting them."""
+    """Workers kept failing before they were ever ready; the manager stopped restarting them."""
 
 
 @attrs.define
 class _Slot:
+    """One worker position: its current process and the history that sets its back-off."""
+
     index: int
     process: Any = None
     started: float = 0.0
+    #: Shared double: monotonic time the current worker became ready, 0.0 until then.
+    ready_at: Any = None
+    #: Consecutive deaths before ready (the crash-loop count).
     fast_failures: int = 0
+    #: Consecutive deaths of any kind, reset by a worker that stayed up ``min_uptime``.
+    deaths: int = 0
     restart_at: float | None = None
+
+
+def backoff_delay(deaths: int, cap: float) -> float:
+    """Seconds to wait before restarting after ``deaths`` consecutive deaths: 0.5, 1, 2, ... cap."""
+    return min(0.5 * 2 ** max(deaths - 1, 0), cap)
+
+
+def _ready_setter(ready_at: Any) -> Any:
+    """The worker's ``ready_callback``: stamp the shared double with the time it became ready."""
+
+    def ready() -> None:
+        if not ready_at.value:
+            ready_at.value = time.monotonic()
+
+    return ready
 
 
 def _exit_reason(code: int | None) -> str:
@@ -65,8 +98,8 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOptions,
-                 parent_pid: int) -> None:
-    """Entry point of a worker process."""
+                 parent_pid: int, ready_at: Any = None) -> None:
+    """Entry point of a worker process; ``ready_at`` is its slot's shared readiness double."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent(parent_pid)
@@ -74,6 +107,8 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOpt
     try:
         service = service_class(**kwargs)
         service.options = options
+        if ready_at is not None:
+            service.ready_callback = _ready_setter(ready_at)
         service.run()
     except BaseException as exc:  # noqa: BLE001 - report why before the process dies
         if isinstance(exc, SystemExit) and not exc.code:
@@ -105,9 +140,9 @@ class ServiceManager:
     concurrency: int | None = None
     #: Longest wait before restarting a dead worker.
     max_backoff: float = 30.0
-    #: A worker that dies sooner than this after start counts as a fast failure.
+    #: A worker that stays up this long after it was ready resets its slot's back-off.
     min_uptime: float = 5.0
-    #: Consecutive fast failures of one slot after which the manager gives up.
+    #: Consecutive deaths before ready of one slot after which the manager gives up.
     max_fast_failures: int = 5
 
     def __init__(self, service_class: type, process_count: int, exchange_name: str | None = None,
@@ -156,7 +191,7 @@ class ServiceManager:
         """Start the workers, keep them alive, and return after a graceful stop.
 
         Raises:
-            CrashLoopError: a worker failed ``max_fast_failures`` times in a row right after start.
+            CrashLoopError: a worker died ``max_fast_failures`` times in a row before it was ready.
         """
         self.connection_url = resolve_broker_url(self.connection_url)
         self._stopping.clear()
@@ -181,9 +216,11 @@ class ServiceManager:
                 signal.signal(sig, lambda *_: self.stop())
 
     def _start(self, slot: _Slot) -> None:
+        slot.ready_at = self._ctx.RawValue("d", 0.0)
         process = self._ctx.Process(
             target=_worker_main, name=f"busapp-worker-{slot.index}",
-            args=(self.service_class, self._service_kwargs(), self._options(), os.getpid()),
+            args=(self.service_class, self._service_kwargs(), self._options(), os.getpid(),
+                  slot.ready_at),
         )
         process.start()
         slot.process, slot.started, slot.restart_at = process, time.monotonic(), None
@@ -204,18 +241,27 @@ class ServiceManager:
 
     def _on_death(self, slot: _Slot, now: float) -> None:
         code = slot.process.exitcode
-        uptime = now - slot.started
-        slot.fast_failures = slot.fast_failures + 1 if uptime < self.min_uptime else 1
-        if slot.fast_failures >= self.max_fast_failures:
-            raise CrashLoopError(
-                f"worker {slot.index} failed {slot.fast_failures} times within "
-                f"{self.min_uptime:g}s of starting (last: {_exit_reason(code)}); "
-                "see the log above for its error"
-            )
-        delay = min(0.5 * 2 ** (slot.fast_failures - 1), self.max_backoff)
+        ready_at = slot.ready_at.value
+        if ready_at:
+            slot.fast_failures = 0
+            slot.deaths = 1 if now - ready_at >= self.min_uptime else slot.deaths + 1
+        else:
+            slot.fast_failures += 1
+            slot.deaths += 1
+            self._check_crash_loop(slot, code)
+        delay = backoff_delay(slot.deaths, self.max_backoff)
         slot.restart_at = now + delay
         log.warning("worker died; restarting", pid=slot.process.pid, slot=slot.index,
-                    reason=_exit_reason(code), uptime_s=round(uptime, 2), restart_in_s=delay)
+                    reason=_exit_reason(code), was_ready=bool(ready_at),
+                    uptime_s=round(now - slot.started, 2), restart_in_s=delay)
+
+    def _check_crash_loop(self, slot: _Slot, code: int | None) -> None:
+        """Give up when the slot's workers died ``max_fast_failures`` times in a row before ready."""
+        if slot.fast_failures >= self.max_fast_failures:
+            raise CrashLoopError(
+                f"worker {slot.index} failed {slot.fast_failures} times before it was ever "
+                f"ready (last: {_exit_reason(code)}); see the log above for its error"
+            )
 
     def _stop_all(self) -> None:
         live = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]

@@ -249,6 +249,24 @@ def test_new_run_after_kill9_recovers_stale_broker_state(project: Project) -> No
     assert (result.returncode, result.stdout) == (0, "3\n"), result.stderr
 
 
+def test_call_revives_a_killed_embedded_broker(project: Project) -> None:
+    """kill -9 of the embedded broker's keeper under a service: `busapp call` revives it, is served."""
+    running = project.run(str(project.module), "--workers", "2")
+    workers = running.wait_ready(2)
+    old = broker_state(str(project.root / ".busapp"))
+    os.kill(old["pid"], signal.SIGKILL)
+    assert wait_until(lambda: not _alive(old["pid"]) and not _alive(old["redis_pid"]))
+
+    def served() -> bool:  # a first call may land before the workers re-declared their queue
+        result = project.cli("call", f"{project.name}.add", "1", "2", "--timeout", "2")
+        assert "no broker" not in result.stderr, result.stderr
+        return (result.returncode, result.stdout) == (0, "3\n")
+
+    assert wait_until(served, 40, interval=0.5)
+    assert broker_state(str(project.root / ".busapp"))["pid"] != old["pid"]
+    assert all(_alive(pid) for pid in workers), "workers should reconnect, not be replaced"
+
+
 def test_kill9_of_run_leaves_no_workers(project: Project) -> None:
     """kill -9 of the `busapp run` process alone: its workers notice and exit."""
     running = project.run(str(project.module), "--workers", "2")

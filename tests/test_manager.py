@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from busapp import Client
-from busapp.manager import CrashLoopError, ServiceManager
+from busapp.manager import CrashLoopError, ServiceManager, backoff_delay
 from busapp.service import CommissaireService
 from tests._services import delete_queues, wait_until_served
 from tests.apps import make_app
@@ -25,26 +26,37 @@ def _pids(bus, name, n=60):
     return {bus.call(f"{name}.pid") for _ in range(n)}
 
 
+def _start_in_own_group(code: str) -> subprocess.Popen:
+    """Run ``code`` in a new session, so teardown can kill it and its workers and nothing else."""
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group the test started (the manager and its forked workers)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if proc.poll() is None:
+        proc.wait(10)
+
+
 @pytest.fixture
 def manager_proc(broker_url, exchange, unique):
     """`app.run(workers=3)` of a test App in a real subprocess; yields (proc, app, url, exchange)."""
     name = f"m{unique}"
-    code = (
+    proc = _start_in_own_group(
         "import sys; from tests.apps import make_app; "
         f"make_app({name!r}).run({broker_url!r}, exchange={exchange!r}, workers=3, "
         "graceful_timeout=10)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     app = make_app(name)
     try:
         wait_until_served(broker_url, exchange, f"{name}.ping")
         yield proc, app, broker_url, exchange
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        subprocess.run(["pkill", "-9", "-f", f"make_app\\({name!r}"], check=False)
+        _kill_group(proc)
         delete_queues(broker_url, exchange, name)
 
 
@@ -126,6 +138,7 @@ def test_classic_example_runs_under_manager(broker_url):
     from busapp.errors import InternalError
 
     proc = subprocess.Popen([sys.executable, "examples/classic_service.py", broker_url], cwd=ROOT,
+                            start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_until_served(broker_url, "my_exchange", "queues.my_queue.ping") == "pong"
@@ -139,8 +152,7 @@ def test_classic_example_runs_under_manager(broker_url):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _kill_group(proc)
         delete_queues(broker_url, "my_exchange", "my_queue")
 
 
@@ -157,3 +169,95 @@ def test_startup_failure_inside_run_is_a_crash_loop(redis_url):
     manager.max_fast_failures = 2
     with pytest.raises(CrashLoopError, match="failed 2 times"):
         manager.run()
+
+
+def test_worker_killed_after_ready_is_replaced_forever(broker_url, exchange, unique):
+    """Seven kill -9s, each of a worker that had served calls: replaced every time, manager runs on."""
+    name = f"k{unique}"
+    proc = _start_in_own_group(
+        "from busapp.manager import ServiceManager; from tests.apps import make_app; "
+        f"app = make_app({name!r}); "
+        f"m = ServiceManager(app.service_class, 1, {exchange!r}, {broker_url!r}, app.qkwargs()); "
+        "m.max_backoff = 1.0; m.run()"
+    )
+    try:
+        victims: list[int] = []
+        gaps: list[float] = []
+        for _ in range(7):
+            pid = _served_by_new_pid(broker_url, exchange, name, victims)
+            if victims:
+                gaps.append(time.monotonic() - killed_at)
+            os.kill(pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            victims.append(pid)
+        survivor = _served_by_new_pid(broker_url, exchange, name, victims)
+        print(f"\n[figure] 7 kill -9s of ready workers: served again after "
+              f"{min(gaps):.1f}-{max(gaps):.1f}s each (max_backoff 1s)")
+        assert proc.poll() is None, "the manager gave up on workers that had been ready"
+        assert survivor not in victims
+        with Client(broker_url, exchange) as bus:
+            assert bus.call(f"{name}.add", 2, 3) == 5
+    finally:
+        _kill_group(proc)
+        delete_queues(broker_url, exchange, name)
+
+
+def _served_by_new_pid(url: str, exchange: str, name: str, old: list[int]) -> int:
+    """Call ``<name>.pid`` until a worker that is not in ``old`` answers; return its pid."""
+    end = time.monotonic() + 30
+    while True:
+        pid = wait_until_served(url, exchange, f"{name}.pid")
+        if pid not in old:
+            return pid
+        assert time.monotonic() < end, f"no new worker replaced {old[-1]}"
+
+
+class _ReadyThenExit:
+    """A stand-in worker: becomes ready, stays up ``uptime`` seconds, then dies (exit 1)."""
+
+    uptime = 0.0
+
+    def __init__(self, **kwargs):
+        pass
+
+    def run(self):
+        self.ready_callback()
+        time.sleep(self.uptime)
+        os._exit(1)
+
+
+def _restart_delays(manager: ServiceManager, deaths: int) -> list[float]:
+    """Run ``manager`` in a thread until its worker died ``deaths`` times; the back-offs it chose."""
+    with capture_logs() as logs:
+        runner = threading.Thread(target=manager.run, daemon=True)
+        runner.start()
+        end = time.monotonic() + 60
+        while (len(delays := [e["restart_in_s"] for e in logs if "restart_in_s" in e]) < deaths
+               and runner.is_alive() and time.monotonic() < end):
+            time.sleep(0.05)
+        manager.stop()
+        runner.join(30)
+    return delays[:deaths]
+
+
+def test_backoff_grows_for_consecutive_deaths_of_ready_workers(redis_url):
+    """Ready workers dying at once: back-off 0.5, 1, 2, then capped; never a crash loop."""
+    manager = ServiceManager(_ReadyThenExit, 1, "x", redis_url, None)
+    manager.max_backoff, manager.min_uptime, manager.max_fast_failures = 2.0, 60.0, 2
+    assert _restart_delays(manager, 5) == [0.5, 1.0, 2.0, 2.0, 2.0]
+
+
+class _ReadyForAWhile(_ReadyThenExit):
+    uptime = 0.4
+
+
+def test_backoff_resets_after_a_worker_stayed_up(redis_url):
+    """A worker that stayed up min_uptime after ready resets its slot's back-off to 0.5 s."""
+    manager = ServiceManager(_ReadyForAWhile, 1, "x", redis_url, None)
+    manager.max_backoff, manager.min_uptime = 8.0, 0.2
+    assert _restart_delays(manager, 3) == [0.5, 0.5, 0.5]
+
+
+def test_backoff_delay_doubles_up_to_the_cap():
+    """backoff_delay: 0.5 s after the first death, doubling, never above the cap."""
+    assert [backoff_delay(n, 5.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 5.0]

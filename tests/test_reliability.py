@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 from busapp import Client
 from busapp.errors import BrokerUnavailable, InternalError, RequestTimeout
+from tests._private_brokers import private_rabbitmq, private_redis  # noqa: F401 - fixtures
 from tests._services import delete_queues, wait_until_served
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,44 +64,6 @@ def _call_until(bus, routing_key, *args, deadline=30.0, timeout=1.0):
 
 # -- broker loss ------------------------------------------------------------------------------
 
-@pytest.fixture
-def private_redis(tmp_path):
-    """A redis-server of this test's own on 127.0.0.1:6391, restartable at will."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed")
-    port = 6391
-    cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-           "--dir", str(tmp_path)]
-
-    class Redis:
-        url = f"redis://127.0.0.1:{port}/0"
-        proc = None
-
-        def start(self):
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-            import redis
-
-            end = time.monotonic() + 10
-            while time.monotonic() < end:
-                try:
-                    redis.Redis(port=port).ping()
-                    return
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            raise RuntimeError("private redis did not start")
-
-        def stop(self):
-            if self.proc and self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    r = Redis()
-    r.start()
-    yield r
-    r.stop()
-
-
 def test_workers_and_client_survive_redis_restart(private_redis, unique):
     """Redis dies and comes back empty: both workers resume by themselves and the Client reconnects."""
     name, exchange = f"r{unique}", f"test-{unique}"
@@ -110,11 +72,11 @@ def test_workers_and_client_survive_redis_restart(private_redis, unique):
         wait_until_served(private_redis.url, exchange, f"{name}.ping")
         with Client(private_redis.url, exchange) as bus:
             before = {bus.call(f"{name}.pid") for _ in range(30)}
-            private_redis.stop()
+            private_redis.stop()  # private
             with pytest.raises((BrokerUnavailable, RequestTimeout)):
                 bus.call(f"{name}.add", 1, 1, timeout=1)
             time.sleep(1)
-            private_redis.start()  # no persistence: queues and bindings are gone
+            private_redis.start()  # private; no persistence: queues and bindings are gone
             result, failures, waited = _call_until(bus, f"{name}.add", 2, 3)
             assert result == 5
             print(f"\n[figure] redis restart: served again {waited:.1f}s after restart, "
@@ -130,22 +92,21 @@ def test_workers_and_client_survive_redis_restart(private_redis, unique):
     assert "reconnecting" in log
 
 
-def test_workers_survive_rabbitmq_dropping_connections(amqp_url, unique):
+def test_workers_survive_rabbitmq_dropping_connections(private_rabbitmq, unique):
     """RabbitMQ force-closes every connection: workers and the Client carry on by themselves."""
-    ctl = shutil.which("rabbitmqctl")
-    if ctl is None:
-        pytest.fail("rabbitmqctl is not installed")
+    url = private_rabbitmq.url
+    print(f"\n[figure] private rabbitmq node started in {private_rabbitmq.started_in:.1f}s")
     name, exchange = f"r{unique}", f"test-{unique}"
-    proc = _start_manager(amqp_url, exchange, name, 2)
+    proc = _start_manager(url, exchange, name, 2)
     try:
-        wait_until_served(amqp_url, exchange, f"{name}.ping")
-        with Client(amqp_url, exchange) as bus:
+        wait_until_served(url, exchange, f"{name}.ping")
+        with Client(url, exchange) as bus:
             before = {bus.call(f"{name}.pid") for _ in range(30)}
-            subprocess.run([ctl, "close_all_connections", "busapp fault test"], check=True,
-                           capture_output=True, timeout=60)
+            closed = private_rabbitmq.ctl("close_all_connections", "busapp fault test")  # private
+            assert "Closed 0 connections" not in closed.stdout
             result, failures, waited = _call_until(bus, f"{name}.add", 2, 3)
             assert result == 5
-            print(f"\n[figure] rabbitmq connections closed: served again after {waited:.1f}s, "
+            print(f"[figure] rabbitmq connections closed: served again after {waited:.1f}s, "
                   f"{len(failures)} failed calls")
             after: set[int] = set()
             end = time.monotonic() + 20
@@ -154,7 +115,6 @@ def test_workers_survive_rabbitmq_dropping_connections(amqp_url, unique):
             assert after == before
     finally:
         log = _stop(proc)
-        delete_queues(amqp_url, exchange, name)
     assert proc.returncode == 0, log
 
 

@@ -15,6 +15,22 @@ removing its socket and state files, when either
 - it receives SIGTERM or SIGINT (:func:`stop_embedded_broker`), or
 - ``redis-server`` dies.
 
+Revival. A keeper killed with ``kill -9`` (or OOM) takes its server with it
+but leaves ``broker.json``. The next command that needs the broker starts it
+again at the socket path recorded there, so workers and clients still holding
+the old URL reconnect: ``busapp run`` and ``busapp call`` through
+:func:`ensure_embedded_broker` / :func:`find_embedded_broker` (``revive=True``),
+and the reconnect paths of workers and clients through :func:`revive_embedded`.
+
+Socket path. The socket is ``redis.sock`` in the directory when that path fits
+a Unix socket (:data:`MAX_SOCKET_PATH`); otherwise ``busapp-<sha1>.sock`` in a
+directory private to the user: ``$XDG_RUNTIME_DIR`` when it is one, else
+``/tmp/busapp-<uid>/`` (made 0700). A directory there that is not the user's
+own, or is open to group or others, is refused (:class:`BrokerUnavailable`),
+never used: another user could otherwise pre-create the socket path. Next to
+that socket a symlink ``busapp-<sha1>.dir`` points back at the state dir, so
+:func:`revive_embedded` finds it from the URL alone.
+
 Nothing is persisted: the broker is for development. State files in the
 directory: ``broker.json`` (url, keeper pid, server pid), ``broker.lock``,
 ``redis.conf``, ``redis.log``, ``keeper.log``, and the socket ``redis.sock``.
@@ -27,6 +43,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -51,6 +68,10 @@ MAX_SOCKET_PATH = 100
 
 #: The module run (with ``python -m``) as the keeper process.
 KEEPER_MODULE = "busapp.transport._keeper"
+#: The socket's name when it lives in the state directory.
+SOCKET_NAME = "redis.sock"
+#: The URL scheme of the embedded broker (kombu's Redis over a Unix socket).
+URL_PREFIX = "redis+socket://"
 
 _HINT = "pass --broker URL (or set BUSAPP_BROKER_URL) to use a Redis or RabbitMQ server instead"
 
@@ -75,15 +96,17 @@ def ensure_embedded_broker(base_dir: str | None = None) -> str:
         raise BrokerUnavailable(f"cannot run the embedded broker in {state_dir}: {exc}; {_HINT}") from exc
 
 
-def _find_or_start(state_dir: Path) -> str:
+def _find_or_start(state_dir: Path, socket_path: Path | None = None) -> str:
+    """Under the start lock: the running broker's URL, or start one (at ``socket_path``)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir):
         url = _running_url(state_dir)  # someone may have started it while we waited
         if url:
             log.info("using embedded broker", url=url, dir=str(state_dir))
             return url
+        socket_path = socket_path or _recorded_socket(state_dir) or _socket_path(state_dir)
         _clear_stale(state_dir)
-        url = _start(state_dir)
+        url = _start(state_dir, socket_path)
     log.info(
         "embedded broker started", url=url, dir=str(state_dir),
         hint=f"other busapp commands run in {state_dir.parent} find it; from elsewhere pass "
@@ -92,9 +115,47 @@ def _find_or_start(state_dir: Path) -> str:
     return url
 
 
-def find_embedded_broker(base_dir: str | None = None) -> str | None:
-    """The URL of the running embedded broker of ``base_dir``, or None (never starts one)."""
-    return _running_url(_state_dir(base_dir))
+def find_embedded_broker(base_dir: str | None = None, *, revive: bool = False) -> str | None:
+    """The URL of the running embedded broker of ``base_dir``, or None.
+
+    It never starts a broker, except with ``revive=True`` where one was recorded and is gone
+    (killed, not stopped): then it starts it again at the same socket, so the workers that
+    were using it reconnect, and returns its URL.
+
+    Raises:
+        BrokerUnavailable: ``revive=True`` and the broker could not be started again.
+    """
+    state_dir = _state_dir(base_dir)
+    url = _running_url(state_dir)
+    if url is None and revive and _read_state(state_dir):
+        url = ensure_embedded_broker(str(state_dir))
+    return url
+
+
+def revive_embedded(url: str) -> bool:
+    """Start the embedded broker behind ``url`` again when it does not answer.
+
+    For the reconnect paths of workers and clients: after the keeper was killed, the first
+    one to notice brings the broker back at the same socket (one server, under the start
+    lock), and everyone holding ``url`` reconnects to it.
+
+    Returns:
+        True if ``url`` is an embedded broker's (its socket lives in a busapp state dir, or is
+        the short socket of one) and it answers now; False for any other URL, and when it
+        could not be started (logged).
+    """
+    socket_path = _socket_of_url(url)
+    state_dir = _state_dir_of_socket(socket_path) if socket_path else None
+    if state_dir is None:
+        return False
+    if not _ping(str(socket_path)):
+        try:
+            _find_or_start(state_dir, socket_path)
+        except (OSError, BrokerUnavailable) as exc:
+            log.warning("could not revive the embedded broker", url=url, error=str(exc))
+            return False
+        log.warning("embedded broker was gone; started it again", url=url, dir=str(state_dir))
+    return _ping(str(socket_path))
 
 
 def stop_embedded_broker(base_dir: str | None = None, timeout: float = 10.0) -> bool:
@@ -105,7 +166,7 @@ def stop_embedded_broker(base_dir: str | None = None, timeout: float = 10.0) -> 
         return False
     keeper = state.get("pid")
     stopped = False
-    if keeper and _is_keeper(keeper):
+    if keeper and _is_keeper(keeper, state_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(keeper, signal.SIGTERM)
             stopped = True
@@ -131,11 +192,87 @@ def _state_dir(base_dir: str | None) -> Path:
 
 
 def _socket_path(state_dir: Path) -> Path:
-    path = state_dir / "redis.sock"
+    """``state_dir/redis.sock``, or a short path in a directory private to the user."""
+    path = state_dir / SOCKET_NAME
     if len(str(path)) <= MAX_SOCKET_PATH:
         return path
+    return _private_socket_dir() / _short_socket_name(state_dir)
+
+
+def _short_socket_name(state_dir: Path) -> str:
     digest = hashlib.sha1(str(state_dir).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"busapp-{digest}.sock"
+    return f"busapp-{digest}.sock"
+
+
+def _private_socket_dir() -> Path:
+    """``$XDG_RUNTIME_DIR`` if it is private to us, else ``<tmp>/busapp-<uid>`` (made 0700).
+
+    Raises:
+        BrokerUnavailable: ``<tmp>/busapp-<uid>`` exists but is not a directory of our own
+            closed to group and others (someone else could own the socket path).
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and _private_dir_problem(Path(runtime)) is None:
+        return Path(runtime)
+    path = Path(tempfile.gettempdir()) / f"busapp-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    problem = _private_dir_problem(path)
+    if problem:
+        raise BrokerUnavailable(
+            f"refusing to put the embedded broker's socket in {path}: {problem}; remove it, "
+            f"or set XDG_RUNTIME_DIR to a directory of your own, or {_HINT}")
+    return path
+
+
+def _private_dir_problem(path: Path) -> str | None:
+    """Why ``path`` is not a directory private to us (no symlink, ours, mode 0?00), or None."""
+    try:
+        st = path.lstat()
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if st.st_uid != os.getuid():
+        return f"it belongs to uid {st.st_uid}, not to you (uid {os.getuid()})"
+    if st.st_mode & 0o077:
+        return f"it is open to group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _socket_of_url(url: str) -> Path | None:
+    """The socket path of a ``redis+socket://`` URL, or None for any other URL."""
+    if not url.startswith(URL_PREFIX):
+        return None
+    path = url[len(URL_PREFIX):].split("?", 1)[0]
+    return Path(path) if path.startswith("/") else None
+
+
+def _state_dir_of_socket(socket_path: Path) -> Path | None:
+    """The state dir whose broker listens on ``socket_path``; None if not an embedded one."""
+    if socket_path.name == SOCKET_NAME:
+        state_dir = socket_path.parent
+    elif socket_path.name.startswith("busapp-") and socket_path.suffix == ".sock":
+        if _private_dir_problem(socket_path.parent):
+            return None
+        try:
+            state_dir = Path(os.readlink(socket_path.with_suffix(".dir")))
+        except OSError:
+            return None
+        if _short_socket_name(state_dir) != socket_path.name:
+            return None
+    else:
+        return None
+    return state_dir if (state_dir / "broker.lock").exists() else None
+
+
+def _recorded_socket(state_dir: Path) -> Path | None:
+    """The socket ``broker.json`` recorded, if it is still a safe place for this state dir."""
+    recorded = _read_state(state_dir).get("socket")
+    if not recorded:
+        return None
+    socket_path = Path(recorded)
+    return socket_path if _state_dir_of_socket(socket_path) == state_dir else None
 
 
 def _read_state(state_dir: Path) -> dict[str, Any]:
@@ -147,7 +284,7 @@ def _read_state(state_dir: Path) -> dict[str, Any]:
 
 def _running_url(state_dir: Path) -> str | None:
     state = _read_state(state_dir)
-    if not state or not _is_keeper(state.get("pid")):
+    if not state or not _is_keeper(state.get("pid"), state_dir):
         return None
     return state["url"] if _ping(state.get("socket")) else None
 
@@ -198,15 +335,18 @@ def _pid_alive(pid: Any) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _is_keeper(pid: Any) -> bool:
-    """True if ``pid`` is alive and is a keeper (checked through /proc where there is one)."""
+def _is_keeper(pid: Any, state_dir: Path) -> bool:
+    """True if ``pid`` is alive and is the keeper of ``state_dir`` (checked through /proc).
+
+    A recycled pid that now belongs to the keeper of another directory is not ours to kill.
+    """
     if not _pid_alive(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc: trust the pid file
-    return KEEPER_MODULE.encode() in cmdline
+    return f"{KEEPER_MODULE}\0{state_dir}\0".encode() in cmdline
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:
@@ -239,7 +379,7 @@ def _clear_stale(state_dir: Path) -> None:
         log.warning("replacing stale embedded broker state", dir=str(state_dir),
                     keeper_pid=state.get("pid"))
     keeper = state.get("pid")
-    if _is_keeper(keeper):
+    if _is_keeper(keeper, state_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(keeper, signal.SIGKILL)
         _wait_gone(keeper, 5)
@@ -282,9 +422,10 @@ def _idle_seconds() -> float:
         return DEFAULT_IDLE
 
 
-def _start(state_dir: Path) -> str:
+def _start(state_dir: Path, socket_path: Path) -> str:
     server = redis_server_path()
-    socket_path = _socket_path(state_dir)
+    if socket_path.parent != state_dir:
+        _link_back(socket_path, state_dir)
     cmd = [sys.executable, "-m", KEEPER_MODULE, str(state_dir), str(socket_path), server]
     with open(state_dir / "keeper.log", "ab") as logfile:
         # The launcher forks the keeper and exits at once, so the keeper is never our child.
@@ -305,3 +446,12 @@ def _start(state_dir: Path) -> str:
         f"(see {state_dir / 'keeper.log'} and {state_dir / 'redis.log'}); {_HINT}"
     )
 
+
+def _link_back(socket_path: Path, state_dir: Path) -> None:
+    """Point ``busapp-<sha1>.dir`` next to a short socket at its state dir (for revive_embedded)."""
+    link = socket_path.with_suffix(".dir")
+    tmp = link.with_name(f"{link.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(state_dir, tmp)
+    os.replace(tmp, link)
