@@ -23,7 +23,7 @@ import structlog
 
 from busapp import wire
 from busapp.errors import BrokerUnavailable, RequestTimeout
-from busapp.transport import mask_url, open_transport, resolve_broker_url
+from busapp.transport import mask_url, open_transport, resolve_broker_url, revive_if_embedded
 from busapp.transport.base import REPLY_PREFIX, Delivery, QueueSpec, Transport
 
 log = structlog.get_logger("busapp.bus")
@@ -220,6 +220,7 @@ class Client(BusMixin):
                     self._drop_publisher()
                     if attempt == 2:
                         raise
+                    revive_if_embedded(self.broker_url)  # a killed embedded broker comes back
 
     def _connect_publisher(self) -> Transport:
         transport = open_transport(self.broker_url)

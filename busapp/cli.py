@@ -25,7 +25,7 @@ import busapp
 from busapp._extras import MissingExtra
 from busapp.errors import BrokerUnavailable, RemoteProcedureCallError, RequestTimeout
 from busapp.log import FORMATS, LEVELS, configure_logging
-from busapp.transport import BROKER_ENV, mask_url
+from busapp.transport import BROKER_ENV, BROKER_SCHEMES, check_broker_url, mask_url
 
 log = structlog.get_logger("busapp.cli")
 
@@ -57,32 +57,12 @@ class Unusable(click.ClickException):
     exit_code = 2
 
 
-#: Broker URL schemes busapp serves on: the kombu transport aliases (kombu.transport.
-#: TRANSPORT_ALIASES) of Redis, RabbitMQ and kombu's in-process memory transport. Hard-coded so
-#: the CLI does not import kombu to check a URL; tests/test_cli.py checks it against kombu's.
-#: kombu reads ``TRANSPORT+URL`` (e.g. ``redis+socket://``) as TRANSPORT.
-BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "librabbitmq", "memory")
-
-
 def _url_source(ctx: click.Context, param: click.Parameter) -> str:
     """How the user gave ``param``: ``--broker`` or ``$BUSAPP_BROKER_URL``."""
     source = ctx.get_parameter_source(param.name or "")
     if source is click.core.ParameterSource.ENVIRONMENT and param.envvar:
         return f"${param.envvar}"
     return param.opts[0]
-
-
-def check_broker_url(url: str) -> str | None:
-    """Why ``url`` is not a broker URL busapp can use, or None when its scheme is known."""
-    if "://" not in url:
-        # Not echoed: without a scheme, mask_url cannot tell a password from a host.
-        return ("the broker URL has no scheme; "
-                "use e.g. redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST//")
-    scheme = url.split("://", 1)[0].lower()
-    if scheme.split("+", 1)[0] not in BROKER_SCHEMES:
-        return (f"unknown broker URL scheme {scheme!r}; use one of "
-                + ", ".join(f"{s}://" for s in BROKER_SCHEMES))
-    return None
 
 
 def _validate_broker(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -45,7 +45,7 @@ from busapp.errors import BrokerUnavailable, RemoteProcedureCallError
 from busapp.log import quiet
 from busapp.redelivery import count_redelivery, poison_error
 from busapp.serve import IncomingMessage, Subscription, serve_event, serve_request
-from busapp.transport import mask_url, open_transport
+from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
 log = structlog.get_logger("busapp.worker")
@@ -296,6 +296,8 @@ class Worker:
                     log.warning("broker connection lost; reconnecting",
                                 error=str(exc), retry_in=backoff,
                                 broker=mask_url(self.service.connection_url))
+                    if revive_if_embedded(self.service.connection_url):
+                        continue  # the embedded broker was gone and is back: at once
                     self.stopping.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
         finally:

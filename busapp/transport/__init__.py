@@ -54,13 +54,50 @@ def is_redis(url: str) -> bool:
     return url.split(":", 1)[0].startswith("redis")
 
 
+#: Broker URL schemes busapp serves on: the kombu transport aliases (kombu.transport.
+#: TRANSPORT_ALIASES) of Redis and RabbitMQ, and busapp's in-process ``memory://``.
+#: Hard-coded so checking a URL imports no kombu; tests/test_cli.py checks it against kombu's.
+#: kombu reads ``TRANSPORT+URL`` (e.g. ``redis+socket://``) as TRANSPORT.
+BROKER_SCHEMES = ("redis", "rediss", "sentinel", "amqp", "amqps", "pyamqp", "librabbitmq", "memory")
+
+
+def check_broker_url(url: str) -> str | None:
+    """Why ``url`` is not a broker URL busapp can use, or None when its scheme is known."""
+    if "://" not in url:
+        # Not echoed: without a scheme, mask_url cannot tell a password from a host.
+        return ("the broker URL has no scheme; "
+                "use e.g. redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST//")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme.split("+", 1)[0] not in BROKER_SCHEMES:
+        return (f"unknown broker URL scheme {scheme!r}; use one of "
+                + ", ".join(f"{s}://" for s in BROKER_SCHEMES))
+    return None
+
+
+def revive_if_embedded(url: str) -> bool:
+    """If ``url`` is the embedded broker's and it is gone, start it again (see
+    :func:`busapp.transport.embedded.revive_embedded`). False for any other URL."""
+    if not url.startswith("redis+socket://"):
+        return False
+    from busapp.transport.embedded import revive_embedded
+
+    return revive_embedded(url)
+
+
 def is_memory(url: str) -> bool:
     """True for the in-process ``memory://`` broker of the test client."""
     return url.startswith("memory://")
 
 
 def open_transport(url: str) -> Transport:
-    """A new, not yet connected, transport for ``url`` (call its ``connect()``)."""
+    """A new, not yet connected, transport for ``url`` (call its ``connect()``).
+
+    Raises:
+        ValueError: ``url`` has no scheme, or one busapp does not serve on.
+    """
+    problem = check_broker_url(url)
+    if problem:
+        raise ValueError(problem)
     if is_memory(url):
         from busapp.transport.memory import MemoryTransport
 
