@@ -127,8 +127,14 @@ def find_embedded_broker(base_dir: str | None = None, *, revive: bool = False) -
     """
     state_dir = _state_dir(base_dir)
     url = _running_url(state_dir)
-    if url is None and revive and _read_state(state_dir):
-        url = ensure_embedded_broker(str(state_dir))
+    if url is None and revive and state_dir.is_dir():
+        # A worker may be reviving it right now (its state is cleared and rewritten under
+        # the start lock): look again once the lock is free before deciding.
+        with _locked(state_dir):
+            url = _running_url(state_dir)
+            recorded = bool(_read_state(state_dir))
+        if url is None and recorded:
+            url = ensure_embedded_broker(str(state_dir))
     return url
 
 
