@@ -18,6 +18,11 @@ server of 1 and of 2 worker processes). CPU ms per call is read from ``/proc/<pi
 shared with whatever else runs on the machine; its figure is only a hint). Figures are medians
 over ``--repeat`` passes (3; ``--quick``: 1 pass, 1.5 s windows).
 
+FastStream's servers run with its per-message access log off (``logger=None``), since busapp logs
+nothing per call at its default level; ``BENCH_PEERS_FS_LOG=1`` keeps FastStream's default (two
+INFO lines per message, here written to a file), which costs it roughly 0.2-0.3 ms of server CPU
+per call. Nameko logs nothing per call by default.
+
 The peers are never dependencies of busapp: install them in a venv of their own::
 
     python3 -m venv /work/peers-venv
@@ -640,7 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     repeat = a.repeat or (1 if a.quick else 3)
     window = a.duration or (1.5 if a.quick else 3.0)
     print(f"Peers, echo RPC, 64-byte JSON payload; {os.cpu_count()} CPUs; {peer_versions(a.python)}; "
-          f"medians of {repeat} pass(es), {window:g}s windows; "
+          f"medians of {repeat} pass(es), {window:g}s windows; FastStream access log "
+          f"{'on' if os.environ.get(FS_LOG_ENV) == '1' else f'off ({FS_LOG_ENV}=1 keeps it)'}; "
           f"{time.monotonic() - started:.0f}s in all")
     print()
     print(render(rows))
