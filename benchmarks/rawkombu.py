@@ -24,7 +24,13 @@ import time
 import uuid
 from typing import Any
 
-from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Producer, Queue  # noqa: F401 - Connection swappable
+
+
+def use_connection_class(cls: Any) -> None:
+    """Run the yardstick over another kombu Connection class (rpc.py: busapp's Redis transport)."""
+    global Connection
+    Connection = cls
 
 
 def _queue_kwargs(url: str) -> dict[str, Any]:

@@ -11,15 +11,24 @@ Echo RPC with a 64-byte JSON payload (params ``{"data": "a" * 53}``), for each b
     embedded broker's ``redis-server``).
 
 Every busapp figure is printed next to the same measurement of a raw-kombu echo server and
-client (``benchmarks/rawkombu.py``) taken in the same run, with the ratio busapp/raw.
-Both servers of a broker run at once (on their own queues) and the measurements alternate,
-so drift on a shared machine hits both alike. Figures are medians over ``--repeat`` passes.
+client (``benchmarks/rawkombu.py``) taken in the same run, with the ratio busapp/raw. On Redis
+and the embedded broker the raw yardstick runs over busapp's own Redis transport
+(:mod:`busapp.transport.redis`), so the ratio isolates the framework (``--raw-stock``: kombu's
+stock Redis transport instead). ``--baseline REF`` adds busapp as of git ``REF`` (e.g. the
+commit before a hot-path change) as a third column, so before and after are measured side by
+side in one run. On Redis and embedded, the redis-py LPUSH/BRPOP floor (``benchmarks/floor.py``)
+is measured sequentially too. ``--peers-python PY`` appends FastStream and Nameko
+(``benchmarks/peers.py``, run under the interpreter of a venv made from
+``benchmarks/requirements-peers.txt``). All servers of a broker run at once (on their own
+queues) and the measurements alternate, so drift on a shared machine hits all alike. Figures
+are medians over ``--repeat`` passes.
 
 Run by hand (never from the test suite)::
 
     .venv/bin/python benchmarks/rpc.py                 # all brokers, ~5 minutes
     .venv/bin/python benchmarks/rpc.py --quick         # smoke check, < 1 minute
     .venv/bin/python benchmarks/rpc.py --broker redis --repeat 5
+    .venv/bin/python benchmarks/rpc.py --baseline 6fe9985 --peers-python /path/to/peers-venv/bin/python
 
 Other sections (storage saves/s, storage-event latency, test-client calls/s) live in
 ``benchmarks/storage.py`` and ``benchmarks/testclient.py``; :data:`EXTRA_SECTIONS` names them
@@ -55,10 +64,10 @@ DEFAULT_URLS = {
 }
 BROKERS = ("redis", "amqp", "embedded")
 IMPLS = ("busapp", "raw")
+#: Environment variable naming the exported baseline tree a "base" server/client imports busapp from.
+BASE_ENV = "BUSAPP_BENCH_BASE"
 #: Sibling benchmark scripts owned by others, run with --with-extra when present.
 EXTRA_SECTIONS = ("storage.py", "testclient.py")
-#: FastStream 0.7 request/reply, 4 clients (issue 7): the throughput target is twice these.
-FASTSTREAM_4X = {"redis": 396, "amqp": 250, "embedded": 396}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -154,24 +163,46 @@ def _ablate() -> None:
         ours.Channel._create_client = kredis.Channel._create_client
     if "bindings" in undo:
         ours.Channel.binding_cache_ttl = 0
+    if "handoff" in undo:  # experiment: no hand-over by the monitor (handlers never run long here)
+        from busapp.worker import WorkerOptions
+
+        WorkerOptions.__attrs_attrs__.handoff_after.default  # noqa: B018 - exists
+        import busapp.service as service
+
+        service.CommissaireService.worker_options = WorkerOptions(handoff_after=3600.0)
     if "multi" in undo:
         ours.QoS.pipe_or_acquire = kredis.QoS.pipe_or_acquire
-    if "expiration" in undo:  # experiment: requests without RabbitMQ's per-message TTL
-        from busapp.bus import Client
 
-        Client._expiration = lambda self, timeout: {}
+
+def _raw_transport(url: str, stock: bool) -> None:
+    """The raw yardstick on Redis runs over busapp's Redis transport unless ``stock``."""
+    if url.startswith("redis") and not stock:
+        import rawkombu
+
+        from busapp.transport.redis import Connection
+
+        rawkombu.use_connection_class(Connection)
 
 
 def _serve_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="rpc.py _serve")
-    p.add_argument("--impl", choices=IMPLS, required=True)
+    p.add_argument("--impl", choices=(*IMPLS, "base", "floor"), required=True)
     p.add_argument("--url", required=True)
     p.add_argument("--exchange", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--raw-stock", action="store_true")
     a = p.parse_args(argv)
     _ablate()
-    if a.impl == "busapp":
+    if a.impl == "floor":
+        import floor
+
+        floor.serve_forever(a.url, a.name)
+        return
+    if a.impl in ("busapp", "base"):
+        import busapp
+
+        print(f"busapp from {busapp.__file__}", flush=True)
         from busapp import App
         from busapp.log import configure_logging
 
@@ -187,6 +218,7 @@ def _serve_main(argv: list[str]) -> None:
         return
     import rawkombu
 
+    _raw_transport(a.url, a.raw_stock)
     routing_key = f"{a.name}.*"
     if a.workers <= 1:
         rawkombu.serve_forever(a.url, a.exchange, a.name, routing_key)
@@ -212,16 +244,28 @@ def _serve_main(argv: list[str]) -> None:
 
 def _client_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="rpc.py _client")
-    p.add_argument("--impl", choices=IMPLS, required=True)
+    p.add_argument("--impl", choices=(*IMPLS, "base", "floor"), required=True)
     p.add_argument("--url", required=True)
     p.add_argument("--exchange", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--raw-stock", action="store_true")
     a = p.parse_args(argv)
     _ablate()
     routing_key = f"{a.name}.echo"
-    if a.impl == "busapp":
+    if a.impl == "floor":
+        import floor
+
+        client: Any = floor.FloorClient(a.url, a.name)
+        payload = json.dumps({"jsonrpc": "2.0", "id": "x", "method": "echo",
+                              "params": PAYLOAD}).encode()
+
+        def call() -> Any:
+            return client.call(payload)
+
+        expected = payload
+    elif a.impl in ("busapp", "base"):
         from busapp.bus import Client
 
         client = Client(a.url, a.exchange, timeout=30)
@@ -233,6 +277,7 @@ def _client_main(argv: list[str]) -> None:
     else:
         import rawkombu
 
+        _raw_transport(a.url, a.raw_stock)
         client = rawkombu.RawClient(a.url, a.exchange, threaded=a.threads > 1)
 
         def call() -> Any:
@@ -282,21 +327,28 @@ def _client_main(argv: list[str]) -> None:
 class Server:
     """A busapp or raw-kombu echo server in a child process (a process tree with --workers > 1)."""
 
-    def __init__(self, impl: str, url: str, exchange: str, workers: int, logdir: Path) -> None:
+    def __init__(self, impl: str, url: str, exchange: str, workers: int, logdir: Path,
+                 raw_stock: bool = False) -> None:
         self.impl, self.url, self.exchange, self.workers = impl, url, exchange, workers
+        self.raw_stock = raw_stock
         self.name = f"bench_{impl}_{uuid.uuid4().hex[:8]}"
         self.log = open(logdir / f"{self.name}.log", "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "_serve", "--impl", impl, "--url", url,
+            [sys.executable, __file__, "_serve", *self.impl_args(), "--url", url,
              "--exchange", exchange, "--name", self.name, "--workers", str(workers)],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=impl_env(impl),
         )
+
+    def impl_args(self) -> list[str]:
+        return ["--impl", self.impl] + (["--raw-stock"] if self.raw_stock else [])
 
     def pids(self) -> list[int]:
         return process_tree(self.proc.pid)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Call the server until it answers (a request sent before its queue is bound is lost)."""
+        if self.impl == "floor":
+            return  # a list needs no binding
         import rawkombu
 
         deadline = time.monotonic() + timeout
@@ -333,6 +385,24 @@ class Server:
         self.log.close()
 
 
+def impl_env(impl: str) -> dict[str, str] | None:
+    """The environment of a server or client: the baseline's imports busapp from its tree."""
+    if impl != "base":
+        return None
+    return dict(os.environ, PYTHONPATH=os.environ[BASE_ENV])
+
+
+def export_baseline(ref: str, tmp: Path) -> Path:
+    """``busapp/`` as of git ``ref``, exported into ``tmp`` (for the "base" column)."""
+    root = HERE.parent
+    dest = tmp / "baseline"
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(root), "archive", ref, "busapp"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def _cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) for p in pids)
 
@@ -342,10 +412,10 @@ def measure(server: Server, clients: int, threads: int, duration: float,
     """One timed window: calls/s, latency percentiles, CPU ms per call by party."""
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "_client", "--impl", server.impl, "--url", server.url,
+            [sys.executable, __file__, "_client", *server.impl_args(), "--url", server.url,
              "--exchange", server.exchange, "--name", server.name, "--threads", str(threads),
              "--warmup", str(warmup)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=impl_env(server.impl),
         )
         for _ in range(clients)
     ]
@@ -424,9 +494,13 @@ def bench_broker(kind: str, url: str, args: argparse.Namespace, logdir: Path,
     exchange = f"bench.{uuid.uuid4().hex[:8]}"
     out: dict[tuple[str, str], list[dict[str, float]]] = {}
     queues: list[str] = []
+    impls = list(IMPLS) + (["base"] if args.baseline else [])
     for workers in args.workers:
-        servers = {impl: Server(impl, url, exchange, workers, logdir) for impl in IMPLS}
-        queues += [s.name for s in servers.values()]
+        servers = {impl: Server(impl, url, exchange, workers, logdir, args.raw_stock)
+                   for impl in impls}
+        if kind != "amqp" and workers == args.workers[0]:
+            servers["floor"] = Server("floor", url, exchange, 1, logdir)
+        queues += [s.name for s in servers.values() if s.impl != "floor"]
         try:
             for server in servers.values():
                 server.wait_ready()
@@ -436,7 +510,8 @@ def bench_broker(kind: str, url: str, args: argparse.Namespace, logdir: Path,
                 scenarios.insert(0, (f"sequential w{workers}", 1, 1, args.seq_duration))
             for rep in range(args.repeat):
                 for label, clients, threads, duration in scenarios:
-                    order = IMPLS if rep % 2 == 0 else IMPLS[::-1]
+                    order = [i for i in servers if i != "floor" or label.startswith("sequential")]
+                    order = order if rep % 2 == 0 else order[::-1]
                     for impl in order:
                         fig = measure(servers[impl], clients, threads, duration, broker, args.warmup)
                         out.setdefault((label, impl), []).append(fig)
@@ -466,44 +541,82 @@ ROWS = [
 ]
 
 
+COLUMNS = {"busapp": "busapp", "raw": "raw kombu", "base": "busapp (baseline)",
+           "floor": "redis-py floor"}
+
+
 def render(results: dict[str, dict[tuple[str, str], dict[str, float]]]) -> str:
-    lines = ["| broker | scenario | measure | busapp | raw kombu | busapp/raw |",
-             "|---|---|---|---:|---:|---:|"]
+    impls = [i for i in COLUMNS if any(i == impl for f in results.values() for _, impl in f)]
+    head = "| broker | scenario | measure | " + " | ".join(COLUMNS[i] for i in impls)
+    head += " | busapp/raw |" + (" busapp/baseline |" if "base" in impls else "")
+    lines = [head, "|---|---|---|" + "---:|" * (len(impls) + 1 + ("base" in impls))]
     for kind, figures in results.items():
         scenarios = list(dict.fromkeys(label for label, _ in figures))
         for label in scenarios:
             b, r = figures[(label, "busapp")], figures[(label, "raw")]
             for name, key, fmt, _ in ROWS:
-                ratio = b[key] / r[key] if r[key] else float("nan")
-                lines.append(f"| {kind} | {label} | {name} | {fmt.format(b[key])} | "
-                             f"{fmt.format(r[key])} | {ratio:.2f} |")
-            if b["errors"] or r["errors"]:
-                lines.append(f"| {kind} | {label} | errors | {b['errors']:.0f} | {r['errors']:.0f} | |")
+                cells = [fmt.format(figures[(label, i)][key]) if (label, i) in figures else ""
+                         for i in impls]
+                row = f"| {kind} | {label} | {name} | " + " | ".join(cells)
+                row += f" | {_ratio(b[key], r[key])} |"
+                if "base" in impls:
+                    base = figures.get((label, "base"))
+                    row += f" {_ratio(b[key], base[key]) if base else ''} |"
+                lines.append(row)
+            errors = [figures[(label, i)]["errors"] if (label, i) in figures else 0 for i in impls]
+            if any(errors):
+                lines.append(f"| {kind} | {label} | errors | " + " | ".join(f"{e:.0f}" for e in errors)
+                             + " | |" + (" |" if "base" in impls else ""))
     return "\n".join(lines)
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
+
+
 def targets(results: dict[str, dict[tuple[str, str], dict[str, float]]],
-            args: argparse.Namespace) -> str:
+            args: argparse.Namespace, peers: list[dict] | None = None) -> str:
+    """The worker-core targets (issue 10), each marked met or MISSED."""
     lines = []
+
+    def check(text: str, ok: bool) -> None:
+        lines.append(f"- {text} {'met' if ok else 'MISSED'}")
+
     for kind, figures in results.items():
-        seq = next((k for k, _ in figures if k.startswith("sequential")), None)
-        if seq:
-            b, r = figures[(seq, "busapp")], figures[(seq, "raw")]
-            want = 0.9 if kind == "amqp" else 1.0
+        for label in dict.fromkeys(k for k, _ in figures):
+            if not (label.startswith("sequential") or label.endswith(" w2")):
+                continue
+            b, r = figures[(label, "busapp")], figures[(label, "raw")]
             ratio = b["calls_s"] / r["calls_s"]
-            lines.append(f"- {kind}: sequential calls/s busapp/raw {ratio:.2f} (target >= {want}) "
-                         f"{'met' if ratio >= want else 'MISSED'}")
-            cpu = b["cpu_total"] / r["cpu_total"]
-            lines.append(f"- {kind}: sequential CPU/call busapp/raw {cpu:.2f} (target <= 1.1) "
-                         f"{'met' if cpu <= 1.1 else 'MISSED'}")
-            if kind != "amqp":
-                lines.append(f"- {kind}: sequential {b['calls_s']:,.0f} calls/s (stretch >= 700) "
-                             f"{'met' if b['calls_s'] >= 700 else 'missed'}")
-        for label, impl in figures:
-            if impl == "busapp" and label.startswith(f"{args.clients}x{args.inflight} w2"):
-                got, floor = figures[(label, impl)]["calls_s"], 2 * FASTSTREAM_4X[kind]
-                lines.append(f"- {kind}: {label} {got:,.0f} calls/s (target >= 2x FastStream = "
-                             f"{floor}) {'met' if got >= floor else 'MISSED'}")
+            check(f"{kind} {label}: calls/s busapp/raw {ratio:.2f} (target >= 1.0)", ratio >= 1.0)
+            cpu = b["cpu_server"] / r["cpu_server"] if r["cpu_server"] else float("nan")
+            check(f"{kind} {label}: server CPU/call busapp/raw {cpu:.2f} (target <= 1.1)", cpu <= 1.1)
+            floor = figures.get((label, "floor"))
+            if floor:
+                share = b["calls_s"] / floor["calls_s"]
+                check(f"{kind} {label}: busapp {b['calls_s']:,.0f} calls/s = {share:.2f} of the "
+                      f"redis-py floor {floor['calls_s']:,.0f} (target >= 0.33)", share >= 1 / 3)
+    for row in peers or []:
+        kind, label = row.get("broker"), row.get("scenario", "")
+        ours = results.get(kind or "", {}).get((label, "busapp"))
+        if not ours or not label.endswith(" w2") or not row.get("calls_s"):
+            continue
+        want = 2.0 if row["peer"] == "faststream" else 3.0
+        ratio = ours["calls_s"] / row["calls_s"]
+        check(f"{kind} {label}: busapp/{row['peer']} {ratio:.2f} ({ours['calls_s']:,.0f} vs "
+              f"{row['calls_s']:,.0f} calls/s; target >= {want:g})", ratio >= want)
+    return "\n".join(lines)
+
+
+def render_peers(peers: list[dict]) -> str:
+    lines = ["| peer | broker | scenario | calls/s | p50 ms | p99 ms | server CPU ms/call |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for row in peers:
+        if "error" in row:
+            lines.append(f"| {row.get('peer')} | {row.get('broker')} | failed: {row['error']} |||||")
+            continue
+        lines.append(f"| {row['peer']} | {row['broker']} | {row['scenario']} | {row['calls_s']:,.0f} "
+                     f"| {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['cpu_ms_server']:.2f} |")
     return "\n".join(lines)
 
 
@@ -548,6 +661,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=20, help="untimed calls per client first (20)")
     p.add_argument("--with-extra", action="store_true",
                    help=f"also run {', '.join(EXTRA_SECTIONS)} from benchmarks/ if present")
+    p.add_argument("--baseline", metavar="REF",
+                   help="also measure busapp as of this git ref (before/after in one run)")
+    p.add_argument("--raw-stock", action="store_true",
+                   help="raw kombu on kombu's stock Redis transport (default: busapp's)")
+    p.add_argument("--peers-python", metavar="PY",
+                   help="python of a venv with benchmarks/requirements-peers.txt: add FastStream, Nameko")
     p.add_argument("-v", "--verbose", action="store_true", help="print every pass on stderr")
     args = p.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
@@ -563,7 +682,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning", fmt="console")  # stdout stays the table
 
     tmp = Path(tempfile.mkdtemp(prefix="busapp-bench-"))
+    if args.baseline:
+        os.environ[BASE_ENV] = str(export_baseline(args.baseline, tmp))
     results: dict[str, dict] = {}
+    peers: list[dict] = []
     notes: list[str] = []
     started = time.monotonic()
     try:
@@ -584,16 +706,27 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if kind == "embedded":
                     _stop_embedded(tmp)
+        if args.peers_python:
+            import peers as peer_bench
+
+            wanted = [k for k in kinds if k in ("redis", "amqp")]
+            peers = peer_bench.run_peers(args.peers_python, wanted, quick,
+                                         repeat=args.repeat, verbose=args.verbose)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.monotonic() - started
+    if args.baseline:
+        print(f"baseline: busapp as of {args.baseline}")
     print(f"busapp vs raw kombu, echo RPC, 64-byte JSON payload; {os.cpu_count()} CPUs; "
           f"medians of {args.repeat} pass(es); windows {args.seq_duration:g}s sequential, "
           f"{args.duration:g}s throughput; {elapsed:.0f}s in all")
     print()
     print(render(results))
+    if peers:
+        print()
+        print(render_peers(peers))
     print()
-    print(targets(results, args))
+    print(targets(results, args, peers))
     for note in notes:
         print(f"- note: {note}")
     if args.with_extra:

@@ -87,13 +87,49 @@ class BusMixin:
         self._bus_client().publish(routing_key, body, persistent=persistent)
 
 
+_EVENT_LOCK = threading.Lock()
+
+#: Forks this process is down from (a Client made before a fork starts afresh after it).
+_FORKS = [0]
+
+
+def _forked() -> None:
+    _FORKS[0] += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class _Pending:
+    """A call waiting for its reply. Its Event is made only if the caller ever has to sleep
+    (never on the in-memory transport, where the reply is there when the publish returns)."""
+
     __slots__ = ("event", "response", "arrived")
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.event: threading.Event | None = None
         self.response: dict | None = None
         self.arrived = 0.0
+
+    def _ensure_event(self) -> threading.Event:
+        event = self.event
+        if event is None:
+            with _EVENT_LOCK:
+                event = self.event
+                if event is None:
+                    event = self.event = threading.Event()
+        return event
+
+    def wake(self) -> None:
+        """Wake the caller (its reply came, or it is to drain next)."""
+        self._ensure_event().set()
+
+    def sleep(self, timeout: float) -> None:
+        """Sleep until woken (or ``timeout``), unless the reply is already here."""
+        event = self._ensure_event()
+        if self.response is None:
+            event.wait(timeout)
+        event.clear()
 
 
 class Client(BusMixin):
@@ -120,7 +156,7 @@ class Client(BusMixin):
 
     def _reset(self) -> None:
         """Fresh state: at construction, and in a forked child (the parent's sockets are not ours)."""
-        self._pid = os.getpid()
+        self._forks = _FORKS[0]
         self.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
         self._pending: dict[str, _Pending] = {}
         # Reentrant: on the in-memory transport a publish delivers (and so may reply) inline.
@@ -198,15 +234,15 @@ class Client(BusMixin):
         """
         self._publish(body, routing_key, exchange=self.exchange_name, persistent=persistent)
 
-    def publish_reply(self, reply_to: str, response: dict, correlation_id: Any = None) -> None:
-        """Send ``response`` to the queue named ``reply_to`` (through the default exchange)."""
+    def publish_reply(self, reply_to: str, response: dict | bytes, correlation_id: Any = None) -> None:
+        """Send ``response`` (a dict, or its JSON already encoded) to the queue ``reply_to``."""
         self._publish(response, reply_to, exchange="",
                       correlation_id=None if correlation_id is None else str(correlation_id))
 
     # -- connections -------------------------------------------------------
 
     def _publish(self, body: Any, routing_key: str, *, exchange: str, **props: Any) -> None:
-        payload = wire.dumps(body).encode()
+        payload = body if isinstance(body, bytes) else wire.dumps(body).encode()
         with self._publish_lock:
             self._check_open()
             for attempt in (1, 2):
@@ -241,7 +277,7 @@ class Client(BusMixin):
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Client is closed")
-        if self._pid != os.getpid():
+        if self._forks != _FORKS[0]:
             self._reset()
 
     def _deliver(self, delivery: Delivery) -> None:
@@ -259,7 +295,9 @@ class Client(BusMixin):
             return
         pending.arrived = time.monotonic()
         pending.response = response
-        pending.event.set()
+        event = pending.event
+        if event is not None:  # a caller without one checks the response before it sleeps
+            event.set()
 
     def close(self) -> None:
         """Close both connections and delete the reply queue."""
@@ -331,8 +369,7 @@ class _ReplyQueue:
                     self.lock.release()
                     self._hand_over(pending)
             else:
-                pending.event.wait(remaining)
-                pending.event.clear()  # a hand-over wake-up: check the response, maybe lead
+                pending.sleep(remaining)  # woken by its reply, or to lead: look again
         return True
 
     def _lead(self, pending: _Pending, deadline: float) -> None:
@@ -364,7 +401,7 @@ class _ReplyQueue:
         # Wake one other caller still waiting, so someone drains for it.
         for waiting in list(self.client._pending.values()):
             if waiting is not leaving and waiting.response is None:
-                waiting.event.set()
+                waiting.wake()
                 return
 
     def _drop(self, *, delete_queue: bool) -> None:

@@ -234,8 +234,25 @@ def process(
     Never raises: every failure becomes an error response. ``on_error`` is told
     of exceptions raised by handlers (to log them with their traceback).
     """
+    return process_encoded(handlers, body, content_type=content_type, routing_key=routing_key,
+                           context=context, on_error=on_error, max_body=max_body)[0]
+
+
+def process_encoded(
+    handlers: Mapping[str, Handler],
+    body: bytes | str | Any,
+    *,
+    content_type: str | None,
+    routing_key: str | None,
+    context: Mapping[str, Any],
+    on_error: Callable[[Request | None, BaseException], None] | None = None,
+    max_body: int | None = None,
+) -> tuple[dict[str, Any] | None, bytes | None]:
+    """:func:`process`, and the response's JSON encoding (encoded once: the check that a
+    result is JSON serialisable is the encoding that goes on the wire)."""
     request: wire.Request | None = None
     request_id = None
+    payload: bytes | None = None
     try:
         data = wire.loads_body(body, content_type, max_body)
         request_id = wire.request_id_of(data)
@@ -251,17 +268,15 @@ def process(
             result = handler.call(request.params, context)
         except InvalidParams:
             raise
-        except RemoteProcedureCallError as exc:
-            if on_error is not None:
-                on_error(request, exc)
-            raise
         except Exception as exc:
             if on_error is not None:
                 on_error(request, exc)
             raise
         response = wire.result_response(request.id, result)
+        if request.is_notification:
+            return None, None
         try:
-            wire.dumps(response)
+            payload = wire.dumps(response).encode()
         except (TypeError, ValueError) as exc:
             raise InternalError(
                 f"result of {request.method}() is not JSON serialisable: {exc}",
@@ -269,9 +284,10 @@ def process(
             ) from None
     except Exception as exc:  # noqa: BLE001 - the whole point is that nothing escapes
         response = wire.error_response(request_id if request is None else request.id, exc)
+        payload = None
     if request is not None and request.is_notification:
-        return None
-    return response
+        return None, None
+    return response, payload
 
 
 Request = wire.Request

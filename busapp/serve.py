@@ -45,7 +45,7 @@ class IncomingMessage:
         return cls(
             body=body,
             routing_key=headers.get(ROUTING_KEY_HEADER) or delivery.routing_key,
-            headers=dict(headers),
+            headers=headers,
             reply_to=delivery.reply_to,
             id=wire.request_id_of(body),
             correlation_id=delivery.correlation_id,
@@ -81,8 +81,9 @@ def serve_request(
     *,
     max_body: int | None,
     on_error: Callable[[wire.Request | None, BaseException], None] | None = None,
-) -> dict[str, Any] | None:
-    """Run the request in ``info``; the response to send, or None (a notification)."""
+) -> tuple[dict[str, Any] | None, bytes | None]:
+    """Run the request in ``info``: the response to send (None: a notification) and its JSON
+    when it is already encoded."""
     delivery: Delivery = info.raw
     if isinstance(info.body, dict):  # already parsed by from_delivery: not twice
         body: Any = info.body
@@ -91,12 +92,12 @@ def serve_request(
         try:
             decode(delivery, max_body)
         except ParseError as exc:
-            return wire.error_response(None, exc)
+            return wire.error_response(None, exc), None
     else:
         body = delivery.body
-    return dispatch.process(handlers, body, content_type=delivery.content_type,
-                            routing_key=info.routing_key, context=context, on_error=on_error,
-                            max_body=max_body)
+    return dispatch.process_encoded(handlers, body, content_type=delivery.content_type,
+                                    routing_key=info.routing_key, context=context,
+                                    on_error=on_error, max_body=max_body)
 
 
 def serve_event(subscription: Subscription, info: IncomingMessage, max_body: int | None) -> None:

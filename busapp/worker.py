@@ -168,13 +168,13 @@ class Worker:
         service = self.service
         max_body = self.options.max_body
         info = IncomingMessage.from_delivery(delivery, max_body)
-        structlog.contextvars.bind_contextvars(routing_key=info.routing_key, id=info.id)
+        bound = structlog.contextvars.bind_contextvars(routing_key=info.routing_key, id=info.id)
         started = time.perf_counter()
         try:
-            response = serve_request(
+            response, payload = serve_request(
                 service.handlers, info, service._context(info), max_body=max_body,
                 on_error=lambda request, exc: self._handler_failed("call", info, request, exc))
-            self._reply(info, response)
+            self._reply(info, response, payload)
             if not quiet():
                 log.debug("call", outcome="notification" if response is None else (
                     "error" if "error" in response else "ok"),
@@ -182,7 +182,7 @@ class Worker:
         except Exception:  # noqa: BLE001 - a reply that cannot be sent must not kill the worker
             log.exception("could not reply")
         finally:
-            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.reset_contextvars(**bound)
             self._settle(delivery)
 
     def _event_server(self, sub: Subscription) -> Callable[[Delivery], None]:
@@ -197,7 +197,8 @@ class Worker:
 
         return serve
 
-    def _reply(self, info: IncomingMessage, response: dict | None) -> None:
+    def _reply(self, info: IncomingMessage, response: dict | None,
+               payload: bytes | None = None) -> None:
         if response is None:
             return
         if not info.reply_to:
@@ -206,7 +207,7 @@ class Worker:
                             error=response["error"].get("message"))
             return
         correlation_id = info.correlation_id or response.get("id")
-        self.service._bus_client().publish_reply(info.reply_to, response, correlation_id)
+        self.service._bus_client().publish_reply(info.reply_to, payload or response, correlation_id)
 
     def _handler_failed(self, kind: str, info: IncomingMessage, request: wire.Request | None,
                         exc: BaseException, consumer: str | None = None) -> None:
@@ -311,8 +312,8 @@ class Worker:
             transport.connect()
             self.transport = transport
             self._prefetch_now = 0
+            self._prefetch()  # before consuming: the broker must not push more than the window
             self._subscribe(transport, self._inbox.append)
-            self._prefetch()
             self.service._bus_client()
             with self._state:
                 self._generation += 1
@@ -407,6 +408,8 @@ class Worker:
                 if self.stopping.is_set():
                     return None
         self._prefetch()
+        if self._inbox:  # a synchronous broker call (qos, ack) may have brought a message
+            return self._take(self._inbox.popleft())
         transport = self.transport
         assert transport is not None
         busy = self._detached > 0 and not transport.concurrent_ack

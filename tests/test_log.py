@@ -133,7 +133,7 @@ def test_worker_logs_each_call_at_debug_level(out: io.StringIO) -> None:
     with serving() as (app, call):
         assert call(f"{app.name}.add", 1, 2) == 3
     [line] = [line for line in lines(out) if line["event"] == "call" and line["routing_key"] == f"{app.name}.add"]
-    assert line["level"] == "debug" and line["logger"] == "busapp.service" and line["outcome"] == "ok"
+    assert line["level"] == "debug" and line["logger"] == "busapp.worker" and line["outcome"] == "ok"
     assert line["id"] and line["duration_ms"] >= 0
 
 

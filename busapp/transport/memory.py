@@ -64,9 +64,10 @@ class _Queue:
         self.turn = itertools.count()
 
     def consumer(self) -> Callable[[Delivery], None] | None:
-        if not self.consumers:
-            return None
-        return self.consumers[next(self.turn) % len(self.consumers)]
+        consumers = self.consumers
+        if len(consumers) < 2:
+            return consumers[0] if consumers else None
+        return consumers[next(self.turn) % len(consumers)]
 
 
 class MemoryBroker:
@@ -123,7 +124,8 @@ class MemoryBroker:
 
     def route(self, exchange: str, routing_key: str) -> list[_Queue]:
         if not exchange:
-            return [self.queue(routing_key)]
+            q = self.queues.get(routing_key)
+            return [q if q is not None else self.queue(routing_key)]
         key = (exchange, routing_key)
         route = self._routes.get(key)
         if route is None:
@@ -164,6 +166,8 @@ class MemoryBroker:
             consumer(delivery)
         finally:
             frames.pop()
+        if not held:
+            return
         # Everything the consumer published joins its queues first, then each is pumped:
         # so every queue sees its messages in the order they were published.
         for queue, later in held:
@@ -209,10 +213,8 @@ class MemoryTransport:
         if not queues and reply_to is not None:
             raise NoRouteError(self._no_route(exchange, routing_key))
         for queue in queues:
-            delivery = Delivery(body=body, content_type=content_type,
-                                headers=dict(headers or {}), routing_key=routing_key,
-                                reply_to=reply_to, correlation_id=correlation_id, queue=queue.name)
-            delivery._requeue = functools.partial(self.broker.put, queue, delivery)
+            delivery = Delivery(body, content_type, dict(headers) if headers else {}, routing_key,
+                                reply_to, correlation_id, queue=queue.name)
             self.broker.put(queue, delivery)
 
     def _no_route(self, exchange: str, routing_key: str) -> str:
