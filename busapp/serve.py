@@ -42,9 +42,11 @@ class IncomingMessage:
         except RemoteProcedureCallError:  # refused (content type, size, compression, not JSON)
             body = None
         headers = delivery.headers
+        original = headers.get(ROUTING_KEY_HEADER)
         return cls(
             body=body,
-            routing_key=headers.get(ROUTING_KEY_HEADER) or delivery.routing_key,
+            routing_key=original if isinstance(original, str) and original
+            else delivery.routing_key,
             headers=dict(headers),
             reply_to=delivery.reply_to,
             id=wire.request_id_of(body),

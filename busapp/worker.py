@@ -307,6 +307,7 @@ class Worker:
     def _connect_and_serve(self) -> None:
         self._consuming = False
         transport = open_transport(self.service.connection_url)
+        transport.max_body = self.options.max_body
         try:
             transport.connect()
             self.transport = transport
@@ -380,16 +381,23 @@ class Worker:
                     if delivery is not None:
                         held = self._run_inline(delivery)
             except (BrokerUnavailable, Resubscribe) as exc:
-                with self._state:
-                    self._fatal = exc
-                    self._receiving = False
-                    self._state.notify_all()
+                self._fail(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave the worker deaf
+                log.exception("unexpected error while receiving; reconnecting")
+                self._fail(BrokerUnavailable(f"receiving failed: {exc!r}"))
             finally:
                 if held:
                     self._role.release()
             with self._state:
                 if self._idle_lanes >= 2:
                     return  # enough standby lanes: retire
+
+    def _fail(self, exc: BaseException) -> None:
+        """End this connection: the supervising thread reconnects (or raises ``exc``)."""
+        with self._state:
+            self._fatal = exc
+            self._receiving = False
+            self._state.notify_all()
 
     def _receive(self) -> Delivery | None:
         """The next message to serve, or None (time to look at the state again)."""

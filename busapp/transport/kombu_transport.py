@@ -44,8 +44,11 @@ def transport_options(url: str) -> dict[str, Any]:
     return {"confirm_publish": False}
 
 
-def kombu_connection(url: str) -> Any:
+def kombu_connection(url: str, max_body: int | None = None) -> Any:
     """A new, not yet connected, kombu Connection for ``url``.
+
+    ``max_body``: a Redis queue entry too big to hold a body of that size is moved aside
+    unread (see :meth:`busapp.transport.redis.Channel._brpop_read`).
 
     Redis URLs (``redis://``, ``rediss://``, ``redis+socket://``) get busapp's transport
     (:mod:`busapp.transport.redis`: kombu's, without its per-command client and per-publish
@@ -57,7 +60,14 @@ def kombu_connection(url: str) -> Any:
         cls: type = Connection
     else:
         cls = kombu.Connection
-    return cls(url, transport_options=transport_options(url), connect_timeout=5)
+    options = transport_options(url)
+    if max_body is not None and is_redis(url):
+        options["max_entry_bytes"] = max_body * 4 // 3 + _ENVELOPE_BYTES  # base64 + envelope
+    return cls(url, transport_options=options, connect_timeout=5)
+
+
+#: Room for a Redis entry's envelope (properties, headers) besides its base64 body.
+_ENVELOPE_BYTES = 64 * 1024
 
 
 def _base_errors() -> tuple[type[BaseException], ...]:
@@ -100,6 +110,8 @@ class KombuTransport:
         self._errors = _ERRORS
         self._prefetch = 0
         self._tags: list[str] = []
+        #: Largest body this connection will receive (set before connect; None: no limit).
+        self.max_body: int | None = None
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -118,7 +130,7 @@ class KombuTransport:
 
     def connect(self) -> None:
         with self._guard():
-            conn = kombu_connection(self.url)
+            conn = kombu_connection(self.url, self.max_body)
             try:
                 conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
                 self._errors = tuple(dict.fromkeys(

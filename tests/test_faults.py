@@ -1,0 +1,65 @@
+"""No message, kill or outage takes a service down: poison entries, forged headers, bombs,
+expired requests, hung handlers, leaked clients (issue 11)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from busapp import Client
+from busapp.transport.base import Delivery
+from busapp.transport.memory import MemoryBroker
+from tests.apps import make_app
+from tests._services import run_app
+
+
+def _memory_request(client, app, headers: dict, *, redelivered: bool = True) -> list[Delivery]:
+    """Put one ping request with ``headers`` on the test client's broker; the replies it got."""
+    broker = MemoryBroker.named(client.url)
+    replies: list[Delivery] = []
+    broker.queue("busapp.reply.f").consumers.append(replies.append)
+    delivery = Delivery(body=b'{"jsonrpc":"2.0","id":"f1","method":"ping"}',
+                        content_type="application/json", headers=headers,
+                        routing_key=f"{app.name}.ping", reply_to="busapp.reply.f",
+                        correlation_id="f1", redelivered=redelivered, queue=app.queue)
+    broker.put(broker.queue(app.queue), delivery)
+    return replies
+
+
+# -- 1. nothing a message carries raises outside the per-message guard ----------------------------
+
+@pytest.mark.parametrize("count", [99, "x", "1000000", None, [1], 3])
+def test_forged_delivery_count_does_not_dead_letter(unique, count):
+    """A sender's own x-busapp-deliveries header (unsigned) counts as one delivery: the
+    request is served, not dead-lettered."""
+    app = make_app(f"fc{unique}")
+    client = app.test_client()
+    replies = _memory_request(client, app, {"x-busapp-deliveries": count, "redelivered": True,
+                                            "x-busapp-deliveries-sig": "0" * 64})
+    [reply] = replies
+    assert json.loads(reply.body)["result"] == "pong"
+    assert f"{app.queue}.dead" not in MemoryBroker.named(client.url).queues
+
+
+def test_junk_entries_in_a_redis_queue_are_moved_aside(redis_url, unique):
+    """Entries pushed straight onto a worker's Redis list that are not kombu messages (or are
+    too big) go to <queue>.dead with a log line; every call after them is served."""
+    import redis
+
+    name, exchange = f"j{unique}", f"test-{unique}"
+    r = redis.Redis.from_url(redis_url)
+    junk = [b"x" * 30] * 6 + [b"[1]", b'{"properties": {}}', json.dumps(
+        {"body": "abc", "properties": {"delivery_tag": "t", "body_encoding": "base64",
+                                      "delivery_info": {"exchange": "", "routing_key": ""}}}
+    ).encode(), b'"' + b"a" * (2 * 1024 * 1024) + b'"']
+    try:
+        with run_app(make_app(name), redis_url, exchange):
+            for entry in junk:
+                r.lpush(name, entry)
+            with Client(redis_url, exchange, timeout=5) as bus:
+                assert [bus.call(f"{name}.add", i, 1) for i in range(10)] == list(range(1, 11))
+            assert sorted(r.lrange(f"{name}.dead", 0, -1)) == sorted(junk)
+    finally:
+        r.delete(f"{name}.dead")
