@@ -44,7 +44,7 @@ from busapp.bus import WAIT_HOOK
 from busapp.errors import BrokerUnavailable, RemoteProcedureCallError
 from busapp.log import quiet
 from busapp.redelivery import count_redelivery, poison_error
-from busapp.serve import IncomingMessage, Subscription, serve_event, serve_request
+from busapp.serve import IncomingMessage, Subscription, expired_by, serve_event, serve_request
 from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
@@ -163,6 +163,8 @@ class Worker:
 
     def serve(self, delivery: Delivery) -> None:
         """Serve one request message: answer it if owed, then settle it. Never raises."""
+        if self._expired(delivery):
+            return
         if delivery.redelivered and self._count_redelivery(delivery):
             return
         service = self.service
@@ -184,6 +186,17 @@ class Worker:
         finally:
             structlog.contextvars.clear_contextvars()
             self._settle(delivery)
+
+    def _expired(self, delivery: Delivery) -> bool:
+        """Drop (ack, unanswered) a request whose caller has given up waiting."""
+        late = expired_by(delivery, time.time())
+        if late is None:
+            return False
+        log.warning("expired request dropped unrun: its caller stopped waiting",
+                    routing_key=delivery.routing_key, correlation_id=delivery.correlation_id,
+                    late_s=round(late, 3))
+        self._settle(delivery)
+        return True
 
     def _event_server(self, sub: Subscription) -> Callable[[Delivery], None]:
         def serve(delivery: Delivery) -> None:

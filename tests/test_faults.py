@@ -63,3 +63,59 @@ def test_junk_entries_in_a_redis_queue_are_moved_aside(redis_url, unique):
             assert sorted(r.lrange(f"{name}.dead", 0, -1)) == sorted(junk)
     finally:
         r.delete(f"{name}.dead")
+
+
+# -- 6. a request carries its deadline; a worker drops an expired one unrun ---------------------
+
+def _counting_app(name: str, counter_url: str, key: str):
+    """An App whose ``work`` counts its runs in Redis ``key`` and takes ``seconds``."""
+    app = make_app(name)
+
+    @app.method()
+    def work(seconds: float) -> int:
+        import redis
+
+        runs = redis.Redis.from_url(counter_url).incr(key)
+        time.sleep(seconds)
+        return runs
+
+    return app
+
+
+def test_expired_requests_are_dropped_unrun(broker_url, redis_url, unique):
+    """20 one-second calls with 2 s timeouts on a one-at-a-time worker: about two are answered,
+    and the worker drops the rest unrun once their callers gave up."""
+    import threading
+
+    import redis
+
+    from busapp.errors import RequestTimeout
+
+    name, exchange, key = f"x{unique}", f"test-{unique}", f"test-runs-{unique}"
+    r = redis.Redis.from_url(redis_url)
+    outcomes: list[str] = []
+    try:
+        with run_app(_counting_app(name, redis_url, key), broker_url, exchange, concurrency=1):
+            with Client(broker_url, exchange) as bus:
+                def call() -> None:
+                    try:
+                        bus.call(f"{name}.work", 1.0, timeout=2)
+                        outcomes.append("ok")
+                    except RequestTimeout:
+                        outcomes.append("timeout")
+
+                threads = [threading.Thread(target=call) for _ in range(20)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(10)
+                time.sleep(3)  # anything still queued is past its deadline by now
+                assert bus.call(f"{name}.ping") == "pong"
+        runs = int(r.get(key) or 0)
+    finally:
+        r.delete(key)
+    late = runs - outcomes.count("ok")
+    print(f"\n[figure] expired requests: {runs} of 20 ran, {outcomes.count('ok')} answered "
+          f"in time, {late} ran after their caller gave up")
+    assert outcomes.count("ok") >= 1
+    assert late <= 1  # at most the one a worker took just before its deadline
