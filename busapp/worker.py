@@ -45,6 +45,7 @@ from busapp.errors import BrokerUnavailable, RemoteProcedureCallError
 from busapp.log import quiet
 from busapp.redelivery import count_redelivery, poison_error
 from busapp.serve import IncomingMessage, Subscription, expired_by, serve_event, serve_request
+from busapp.timelimit import TimeLimits, Watched, any_limit
 from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
@@ -69,6 +70,11 @@ class WorkerOptions:
     handoff_after: float = 0.005
     #: Seconds to keep trying to reach the broker at start-up (None: forever).
     startup_timeout: float | None = None
+    #: Seconds a request's handler may run (None: no limit), unless its method sets its own
+    #: (``@app.method(time_limit=S)``); see :mod:`busapp.timelimit`.
+    time_limit: float | None = None
+    #: Seconds a handler past its time limit may take to stop before its worker exits.
+    time_limit_grace: float = 10.0
 
     def evolve(self, **changes: Any) -> WorkerOptions:
         """A copy with the given (non-None) fields changed."""
@@ -133,6 +139,9 @@ class Worker:
         self._fatal: BaseException | None = None
         self._prefetch_now = 0
         self._handlers_by_queue: dict[str, Callable[[Delivery], None]] = {}
+        #: Watches time-limited handlers (only under :meth:`run`: the test client runs
+        #: handlers in the caller's thread, which must never be interrupted).
+        self.time_limits: TimeLimits | None = None
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -172,10 +181,15 @@ class Worker:
         info = IncomingMessage.from_delivery(delivery, max_body)
         structlog.contextvars.bind_contextvars(routing_key=info.routing_key, id=info.id)
         started = time.perf_counter()
+        watched = self._watch(info)
         try:
             response = serve_request(
                 service.handlers, info, service._context(info), max_body=max_body,
                 on_error=lambda request, exc: self._handler_failed("call", info, request, exc))
+            if watched is not None:
+                self.time_limits.stop_watching(watched)
+                if not watched.claim_reply():
+                    response = None  # the caller already got the time-limit error
             self._reply(info, response)
             if not quiet():
                 log.debug("call", outcome="notification" if response is None else (
@@ -184,8 +198,23 @@ class Worker:
         except Exception:  # noqa: BLE001 - a reply that cannot be sent must not kill the worker
             log.exception("could not reply")
         finally:
+            if watched is not None:
+                self.time_limits.stop_watching(watched)
             structlog.contextvars.clear_contextvars()
             self._settle(delivery)
+
+    def _watch(self, info: IncomingMessage) -> Watched | None:
+        """Start the time limit of the request in ``info``, if it has one."""
+        limits = self.time_limits
+        body = info.body
+        if limits is None or not isinstance(body, dict) or info.id is None:
+            return None
+        handler = self.service.handlers.get(body.get("method"))
+        limit = any_limit(getattr(handler, "time_limit", None), self.options.time_limit)
+        if limit is None:
+            return None
+        return limits.start(limit, body.get("method"), lambda error: self._reply(
+            info, wire.error_response(info.id, error)))
 
     def _expired(self, delivery: Delivery) -> bool:
         """Drop (ack, unanswered) a request whose caller has given up waiting."""
@@ -288,6 +317,8 @@ class Worker:
         worker stops or the connection fails; the lanes do all the receiving.
         """
         self.stopping.clear()
+        if self.time_limits is None:
+            self.time_limits = TimeLimits(self.options.time_limit_grace)
         threading.Thread(target=self._monitor, name="busapp-monitor", daemon=True).start()
         backoff = 0.5
         started = time.monotonic()

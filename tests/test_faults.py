@@ -119,3 +119,65 @@ def test_expired_requests_are_dropped_unrun(broker_url, redis_url, unique):
           f"in time, {late} ran after their caller gave up")
     assert outcomes.count("ok") >= 1
     assert late <= 1  # at most the one a worker took just before its deadline
+
+
+# -- 7. per-handler time limits ---------------------------------------------------------------------
+
+def _limited_app(name: str):
+    app = make_app(name)
+
+    @app.method(time_limit=0.5)
+    def spin() -> None:
+        while True:  # pure Python: the interruption lands
+            pass
+
+    @app.method(time_limit=0.5)
+    def hang() -> None:
+        time.sleep(3600)  # blocked in C: cannot be interrupted
+
+    return app
+
+
+def test_time_limit_bad_value_is_refused():
+    """time_limit must be a positive number of seconds."""
+    with pytest.raises(ValueError, match="time_limit"):
+        make_app("tl").method("late", time_limit=0)(lambda: None)
+
+
+def test_handler_past_its_time_limit_is_interrupted(redis_url, unique):
+    """A handler looping past time_limit: its caller gets -32603 TimeLimitExceeded at the
+    limit, the handler is stopped, and the same worker goes on serving."""
+    from busapp.errors import InternalError
+
+    name, exchange = f"tl{unique}", f"test-{unique}"
+    with run_app(_limited_app(name), redis_url, exchange, concurrency=1):
+        with Client(redis_url, exchange) as bus:
+            pid = bus.call(f"{name}.pid")
+            for _ in range(3):  # with concurrency 1, a handler left spinning would block the rest
+                started = time.monotonic()
+                with pytest.raises(InternalError) as info:
+                    bus.call(f"{name}.spin", timeout=5)
+                assert info.value.data["exception"] == "TimeLimitExceeded"
+                assert time.monotonic() - started < 3
+            assert bus.call(f"{name}.pid", timeout=5) == pid
+
+
+def test_hung_handler_gets_its_worker_replaced(amqp_url, unique):
+    """A handler blocked in C past time_limit + grace: the caller got its error at the limit,
+    and the worker exits so that its manager replaces it; the service goes on."""
+    from busapp.errors import InternalError
+    from busapp.worker import WorkerOptions
+
+    name, exchange = f"th{unique}", f"test-{unique}"
+    options = WorkerOptions(time_limit_grace=1.0)
+    with run_app(_limited_app(name), amqp_url, exchange, workers=2, options=options):
+        with Client(amqp_url, exchange) as bus:
+            pids = {bus.call(f"{name}.pid") for _ in range(20)}
+            with pytest.raises(InternalError) as info:
+                bus.call(f"{name}.hang", timeout=5)
+            assert info.value.data["exception"] == "TimeLimitExceeded"
+            end = time.monotonic() + 30
+            now: set[int] = set()
+            while time.monotonic() < end and not (now - pids):
+                now.add(bus.call(f"{name}.pid", timeout=5))
+            assert now - pids, "the hung worker was not replaced"
