@@ -181,3 +181,50 @@ def test_hung_handler_gets_its_worker_replaced(amqp_url, unique):
             while time.monotonic() < end and not (now - pids):
                 now.add(bus.call(f"{name}.pid", timeout=5))
             assert now - pids, "the hung worker was not replaced"
+
+
+# -- 5. a dead worker's messages come back at once on Redis -------------------------------------
+
+def test_dead_workers_messages_come_back_at_once_on_redis(redis_url, unique):
+    """With the default 60 s visibility timeout, the manager requeues a killed worker's
+    unacked messages as soon as it sees the death: an innocent call in flight on it is
+    served by another worker, and a poison request is dead-lettered, both within seconds."""
+    import os
+    import signal
+    import threading
+
+    from busapp.errors import InternalError
+
+    import redis
+
+    name, exchange, key = f"k{unique}", f"test-{unique}", f"test-pid-{unique}"
+    r = redis.Redis.from_url(redis_url)
+    app = make_app(name)
+
+    @app.method()
+    def hold(seconds: float) -> int:
+        r.set(key, os.getpid())
+        time.sleep(seconds)
+        return os.getpid()
+
+    with run_app(app, redis_url, exchange, workers=2):
+        with Client(redis_url, exchange) as bus:
+            result: list = []
+            caller = threading.Thread(target=lambda: result.append(
+                bus.call(f"{name}.hold", 1.5, timeout=8)))
+            caller.start()
+            end = time.monotonic() + 5
+            while r.get(key) is None and time.monotonic() < end:
+                time.sleep(0.01)
+            victim = int(r.get(key))
+            killed = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            caller.join(10)
+            assert result and result[0] != victim, "the killed worker's call was not served again"
+            print(f"\n[figure] redis kill -9: the in-flight call was answered "
+                  f"{time.monotonic() - killed:.1f}s after the kill (1.5 s handler)")
+            started = time.monotonic()
+            with pytest.raises(InternalError, match="died on each of 3 deliveries"):
+                bus.call(f"{name}.die", timeout=20)
+            print(f"[figure] redis poison request: WorkerLost after {time.monotonic() - started:.1f}s")
+    r.delete(f"{name}.dead", key)

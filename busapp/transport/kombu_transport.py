@@ -40,8 +40,34 @@ def transport_options(url: str) -> dict[str, Any]:
             "unacked_restore_throttle": 2,
             # Off unless asked for: see busapp.transport.redis.Channel.binding_cache_ttl.
             "binding_cache_ttl": float(os.environ.get("BUSAPP_BINDING_CACHE_TTL", "0")),
+            # Set in worker processes by the manager (see busapp.transport.redis.QoS).
+            "unacked_owner": os.environ.get(OWNER_ENV) or None,
         }
     return {"confirm_publish": False}
+
+
+#: Environment variable naming this worker process as the owner of its unacked messages.
+OWNER_ENV = "BUSAPP_UNACKED_OWNER"
+
+
+def worker_owner(pid: int) -> str:
+    """The owner name of worker process ``pid`` on this host."""
+    return f"{socket.gethostname()}.{pid}"
+
+
+def requeue_dead_worker(url: str, pid: int) -> int:
+    """Requeue at once what worker ``pid`` (dead) left unacked on Redis; how many (0 elsewhere:
+    RabbitMQ requeues a dead connection's messages itself)."""
+    if not is_redis(url):
+        return 0
+    from busapp.transport.redis import requeue_owned
+
+    conn = kombu_connection(url)
+    try:
+        conn.ensure_connection(max_retries=1)
+        return requeue_owned(conn, worker_owner(pid))
+    finally:
+        _release(conn)
 
 
 def kombu_connection(url: str, max_body: int | None = None) -> Any:

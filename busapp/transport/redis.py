@@ -46,8 +46,35 @@ __all__ = ["Channel", "Connection", "QoS", "Transport", "entry_problem"]
 _log = structlog.get_logger("busapp.transport")
 
 
+#: Set of the delivery tags a worker holds unacked: ``OWNER_PREFIX + <owner>``.
+OWNER_PREFIX = "busapp.unacked."
+
+
 class QoS(_kredis.QoS):
-    """kombu's Redis ack emulation, with non-transactional pipelines."""
+    """kombu's Redis ack emulation, with non-transactional pipelines.
+
+    With an ``unacked_owner`` (a worker's ``<host>.<pid>``), each unacked delivery tag is
+    also kept in the set ``busapp.unacked.<owner>``, so that the manager can requeue the
+    messages of a worker it saw die at once (:func:`requeue_owned`), instead of their
+    waiting out the visibility timeout.
+    """
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        owner = self.channel.owner_key
+        if owner is None:
+            return super().append(message, delivery_tag)
+        info = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: _kredis.time()}) \
+                .hset(self.unacked_key, delivery_tag,
+                      _kjson.dumps([message._raw, info["exchange"], info["routing_key"]])) \
+                .sadd(owner, delivery_tag).execute()
+            _virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        owner = self.channel.owner_key
+        return pipe if owner is None else pipe.srem(owner, delivery_tag)
 
     @contextmanager
     def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Any:
@@ -91,7 +118,15 @@ class Channel(_kredis.Channel):
     binding_cache_ttl: float = 0.0
 
     from_transport_options = _kredis.Channel.from_transport_options + (
-        "binding_cache_ttl", "max_entry_bytes")
+        "binding_cache_ttl", "max_entry_bytes", "unacked_owner")
+
+    #: ``<host>.<pid>`` of the worker process consuming on this channel (see :class:`QoS`).
+    unacked_owner: str | None = None
+
+    @property
+    def owner_key(self) -> str | None:
+        owner = self.unacked_owner
+        return None if owner is None else OWNER_PREFIX + owner
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_client: Any = None
@@ -257,6 +292,27 @@ def entry_problem(payload: Any) -> str | None:
         except (binascii.Error, UnicodeEncodeError) as exc:
             return f"body is not base64: {exc}"
     return None
+
+
+def requeue_owned(connection: Any, owner: str) -> int:
+    """Requeue every message the (dead) worker ``owner`` left unacked; how many.
+
+    Each goes back to its queue flagged redelivered, as after the visibility timeout (so
+    poison messages are still counted). Call it only once the worker is gone.
+    """
+    channel = connection.default_channel
+    key = OWNER_PREFIX + owner
+    tags = [_kredis.bytes_to_str(tag) for tag in channel.client.smembers(key)]
+    for tag in tags:
+        record = channel.client.hget(channel.unacked_key, tag)
+        exchange = _kjson.loads(_kredis.bytes_to_str(record))[1] if record else ""
+        if exchange and exchange not in channel.state.exchanges:
+            # kombu routes through an exchange it has not seen declared as "direct", which
+            # would match none of a topic exchange's bindings and drop the message.
+            kombu.Exchange(exchange, type="topic", durable=True)(channel).declare()
+        channel.qos.restore_by_tag(tag, leftmost=True)
+    channel.client.delete(key)
+    return len(tags)
 
 
 class Transport(_kredis.Transport):
