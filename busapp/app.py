@@ -91,8 +91,12 @@ class App:
 
     # -- registration --------------------------------------------------------
 
-    def method(self, name: str | None = None) -> Callable[[F], F]:
+    def method(self, name: str | None = None, *, time_limit: float | None = None) -> Callable[[F], F]:
         """Expose the decorated function as bus method ``name`` (default: its own name).
+
+        ``time_limit``: seconds a call may run; past it the caller gets -32603
+        (``data.exception == "TimeLimitExceeded"``) and the handler is interrupted (see
+        :mod:`busapp.timelimit`). Default: the worker's ``WorkerOptions.time_limit``.
 
         Example::
 
@@ -106,19 +110,25 @@ class App:
             return func  # type: ignore[return-value]
 
         def decorator(func: F) -> F:
-            self.add_method(func, name)
+            self.add_method(func, name, time_limit=time_limit)
             return func
 
         return decorator
 
-    def add_method(self, func: Callable[..., Any], name: str | None = None) -> None:
+    def add_method(self, func: Callable[..., Any], name: str | None = None, *,
+                   time_limit: float | None = None) -> None:
         """Register ``func`` as bus method ``name``; the imperative twin of :meth:`method`."""
         name = name or getattr(func, "__name__", "")
         if not isinstance(name, str) or not _NAME.match(name):
             raise ValueError(f"method name {name!r} must match [A-Za-z][A-Za-z0-9_]*")
         if name in self.methods:
             raise ValueError(f"method {name!r} is already registered on App {self.name!r}")
-        self.methods[name] = Handler.from_function(func, name)
+        if time_limit is not None and not time_limit > 0:
+            raise ValueError(f"time_limit of {name!r} must be a positive number of seconds, "
+                             f"got {time_limit!r}")
+        handler = Handler.from_function(func, name)
+        handler.time_limit = time_limit
+        self.methods[name] = handler
         self._service_class = None
 
     def on_storage_event(self, model: type | None = None, event: str = "*") -> Callable[[F], F]:

@@ -23,6 +23,7 @@ import structlog
 
 from busapp import wire
 from busapp.errors import BrokerUnavailable, RequestTimeout
+from busapp.serve import DEADLINE_HEADER
 from busapp.transport import mask_url, open_transport, resolve_broker_url, revive_if_embedded
 from busapp.transport.base import REPLY_PREFIX, Delivery, QueueSpec, Transport
 
@@ -204,6 +205,7 @@ class Client(BusMixin):
                 reply_to=self.reply_queue,
                 correlation_id=request_id,
                 expiration=timeout,
+                headers={DEADLINE_HEADER: round(time.time() + timeout, 3)},
             )
             if not self._replies.wait_for(pending, deadline) or pending.arrived > deadline:
                 raise RequestTimeout(

@@ -50,6 +50,9 @@ class Handler:
     var_positional: bool = False
     var_keyword: bool = False
     is_async: bool = False
+    #: Seconds the handler may run before its caller gets TimeLimitExceeded (None: the
+    #: worker's default, :attr:`busapp.worker.WorkerOptions.time_limit`).
+    time_limit: float | None = None
     # Derived from params once, so binding a call does no signature work.
     _positional: tuple[str, ...] = attrs.field(init=False, default=(), repr=False)
     _known: frozenset[str] = attrs.field(init=False, default=frozenset(), repr=False)

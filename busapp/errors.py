@@ -13,6 +13,7 @@
     │   ├── ContainerManagerError       -20001  (Commissaire's container manager)
     │   └── Conflict                    -20002  a versioned save lost the race
     ├── RequestTimeout (TimeoutError)   no reply in time
+    ├── TimeLimitExceeded               raised in a handler past its time limit
     └── BrokerUnavailable (ConnectionError)  the broker cannot be reached
 
 Error replies are decoded back to these classes by their ``code`` through
@@ -113,6 +114,10 @@ class Conflict(RemoteProcedureCallError):
 
 class RequestTimeout(BusappError, TimeoutError):
     """No reply arrived within the call's timeout."""
+
+
+class TimeLimitExceeded(BusappError):
+    """Raised inside a handler that ran past its ``time_limit`` (its caller got -32603)."""
 
 
 class BrokerUnavailable(BusappError, ConnectionError):

@@ -103,6 +103,9 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOpt
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent(parent_pid)
+    from busapp.transport.kombu_transport import OWNER_ENV, worker_owner
+
+    os.environ[OWNER_ENV] = worker_owner(os.getpid())
     structlog.contextvars.clear_contextvars()
     try:
         service = service_class(**kwargs)
@@ -249,11 +252,25 @@ class ServiceManager:
             slot.fast_failures += 1
             slot.deaths += 1
             self._check_crash_loop(slot, code)
+        self._requeue_unacked(slot.process.pid)
         delay = backoff_delay(slot.deaths, self.max_backoff)
         slot.restart_at = now + delay
         log.warning("worker died; restarting", pid=slot.process.pid, slot=slot.index,
                     reason=_exit_reason(code), was_ready=bool(ready_at),
                     uptime_s=round(now - slot.started, 2), restart_in_s=delay)
+
+    def _requeue_unacked(self, pid: int) -> None:
+        """Give the dead worker's unacked messages back to their queues now (Redis)."""
+        from busapp.transport.kombu_transport import requeue_dead_worker
+
+        try:
+            count = requeue_dead_worker(self.connection_url, pid)
+        except Exception as exc:  # noqa: BLE001 - they still come back after the visibility timeout
+            log.warning("could not requeue the dead worker's messages; they come back after "
+                        "the visibility timeout", pid=pid, error=str(exc))
+            return
+        if count:
+            log.info("dead worker's unacked messages requeued", pid=pid, messages=count)
 
     def _check_crash_loop(self, slot: _Slot, code: int | None) -> None:
         """Give up when the slot's workers died ``max_fast_failures`` times in a row before ready."""

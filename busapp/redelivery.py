@@ -5,10 +5,24 @@ travels in a header: the worker re-publishes the message to its queue with the c
 + 1 and acks the old copy, so the count survives the next crash too. Past
 ``max_deliveries`` the message goes to ``<queue>.dead`` instead, and its caller gets
 an error reply (see :func:`poison_error`).
+
+A sender can put any header on a message, so the count is signed: a worker that
+re-publishes a message adds ``x-busapp-deliveries-sig``, an HMAC-SHA256 of the count and
+the message, keyed by :func:`delivery_key`. A count without a valid signature counts as
+1: a forged ``x-busapp-deliveries: 99`` cannot dead-letter a message that never killed a
+worker. Workers of one host share the key (a 0600 file in the user's private runtime
+directory); workers on several hosts need the same ``$BUSAPP_DELIVERY_KEY``, else a
+count made on another host starts again from 1 (a poison message is still dead-lettered
+once it kills workers of one host ``max_deliveries`` times in a row).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
+import os
+import secrets
 from typing import Any
 
 from busapp.errors import InternalError
@@ -16,12 +30,54 @@ from busapp.serve import ROUTING_KEY_HEADER
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
 COUNT_HEADER = "x-busapp-deliveries"
+#: The count's signature (see the module docstring).
+SIGNATURE_HEADER = "x-busapp-deliveries-sig"
+#: Environment variable holding the key that signs delivery counts (any text).
+KEY_ENV = "BUSAPP_DELIVERY_KEY"
 #: The largest count a header may claim (a bigger or unparsable one counts as 1).
 _MAX_COUNT = 1000
 
 
-def delivery_count(headers: dict[str, Any]) -> int:
-    """Deliveries so far by the message's own header; 1 if absent or not a sane integer."""
+@functools.cache
+def delivery_key() -> bytes:
+    """The key signing delivery counts: ``$BUSAPP_DELIVERY_KEY``, else this user's own.
+
+    The user's key is 32 random bytes in ``busapp-delivery.key`` (mode 0600) of the
+    directory private to the user that the embedded broker's socket uses, made once.
+    """
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return env.encode()
+    from busapp.transport.embedded import _private_socket_dir
+
+    path = _private_socket_dir() / "busapp-delivery.key"
+    if not path.exists():
+        draft = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        try:
+            os.link(draft, path)  # atomic: whoever links first wins, others read theirs
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    return path.read_bytes()
+
+
+def sign_count(count: int, delivery: Delivery, routing_key: str | None) -> str:
+    """The signature of ``count`` deliveries of this message (its body, key and ids)."""
+    mac = hmac.new(delivery_key() or b"-", digestmod=hashlib.sha256)
+    for part in (str(count), routing_key or "", delivery.queue or "",
+                 delivery.reply_to or "", delivery.correlation_id or ""):
+        mac.update(part.encode() + b"\0")
+    mac.update(delivery.body)
+    return mac.hexdigest()
+
+
+def delivery_count(delivery: Delivery, routing_key: str | None = None) -> int:
+    """Deliveries so far by the message's signed header; 1 if absent, unsigned or insane."""
+    headers = delivery.headers
     value = headers.get(COUNT_HEADER, 1)
     if isinstance(value, bool) or not isinstance(value, (int, str, bytes)):
         return 1
@@ -29,7 +85,13 @@ def delivery_count(headers: dict[str, Any]) -> int:
         count = int(value)
     except (TypeError, ValueError):
         return 1
-    return count if 1 <= count <= _MAX_COUNT else 1
+    if not 2 <= count <= _MAX_COUNT:
+        return 1
+    signature = headers.get(SIGNATURE_HEADER)
+    if not isinstance(signature, str) or not hmac.compare_digest(
+            signature, sign_count(count, delivery, routing_key)):
+        return 1  # forged, or made with another key
+    return count
 
 
 def count_redelivery(delivery: Delivery, transport: Transport, max_deliveries: int,
@@ -40,9 +102,12 @@ def count_redelivery(delivery: Delivery, transport: Transport, max_deliveries: i
     """
     queue = delivery.queue or ""
     headers = {k: v for k, v in delivery.headers.items() if k != "redelivered"}
-    count = delivery_count(headers) + 1
     routing_key = headers.get(ROUTING_KEY_HEADER) or delivery.routing_key
-    headers.update({COUNT_HEADER: count, ROUTING_KEY_HEADER: routing_key})
+    if not isinstance(routing_key, str):
+        routing_key = delivery.routing_key
+    count = delivery_count(delivery, routing_key) + 1
+    headers.update({COUNT_HEADER: count, ROUTING_KEY_HEADER: routing_key,
+                    SIGNATURE_HEADER: sign_count(count, delivery, routing_key)})
     dead = f"{queue}.dead" if count > max_deliveries else None
     if dead is not None and dead not in declared:
         transport.declare_queue("", QueueSpec(dead))

@@ -20,6 +20,19 @@ from busapp.transport.base import Delivery
 
 #: Header carrying the routing key a re-published (redelivered) message was first sent with.
 ROUTING_KEY_HEADER = "x-busapp-routing-key"
+#: Header of a request: when its caller stops waiting (Unix time, seconds). A worker drops
+#: a request it takes after that instead of running it (callers' and workers' clocks are
+#: assumed in step, as NTP keeps them).
+DEADLINE_HEADER = "x-busapp-deadline"
+
+
+def expired_by(delivery: Delivery, now: float) -> float | None:
+    """Seconds since ``delivery``'s caller gave up, or None (no deadline, or not yet)."""
+    deadline = delivery.headers.get(DEADLINE_HEADER)
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+        return None
+    late = now - deadline
+    return late if late > 0 else None
 
 
 @attrs.define
@@ -42,9 +55,11 @@ class IncomingMessage:
         except RemoteProcedureCallError:  # refused (content type, size, compression, not JSON)
             body = None
         headers = delivery.headers
+        original = headers.get(ROUTING_KEY_HEADER)
         return cls(
             body=body,
-            routing_key=headers.get(ROUTING_KEY_HEADER) or delivery.routing_key,
+            routing_key=original if isinstance(original, str) and original
+            else delivery.routing_key,
             headers=headers,
             reply_to=delivery.reply_to,
             id=wire.request_id_of(body),

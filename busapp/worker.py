@@ -44,7 +44,8 @@ from busapp.bus import WAIT_HOOK
 from busapp.errors import BrokerUnavailable, RemoteProcedureCallError
 from busapp.log import quiet
 from busapp.redelivery import count_redelivery, poison_error
-from busapp.serve import IncomingMessage, Subscription, serve_event, serve_request
+from busapp.serve import IncomingMessage, Subscription, expired_by, serve_event, serve_request
+from busapp.timelimit import TimeLimits, Watched, any_limit
 from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
@@ -69,6 +70,11 @@ class WorkerOptions:
     handoff_after: float = 0.005
     #: Seconds to keep trying to reach the broker at start-up (None: forever).
     startup_timeout: float | None = None
+    #: Seconds a request's handler may run (None: no limit), unless its method sets its own
+    #: (``@app.method(time_limit=S)``); see :mod:`busapp.timelimit`.
+    time_limit: float | None = None
+    #: Seconds a handler past its time limit may take to stop before its worker exits.
+    time_limit_grace: float = 10.0
 
     def evolve(self, **changes: Any) -> WorkerOptions:
         """A copy with the given (non-None) fields changed."""
@@ -133,6 +139,9 @@ class Worker:
         self._fatal: BaseException | None = None
         self._prefetch_now = 0
         self._handlers_by_queue: dict[str, Callable[[Delivery], None]] = {}
+        #: Watches time-limited handlers (only under :meth:`run`: the test client runs
+        #: handlers in the caller's thread, which must never be interrupted).
+        self.time_limits: TimeLimits | None = None
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -163,6 +172,8 @@ class Worker:
 
     def serve(self, delivery: Delivery) -> None:
         """Serve one request message: answer it if owed, then settle it. Never raises."""
+        if self._expired(delivery):
+            return
         if delivery.redelivered and self._count_redelivery(delivery):
             return
         service = self.service
@@ -170,10 +181,15 @@ class Worker:
         info = IncomingMessage.from_delivery(delivery, max_body)
         bound = structlog.contextvars.bind_contextvars(routing_key=info.routing_key, id=info.id)
         started = time.perf_counter()
+        watched = self._watch(info)
         try:
             response, payload = serve_request(
                 service.handlers, info, service._context(info), max_body=max_body,
                 on_error=lambda request, exc: self._handler_failed("call", info, request, exc))
+            if watched is not None:
+                self.time_limits.stop_watching(watched)
+                if not watched.claim_reply():
+                    response = None  # the caller already got the time-limit error
             self._reply(info, response, payload)
             if not quiet():
                 log.debug("call", outcome="notification" if response is None else (
@@ -182,8 +198,34 @@ class Worker:
         except Exception:  # noqa: BLE001 - a reply that cannot be sent must not kill the worker
             log.exception("could not reply")
         finally:
+            if watched is not None:
+                self.time_limits.stop_watching(watched)
             structlog.contextvars.reset_contextvars(**bound)
             self._settle(delivery)
+
+    def _watch(self, info: IncomingMessage) -> Watched | None:
+        """Start the time limit of the request in ``info``, if it has one."""
+        limits = self.time_limits
+        body = info.body
+        if limits is None or not isinstance(body, dict) or info.id is None:
+            return None
+        handler = self.service.handlers.get(body.get("method"))
+        limit = any_limit(getattr(handler, "time_limit", None), self.options.time_limit)
+        if limit is None:
+            return None
+        return limits.start(limit, body.get("method"), lambda error: self._reply(
+            info, wire.error_response(info.id, error)))
+
+    def _expired(self, delivery: Delivery) -> bool:
+        """Drop (ack, unanswered) a request whose caller has given up waiting."""
+        late = expired_by(delivery, time.time())
+        if late is None:
+            return False
+        log.warning("expired request dropped unrun: its caller stopped waiting",
+                    routing_key=delivery.routing_key, correlation_id=delivery.correlation_id,
+                    late_s=round(late, 3))
+        self._settle(delivery)
+        return True
 
     def _event_server(self, sub: Subscription) -> Callable[[Delivery], None]:
         def serve(delivery: Delivery) -> None:
@@ -276,6 +318,8 @@ class Worker:
         worker stops or the connection fails; the lanes do all the receiving.
         """
         self.stopping.clear()
+        if self.time_limits is None:
+            self.time_limits = TimeLimits(self.options.time_limit_grace)
         threading.Thread(target=self._monitor, name="busapp-monitor", daemon=True).start()
         backoff = 0.5
         started = time.monotonic()
@@ -308,6 +352,7 @@ class Worker:
     def _connect_and_serve(self) -> None:
         self._consuming = False
         transport = open_transport(self.service.connection_url)
+        transport.max_body = self.options.max_body
         try:
             transport.connect()
             self.transport = transport
@@ -381,16 +426,23 @@ class Worker:
                     if delivery is not None:
                         held = self._run_inline(delivery)
             except (BrokerUnavailable, Resubscribe) as exc:
-                with self._state:
-                    self._fatal = exc
-                    self._receiving = False
-                    self._state.notify_all()
+                self._fail(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave the worker deaf
+                log.exception("unexpected error while receiving; reconnecting")
+                self._fail(BrokerUnavailable(f"receiving failed: {exc!r}"))
             finally:
                 if held:
                     self._role.release()
             with self._state:
                 if self._idle_lanes >= 2:
                     return  # enough standby lanes: retire
+
+    def _fail(self, exc: BaseException) -> None:
+        """End this connection: the supervising thread reconnects (or raises ``exc``)."""
+        with self._state:
+            self._fatal = exc
+            self._receiving = False
+            self._state.notify_all()
 
     def _receive(self) -> Delivery | None:
         """The next message to serve, or None (time to look at the state again)."""

@@ -116,6 +116,7 @@ def test_test_client_calls_go_through_the_worker_serve(monkeypatch, unique: str)
 def test_the_test_client_counts_and_dead_letters_redeliveries(unique: str) -> None:
     """Redelivery counting runs under the test client too: past max_deliveries, the caller
     gets WorkerLost and the message sits in <queue>.dead."""
+    from busapp.redelivery import sign_count
     from busapp.transport.base import Delivery
     from busapp.transport.memory import MemoryBroker
 
@@ -129,6 +130,7 @@ def test_the_test_client_counts_and_dead_letters_redeliveries(unique: str) -> No
                         headers={"x-busapp-deliveries": 3}, routing_key=f"{app.name}.ping",
                         reply_to="busapp.reply.dl", correlation_id="r1", redelivered=True,
                         queue=app.queue)
+    delivery.headers["x-busapp-deliveries-sig"] = sign_count(3, delivery, f"{app.name}.ping")
     broker.put(broker.queue(app.queue), delivery)
     [reply] = replies
     assert b"WorkerLost" in reply.body

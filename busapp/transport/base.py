@@ -76,6 +76,9 @@ class Transport(Protocol):
     url: str
     #: True if acknowledging from a thread other than the draining one is safe.
     concurrent_ack: bool
+    #: Largest body to receive, set before :meth:`connect` (None: no limit). A transport
+    #: that must read a message whole before busapp sees it refuses bigger ones unread.
+    max_body: int | None
 
     def connect(self) -> None:
         """Open the connection (raises BrokerUnavailable)."""

@@ -40,12 +40,41 @@ def transport_options(url: str) -> dict[str, Any]:
             "unacked_restore_throttle": 2,
             # Off unless asked for: see busapp.transport.redis.Channel.binding_cache_ttl.
             "binding_cache_ttl": float(os.environ.get("BUSAPP_BINDING_CACHE_TTL", "0")),
+            # Set in worker processes by the manager (see busapp.transport.redis.QoS).
+            "unacked_owner": os.environ.get(OWNER_ENV) or None,
         }
     return {"confirm_publish": False}
 
 
-def kombu_connection(url: str) -> Any:
+#: Environment variable naming this worker process as the owner of its unacked messages.
+OWNER_ENV = "BUSAPP_UNACKED_OWNER"
+
+
+def worker_owner(pid: int) -> str:
+    """The owner name of worker process ``pid`` on this host."""
+    return f"{socket.gethostname()}.{pid}"
+
+
+def requeue_dead_worker(url: str, pid: int) -> int:
+    """Requeue at once what worker ``pid`` (dead) left unacked on Redis; how many (0 elsewhere:
+    RabbitMQ requeues a dead connection's messages itself)."""
+    if not is_redis(url):
+        return 0
+    from busapp.transport.redis import requeue_owned
+
+    conn = kombu_connection(url)
+    try:
+        conn.ensure_connection(max_retries=1)
+        return requeue_owned(conn, worker_owner(pid))
+    finally:
+        _release(conn)
+
+
+def kombu_connection(url: str, max_body: int | None = None) -> Any:
     """A new, not yet connected, kombu Connection for ``url``.
+
+    ``max_body``: a Redis queue entry too big to hold a body of that size is moved aside
+    unread (see :meth:`busapp.transport.redis.Channel._brpop_read`).
 
     Redis URLs (``redis://``, ``rediss://``, ``redis+socket://``) get busapp's transport
     (:mod:`busapp.transport.redis`: kombu's, without its per-command client and per-publish
@@ -57,7 +86,14 @@ def kombu_connection(url: str) -> Any:
         cls: type = Connection
     else:
         cls = kombu.Connection
-    return cls(url, transport_options=transport_options(url), connect_timeout=5)
+    options = transport_options(url)
+    if max_body is not None and is_redis(url):
+        options["max_entry_bytes"] = max_body * 4 // 3 + _ENVELOPE_BYTES  # base64 + envelope
+    return cls(url, transport_options=options, connect_timeout=5)
+
+
+#: Room for a Redis entry's envelope (properties, headers) besides its base64 body.
+_ENVELOPE_BYTES = 64 * 1024
 
 
 def _base_errors() -> tuple[type[BaseException], ...]:
@@ -100,6 +136,8 @@ class KombuTransport:
         self._errors = _ERRORS
         self._prefetch = 0
         self._tags: list[str] = []
+        #: Largest body this connection will receive (set before connect; None: no limit).
+        self.max_body: int | None = None
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -118,7 +156,7 @@ class KombuTransport:
 
     def connect(self) -> None:
         with self._guard():
-            conn = kombu_connection(self.url)
+            conn = kombu_connection(self.url, self.max_body)
             try:
                 conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
                 self._errors = tuple(dict.fromkeys(

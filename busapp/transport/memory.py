@@ -185,6 +185,7 @@ class MemoryTransport:
     """A :class:`~busapp.transport.base.Transport` on the in-process broker of ``url``."""
 
     concurrent_ack = True
+    max_body: int | None = None  # the worker checks sizes: nothing is read twice here
 
     def __init__(self, url: str) -> None:
         self.url = url

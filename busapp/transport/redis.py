@@ -27,22 +27,54 @@ What changes, measured with py-spy on an echo RPC (see BENCHMARKS.md):
 
 from __future__ import annotations
 
+import binascii
+import json
 from contextlib import contextmanager
 from time import monotonic
 from typing import Any
 
 import kombu
+import structlog
 from kombu.transport import redis as _kredis
 from kombu.transport import virtual as _virtual
 from kombu.utils import json as _kjson
 
 from busapp.transport.base import REPLY_PREFIX
 
-__all__ = ["Channel", "Connection", "QoS", "Transport"]
+__all__ = ["Channel", "Connection", "QoS", "Transport", "entry_problem"]
+
+_log = structlog.get_logger("busapp.transport")
+
+
+#: Set of the delivery tags a worker holds unacked: ``OWNER_PREFIX + <owner>``.
+OWNER_PREFIX = "busapp.unacked."
 
 
 class QoS(_kredis.QoS):
-    """kombu's Redis ack emulation, with non-transactional pipelines."""
+    """kombu's Redis ack emulation, with non-transactional pipelines.
+
+    With an ``unacked_owner`` (a worker's ``<host>.<pid>``), each unacked delivery tag is
+    also kept in the set ``busapp.unacked.<owner>``, so that the manager can requeue the
+    messages of a worker it saw die at once (:func:`requeue_owned`), instead of their
+    waiting out the visibility timeout.
+    """
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        owner = self.channel.owner_key
+        if owner is None:
+            return super().append(message, delivery_tag)
+        info = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: _kredis.time()}) \
+                .hset(self.unacked_key, delivery_tag,
+                      _kjson.dumps([message._raw, info["exchange"], info["routing_key"]])) \
+                .sadd(owner, delivery_tag).execute()
+            _virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        owner = self.channel.owner_key
+        return pipe if owner is None else pipe.srem(owner, delivery_tag)
 
     @contextmanager
     def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Any:
@@ -85,7 +117,16 @@ class Channel(_kredis.Channel):
     #: to that long of requests.
     binding_cache_ttl: float = 0.0
 
-    from_transport_options = _kredis.Channel.from_transport_options + ("binding_cache_ttl",)
+    from_transport_options = _kredis.Channel.from_transport_options + (
+        "binding_cache_ttl", "max_entry_bytes", "unacked_owner")
+
+    #: ``<host>.<pid>`` of the worker process consuming on this channel (see :class:`QoS`).
+    unacked_owner: str | None = None
+
+    @property
+    def owner_key(self) -> str | None:
+        owner = self.unacked_owner
+        return None if owner is None else OWNER_PREFIX + owner
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_client: Any = None
@@ -151,6 +192,61 @@ class Channel(_kredis.Channel):
         """
         self._tables.pop(exchange, None)
 
+    # -- entries that are not kombu messages ---------------------------------------------
+
+    #: Largest queue entry (the JSON envelope, body base64-encoded) read as a message; a
+    #: bigger one is moved aside unread. Set from the worker's ``max_body`` (transport
+    #: option ``max_entry_bytes``); None: no limit.
+    max_entry_bytes: int | None = None
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """kombu's, but an entry that is too big or not a kombu message is moved aside.
+
+        kombu ``json.loads`` each popped entry and builds its message before any consumer
+        sees it: junk pushed straight onto the list (or a huge entry) would raise out of
+        the consume loop, or bloat the worker, on every poll. Such an entry goes to
+        ``<queue>.dead`` with an error-level log line; the next one is served.
+        """
+        try:
+            try:
+                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()  # the next poll reconnects (as kombu does)
+                raise
+            if not dest__item:
+                raise _virtual.Empty()
+            dest, item = dest__item
+            dest = _kredis.bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            payload, problem = self._parse_entry(item)
+            if problem is None:
+                self.connection._deliver(payload, dest)
+            else:
+                self._move_aside(dest, item, problem)
+            return True
+        finally:
+            self._in_poll = None
+            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
+            if flush is not None:
+                flush()
+
+    def _parse_entry(self, item: bytes) -> tuple[Any, str | None]:
+        limit = self.max_entry_bytes
+        if limit is not None and len(item) > limit:
+            return None, f"entry of {len(item)} bytes exceeds the limit of {limit} bytes"
+        try:
+            payload = json.loads(item)
+        except ValueError as exc:
+            return None, f"not JSON: {exc}"
+        return payload, entry_problem(payload)
+
+    def _move_aside(self, queue: str, item: bytes, problem: str) -> None:
+        dead = f"{queue}.dead"
+        with self.conn_or_acquire() as client:
+            client.lpush(dead, item)
+        _log.error("bad entry in a Redis queue moved aside unread", queue=queue,
+                   dead_letter_queue=dead, size=len(item), problem=problem)
+
     # -- replies to clients that went away ------------------------------------------------
 
     #: Milliseconds an unread reply list outlives its last push. A live client reads its
@@ -165,6 +261,58 @@ class Channel(_kredis.Channel):
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             pipe.lpush(key, _kjson.dumps(message)).pexpire(key, self.reply_expires_ms).execute()
+
+
+def entry_problem(payload: Any) -> str | None:
+    """Why ``payload`` (a decoded Redis queue entry) is not a message kombu can take, or None.
+
+    Checks what kombu's message and ack emulation index without a guard: the envelope's
+    types, the delivery tag and info, and that a base64 body decodes.
+    """
+    if not isinstance(payload, dict):
+        return "not a kombu message envelope (a JSON object)"
+    props = payload.get("properties")
+    if not isinstance(props, dict) or not isinstance(props.get("delivery_tag"), str):
+        return "no properties.delivery_tag"
+    info = props.get("delivery_info")
+    if not isinstance(info, dict) or not all(
+            isinstance(info.get(k), str) for k in ("exchange", "routing_key")):
+        return "no properties.delivery_info with exchange and routing_key"
+    if not isinstance(payload.get("headers") or {}, dict):
+        return "headers is not an object"
+    for key in ("content-type", "content-encoding"):
+        if not isinstance(payload.get(key) or "", str):
+            return f"{key} is not a string"
+    body = payload.get("body")
+    if body is not None and not isinstance(body, str):
+        return "body is not a string"
+    if body and props.get("body_encoding") == "base64":
+        try:
+            binascii.a2b_base64(body.encode("ascii"))  # as kombu will decode it
+        except (binascii.Error, UnicodeEncodeError) as exc:
+            return f"body is not base64: {exc}"
+    return None
+
+
+def requeue_owned(connection: Any, owner: str) -> int:
+    """Requeue every message the (dead) worker ``owner`` left unacked; how many.
+
+    Each goes back to its queue flagged redelivered, as after the visibility timeout (so
+    poison messages are still counted). Call it only once the worker is gone.
+    """
+    channel = connection.default_channel
+    key = OWNER_PREFIX + owner
+    tags = [_kredis.bytes_to_str(tag) for tag in channel.client.smembers(key)]
+    for tag in tags:
+        record = channel.client.hget(channel.unacked_key, tag)
+        exchange = _kjson.loads(_kredis.bytes_to_str(record))[1] if record else ""
+        if exchange and exchange not in channel.state.exchanges:
+            # kombu routes through an exchange it has not seen declared as "direct", which
+            # would match none of a topic exchange's bindings and drop the message.
+            kombu.Exchange(exchange, type="topic", durable=True)(channel).declare()
+        channel.qos.restore_by_tag(tag, leftmost=True)
+    channel.client.delete(key)
+    return len(tags)
 
 
 class Transport(_kredis.Transport):
