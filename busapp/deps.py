@@ -1,9 +1,9 @@
 """Dependencies: named providers injected into handlers by parameter name. No I/O.
 
-A provider returns its value, or yields it once (the code after the ``yield`` is its
-teardown, run even when the handler raised: the exception is thrown in at the
-``yield``, as with :func:`contextlib.contextmanager`). Sync and async providers
-(``async def``, async generators) are both accepted.
+A provider returns its value, or yields it once: the code after the ``yield`` is its
+teardown, and it always runs, whether the handler returned or raised (as a pytest
+fixture's; the handler's exception is not thrown into the provider). Sync and async
+providers (``async def``, async generators) are both accepted.
 
 - ``scope="worker"``: made once per worker at start-up, torn down when it stops,
   in the reverse order of making;
@@ -166,16 +166,34 @@ def enter(dep: Dependency, values: Mapping[str, Any], stack: contextlib.ExitStac
     target = inspect.unwrap(dep.provider)
     kwargs = {name: values[name] for name in dep.needs if name in values}
     if inspect.isgeneratorfunction(target):
-        return stack.enter_context(contextlib.contextmanager(dep.provider)(**kwargs))
+        gen = dep.provider(**kwargs)
+        value = _first(dep, lambda: next(gen), StopIteration)
+        stack.callback(_last, dep, lambda: next(gen), StopIteration)
+        return value
     if inspect.isasyncgenfunction(target):
-        manager = contextlib.asynccontextmanager(dep.provider)(**kwargs)
-        value = run_coroutine(manager.__aenter__())
-        stack.push(lambda *exc_info: run_coroutine(manager.__aexit__(*exc_info)))
+        agen = dep.provider(**kwargs)
+        value = _first(dep, lambda: run_coroutine(agen.__anext__()), StopAsyncIteration)
+        stack.callback(_last, dep, lambda: run_coroutine(agen.__anext__()), StopAsyncIteration)
         return value
     value = dep.provider(**kwargs)
     if inspect.isawaitable(value):
         value = run_coroutine(value)
     return value
+
+
+def _first(dep: Dependency, step: Callable[[], Any], stop: type[BaseException]) -> Any:
+    try:
+        return step()
+    except stop:
+        raise RuntimeError(f"dependency {dep.name!r}: the provider returned without yielding a value") from None
+
+
+def _last(dep: Dependency, step: Callable[[], Any], stop: type[BaseException]) -> None:
+    try:
+        step()
+    except stop:
+        return
+    raise RuntimeError(f"dependency {dep.name!r}: the provider yielded more than once; yield exactly once")
 
 
 class Resolver:

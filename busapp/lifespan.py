@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -127,8 +126,8 @@ class Lifespan:
             for hook in self.startup_hooks:
                 call_with(hook, values)
         except BaseException:
-            if not stack.__exit__(*sys.exc_info()):
-                raise
+            stack.close()
+            raise
         self._stack, self._values = stack, values
 
     def stop(self) -> None:
