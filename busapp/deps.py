@@ -84,8 +84,14 @@ def _params(func: Callable[..., Any]) -> list[inspect.Parameter]:
 
 
 def override(original: Dependency, replacement: Any) -> Dependency:
-    """``original`` with its provider replaced (a non-callable ``replacement`` is the value itself)."""
-    provider = replacement if callable(replacement) else (lambda: replacement)
+    """``original`` with its provider replaced.
+
+    A function (``def``, ``lambda``, a bound method) is a provider; anything else (an
+    object, a class, a mock, a ``sqlite3.Connection``, which is callable too) is the
+    value itself. To have a class called, pass ``lambda: MyFake()``.
+    """
+    provider = replacement if inspect.isfunction(replacement) or inspect.ismethod(replacement) \
+        else (lambda: replacement)
     return Dependency.checked(original.name, provider, original.scope)
 
 

@@ -86,6 +86,20 @@ def test_overrides_replace_providers_keeping_scope():
     assert "pool made" not in events and "tx closed" in events
 
 
+def test_override_with_a_callable_object_is_a_value():
+    """Only functions are providers: a callable object (a mock, a connection, a class) is injected as is."""
+    class Callable:
+        def __call__(self):
+            raise AssertionError("called as a provider")
+
+    fake = Callable()
+    app = App("callval")
+    app.add_dependency(lambda: "real", "thing")
+    app.add_method(lambda thing: type(thing).__name__, "kind")
+    with app.test_client(dependencies={"thing": fake}) as client:
+        assert client.call("kind") == "Callable"
+
+
 def test_override_of_unknown_name_is_an_error():
     """Overriding a name that is no dependency raises ValueError listing the known ones."""
     with pytest.raises(ValueError, match="cannot override 'db'.*known: conn, pool, tx"):
