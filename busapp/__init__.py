@@ -5,7 +5,9 @@ from __future__ import annotations
 from busapp import errors
 from busapp.app import App
 from busapp.bus import Client
+from busapp.middleware import Call
+from busapp.router import Router
 
 __version__ = "0.1.0"
 
-__all__ = ["App", "Client", "__version__", "errors"]
+__all__ = ["App", "Call", "Client", "Router", "__version__", "errors"]

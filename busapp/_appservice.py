@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from busapp.lifespan import Lifespan
 from busapp.service import CommissaireService, IncomingMessage
 
 if TYPE_CHECKING:
@@ -20,21 +21,38 @@ class AppService(CommissaireService):
     def __init__(self, exchange_name: str | None = None, connection_url: str | None = None,
                  qkwargs: list[dict[str, Any]] | None = None, config_file: str | None = None,
                  **kwargs: Any) -> None:
+        #: This worker's run of the App's hooks, dependencies and middleware.
+        self.lifespan = Lifespan(self.app, kwargs.pop("dependencies", None))
         super().__init__(exchange_name or self.app.exchange, connection_url,
                          qkwargs or self.app.qkwargs(), config_file, **kwargs)
         for entry in self.app.storage_handlers:
             self.subscribe(entry.binding_key, self._event_callback(entry),
                            queue_name=entry.queue_name(self.service_name))
 
+    def _collect_handlers(self) -> dict[str, Any]:
+        # From the App itself: a method may be named like a hook (``startup``).
+        return {name: self.lifespan.wrap(handler, "call", ("call", name))
+                for name, handler in self.app.methods.items()}
+
     def _event_callback(self, entry: StorageHandler) -> Any:
+        from busapp.router import _event_key
         from busapp.storage.events import decode_event
+
+        handler = self.lifespan.wrap(entry.handler, "event",
+                                     _event_key(entry.func, entry.model, entry.event))
 
         def on_event(body: Any, message: IncomingMessage) -> None:
             event, model = decode_event(body)
             context = self._context(message)
-            entry.handler.call({"event": event, "model": model}, context)
+            handler.call({"event": event, "model": model}, context)
 
         return on_event
+
+    def _lifespan_start(self) -> None:
+        self.lifespan.start({"bus": self, "storage": self._storage_client()})
+
+    def _lifespan_stop(self) -> None:
+        self.lifespan.stop()
 
 
 def _method(handler: Any) -> Any:
@@ -49,6 +67,7 @@ def _method(handler: Any) -> Any:
 
 def build_service_class(app: App) -> type:
     """A new AppService subclass with one ``on_<name>`` per registered function."""
+    Lifespan(app)  # a wrong dependency graph or hook raises ValueError here, not in a worker
     namespace: dict[str, Any] = {"app": app, "__module__": __name__}
     if app.max_body is not None:
         namespace["worker_options"] = AppService.worker_options.evolve(max_body=app.max_body)

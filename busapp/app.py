@@ -15,6 +15,7 @@ import attrs
 
 from busapp.bus import default_exchange
 from busapp.dispatch import Handler
+from busapp.router import Scaffold
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,7 +48,7 @@ class StorageHandler:
         return f"{app_queue}.notify.{model}.{event}.{self.func.__name__}"
 
 
-class App:
+class App(Scaffold):
     """A bus service made of plain functions.
 
     Args:
@@ -75,6 +76,7 @@ class App:
         self.queue = queue or name
         self.routing_key = routing_key or f"{name}.*"
         self.max_body = max_body
+        super().__init__()  # start-up/shut-down hooks, dependencies, middleware (busapp.router)
         #: Bus methods: ``{method name: Handler}``, filled by :meth:`method`.
         self.methods: dict[str, Handler] = {}
         #: Storage event subscriptions, filled by :meth:`on_storage_event`.
@@ -203,8 +205,11 @@ class App:
         ServiceManager(self.service_class, workers, exchange, broker_url, self.qkwargs(),
                        options=options).run()
 
-    def test_client(self) -> Any:
-        """An in-memory client calling this App with no broker (see :mod:`busapp.testing`)."""
+    def test_client(self, *, dependencies: dict[str, Any] | None = None) -> Any:
+        """An in-memory client calling this App with no broker (see :mod:`busapp.testing`).
+
+        ``dependencies`` replaces registered providers: ``{name: provider or value}``.
+        """
         from busapp.testing import TestClient
 
-        return TestClient(self)
+        return TestClient(self, dependencies=dependencies)

@@ -12,7 +12,7 @@ import contextvars
 import inspect
 import threading
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -68,8 +68,9 @@ class Handler:
         )
 
     @classmethod
-    def from_function(cls, func: Callable[..., Any], name: str, *, message_first: bool = False) -> Handler:
-        """Inspect ``func`` once and build its Handler."""
+    def from_function(cls, func: Callable[..., Any], name: str, *, message_first: bool = False,
+                      injectables: Collection[str] = INJECTABLE) -> Handler:
+        """Inspect ``func`` once and build its Handler (``injectables``: names never taken from the wire)."""
         sig = inspect.signature(func)
         target = inspect.unwrap(func)
         try:
@@ -86,7 +87,7 @@ class Handler:
             params = params[1:]
             inject: tuple[str, ...] = ()
         else:
-            inject = tuple(p.name for p in params if p.name in INJECTABLE)
+            inject = tuple(p.name for p in params if p.name in injectables)
         wire_params = [
             p for p in params
             if p.name not in inject
@@ -141,7 +142,7 @@ class Handler:
             given = dict(params)
             extra_positional = []
             for key in given:
-                if key in INJECTABLE and (key in self.inject or self.message_first and key == "message"):
+                if key in self.inject or self.message_first and key == "message":
                     raise InvalidParams(
                         f"parameter {key!r} of {self.name}() is filled by busapp and cannot be sent",
                         data={"param": key},

@@ -12,6 +12,7 @@ for Commissaire's import path.
 
 from __future__ import annotations
 
+import inspect
 import re
 import signal
 import threading
@@ -33,6 +34,7 @@ __all__ = ["CommissaireService", "IncomingMessage", "ServiceManager", "Subscript
 RESERVED_HOOKS = frozenset({
     "on_message", "on_connection_error", "on_connection_revived", "onconnection_revived",
     "on_consume_ready", "on_consume_end", "on_iteration", "on_decode_error", "on_return",
+    "on_startup", "on_shutdown",  # busapp's lifespan hooks (see _lifespan_start)
 })
 
 _METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
@@ -159,6 +161,23 @@ class CommissaireService(BusMixin):
 
             client = self._storage = StorageClient(self)
         return client
+
+    # -- lifespan: run by the worker -------------------------------------------
+
+    def _lifespan_start(self) -> None:
+        """Call the subclass's ``on_startup()`` (sync or async), if any: in the worker, before it consumes."""
+        self._call_hook("on_startup")
+
+    def _lifespan_stop(self) -> None:
+        """Call the subclass's ``on_shutdown()``, if any: in the worker, after its last message."""
+        self._call_hook("on_shutdown")
+
+    def _call_hook(self, name: str) -> None:
+        hook = getattr(self, name, None)
+        if hook is not None:
+            result = hook()
+            if inspect.isawaitable(result):
+                dispatch.run_coroutine(result)
 
     # -- running ---------------------------------------------------------------
 

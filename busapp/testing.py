@@ -92,7 +92,8 @@ class TestClient:
 
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
-    def __init__(self, app: Any = None, *, raise_handler_errors: bool = True, storage: bool = True) -> None:
+    def __init__(self, app: Any = None, *, raise_handler_errors: bool = True, storage: bool = True,
+                 dependencies: dict[str, Any] | None = None) -> None:
         self.raise_handler_errors = raise_handler_errors
         #: Every exception raised by a handler that had no caller to answer (events, notifications).
         self.handler_errors: list[HandlerError] = []
@@ -113,6 +114,7 @@ class TestClient:
         self._raw = MemoryTransport(self.url)
         self._raw_replies: dict[str, dict] = {}
         self._raw_queue = f"busapp.reply.test-raw-{uuid.uuid4().hex}"
+        self._workers: list[Worker] = []
         MemoryBroker.named(self.url).taps.append(self._record)
         self.storage_app: Any = None
         if storage:
@@ -120,8 +122,13 @@ class TestClient:
 
             self.storage_app = make_app("memory://")
             self.register(self.storage_app)
-        #: The service short names resolve against (None without ``app``).
-        self.service: Any = self.register(app) if app is not None else None
+        options = {"dependencies": dependencies} if dependencies is not None else {}
+        try:
+            #: The service short names resolve against (None without ``app``).
+            self.service: Any = self.register(app, **options) if app is not None else None
+        except BaseException:
+            self.close()  # e.g. a failed start-up hook: shut down what did start
+            raise
 
     def __repr__(self) -> str:
         names = ", ".join(s.service_name for s in self.services)
@@ -150,9 +157,10 @@ class TestClient:
     def _attach(self, service: Any) -> None:
         worker = Worker(service, getattr(service, "options", None))
         worker.on_handler_error = self._on_handler_error
-        worker.attach()
+        worker.attach()  # runs the service's start-up hooks
         with self._lock:
             self.services.append(service)
+            self._workers.append(worker)
 
     def _check_queues(self, service: Any) -> None:
         taken = {q.get("name") for s in self.services for q in s.qkwargs}
@@ -325,11 +333,23 @@ class TestClient:
     # -- lifetime ---------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the in-memory storage and broker."""
+        """Run the services' shut-down hooks (last registered first), release storage and broker.
+
+        Raises:
+            Exception: the first shut-down hook or teardown that failed (all still run).
+        """
+        errors = []
+        while self._workers:
+            try:
+                self._workers.pop().detach()
+            except Exception as exc:  # noqa: BLE001 - the other services still shut down
+                errors.append(exc)
         if self.storage_app is not None:
             self.storage_app.store.close()
         self.bus.close()
         MemoryBroker.forget(self.url)
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> TestClient:
         return self

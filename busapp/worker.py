@@ -166,7 +166,20 @@ class Worker:
         transport = open_transport(self.service.connection_url)
         transport.connect()
         self.transport = transport
+        self._lifespan("start")
         self._subscribe(transport, None)
+
+    def detach(self) -> None:
+        """Undo :meth:`attach`: stop consuming, then run the service's shut-down hooks (errors raise)."""
+        if self.transport is not None:
+            self.transport.cancel()
+        self._lifespan("stop")
+
+    def _lifespan(self, phase: str) -> None:
+        """Run the service's start-up or shut-down hooks (``_lifespan_start``/``_stop``), if any."""
+        hook = getattr(self.service, f"_lifespan_{phase}", None)
+        if hook is not None:
+            hook()
 
     # -- serving one message (every transport) -----------------------------------------------
 
@@ -320,6 +333,12 @@ class Worker:
         self.stopping.clear()
         if self.time_limits is None:
             self.time_limits = TimeLimits(self.options.time_limit_grace)
+        try:
+            self._lifespan("start")  # after the fork, before consuming
+        except Exception:
+            log.exception("start-up failed; the worker stops", pid=os.getpid(),
+                          service=self.service.service_name)
+            raise
         threading.Thread(target=self._monitor, name="busapp-monitor", daemon=True).start()
         backoff = 0.5
         started = time.monotonic()
@@ -347,6 +366,10 @@ class Worker:
                     backoff = min(backoff * 2, 10.0)
         finally:
             self.stop()
+            try:
+                self._lifespan("stop")  # after the last in-flight message
+            except Exception:  # noqa: BLE001 - the worker still stops
+                log.exception("shut-down failed", pid=os.getpid(), service=self.service.service_name)
             log.info("worker stopped", pid=os.getpid(), service=self.service.service_name)
 
     def _connect_and_serve(self) -> None:

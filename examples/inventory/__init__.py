@@ -1,0 +1,1 @@
+"""The inventory example: an App split over two modules (see app.py)."""
