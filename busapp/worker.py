@@ -183,11 +183,14 @@ class Worker:
 
     # -- serving one message (every transport) -----------------------------------------------
 
-    def serve(self, delivery: Delivery) -> None:
-        """Serve one request message: answer it if owed, then settle it. Never raises."""
-        if self._expired(delivery):
-            return
-        if delivery.redelivered and self._count_redelivery(delivery):
+    def serve(self, delivery: Delivery, *, screened: bool = False) -> None:
+        """Serve one request message: answer it if owed, then settle it. Never raises
+        (except BrokerUnavailable while counting a redelivery).
+
+        ``screened``: the receiving thread already dropped it if expired and counted it if
+        redelivered (:meth:`screen`), before the handler's time started.
+        """
+        if not screened and self.screen(delivery):
             return
         service = self.service
         max_body = self.options.max_body
@@ -228,6 +231,16 @@ class Worker:
             return None
         return limits.start(limit, body.get("method"), lambda error: self._reply(
             info, wire.error_response(info.id, error)))
+
+    def screen(self, delivery: Delivery) -> bool:
+        """Deal with an expired or redelivered request before it is served; True if dealt with.
+
+        This does broker I/O on the consuming connection (acks, re-publishing), so a lane
+        runs it while it holds the receiving role, never while its handler could be
+        handed over.
+        """
+        return self._expired(delivery) or (delivery.redelivered
+                                           and self._count_redelivery(delivery))
 
     def _expired(self, delivery: Delivery) -> bool:
         """Drop (ack, unanswered) a request whose caller has given up waiting."""
@@ -300,16 +313,22 @@ class Worker:
         return True
 
     def _settle(self, delivery: Delivery) -> None:
-        running = getattr(_LANE, "running", None)
-        if running is None or not running.handed_over or self._can_ack_anywhere():
-            try:
-                delivery.ack()
-            except BrokerUnavailable as exc:
-                log.warning("could not ack (connection lost); the message will be redelivered",
-                            error=str(exc))
-        else:
+        running = _LANE.running
+        if running is not None:
             with self._state:
-                self._acks.append((running.generation, delivery))
+                # Still holding the role: from here on the monitor leaves this handler alone,
+                # so nobody else drains the connection while this thread acks on it.
+                running.finished = running.finished or not running.handed_over
+                queue_it = running.handed_over and not self._can_ack_anywhere()
+                if queue_it:
+                    self._acks.append((running.generation, delivery))
+            if queue_it:
+                return
+        try:
+            delivery.ack()
+        except BrokerUnavailable as exc:
+            log.warning("could not ack (connection lost); the message will be redelivered",
+                        error=str(exc))
 
     def _can_ack_anywhere(self) -> bool:
         transport = self.transport
@@ -442,23 +461,37 @@ class Worker:
             self._role.acquire()
             with self._state:
                 self._idle_lanes -= 1
+                self._role_holder = threading.get_ident()
             held = True
             try:
                 while held and self._receiving:
                     delivery = self._receive()
-                    if delivery is not None:
-                        held = self._run_inline(delivery)
+                    if delivery is None:
+                        continue
+                    serve = self._handlers_by_queue.get(delivery.queue or "", self.serve)
+                    if serve == self.serve and self.screen(delivery):
+                        self._untake()
+                        continue
+                    held = self._run_inline(delivery, serve)
             except (BrokerUnavailable, Resubscribe) as exc:
                 self._fail(exc)
             except Exception as exc:  # noqa: BLE001 - a bug must not leave the worker deaf
                 log.exception("unexpected error while receiving; reconnecting")
                 self._fail(BrokerUnavailable(f"receiving failed: {exc!r}"))
             finally:
-                if held:
-                    self._role.release()
+                self._release_role_if_held()
             with self._state:
                 if self._idle_lanes >= 2:
                     return  # enough standby lanes: retire
+
+    _role_holder: int | None = None
+
+    def _release_role_if_held(self) -> None:
+        """Release the receiving role if this thread holds it (a hand-over may have released it)."""
+        with self._state:
+            if self._role_holder == threading.get_ident():
+                self._role_holder = None
+                self._role.release()
 
     def _fail(self, exc: BaseException) -> None:
         """End this connection: the supervising thread reconnects (or raises ``exc``)."""
@@ -501,6 +534,10 @@ class Worker:
             self._in_flight += 1
         return delivery
 
+    def _untake(self) -> None:
+        with self._state:
+            self._in_flight -= 1
+
     def _prefetch(self) -> None:
         base = self.options.concurrency * 2
         waiting = self._waiting
@@ -513,7 +550,7 @@ class Worker:
             self.transport.set_prefetch(wanted)
             self._prefetch_now = wanted
 
-    def _run_inline(self, delivery: Delivery) -> bool:
+    def _run_inline(self, delivery: Delivery, serve: Callable[..., None]) -> bool:
         """Serve ``delivery`` in this thread; True if this thread still holds the role after."""
         running = _Running(self, time.monotonic(), generation=self._generation)
         _LANE.running = running
@@ -522,7 +559,10 @@ class Worker:
         if self._monitor_idle:
             self._monitor_wake.set()
         try:
-            self._handlers_by_queue.get(delivery.queue or "", self.serve)(delivery)
+            if serve == self.serve:
+                self.serve(delivery, screened=True)
+            else:
+                serve(delivery)
         finally:
             WAIT_HOOK.hook = None
             _LANE.running = None
@@ -534,7 +574,7 @@ class Worker:
                 if running.handed_over:
                     self._detached -= 1
                     self._state.notify_all()
-        return not running.handed_over
+                return self._role_holder == threading.get_ident()
 
     def _hand_over(self, running: _Running) -> None:
         """Give the receiving role away on behalf of ``running`` (caller holds ``_state``)."""
@@ -546,6 +586,7 @@ class Worker:
             self._inline = None
         if self._idle_lanes == 0 and self._receiving:
             self._start_lane()
+        self._role_holder = None
         self._role.release()
 
     def _call_waiting(self, running: _Running, delta: int) -> None:
