@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from busapp import errors
+from busapp.aio import AsyncClient
 from busapp.app import App
 from busapp.bus import Client
 from busapp.middleware import Call
@@ -10,4 +11,4 @@ from busapp.router import Router
 
 __version__ = "0.1.0"
 
-__all__ = ["App", "Call", "Client", "Router", "__version__", "errors"]
+__all__ = ["App", "AsyncClient", "Call", "Client", "Router", "__version__", "errors"]

@@ -172,6 +172,8 @@ class Handler:
         kwargs.update(given)  # leftovers only reach here through **kwargs
         for name in self.inject:
             kwargs[name] = context.get(name)
+        if self.is_async and "bus" in self.inject and "async_bus" in context:
+            kwargs["bus"] = context["async_bus"]  # awaitable: an async handler must not block
         return args, kwargs
 
     def _convert(self, name: str, value: Any) -> Any:
@@ -214,13 +216,22 @@ def run_coroutine(coro: Any) -> Any:
     loop = getattr(_loops, "loop", None)
     if loop is None or loop.is_closed():
         loop = _loops.loop = asyncio.new_event_loop()
-    if loop.is_running():
-        # Nested: an async handler's blocking call reached another async handler in
-        # this same thread (the in-memory test bus does that). Give it a thread of its own.
+    if loop.is_running() or _loop_running():
+        # Nested: a call from a loop running in this thread (an async handler's, or an
+        # asyncio program's on the in-memory test bus) reached an async handler in this
+        # same thread. Give it a thread of its own.
         context = contextvars.copy_context()
         with ThreadPoolExecutor(1, thread_name_prefix="busapp-nested-async") as pool:
             return pool.submit(context.run, run_coroutine, coro).result()
     return loop.run_until_complete(coro)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def process(

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from busapp import dispatch
+from busapp.aio import AsyncBus
 from busapp.bus import BusMixin, Client, default_exchange
 from busapp.serve import IncomingMessage, Subscription
 from busapp.transport import resolve_broker_url
@@ -93,6 +94,8 @@ class CommissaireService(BusMixin):
         self._client: Any = client
         self._client_lock = threading.Lock()
         self._storage: Any = None
+        #: The ``bus`` of ``async def`` handlers (its AsyncClient is made on first use).
+        self._async_bus = AsyncBus(self)
         self.worker: Worker | None = None
 
     # -- registration ----------------------------------------------------------
@@ -151,8 +154,10 @@ class CommissaireService(BusMixin):
             return self._client
 
     def _context(self, info: IncomingMessage) -> dict[str, Any]:
-        """What handlers may declare: ``message``, ``bus`` and ``storage``."""
-        return {"message": info, "bus": self, "storage": self._storage_client()}
+        """What handlers may declare: ``message``, ``bus`` and ``storage`` (``async_bus``:
+        the ``bus`` of ``async def`` handlers)."""
+        return {"message": info, "bus": self, "storage": self._storage_client(),
+                "async_bus": self._async_bus}
 
     def _storage_client(self) -> Any:
         client = self._storage
@@ -200,6 +205,7 @@ class CommissaireService(BusMixin):
             if self._client is not None:
                 self._client.close()
                 self._client = None
+            self._async_bus.close()
 
     def stop(self) -> None:
         """Stop taking messages; :meth:`run` finishes the ones in hand and returns."""

@@ -179,13 +179,13 @@ def test_async_handler(client: TestClient) -> None:
     assert client.call("async_add", 2, 3) == 5
 
 
-def test_blocking_call_from_async_handler_to_async_handler() -> None:
-    """A sync bus.call from an async handler to another async handler returns (no deadlock)."""
+def test_awaited_call_from_async_handler_to_async_handler() -> None:
+    """An awaited bus.call from an async handler to another async handler returns (no deadlock)."""
     app = make_app()
 
     @app.method()
     async def outer(bus) -> int:
-        return bus.call("simple.async_add", 1, 2)
+        return await bus.call("simple.async_add", 1, 2)
 
     assert app.test_client().call("outer") == 3
 
