@@ -143,3 +143,27 @@ def test_only_the_kombu_transport_imports_kombu() -> None:
     users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "busapp").rglob("*.py")
                    if pattern.search(p.read_text()))
     assert users == ["busapp/transport/kombu_transport.py", "busapp/transport/redis.py"]
+
+
+def test_a_message_is_acked_only_after_its_reply_is_sent(monkeypatch, unique: str) -> None:
+    """The serve path publishes the reply first and acks the request after it."""
+    from busapp.bus import Client
+    from busapp.transport.base import Delivery
+
+    events: list[str] = []
+    publish_reply, ack = Client.publish_reply, Delivery.ack
+
+    def spy_reply(self, *args, **kwargs):
+        events.append("reply")
+        return publish_reply(self, *args, **kwargs)
+
+    def spy_ack(self):
+        if self.reply_to is not None:  # the request, not the reply's own delivery
+            events.append("ack")
+        return ack(self)
+
+    monkeypatch.setattr(Client, "publish_reply", spy_reply)
+    monkeypatch.setattr(Delivery, "ack", spy_ack)
+    client = _nesting_app(f"ack{unique}").test_client()
+    assert client.call("ping") == "pong"
+    assert events == ["reply", "ack"]
