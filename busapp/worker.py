@@ -41,10 +41,11 @@ import structlog
 
 from busapp import wire
 from busapp.bus import WAIT_HOOK
-from busapp.errors import BrokerUnavailable, RemoteProcedureCallError
+from busapp.errors import BrokerUnavailable, InvalidRequest, ParseError, RemoteProcedureCallError
 from busapp.log import quiet
 from busapp.redelivery import count_redelivery, poison_error
-from busapp.serve import IncomingMessage, Subscription, serve_event, serve_request
+from busapp.serve import (IncomingMessage, Subscription, reply_target_allowed, serve_event,
+                          serve_request)
 from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
@@ -205,6 +206,13 @@ class Worker:
                 log.warning("bad message dropped (no reply_to to answer)",
                             error=response["error"].get("message"))
             return
+        if not reply_target_allowed(info.reply_to):
+            log.warning("reply dropped: reply_to is not a reply queue", reply_to=info.reply_to)
+            return
+        error = response.get("error")
+        if error and error.get("code") in (ParseError.code, InvalidRequest.code):
+            log.warning("bad message refused (error reply sent)", error=error.get("message"),
+                        reply_to=info.reply_to)
         correlation_id = info.correlation_id or response.get("id")
         self.service._bus_client().publish_reply(info.reply_to, response, correlation_id)
 

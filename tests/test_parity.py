@@ -227,7 +227,7 @@ def _broker_raw(url: str, routing_key: str, body: bytes, *, content_type: str = 
     """Publish ``body`` as it is with kombu and return the decoded reply."""
     from kombu import Connection, Exchange, Producer, Queue
 
-    reply_name = f"parity-raw-{uuid.uuid4().hex}"
+    reply_name = f"busapp.reply.parity-{uuid.uuid4().hex}"  # a name a service answers
     with Connection(url) as conn:
         channel = conn.channel()
         reply_queue = Queue(reply_name, channel=channel, durable=False, auto_delete=True)

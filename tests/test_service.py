@@ -45,7 +45,7 @@ def bus(served):
 def raw_call(url: str, exchange: str, routing_key: str, body, *, content_type="application/json",
              content_encoding="utf-8", timeout: float = 5.0, reply: bool = True):
     """Publish ``body`` as-is with kombu; return the decoded reply (None when none came)."""
-    reply_name = f"raw-reply-{uuid.uuid4().hex}"
+    reply_name = f"busapp.reply.raw-{uuid.uuid4().hex}"  # a reply queue name a service answers
     with Connection(url) as conn:
         channel = conn.channel()
         reply_queue = Queue(reply_name, channel=channel, durable=False, auto_delete=False)

@@ -13,6 +13,7 @@ which callers serialise themselves. Broker failures surface as
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -20,6 +21,18 @@ import attrs
 
 #: Reply queues of busapp clients are named ``busapp.reply.<hex>``.
 REPLY_PREFIX = "busapp.reply."
+
+#: Reply queues of Commissaire's clients: ``response-<uuid>``.
+COMMISSAIRE_REPLY = re.compile(r"response-[0-9A-Fa-f]{8}(-?[0-9A-Fa-f]{4}){3}-?[0-9A-Fa-f]{12}\Z")
+
+
+def is_reply_queue(name: str | None) -> bool:
+    """True if ``name`` is a caller's reply queue: busapp's ``busapp.reply.<hex>`` or
+    Commissaire's ``response-<uuid>`` (what a service may answer to, see
+    :func:`busapp.serve.reply_target_allowed`)."""
+    if not name:
+        return False
+    return name.startswith(REPLY_PREFIX) or COMMISSAIRE_REPLY.match(name) is not None
 
 
 @attrs.define(slots=True)

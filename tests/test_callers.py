@@ -1,0 +1,166 @@
+"""What a caller relies on: the right service answers, only to reply queues, with typed errors.
+
+Cross-talk between deployments, reply targets, odd request ids, a slow handler under the
+test client, quiet logging; on the real brokers where the behaviour is the broker's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import structlog
+from kombu import Connection, Exchange, Producer, Queue
+
+from busapp import App, Client
+from busapp.errors import RequestTimeout
+from busapp.serve import REPLY_TO_ENV, reply_target_allowed
+from tests._services import run_app
+from tests.apps import make_app
+
+
+@pytest.fixture(scope="module", params=["redis", "amqp"])
+def served(request):
+    """A test App running with one worker on each real broker; yields (app, url, exchange)."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    token = uuid.uuid4().hex[:10]
+    app = make_app(f"c{token}")
+    with run_app(app, url, f"test-{token}"):
+        yield app, url, f"test-{token}"
+
+
+def _publish_raw(url: str, exchange: str, routing_key: str, body: bytes | str, *,
+                 reply_to: str | None, content_type: str = "application/json") -> None:
+    with Connection(url) as conn:
+        topic = Exchange(exchange, "topic", durable=True)
+        Producer(conn.channel()).publish(
+            body, exchange=topic, routing_key=routing_key, declare=[topic],
+            content_type=content_type, content_encoding="utf-8", reply_to=reply_to,
+            correlation_id="raw-1")
+
+
+def _get_reply(url: str, queue: str, timeout: float = 5.0) -> dict | None:
+    with Connection(url) as conn:
+        q = Queue(queue, channel=conn.channel(), durable=False, auto_delete=False)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            message = q.get(no_ack=True)
+            if message is not None:
+                data = json.loads(message.body)
+                return json.loads(data) if isinstance(data, str) else data
+            time.sleep(0.02)
+    return None
+
+
+# -- reply targets --------------------------------------------------------------------------
+
+
+def test_reply_targets_are_reply_queues_only(monkeypatch):
+    """busapp's and Commissaire's reply queue names qualify; other names only by $BUSAPP_REPLY_TO."""
+    monkeypatch.delenv(REPLY_TO_ENV, raising=False)
+    assert reply_target_allowed("busapp.reply.0123abcd")
+    assert reply_target_allowed(f"response-{uuid.uuid4()}")
+    for name in ("celery", "simple", "response-x", "busapp.replyx", "amq.gen-1"):
+        assert not reply_target_allowed(name), name
+    monkeypatch.setenv(REPLY_TO_ENV, "my-replies.*, other")
+    assert reply_target_allowed("my-replies.1") and reply_target_allowed("other")
+    assert not reply_target_allowed("celery")
+
+
+def test_reply_to_a_work_queue_is_dropped_unrun_with_a_warning(served, unique):
+    """A request naming a queue that is not a reply queue is neither run nor answered there."""
+    app, url, exchange = served
+    victim = f"victim-{unique}"
+    with Connection(url) as conn:
+        Queue(victim, channel=conn.channel(), durable=False, auto_delete=False).declare()
+    try:
+        body = {"jsonrpc": "2.0", "id": "r1", "method": "add", "params": [1, 2]}
+        _publish_raw(url, exchange, f"{app.name}.add", json.dumps(body), reply_to=victim)
+        with Client(url, exchange) as bus:
+            assert bus.call(f"{app.name}.add", 2, 2) == 4  # served after the refused one
+        assert _get_reply(url, victim, timeout=0.5) is None
+    finally:
+        with Connection(url) as conn:
+            Queue(victim, channel=conn.channel()).delete()
+
+
+def test_reply_to_a_redis_key_of_another_type_is_left_alone(redis_url, unique):
+    """On Redis, a reply_to naming a list or a string key gets nothing pushed (no WRONGTYPE)."""
+    import redis
+
+    app = make_app(f"r{unique}")
+    exchange = f"test-{unique}"
+    r = redis.Redis.from_url(redis_url)
+    r.set(f"str-{unique}", "keep")
+    try:
+        with run_app(app, redis_url, exchange):
+            body = json.dumps({"jsonrpc": "2.0", "id": "r1", "method": "add", "params": [1, 2]})
+            for target in (f"celery-{unique}", f"str-{unique}"):
+                _publish_raw(redis_url, exchange, f"{app.name}.add", body, reply_to=target)
+            with Client(redis_url, exchange) as bus:
+                assert bus.call(f"{app.name}.add", 2, 2) == 4
+        assert r.get(f"str-{unique}") == b"keep"
+        assert not r.exists(f"celery-{unique}")
+    finally:
+        r.delete(f"str-{unique}", f"celery-{unique}")
+
+
+def test_refused_reply_to_is_logged_as_a_warning():
+    """Under the test client too the request is dropped, and the warning names the reply_to."""
+    app = make_app("warned")
+    with app.test_client() as client, structlog.testing.capture_logs() as logs:
+        client._raw_queue = "celery"
+        assert client.request_raw("add", '{"jsonrpc":"2.0","id":"1","method":"add","params":[1,2]}') is None
+    [line] = [e for e in logs if e.get("reply_to") == "celery"]
+    assert line["log_level"] == "warning"
+
+
+# -- odd request ids ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw_id", ["NaN", "Infinity", '"\\ud800"'])
+def test_unanswerable_id_gets_invalid_request_with_null_id(served, raw_id):
+    """An id no reply could carry (NaN, Infinity, a lone surrogate) gets -32600 with id null."""
+    app, url, exchange = served
+    reply_queue = f"busapp.reply.raw-{uuid.uuid4().hex}"
+    with Connection(url) as conn:
+        Queue(reply_queue, channel=conn.channel(), durable=False, auto_delete=False).declare()
+    try:
+        body = f'{{"jsonrpc":"2.0","id":{raw_id},"method":"add","params":[1,2]}}'
+        _publish_raw(url, exchange, f"{app.name}.add", body, reply_to=reply_queue)
+        reply = _get_reply(url, reply_queue)
+    finally:
+        with Connection(url) as conn:
+            Queue(reply_queue, channel=conn.channel()).delete()
+    assert reply is not None and reply["id"] is None
+    assert reply["error"]["code"] == -32600
+
+
+@pytest.mark.parametrize("content_type", ["application/x-python-serialize", "application/x-yaml",
+                                          "application/x-msgpack"])
+def test_foreign_content_type_with_reply_to_is_a_warning(content_type):
+    """A pickle/yaml/msgpack request is refused with -32700 and logged at warning (SPEC §4)."""
+    with make_app("ctype").test_client() as client, structlog.testing.capture_logs() as logs:
+        reply = client.request_raw("add", b"\x80\x04K\x01.", content_type=content_type)
+    assert reply is not None and reply["error"]["code"] == -32700
+    assert any(e["log_level"] == "warning" and "refused" in e["event"] for e in logs), logs
+
+
+# -- the test client ----------------------------------------------------------------------
+
+
+def test_test_client_honours_timeout():
+    """A handler slower than the call's timeout raises RequestTimeout under the test client."""
+    app = App("slowpoke")
+
+    @app.method()
+    def slow() -> str:
+        time.sleep(0.3)
+        return "late"
+
+    with app.test_client() as client:
+        with pytest.raises(RequestTimeout):
+            client.call("slow", timeout=0.1)
+        assert client.call("slow", timeout=5) == "late"
