@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from busapp.bus import default_exchange
 from busapp.service import CommissaireService, IncomingMessage
 
 if TYPE_CHECKING:
@@ -20,8 +21,10 @@ class AppService(CommissaireService):
     def __init__(self, exchange_name: str | None = None, connection_url: str | None = None,
                  qkwargs: list[dict[str, Any]] | None = None, config_file: str | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(exchange_name or self.app.exchange, connection_url,
-                         qkwargs or self.app.qkwargs(), config_file, **kwargs)
+        exchange_name = exchange_name or self.app.exchange
+        super().__init__(exchange_name, connection_url,
+                         qkwargs or self.app.qkwargs(default_exchange(exchange_name)), config_file,
+                         **kwargs)
         for entry in self.app.storage_handlers:
             self.subscribe(entry.binding_key, self._event_callback(entry),
                            queue_name=entry.queue_name(self.service_name))

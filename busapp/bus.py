@@ -31,7 +31,8 @@ log = structlog.get_logger("busapp.bus")
 #: Default seconds a call waits for its reply.
 DEFAULT_TIMEOUT = 10.0
 
-__all__ = ["DEFAULT_TIMEOUT", "REPLY_PREFIX", "BusMixin", "Client", "default_exchange"]
+__all__ = ["DEFAULT_TIMEOUT", "REPLY_PREFIX", "BusMixin", "Client", "default_exchange",
+           "default_queue"]
 
 #: Environment variable naming the exchange when none is passed.
 EXCHANGE_ENV = "BUSAPP_EXCHANGE"
@@ -40,6 +41,16 @@ EXCHANGE_ENV = "BUSAPP_EXCHANGE"
 def default_exchange(name: str | None = None) -> str:
     """``name``, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
     return name or os.environ.get(EXCHANGE_ENV) or "commissaire"
+
+
+def default_queue(service: str, exchange: str) -> str:
+    """The queue of ``service`` when its user names none: ``service`` on the ``commissaire``
+    exchange (as Commissaire named it), ``<exchange>.<service>`` on any other.
+
+    So two deployments of one service on two exchanges of one broker never share a queue
+    (and never answer each other's calls).
+    """
+    return service if exchange == "commissaire" else f"{exchange}.{service}"
 
 
 class _WaitHook(threading.local):

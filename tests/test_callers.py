@@ -164,3 +164,64 @@ def test_test_client_honours_timeout():
         with pytest.raises(RequestTimeout):
             client.call("slow", timeout=0.1)
         assert client.call("slow", timeout=5) == "late"
+
+
+# -- cross-talk between deployments -----------------------------------------------------------
+
+
+def _tagged_app(name: str, tag: str) -> App:
+    app = App(name)
+
+    @app.method()
+    def ping() -> str:
+        return "pong"
+
+    @app.method()
+    def where() -> str:
+        return tag
+
+    return app
+
+
+def test_same_app_on_two_exchanges_never_answers_the_other(broker_url, unique):
+    """Two deployments of one App on two exchanges of one broker each answer only their own calls."""
+    name = f"x{unique}"
+    a, b = f"test-a-{unique}", f"test-b-{unique}"
+    with run_app(_tagged_app(name, "A"), broker_url, a), run_app(_tagged_app(name, "B"), broker_url, b):
+        with Client(broker_url, a) as bus_a, Client(broker_url, b) as bus_b:
+            assert [bus_a.call(f"{name}.where") for _ in range(20)] == ["A"] * 20
+            assert [bus_b.call(f"{name}.where") for _ in range(20)] == ["B"] * 20
+
+
+def test_queue_names_carry_the_exchange_unless_named(monkeypatch):
+    """Default queues are <exchange>.<name> off the commissaire exchange; named ones stay as given."""
+    from busapp.service import CommissaireService
+    from busapp.storage.service import make_app as storage_app
+
+    monkeypatch.delenv("BUSAPP_EXCHANGE", raising=False)
+    app = App("simple")
+    assert app.qkwargs()[0]["name"] == "simple"  # Commissaire's name on its exchange
+    assert app.qkwargs("prod")[0]["name"] == "prod.simple"
+    assert App("simple", exchange="prod").queue == "prod.simple"
+    assert App("simple", exchange="prod", queue="mine").queue == "mine"
+    assert app.service_class("prod", "memory://").qkwargs[0]["name"] == "prod.simple"
+    assert storage_app("memory://", exchange="prod").queue == "prod.storage"
+    assert storage_app("memory://", exchange="prod", queue="store-1").queue == "store-1"
+
+    class Watcher(CommissaireService):
+        def on_ping(self, message):
+            return "pong"
+
+    assert Watcher("prod", "memory://").qkwargs[0]["name"] == "prod.watcher"
+    explicit = [{"name": "watcher", "routing_key": "watcher.*"}]
+    assert Watcher("prod", "memory://", explicit).qkwargs == explicit
+
+
+def test_storage_command_takes_a_queue_name():
+    """``busapp storage --queue NAME`` is accepted (the default follows the exchange rule)."""
+    from click.testing import CliRunner
+
+    from busapp.cli import cli
+
+    result = CliRunner().invoke(cli, ["storage", "--help"])
+    assert result.exit_code == 0 and "--queue" in result.output

@@ -234,9 +234,9 @@ def test_bad_message_without_reply_to_is_dropped(served, bus):
 
 def test_routing_key_without_method_segment(served, bus):
     """A request put straight on the queue (routing key = queue name, no '.method') gets -32600."""
-    app, url, _ = served
+    app, url, exchange = served
     body = json.dumps({"jsonrpc": "2.0", "id": "x", "method": "add", "params": [1, 2]})
-    reply = raw_call(url, "", app.queue, body)
+    reply = raw_call(url, "", app.queue_for(exchange), body)
     assert reply is not None and reply["error"]["code"] == -32600
     _assert_still_serving(bus, app.name)
 
