@@ -6,13 +6,16 @@ test client, quiet logging; on the real brokers where the behaviour is the broke
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 import uuid
 
 import pytest
 import structlog
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from busapp import App, Client
 from busapp.errors import RequestTimeout
@@ -225,3 +228,74 @@ def test_storage_command_takes_a_queue_name():
 
     result = CliRunner().invoke(cli, ["storage", "--help"])
     assert result.exit_code == 0 and "--queue" in result.output
+
+
+# -- interop with Commissaire-style servers and callers -------------------------------------
+
+
+@contextlib.contextmanager
+def _commissaire_server(url: str, exchange: str, name: str):
+    """A server as Commissaire wrote them (plain kombu): replies via ``SimpleQueue(reply_to)``."""
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def serve() -> None:
+        with Connection(url) as conn:
+            topic = Exchange(exchange, "topic", durable=True)
+            queue = Queue(name, topic, routing_key=f"{name}.*", durable=False, auto_delete=True)
+
+            def on_message(body, message):
+                data = json.loads(body) if isinstance(body, str) else body
+                reply = conn.SimpleQueue(message.properties["reply_to"])
+                reply.put(json.dumps({"jsonrpc": "2.0", "id": data["id"],
+                                      "result": sum(data["params"])}))
+                reply.close()
+                message.ack()
+
+            with Consumer(conn.channel(), [queue], callbacks=[on_message], accept=["json"]):
+                ready.set()
+                while not stop.is_set():
+                    with contextlib.suppress(socket.timeout):
+                        conn.drain_events(timeout=0.2)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_busapp_client_calls_a_commissaire_style_server(broker_url, exchange, unique):
+    """A Commissaire server re-declaring the caller's reply queue (SimpleQueue) can answer it."""
+    name = f"old{unique}"
+    with _commissaire_server(broker_url, exchange, name), Client(broker_url, exchange) as bus:
+        try:
+            assert bus.call(f"{name}.add", 2, 3) == 5
+            assert bus.call(f"{name}.add", 4, 5) == 9
+        finally:
+            with Connection(broker_url) as conn:  # SimpleQueue's direct exchange stays behind
+                Exchange(bus.reply_queue, "direct", channel=conn.channel()).delete()
+
+
+def test_late_reply_to_a_commissaire_caller_expires_on_redis(redis_url, unique):
+    """A reply pushed to a gone ``response-<uuid>`` caller's list expires instead of staying forever."""
+    import redis
+
+    app = make_app(f"l{unique}")
+    exchange = f"test-{unique}"
+    reply_to = f"response-{uuid.uuid4()}"
+    r = redis.Redis.from_url(redis_url)
+    try:
+        with run_app(app, redis_url, exchange):
+            body = json.dumps({"jsonrpc": "2.0", "id": "r1", "method": "add", "params": [1, 2]})
+            _publish_raw(redis_url, exchange, f"{app.name}.add", body, reply_to=reply_to)
+            end = time.monotonic() + 10
+            while not r.exists(reply_to) and time.monotonic() < end:
+                time.sleep(0.05)
+        assert r.exists(reply_to)
+        assert 0 < r.pttl(reply_to) <= 60_000
+    finally:
+        r.delete(reply_to)

@@ -93,8 +93,12 @@ class Transport(Protocol):
     def connect(self) -> None:
         """Open the connection (raises BrokerUnavailable)."""
 
-    def declare_exchange(self, exchange: str) -> None:
-        """Make sure the topic ``exchange`` exists (idempotent)."""
+    def declare_exchange(self, exchange: str, *, passive: bool = False) -> bool:
+        """Make sure the topic ``exchange`` exists (idempotent).
+
+        ``passive``: only check that it exists (False if not), which needs no *configure*
+        permission on RabbitMQ; on Redis, where an exchange is local state, it declares.
+        """
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
         """Declare ``spec`` and bind it to ``exchange`` with its binding keys."""
@@ -116,7 +120,11 @@ class Transport(Protocol):
         """Unacknowledged messages the broker may hand this connection at once."""
 
     def drain(self, timeout: float) -> bool:
-        """Deliver what arrives within ``timeout`` seconds; False if nothing came."""
+        """Deliver what arrives within ``timeout`` seconds; False if nothing came.
+
+        ``timeout=0`` delivers only what has already arrived, without waiting: a cheap
+        check that the connection is alive (raises BrokerUnavailable if it is known dead).
+        """
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in ``queue`` (not yet delivered to anyone)."""

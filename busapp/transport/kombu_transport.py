@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import kombu
 import kombu.exceptions
 
-from busapp.errors import BrokerUnavailable, BusappError
+from busapp.errors import AccessRefused, BrokerUnavailable, BusappError
 from busapp.transport import is_redis, mask_url
 from busapp.transport.base import Delivery, QueueSpec
 
@@ -85,6 +86,23 @@ def _base_errors() -> tuple[type[BaseException], ...]:
 
 _ERRORS = _base_errors()
 
+#: Seconds a request's publish waits for RabbitMQ's confirm.
+CONFIRM_TIMEOUT = 10.0
+
+
+def _refusal(exc: BaseException) -> bool:
+    """True for a broker's 403 ACCESS_REFUSED (RabbitMQ) or NOPERM (Redis ACLs)."""
+    code = getattr(exc, "code", None) or getattr(exc, "reply_code", None)
+    if code == 403:
+        return True
+    text = str(exc)
+    return "ACCESS_REFUSED" in text or text.startswith("NOPERM")
+
+
+def _not_found(exc: BaseException) -> bool:
+    code = getattr(exc, "code", None) or getattr(exc, "reply_code", None)
+    return code == 404 or "NOT_FOUND" in str(exc)
+
 
 class KombuTransport:
     """One kombu connection and channel (see :class:`busapp.transport.base.Transport`)."""
@@ -100,6 +118,8 @@ class KombuTransport:
         self._errors = _ERRORS
         self._prefetch = 0
         self._tags: list[str] = []
+        self._published = 0   # publishes on this channel since confirm mode was turned on
+        self._confirmed = -1  # highest delivery tag RabbitMQ confirmed (-1: confirm mode off)
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -110,6 +130,10 @@ class KombuTransport:
         except BusappError:
             raise
         except self._errors as exc:
+            if _refusal(exc):
+                raise AccessRefused(
+                    f"broker at {mask_url(self.url)} refused access: {exc}; grant this broker "
+                    f"user the permission (see README, 'What callers can rely on')") from exc
             raise BrokerUnavailable(
                 f"broker at {mask_url(self.url)} unavailable: {exc or type(exc).__name__}"
             ) from exc
@@ -135,9 +159,25 @@ class KombuTransport:
             self.connect()
         return self._channel
 
-    def declare_exchange(self, exchange: str) -> None:
+    def declare_exchange(self, exchange: str, *, passive: bool = False) -> bool:
+        if passive and not self.redis:  # a Redis exchange is local state: always declared
+            return self._exchange_exists(exchange)
         with self._guard():
             kombu.Exchange(exchange, type="topic", durable=True)(self.channel).declare()
+        return True
+
+    def _exchange_exists(self, exchange: str) -> bool:
+        try:
+            with self._guard():
+                self.channel.exchange_declare(exchange=exchange, type="topic", passive=True)
+            return True
+        except BrokerUnavailable as exc:
+            if not _not_found(exc.__cause__ or exc):
+                raise
+        with self._guard():  # RabbitMQ closed the channel: open another
+            self._channel = self._conn.channel()
+        self._confirmed, self._published = -1, 0
+        return False
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
         with self._guard():
@@ -178,7 +218,41 @@ class KombuTransport:
                 channel.forget_bindings(exchange)
             message = channel.prepare_message(body, 0, content_type, "utf-8",
                                               headers or {}, properties)
-            channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+            if self.redis or reply_to is None or not exchange:
+                channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+                self._published += self._confirmed >= 0
+            else:
+                self._publish_confirmed(channel, message, exchange, routing_key)
+
+    def _publish_confirmed(self, channel: Any, message: Any, exchange: str, routing_key: str) -> None:
+        """Publish a request and wait for RabbitMQ's confirm: a refusal (a topic permission,
+        a missing exchange) or a dead connection is raised now, not as a timeout later."""
+        from amqp import spec
+
+        if self._confirmed < 0:
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_confirm)
+            self._confirmed = self._published = 0
+        channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+        self._published += 1
+        tag = self._published
+
+        def on_reply(method: Any, delivery_tag: int, multiple: bool, *rest: Any) -> None:
+            if method == spec.Basic.Nack and delivery_tag >= tag:
+                raise BrokerUnavailable(f"broker at {mask_url(self.url)} refused the request "
+                                        f"(nack); it was not delivered")
+            self._on_confirm(delivery_tag, multiple)
+
+        try:
+            while self._confirmed < tag:
+                channel.wait([spec.Basic.Ack, spec.Basic.Nack], callback=on_reply,
+                             timeout=CONFIRM_TIMEOUT)
+        except socket.timeout:
+            raise BrokerUnavailable(f"broker at {mask_url(self.url)} did not confirm the request "
+                                    f"within {CONFIRM_TIMEOUT:g}s") from None
+
+    def _on_confirm(self, delivery_tag: int, multiple: bool = False) -> None:
+        self._confirmed = max(self._confirmed, delivery_tag)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -252,9 +326,30 @@ class KombuTransport:
         self._prefetch = count
 
     def drain(self, timeout: float) -> bool:
+        if timeout <= 0:
+            return self._drain_arrived()
         with self._guard():
             try:
                 self._conn.drain_events(timeout=timeout)
+            except socket.timeout:
+                return False
+        return True
+
+    def _drain_arrived(self) -> bool:
+        """Handle what RabbitMQ already sent (a reply, or the news that the connection is
+        closed: then BrokerUnavailable), without waiting; on Redis, nothing."""
+        if self.redis or self._conn is None:
+            return False
+        # The py-amqp connection itself: kombu's would quietly open a new one if this one died.
+        amqp_conn = getattr(self._channel, "connection", None)
+        sock = getattr(getattr(amqp_conn, "transport", None), "sock", None)
+        if sock is None:
+            raise BrokerUnavailable(f"broker at {mask_url(self.url)} unavailable: connection closed")
+        with self._guard():
+            if not select.select([sock], [], [], 0)[0]:
+                return False
+            try:
+                amqp_conn.drain_events(timeout=0.05)
             except socket.timeout:
                 return False
         return True
