@@ -28,6 +28,22 @@ log = structlog.get_logger("busapp.serve")
 #: Header carrying the routing key a re-published (redelivered) message was first sent with.
 ROUTING_KEY_HEADER = "x-busapp-routing-key"
 
+#: Environment variable: seconds a storage-event queue outlives its last consumer (0: forever).
+EVENT_QUEUE_EXPIRES_ENV = "BUSAPP_EVENT_QUEUE_EXPIRES"
+
+#: Default of ``$BUSAPP_EVENT_QUEUE_EXPIRES``: a week.
+EVENT_QUEUE_EXPIRES = 7 * 24 * 3600.0
+
+
+def event_queue_expires() -> float | None:
+    """Seconds an event queue outlives its last consumer on RabbitMQ (None: forever).
+
+    Events keep coming to a queue whose App is gone; without an expiry they collect forever.
+    """
+    value = float(os.environ.get(EVENT_QUEUE_EXPIRES_ENV, EVENT_QUEUE_EXPIRES))
+    return value if value > 0 else None
+
+
 #: Environment variable: comma-separated glob patterns of further queue names a service
 #: may send replies to (besides ``busapp.reply.*`` and Commissaire's ``response-<uuid>``).
 REPLY_TO_ENV = "BUSAPP_REPLY_TO"
@@ -91,6 +107,8 @@ class Subscription:
     binding_key: str
     callback: Callable[[Any, IncomingMessage], Any]
     queue_name: str
+    #: Seconds the queue outlives its last consumer (RabbitMQ ``x-expires``; None: forever).
+    expires: float | None = attrs.field(factory=event_queue_expires)
 
 
 def decode(delivery: Delivery, max_body: int | None) -> Any:

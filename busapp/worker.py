@@ -140,7 +140,7 @@ class Worker:
     def _consumers(self) -> list[tuple[QueueSpec, Callable[[Delivery], None]]]:
         specs = [(spec, self.serve) for spec in self.service.queue_specs()]
         for sub in self.service.subscriptions:
-            spec = QueueSpec(sub.queue_name, (sub.binding_key,))
+            spec = QueueSpec(sub.queue_name, (sub.binding_key,), expires=sub.expires)
             specs.append((spec, self._event_server(sub)))
         return specs
 

@@ -299,3 +299,110 @@ def test_late_reply_to_a_commissaire_caller_expires_on_redis(redis_url, unique):
         assert 0 < r.pttl(reply_to) <= 60_000
     finally:
         r.delete(reply_to)
+
+
+# -- secure defaults ----------------------------------------------------------------------
+
+
+def test_event_queues_expire_on_rabbitmq(amqp_url, unique):
+    """A storage-event queue carries an expiry, so one whose App is gone does not grow forever."""
+    import amqp.exceptions
+
+    from busapp.models import Host
+
+    app = make_app(f"e{unique}")
+
+    @app.on_storage_event(Host, "created")
+    def seen(event, model):
+        pass
+
+    exchange = f"test-{unique}"
+    queue = app.storage_handlers[0].queue_name(app.queue_for(exchange))
+    with run_app(app, amqp_url, exchange), Connection(amqp_url) as conn:
+        with pytest.raises(amqp.exceptions.PreconditionFailed) as info:
+            Queue(queue, durable=True, expires=1, channel=conn.channel()).declare()
+    assert "x-expires" in str(info.value) and "604800000" in str(info.value)
+
+
+def test_event_queue_declared_without_expiry_is_kept(amqp_url, unique):
+    """An event queue an older busapp declared without expiry is used as it is (no 406 at start)."""
+    from busapp.models import Host
+
+    app = make_app(f"k{unique}")
+
+    @app.on_storage_event(Host, "created")
+    def seen(event, model):
+        pass
+
+    exchange = f"test-{unique}"
+    queue = app.storage_handlers[0].queue_name(app.queue_for(exchange))
+    with Connection(amqp_url) as conn:
+        Queue(queue, durable=True, channel=conn.channel()).declare()
+    with run_app(app, amqp_url, exchange), Client(amqp_url, exchange) as bus:
+        assert bus.call(f"{app.name}.add", 1, 1) == 2
+
+
+@pytest.fixture
+def tls_redis(tmp_path, redis_url):
+    """A TLS front (self-signed certificate) to the shared Redis; yields (port, cert path)."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+
+    def pipe(src, dst):
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def accept():
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                tls = context.wrap_socket(raw, server_side=True)
+            except (OSError, ssl.SSLError):
+                raw.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", redis_port))
+            threading.Thread(target=pipe, args=(tls, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, tls), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield port, cert
+    listener.close()
+
+
+def test_rediss_verifies_certificates_by_default(tls_redis):
+    """A bare rediss:// URL refuses an untrusted certificate; the URL can trust it or opt out."""
+    from busapp.errors import BrokerUnavailable
+    from busapp.transport.kombu_transport import KombuTransport
+
+    port, cert = tls_redis
+    bare = KombuTransport(f"rediss://127.0.0.1:{port}/0")
+    with pytest.raises(BrokerUnavailable, match="(?i)certificate"):
+        bare.connect()
+        bare.queue_depth("busapp-tls-probe")
+    for query in (f"ssl_ca_certs={cert}&ssl_cert_reqs=required", "ssl_cert_reqs=none"):
+        transport = KombuTransport(f"rediss://127.0.0.1:{port}/0?{query}")
+        transport.connect()
+        try:
+            assert transport.queue_depth("busapp-tls-probe") == 0
+        finally:
+            transport.close()

@@ -15,9 +15,12 @@ import contextlib
 import os
 import select
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import attrs
 import kombu
 import kombu.exceptions
 
@@ -58,7 +61,24 @@ def kombu_connection(url: str) -> Any:
         cls: type = Connection
     else:
         cls = kombu.Connection
-    return cls(url, transport_options=transport_options(url), connect_timeout=5)
+    return cls(url, transport_options=transport_options(url), connect_timeout=5,
+               **tls_defaults(url))
+
+
+def tls_defaults(url: str) -> dict[str, Any]:
+    """Verify the server's certificate on ``rediss://`` unless the URL says otherwise.
+
+    kombu turns certificate checks off (``CERT_NONE``) for a ``rediss://`` URL without ssl
+    options. Here a bare ``rediss://`` verifies against the system CAs; the URL can name a
+    CA (``?ssl_ca_certs=/path/ca.pem``) or, explicitly, turn checks off
+    (``?ssl_cert_reqs=none``).
+    """
+    if not url.startswith("rediss://"):
+        return {}
+    query = parse_qs(urlsplit(url).query)
+    if any(key.startswith("ssl_") for key in query):
+        return {}  # kombu passes the URL's own ssl options (redis-py verifies by default)
+    return {"ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
 
 
 def _base_errors() -> tuple[type[BaseException], ...]:
@@ -174,14 +194,39 @@ class KombuTransport:
         except BrokerUnavailable as exc:
             if not _not_found(exc.__cause__ or exc):
                 raise
-        with self._guard():  # RabbitMQ closed the channel: open another
-            self._channel = self._conn.channel()
-        self._confirmed, self._published = -1, 0
+        self._reopen_channel()
         return False
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
+        if spec.expires is not None and not self.redis and not self._takes_expiry(exchange, spec):
+            # Declared without an expiry by an older busapp: keep it as it is (RabbitMQ
+            # refuses to change a queue's arguments) rather than fail to start.
+            spec = attrs.evolve(spec, expires=None)
         with self._guard():
             self._kombu_queue(exchange, spec)(self.channel).declare()
+
+    def _takes_expiry(self, exchange: str, spec: QueueSpec) -> bool:
+        """Declare ``spec`` on a channel of its own: False if the queue exists without expiry
+        (RabbitMQ closes a channel on such a refusal; the consumers on ours must live on)."""
+        with self._guard():
+            channel = self._conn.channel()
+        try:
+            with self._guard():
+                self._kombu_queue(exchange, spec)(channel).declare()
+            return True
+        except BrokerUnavailable as exc:
+            if "x-expires" not in str(exc.__cause__ or exc):
+                raise
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+
+    def _reopen_channel(self) -> None:
+        """A new channel after RabbitMQ closed this one over a refused operation."""
+        with self._guard():
+            self._channel = self._conn.channel()
+        self._confirmed, self._published = -1, 0
 
     @staticmethod
     def _kombu_queue(exchange: str, spec: QueueSpec) -> Any:
