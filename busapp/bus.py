@@ -19,14 +19,13 @@ import time
 import uuid
 from typing import Any
 
-import structlog
-
 from busapp import wire
 from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout
+from busapp.log import get_logger
 from busapp.transport import mask_url, open_transport, resolve_broker_url, revive_if_embedded
 from busapp.transport.base import REPLY_PREFIX, Delivery, QueueSpec, Transport
 
-log = structlog.get_logger("busapp.bus")
+log = get_logger("busapp.bus")
 
 #: Default seconds a call waits for its reply.
 DEFAULT_TIMEOUT = 10.0

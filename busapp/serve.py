@@ -17,13 +17,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-import structlog
 
 from busapp import dispatch, wire
 from busapp.errors import ParseError, RemoteProcedureCallError
+from busapp.log import get_logger
 from busapp.transport.base import Delivery, is_reply_queue
 
-log = structlog.get_logger("busapp.serve")
+log = get_logger("busapp.serve")
 
 #: Header carrying the routing key a re-published (redelivered) message was first sent with.
 ROUTING_KEY_HEADER = "x-busapp-routing-key"

@@ -406,3 +406,23 @@ def test_rediss_verifies_certificates_by_default(tls_redis):
             assert transport.queue_depth("busapp-tls-probe") == 0
         finally:
             transport.close()
+
+
+# -- a library stays quiet ------------------------------------------------------------------
+
+
+def test_client_prints_nothing_to_stdout_when_logging_is_not_configured():
+    """Without a structlog configuration, busapp's client-side lines go to stderr, warnings only."""
+    import subprocess
+    import sys
+
+    code = ("from busapp import bus, serve\n"
+            "from busapp.storage import client\n"
+            "from busapp.transport import embedded\n"
+            "for log in (bus.log, serve.log, client.log, embedded.log):\n"
+            "    log.debug('debug-line'); log.info('info-line'); log.warning('warning-line')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout == ""
+    assert result.stderr.count("warning-line") == 4
+    assert "debug-line" not in result.stderr and "info-line" not in result.stderr
