@@ -209,8 +209,8 @@ class BrokerServices:
             if process.is_alive():
                 process.kill()
         if self.url is not None:
-            queues = [APP.queue, STORAGE_QUEUE,
-                      *(h.queue_name(APP.queue) for h in APP.storage_handlers)]
+            queue = APP.queue_for(EXCHANGE)
+            queues = [queue, STORAGE_QUEUE, *(h.queue_name(queue) for h in APP.storage_handlers)]
             _delete_queues(self.url, queues)
 
 
