@@ -90,7 +90,8 @@ class RawClient:
     def __init__(self, url: str, exchange: str, *, threaded: bool) -> None:
         self.url = url
         self.threaded = threaded
-        self.reply_queue = f"bench.raw.reply.{uuid.uuid4().hex}"
+        # Commissaire's name for a reply queue: a busapp service answers only reply queues.
+        self.reply_queue = f"response-{uuid.uuid4()}"
         self.conn = Connection(url)
         self.conn.ensure_connection(max_retries=3)
         self.channel = self.conn.channel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from busapp.bus import default_exchange
 from busapp.lifespan import Lifespan
 from busapp.service import CommissaireService, IncomingMessage
 
@@ -23,8 +24,10 @@ class AppService(CommissaireService):
                  **kwargs: Any) -> None:
         #: This worker's run of the App's hooks, dependencies and middleware.
         self.lifespan = Lifespan(self.app, kwargs.pop("dependencies", None))
-        super().__init__(exchange_name or self.app.exchange, connection_url,
-                         qkwargs or self.app.qkwargs(), config_file, **kwargs)
+        exchange_name = exchange_name or self.app.exchange
+        super().__init__(exchange_name, connection_url,
+                         qkwargs or self.app.qkwargs(default_exchange(exchange_name)), config_file,
+                         **kwargs)
         for entry in self.app.storage_handlers:
             self.subscribe(entry.binding_key, self._event_callback(entry),
                            queue_name=entry.queue_name(self.service_name))

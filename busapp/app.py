@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from busapp.bus import default_exchange
+from busapp.bus import default_exchange, default_queue
 from busapp.dispatch import Handler
 from busapp.router import Scaffold
 
@@ -54,7 +54,8 @@ class App(Scaffold):
     Args:
         name: the service name: queue ``name`` and routing keys ``name.<method>``.
         exchange: the topic exchange (default ``$BUSAPP_EXCHANGE``, else ``commissaire``).
-        queue: queue name (default ``name``), shared by all workers.
+        queue: queue name, shared by all workers (default ``name`` on the ``commissaire``
+            exchange, ``<exchange>.<name>`` on another: see :func:`busapp.bus.default_queue`).
         routing_key: binding key (default ``name.*``).
         max_body: largest request body accepted, in bytes (default 1 MiB).
 
@@ -73,7 +74,7 @@ class App(Scaffold):
             raise ValueError(f"App name must be a non-empty string without '.', '*' or '#': {name!r}")
         self.name = name
         self._exchange = exchange
-        self.queue = queue or name
+        self._queue = queue
         self.routing_key = routing_key or f"{name}.*"
         self.max_body = max_body
         super().__init__()  # start-up/shut-down hooks, dependencies, middleware (busapp.router)
@@ -87,6 +88,21 @@ class App(Scaffold):
     def exchange(self) -> str:
         """The exchange given, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
         return default_exchange(self._exchange)
+
+    @property
+    def queue(self) -> str:
+        """The RPC queue's name on :attr:`exchange` (see :meth:`queue_for`)."""
+        return self.queue_for(self.exchange)
+
+    @queue.setter
+    def queue(self, name: str | None) -> None:
+        self._queue = name
+        self._service_class = None
+
+    def queue_for(self, exchange: str) -> str:
+        """The RPC queue's name when serving on ``exchange``: the one given, else
+        :func:`busapp.bus.default_queue`."""
+        return self._queue or default_queue(self.name, exchange)
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} methods={sorted(self.methods)}>"
@@ -182,9 +198,9 @@ class App(Scaffold):
             self._service_class = build_service_class(self)
         return self._service_class
 
-    def qkwargs(self) -> list[dict[str, Any]]:
-        """The kombu queue arguments of the App's RPC queue."""
-        return [{"name": self.queue, "routing_key": self.routing_key}]
+    def qkwargs(self, exchange: str | None = None) -> list[dict[str, Any]]:
+        """The kombu queue arguments of the App's RPC queue on ``exchange`` (default :attr:`exchange`)."""
+        return [{"name": self.queue_for(exchange or self.exchange), "routing_key": self.routing_key}]
 
     def run(self, broker_url: str | None = None, *, workers: int = 1, concurrency: int | None = None,
             exchange: str | None = None, graceful_timeout: float | None = None,
@@ -200,9 +216,9 @@ class App(Scaffold):
         options = (options or self.service_class.worker_options).evolve(
             concurrency=concurrency, graceful_timeout=graceful_timeout)
         if workers <= 1:
-            self.service_class(exchange, broker_url, self.qkwargs(), options=options).run()
+            self.service_class(exchange, broker_url, self.qkwargs(exchange), options=options).run()
             return
-        ServiceManager(self.service_class, workers, exchange, broker_url, self.qkwargs(),
+        ServiceManager(self.service_class, workers, exchange, broker_url, self.qkwargs(exchange),
                        options=options).run()
 
     def test_client(self, *, dependencies: dict[str, Any] | None = None) -> Any:

@@ -19,20 +19,20 @@ import time
 import uuid
 from typing import Any
 
-import structlog
-
 from busapp import wire
-from busapp.errors import BrokerUnavailable, RequestTimeout
+from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout
+from busapp.log import get_logger
 from busapp.serve import DEADLINE_HEADER
 from busapp.transport import mask_url, open_transport, resolve_broker_url, revive_if_embedded
 from busapp.transport.base import REPLY_PREFIX, Delivery, QueueSpec, Transport
 
-log = structlog.get_logger("busapp.bus")
+log = get_logger("busapp.bus")
 
 #: Default seconds a call waits for its reply.
 DEFAULT_TIMEOUT = 10.0
 
-__all__ = ["DEFAULT_TIMEOUT", "REPLY_PREFIX", "BusMixin", "Client", "default_exchange"]
+__all__ = ["DEFAULT_TIMEOUT", "REPLY_PREFIX", "BusMixin", "Client", "default_exchange",
+           "default_queue"]
 
 #: Environment variable naming the exchange when none is passed.
 EXCHANGE_ENV = "BUSAPP_EXCHANGE"
@@ -41,6 +41,16 @@ EXCHANGE_ENV = "BUSAPP_EXCHANGE"
 def default_exchange(name: str | None = None) -> str:
     """``name``, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
     return name or os.environ.get(EXCHANGE_ENV) or "commissaire"
+
+
+def default_queue(service: str, exchange: str) -> str:
+    """The queue of ``service`` when its user names none: ``service`` on the ``commissaire``
+    exchange (as Commissaire named it), ``<exchange>.<service>`` on any other.
+
+    So two deployments of one service on two exchanges of one broker never share a queue
+    (and never answer each other's calls).
+    """
+    return service if exchange == "commissaire" else f"{exchange}.{service}"
 
 
 class _WaitHook(threading.local):
@@ -99,6 +109,15 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+class _NotSent(BrokerUnavailable):
+    """The broker could not be reached before the request was published (so it was not)."""
+
+
+def _maybe_delivered(exc: BrokerUnavailable, routing_key: str) -> BrokerUnavailable:
+    return BrokerUnavailable(f"{exc}; the request to {routing_key!r} may have been delivered "
+                             f"(and run): check before repeating a call that is not idempotent")
 
 
 class _Pending:
@@ -198,16 +217,25 @@ class Client(BusMixin):
             hook.waiting()
         try:
             self._replies.ensure(deadline)
-            self._publish(
-                wire.encode_request(method, params, request_id),
-                routing_key,
-                exchange=self.exchange_name,
-                reply_to=self.reply_queue,
-                correlation_id=request_id,
-                expiration=timeout,
-                headers={DEADLINE_HEADER: round(time.time() + timeout, 3)},
-            )
-            if not self._replies.wait_for(pending, deadline) or pending.arrived > deadline:
+            try:
+                self._publish(
+                    wire.encode_request(method, params, request_id),
+                    routing_key,
+                    exchange=self.exchange_name,
+                    reply_to=self.reply_queue,
+                    correlation_id=request_id,
+                    expiration=timeout,
+                    headers={DEADLINE_HEADER: round(time.time() + timeout, 3)},
+                )
+            except _NotSent:
+                raise
+            except BrokerUnavailable as exc:
+                raise _maybe_delivered(exc, routing_key) from exc
+            try:
+                replied = self._replies.wait_for(pending, deadline)
+            except BrokerUnavailable as exc:
+                raise _maybe_delivered(exc, routing_key) from exc
+            if not replied or pending.arrived > deadline:
                 raise RequestTimeout(
                     f"no reply to {routing_key!r} within {timeout:g}s; "
                     f"is a service consuming it on exchange {self.exchange_name!r}?"
@@ -247,29 +275,46 @@ class Client(BusMixin):
         payload = body if isinstance(body, bytes) else wire.dumps(body).encode()
         with self._publish_lock:
             self._check_open()
+            sent = False  # True once the broker may have the message
             for attempt in (1, 2):
                 try:
                     publisher = self._publisher
                     if publisher is None:
                         publisher = self._connect_publisher()
+                    else:
+                        publisher.drain(0)  # a connection the broker closed is found out now
+                    sent = True
                     publisher.publish(payload, exchange=exchange, routing_key=routing_key, **props)
                     return
-                except BrokerUnavailable:
+                except BrokerUnavailable as exc:
                     self._drop_publisher()
                     if attempt == 2:
-                        raise
+                        if sent:
+                            raise
+                        raise _NotSent(f"{exc}; the request was not sent") from exc
                     revive_if_embedded(self.broker_url)  # a killed embedded broker comes back
 
     def _connect_publisher(self) -> Transport:
         transport = open_transport(self.broker_url)
-        transport.connect()
         try:
-            transport.declare_exchange(self.exchange_name)
+            transport.connect()
+            # Passively: a caller needs no configure permission on an exchange that exists.
+            if not transport.declare_exchange(self.exchange_name, passive=True):
+                self._declare_missing_exchange(transport)
         except BaseException:
             transport.close()
             raise
         self._publisher = transport
         return transport
+
+    def _declare_missing_exchange(self, transport: Transport) -> None:
+        try:
+            transport.declare_exchange(self.exchange_name)
+        except AccessRefused as exc:
+            raise AccessRefused(
+                f"exchange {self.exchange_name!r} does not exist and this broker user may not "
+                f"create it; start a service on it (services declare it) or check the "
+                f"exchange name") from exc
 
     def _drop_publisher(self) -> None:
         publisher, self._publisher = self._publisher, None
@@ -320,6 +365,19 @@ class Client(BusMixin):
         return f"<Client {mask_url(self.broker_url)} exchange={self.exchange_name!r}>"
 
 
+def reply_queue_spec(name: str) -> QueueSpec:
+    """A caller's reply queue: durable, not exclusive, not auto-deleted, no arguments.
+
+    Exactly what a Commissaire server declares again before it answers
+    (``SimpleQueue(reply_to)``): RabbitMQ refuses a re-declaration that differs in any of
+    these (405 for an exclusive queue, 406 for ``auto_delete`` or an ``x-expires``
+    argument). Not exclusive, it also outlives a dropped connection, so a reply sent
+    meanwhile waits for the reconnected client. :meth:`Client.close` deletes it; on Redis,
+    a reply list expires a minute after its last push.
+    """
+    return QueueSpec(name, durable=True, auto_delete=False)
+
+
 class _ReplyQueue:
     """A Client's reply queue and its transport, drained by one waiting caller at a time."""
 
@@ -333,15 +391,30 @@ class _ReplyQueue:
         self._transport: Transport | None = None
 
     def ensure(self, deadline: float) -> None:
-        """Make sure the reply queue exists before a request names it."""
-        if self.ready:
-            return
-        if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        """Make sure the reply queue exists and is consumed before a request names it.
+
+        If nobody drains now, a connection the broker closed since the last call is found
+        out here (it costs a poll, no round trip) and opened again, before the request goes.
+        """
+        if self.ready and not self.lock.acquire(blocking=False):
+            return  # a leader is draining it: alive
+        if not self.ready and not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise RequestTimeout("reply queue could not be set up in time")
         try:
-            self._connect()
+            self._check_alive() if self.ready else self._connect()
+        except BrokerUnavailable as exc:
+            raise _NotSent(f"{exc}; the request was not sent") from exc
         finally:
             self.lock.release()
+
+    def _check_alive(self) -> None:
+        try:
+            assert self._transport is not None
+            self._transport.drain(0)
+        except BrokerUnavailable as exc:
+            log.warning("reply connection lost; reconnecting", error=str(exc))
+            self._drop(delete_queue=False)
+            self._connect()
 
     def _connect(self) -> None:
         if self.ready:
@@ -349,8 +422,7 @@ class _ReplyQueue:
         transport = open_transport(self.client.broker_url)
         try:
             transport.connect()
-            transport.declare_queue("", QueueSpec(self.client.reply_queue, durable=False,
-                                                  auto_delete=True))
+            transport.declare_queue("", reply_queue_spec(self.client.reply_queue))
             transport.consume(self.client.reply_queue, self.client._deliver, no_ack=True)
         except BaseException:
             transport.close()

@@ -178,8 +178,9 @@ def _serve(loaded: Any, url: str, **options: Any) -> None:
         # and a crash loop ends in a clear exit 1 (app.run(workers=1) stays in-process).
         if loaded.app is not None:
             app = loaded.app
-            manager = ServiceManager(app.service_class, options["workers"],
-                                     options["exchange"] or app.exchange, url, app.qkwargs())
+            exchange = options["exchange"] or app.exchange
+            manager = ServiceManager(app.service_class, options["workers"], exchange, url,
+                                     app.qkwargs(exchange))
         else:
             manager = ServiceManager(loaded.service_class, options["workers"], options["exchange"],
                                      url, None)
@@ -381,9 +382,12 @@ def _describe_instance(service_class: type) -> Any:
               help="Worker processes.")
 @_broker_option
 @_exchange_option
+@click.option("--queue", metavar="NAME",
+              help="Queue name. Default: storage on the commissaire exchange, "
+                   "<exchange>.storage on another.")
 @_log_options
 def storage(store: str | None, workers: int, broker: str | None, exchange: str | None,
-            log_format: str | None, log_level: str) -> None:
+            queue: str | None, log_format: str | None, log_level: str) -> None:
     """Run the storage service (routing keys storage.*) until SIGTERM or SIGINT."""
     configure_logging(log_level, log_format, cache=True)
     from busapp.storage.backends import open_backend
@@ -391,7 +395,7 @@ def storage(store: str | None, workers: int, broker: str | None, exchange: str |
 
     # Check the URL (scheme, options, driver installed) now; workers open it at the first call.
     _usable(open_backend, store)
-    app = make_app(store)
+    app = make_app(store, queue=queue)
     url = _resolve_broker(broker)
     log.info("starting storage service", store=mask_url(store) if store else "default",
              workers=workers, broker=mask_url(url), pid=os.getpid())

@@ -14,7 +14,8 @@
     │   └── Conflict                    -20002  a versioned save lost the race
     ├── RequestTimeout (TimeoutError)   no reply in time
     ├── TimeLimitExceeded               raised in a handler past its time limit
-    └── BrokerUnavailable (ConnectionError)  the broker cannot be reached
+    ├── BrokerUnavailable (ConnectionError)  the broker cannot be reached
+    └── AccessRefused (PermissionError)  the broker refused this user an operation (403)
 
 Error replies are decoded back to these classes by their ``code`` through
 :func:`error_class_for`, never by importing a name received over the wire;
@@ -122,6 +123,11 @@ class TimeLimitExceeded(BusappError):
 
 class BrokerUnavailable(BusappError, ConnectionError):
     """The message broker could not be reached (or the connection was lost)."""
+
+
+class AccessRefused(BusappError, PermissionError):
+    """The broker refused the operation to this user (RabbitMQ 403 ACCESS_REFUSED: a missing
+    configure/write/read permission, or a topic permission). Retrying does not help."""
 
 
 _BY_CODE: dict[int, type[RemoteProcedureCallError]] = {

@@ -102,6 +102,53 @@ def _processors(fmt: str, file: TextIO | None) -> list[Any]:
     return shared + [_renderer(fmt, file)]
 
 
+class _StderrLogger:
+    """Writes each line to whatever ``sys.stderr`` is at the time."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+class LibraryLogger:
+    """``structlog.get_logger(name)``, quiet while nobody configured structlog.
+
+    Unconfigured, structlog prints every line, debug included, to the program's stdout;
+    a library must not. Until the program (or :func:`configure_logging`) configures
+    structlog, this logger writes only warnings and errors, to stderr, as the standard
+    library's ``logging`` does by default.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._configured = structlog.get_logger(name)
+        self._fallback: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if structlog.is_configured():
+            return getattr(self._configured, attr)
+        if self._fallback is None:
+            self._fallback = structlog.wrap_logger(
+                _StderrLogger(self.name),
+                processors=[structlog.contextvars.merge_contextvars,
+                            structlog.processors.add_log_level, add_logger_name,
+                            structlog.processors.TimeStamper(fmt="iso"),
+                            structlog.dev.ConsoleRenderer(colors=False)],
+                wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+        return getattr(self._fallback, attr)
+
+
+def get_logger(name: str) -> LibraryLogger:
+    """The logger busapp's modules that run in a user's program (the Client, the storage
+    client, the embedded broker) log through: see :class:`LibraryLogger`."""
+    return LibraryLogger(name)
+
+
 def quiet() -> bool:
     """True while nobody configured structlog: busapp, a library then, writes no per-call lines.
 

@@ -9,6 +9,10 @@ caller (:mod:`busapp.worker`) publishes and settles.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +20,10 @@ import attrs
 
 from busapp import dispatch, wire
 from busapp.errors import ParseError, RemoteProcedureCallError
-from busapp.transport.base import Delivery
+from busapp.log import get_logger
+from busapp.transport.base import Delivery, is_reply_queue
+
+log = get_logger("busapp.serve")
 
 #: Header carrying the routing key a re-published (redelivered) message was first sent with.
 ROUTING_KEY_HEADER = "x-busapp-routing-key"
@@ -33,6 +40,46 @@ def expired_by(delivery: Delivery, now: float) -> float | None:
         return None
     late = now - deadline
     return late if late > 0 else None
+
+#: Environment variable: seconds a storage-event queue outlives its last consumer (0: forever).
+EVENT_QUEUE_EXPIRES_ENV = "BUSAPP_EVENT_QUEUE_EXPIRES"
+
+#: Default of ``$BUSAPP_EVENT_QUEUE_EXPIRES``: a week.
+EVENT_QUEUE_EXPIRES = 7 * 24 * 3600.0
+
+
+def event_queue_expires() -> float | None:
+    """Seconds an event queue outlives its last consumer on RabbitMQ (None: forever).
+
+    Events keep coming to a queue whose App is gone; without an expiry they collect forever.
+    """
+    value = float(os.environ.get(EVENT_QUEUE_EXPIRES_ENV, EVENT_QUEUE_EXPIRES))
+    return value if value > 0 else None
+
+
+#: Environment variable: comma-separated glob patterns of further queue names a service
+#: may send replies to (besides ``busapp.reply.*`` and Commissaire's ``response-<uuid>``).
+REPLY_TO_ENV = "BUSAPP_REPLY_TO"
+
+
+def reply_target_allowed(reply_to: str) -> bool:
+    """True if a service may publish a reply to the queue ``reply_to``.
+
+    Only callers' reply queues qualify (:func:`busapp.transport.base.is_reply_queue`), plus
+    the patterns of ``$BUSAPP_REPLY_TO``: a request naming any other queue (a service's
+    work queue, a Celery list, a Redis key of another type) as its ``reply_to`` would
+    otherwise make the service push its reply there.
+    """
+    if is_reply_queue(reply_to):
+        return True
+    extra = os.environ.get(REPLY_TO_ENV)
+    return bool(extra) and _extra_reply_targets(extra).match(reply_to) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _extra_reply_targets(patterns: str) -> re.Pattern[str]:
+    globs = [p.strip() for p in patterns.split(",") if p.strip()]
+    return re.compile("|".join(fnmatch.translate(g) for g in globs) or r"(?!)")
 
 
 @attrs.define
@@ -75,6 +122,8 @@ class Subscription:
     binding_key: str
     callback: Callable[[Any, IncomingMessage], Any]
     queue_name: str
+    #: Seconds the queue outlives its last consumer (RabbitMQ ``x-expires``; None: forever).
+    expires: float | None = attrs.field(factory=event_queue_expires)
 
 
 def decode(delivery: Delivery, max_body: int | None) -> Any:
@@ -97,9 +146,15 @@ def serve_request(
     max_body: int | None,
     on_error: Callable[[wire.Request | None, BaseException], None] | None = None,
 ) -> tuple[dict[str, Any] | None, bytes | None]:
-    """Run the request in ``info``: the response to send (None: a notification) and its JSON
-    when it is already encoded."""
+    """Run the request in ``info``: the response to send and its JSON when already encoded;
+    (None, None) for a notification, or a request whose ``reply_to`` is not a reply queue
+    (dropped unrun, with a warning)."""
     delivery: Delivery = info.raw
+    if info.reply_to and not reply_target_allowed(info.reply_to) and not _is_notification(info):
+        log.warning("request dropped: its reply_to is not a reply queue", reply_to=info.reply_to,
+                    hint=f"callers reply to busapp.reply.* or response-<uuid>; "
+                         f"${REPLY_TO_ENV} allows more")
+        return None, None
     if isinstance(info.body, dict):  # already parsed by from_delivery: not twice
         body: Any = info.body
     elif delivery.compression:
@@ -113,6 +168,10 @@ def serve_request(
     return dispatch.process_encoded(handlers, body, content_type=delivery.content_type,
                                     routing_key=info.routing_key, context=context,
                                     on_error=on_error, max_body=max_body)
+
+
+def _is_notification(info: IncomingMessage) -> bool:
+    return isinstance(info.body, dict) and "id" not in info.body
 
 
 def serve_event(subscription: Subscription, info: IncomingMessage, max_body: int | None) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from busapp import dispatch
 from busapp.aio import AsyncBus
-from busapp.bus import BusMixin, Client, default_exchange
+from busapp.bus import BusMixin, Client, default_exchange, default_queue
 from busapp.serve import IncomingMessage, Subscription
 from busapp.transport import resolve_broker_url
 from busapp.transport.base import QueueSpec
@@ -46,8 +46,9 @@ class CommissaireService(BusMixin):
     Args:
         exchange_name: the topic exchange (None: ``$BUSAPP_EXCHANGE`` or ``commissaire``).
         connection_url: broker URL (None: ``$BUSAPP_BROKER_URL`` or the embedded broker).
-        qkwargs: ``kombu.Queue`` keyword dicts (``name``, ``routing_key``, ``durable``, ...);
-            default one queue named after the class, bound to ``<name>.*``.
+        qkwargs: ``kombu.Queue`` keyword dicts (``name``, ``routing_key``, ``durable``, ...), used
+            as given; default one queue named after the class (``<exchange>.<name>`` off the
+            ``commissaire`` exchange: :func:`busapp.bus.default_queue`), bound to ``<name>.*``.
         config_file: kept for Commissaire compatibility (available as ``self.config_file``).
         client: keyword-only; the bus object ``self.call``/``request``/``notify``/``publish``
             and replies go through (default: a :class:`~busapp.bus.Client` on ``connection_url``).
@@ -85,7 +86,7 @@ class CommissaireService(BusMixin):
         self.connection_url = connection_url if client is not None else resolve_broker_url(connection_url)
         if not qkwargs:
             name = type(self).__name__.lower()
-            qkwargs = [{"name": name, "routing_key": f"{name}.*"}]
+            qkwargs = [{"name": default_queue(name, self.exchange_name), "routing_key": f"{name}.*"}]
         self.qkwargs = [dict(q) for q in qkwargs]
         self.config_file = config_file
         self.service_name = str(self.qkwargs[0].get("name") or type(self).__name__.lower())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import os
 import uuid
 from typing import Any
@@ -149,9 +150,21 @@ def request_id_of(data: Any) -> Any:
     """The ``id`` of a decoded body if it has a usable one, else None."""
     if isinstance(data, dict):
         rid = data.get("id")
-        if isinstance(rid, (str, int, float)) and not isinstance(rid, bool):
+        if isinstance(rid, (str, int, float)) and not isinstance(rid, bool) and _sendable(rid):
             return rid
     return None
+
+
+def _sendable(rid: Any) -> bool:
+    """False for ids a reply could not carry: NaN/Infinity, a string with a lone surrogate."""
+    if isinstance(rid, float):
+        return math.isfinite(rid)
+    if isinstance(rid, str):
+        try:
+            rid.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def parse_request(data: Any, routing_key: str | None) -> Request:
@@ -184,6 +197,9 @@ def parse_request(data: Any, routing_key: str | None) -> Request:
         params = {}
     if not isinstance(params, (list, dict)):
         raise InvalidRequest(f"params must be an array or an object, got a JSON {_json_kind(params)}")
+    if not _sendable(data.get("id")):
+        raise InvalidRequest("request id must be a string, a finite number or null "
+                             "(NaN, Infinity and lone surrogates cannot be answered)")
     is_notification = "id" not in data
     return Request(method=method, params=params, id=data.get("id"), is_notification=is_notification)
 

@@ -41,10 +41,17 @@ import structlog
 
 from busapp import wire
 from busapp.bus import WAIT_HOOK
-from busapp.errors import BrokerUnavailable, RemoteProcedureCallError
+from busapp.errors import BrokerUnavailable, InvalidRequest, ParseError, RemoteProcedureCallError
 from busapp.log import quiet
 from busapp.redelivery import count_redelivery, poison_error
-from busapp.serve import IncomingMessage, Subscription, expired_by, serve_event, serve_request
+from busapp.serve import (
+    IncomingMessage,
+    Subscription,
+    expired_by,
+    reply_target_allowed,
+    serve_event,
+    serve_request,
+)
 from busapp.timelimit import TimeLimits, Watched, any_limit
 from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
@@ -148,7 +155,7 @@ class Worker:
     def _consumers(self) -> list[tuple[QueueSpec, Callable[[Delivery], None]]]:
         specs = [(spec, self.serve) for spec in self.service.queue_specs()]
         for sub in self.service.subscriptions:
-            spec = QueueSpec(sub.queue_name, (sub.binding_key,))
+            spec = QueueSpec(sub.queue_name, (sub.binding_key,), expires=sub.expires)
             specs.append((spec, self._event_server(sub)))
         return specs
 
@@ -274,6 +281,13 @@ class Worker:
                 log.warning("bad message dropped (no reply_to to answer)",
                             error=response["error"].get("message"))
             return
+        if not reply_target_allowed(info.reply_to):
+            log.warning("reply dropped: reply_to is not a reply queue", reply_to=info.reply_to)
+            return
+        error = response.get("error")
+        if error and error.get("code") in (ParseError.code, InvalidRequest.code):
+            log.warning("bad message refused (error reply sent)", error=error.get("message"),
+                        reply_to=info.reply_to)
         correlation_id = info.correlation_id or response.get("id")
         self.service._bus_client().publish_reply(info.reply_to, payload or response, correlation_id)
 

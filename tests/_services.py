@@ -65,8 +65,9 @@ def running(target: Any, *, ready: str | None = None, ready_args: tuple = (),
 
 def run_app(app: Any, url: str, exchange: str, **kwargs: Any):
     """A context manager running ``app`` on a real broker until the block ends."""
+    queue = app.queue_for(exchange)
     return running(
         lambda: app.run(url, exchange=exchange, **kwargs),
         ready=f"{app.name}.ping", url=url, exchange=exchange,
-        cleanup_queues=(app.queue, *(h.queue_name(app.queue) for h in app.storage_handlers)),
+        cleanup_queues=(queue, *(h.queue_name(queue) for h in app.storage_handlers)),
     )

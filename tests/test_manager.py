@@ -57,7 +57,7 @@ def manager_proc(broker_url, exchange, unique):
         yield proc, app, broker_url, exchange
     finally:
         _kill_group(proc)
-        delete_queues(broker_url, exchange, name)
+        delete_queues(broker_url, exchange, app.queue_for(exchange))
 
 
 def test_three_workers_share_one_queue(manager_proc):

@@ -209,8 +209,8 @@ class BrokerServices:
             if process.is_alive():
                 process.kill()
         if self.url is not None:
-            queues = [APP.queue, STORAGE_QUEUE,
-                      *(h.queue_name(APP.queue) for h in APP.storage_handlers)]
+            queue = APP.queue_for(EXCHANGE)
+            queues = [queue, STORAGE_QUEUE, *(h.queue_name(queue) for h in APP.storage_handlers)]
             _delete_queues(self.url, queues)
 
 
@@ -227,7 +227,7 @@ def _broker_raw(url: str, routing_key: str, body: bytes, *, content_type: str = 
     """Publish ``body`` as it is with kombu and return the decoded reply."""
     from kombu import Connection, Exchange, Producer, Queue
 
-    reply_name = f"parity-raw-{uuid.uuid4().hex}"
+    reply_name = f"busapp.reply.parity-{uuid.uuid4().hex}"  # a name a service answers
     with Connection(url) as conn:
         channel = conn.channel()
         reply_queue = Queue(reply_name, channel=channel, durable=False, auto_delete=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from busapp import Client
+from busapp.bus import default_queue
 from busapp.errors import BrokerUnavailable, InternalError, RequestTimeout
 from tests._private_brokers import private_rabbitmq, private_redis  # noqa: F401 - fixtures
 from tests._services import delete_queues, wait_until_served
@@ -137,7 +138,7 @@ def test_lost_binding_is_restored_by_the_watchdog(redis_url, unique):
         print(f"\n[figure] lost redis binding restored after {waited:.1f}s")
     finally:
         log = _stop(proc)
-        delete_queues(redis_url, exchange, name)
+        delete_queues(redis_url, exchange, default_queue(name, exchange))
     assert proc.returncode == 0, log
 
 
@@ -147,13 +148,13 @@ def test_deleted_queue_is_resubscribed(amqp_url, unique):
     proc = _start_manager(amqp_url, exchange, name, 1)
     try:
         wait_until_served(amqp_url, exchange, f"{name}.ping")
-        delete_queues(amqp_url, "", name)
+        delete_queues(amqp_url, "", default_queue(name, exchange))
         with Client(amqp_url, exchange) as bus:
             result, _, _ = _call_until(bus, f"{name}.add", 1, 2, deadline=30)
         assert result == 3
     finally:
         _stop(proc)
-        delete_queues(amqp_url, exchange, name)
+        delete_queues(amqp_url, exchange, default_queue(name, exchange))
 
 
 # -- worker faults ----------------------------------------------------------------------------
@@ -164,6 +165,7 @@ def test_poison_message_is_dead_lettered(broker, request, unique):
     """A request that kills its worker every time is dead-lettered after 3 deliveries; caller gets an error."""
     url = request.getfixturevalue(f"{broker}_url")
     name, exchange = f"p{unique}", f"test-{unique}"
+    queue = default_queue(name, exchange)
     # On Redis a dead worker's message comes back after the visibility timeout: shorten it here.
     proc = _start_manager(url, exchange, name, 2, BUSAPP_VISIBILITY_TIMEOUT="1")
     try:
@@ -178,11 +180,11 @@ def test_poison_message_is_dead_lettered(broker, request, unique):
         from kombu import Connection, Queue
 
         with Connection(url) as conn:
-            dead = Queue(f"{name}.dead", durable=True, channel=conn.channel()).queue_declare()
+            dead = Queue(f"{queue}.dead", durable=True, channel=conn.channel()).queue_declare()
         assert dead.message_count == 1
     finally:
         log = _stop(proc)
-        delete_queues(url, exchange, name, f"{name}.dead")
+        delete_queues(url, exchange, queue, f"{queue}.dead")
     assert "dead-lettered" in log
 
 
@@ -233,7 +235,8 @@ def test_random_worker_kills_under_load(amqp_url, unique):
             assert bus.call(f"{name}.add", 1, 1) == 2
     finally:
         _stop(proc)
-        delete_queues(amqp_url, exchange, name, f"{name}.dead")
+        delete_queues(amqp_url, exchange, default_queue(name, exchange),
+                      f"{default_queue(name, exchange)}.dead")
     print(f"\n[figure] chaos {seconds:.0f}s, {killed} kills: outcomes {outcomes}")
     assert killed >= seconds // 2 - 1
     assert outcomes.get("ok", 0) > 10 * killed, outcomes

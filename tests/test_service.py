@@ -45,7 +45,7 @@ def bus(served):
 def raw_call(url: str, exchange: str, routing_key: str, body, *, content_type="application/json",
              content_encoding="utf-8", timeout: float = 5.0, reply: bool = True):
     """Publish ``body`` as-is with kombu; return the decoded reply (None when none came)."""
-    reply_name = f"raw-reply-{uuid.uuid4().hex}"
+    reply_name = f"busapp.reply.raw-{uuid.uuid4().hex}"  # a reply queue name a service answers
     with Connection(url) as conn:
         channel = conn.channel()
         reply_queue = Queue(reply_name, channel=channel, durable=False, auto_delete=False)
@@ -234,9 +234,9 @@ def test_bad_message_without_reply_to_is_dropped(served, bus):
 
 def test_routing_key_without_method_segment(served, bus):
     """A request put straight on the queue (routing key = queue name, no '.method') gets -32600."""
-    app, url, _ = served
+    app, url, exchange = served
     body = json.dumps({"jsonrpc": "2.0", "id": "x", "method": "add", "params": [1, 2]})
-    reply = raw_call(url, "", app.queue, body)
+    reply = raw_call(url, "", app.queue_for(exchange), body)
     assert reply is not None and reply["error"]["code"] == -32600
     _assert_still_serving(bus, app.name)
 

@@ -35,13 +35,12 @@ import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import structlog
-
 from busapp.errors import Conflict, RemoteProcedureCallError
+from busapp.log import get_logger
 from busapp.models import Cluster, Host, ListModel, Model, Network, ValidationError, list_model_for
 from busapp.storage.events import binding_key, decode_event
 
-log = structlog.get_logger("busapp.storage.client")
+log = get_logger("busapp.storage.client")
 
 NOTIFY_EVENT_ANY = None
 NOTIFY_EVENT_CREATED = "created"

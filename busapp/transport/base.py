@@ -13,6 +13,7 @@ which callers serialise themselves. Broker failures surface as
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -20,6 +21,18 @@ import attrs
 
 #: Reply queues of busapp clients are named ``busapp.reply.<hex>``.
 REPLY_PREFIX = "busapp.reply."
+
+#: Reply queues of Commissaire's clients: ``response-<uuid>``.
+COMMISSAIRE_REPLY = re.compile(r"response-[0-9A-Fa-f]{8}(-?[0-9A-Fa-f]{4}){3}-?[0-9A-Fa-f]{12}\Z")
+
+
+def is_reply_queue(name: str | None) -> bool:
+    """True if ``name`` is a caller's reply queue: busapp's ``busapp.reply.<hex>`` or
+    Commissaire's ``response-<uuid>`` (what a service may answer to, see
+    :func:`busapp.serve.reply_target_allowed`)."""
+    if not name:
+        return False
+    return name.startswith(REPLY_PREFIX) or COMMISSAIRE_REPLY.match(name) is not None
 
 
 @attrs.define(slots=True)
@@ -83,8 +96,12 @@ class Transport(Protocol):
     def connect(self) -> None:
         """Open the connection (raises BrokerUnavailable)."""
 
-    def declare_exchange(self, exchange: str) -> None:
-        """Make sure the topic ``exchange`` exists (idempotent)."""
+    def declare_exchange(self, exchange: str, *, passive: bool = False) -> bool:
+        """Make sure the topic ``exchange`` exists (idempotent).
+
+        ``passive``: only check that it exists (False if not), which needs no *configure*
+        permission on RabbitMQ; on Redis, where an exchange is local state, it declares.
+        """
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
         """Declare ``spec`` and bind it to ``exchange`` with its binding keys."""
@@ -106,7 +123,11 @@ class Transport(Protocol):
         """Unacknowledged messages the broker may hand this connection at once."""
 
     def drain(self, timeout: float) -> bool:
-        """Deliver what arrives within ``timeout`` seconds; False if nothing came."""
+        """Deliver what arrives within ``timeout`` seconds; False if nothing came.
+
+        ``timeout=0`` delivers only what has already arrived, without waiting: a cheap
+        check that the connection is alive (raises BrokerUnavailable if it is known dead).
+        """
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in ``queue`` (not yet delivered to anyone)."""

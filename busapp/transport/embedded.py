@@ -52,11 +52,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from busapp.errors import BrokerUnavailable
+from busapp.log import get_logger
 
-log = structlog.get_logger("busapp.embedded")
+log = get_logger("busapp.embedded")
 
 #: Seconds with no client before the keeper stops the broker.
 IDLE_ENV = "BUSAPP_EMBEDDED_IDLE"

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import attrs
 import kombu
 import kombu.exceptions
 
-from busapp.errors import BrokerUnavailable, BusappError
+from busapp.errors import AccessRefused, BrokerUnavailable, BusappError
 from busapp.transport import is_redis, mask_url
 from busapp.transport.base import Delivery, QueueSpec
 
@@ -89,11 +93,27 @@ def kombu_connection(url: str, max_body: int | None = None) -> Any:
     options = transport_options(url)
     if max_body is not None and is_redis(url):
         options["max_entry_bytes"] = max_body * 4 // 3 + _ENVELOPE_BYTES  # base64 + envelope
-    return cls(url, transport_options=options, connect_timeout=5)
+    return cls(url, transport_options=options, connect_timeout=5, **tls_defaults(url))
 
 
 #: Room for a Redis entry's envelope (properties, headers) besides its base64 body.
 _ENVELOPE_BYTES = 64 * 1024
+
+
+def tls_defaults(url: str) -> dict[str, Any]:
+    """Verify the server's certificate on ``rediss://`` unless the URL says otherwise.
+
+    kombu turns certificate checks off (``CERT_NONE``) for a ``rediss://`` URL without ssl
+    options. Here a bare ``rediss://`` verifies against the system CAs; the URL can name a
+    CA (``?ssl_ca_certs=/path/ca.pem``) or, explicitly, turn checks off
+    (``?ssl_cert_reqs=none``).
+    """
+    if not url.startswith("rediss://"):
+        return {}
+    query = parse_qs(urlsplit(url).query)
+    if any(key.startswith("ssl_") for key in query):
+        return {}  # kombu passes the URL's own ssl options (redis-py verifies by default)
+    return {"ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
 
 
 def _base_errors() -> tuple[type[BaseException], ...]:
@@ -121,6 +141,23 @@ def _base_errors() -> tuple[type[BaseException], ...]:
 
 _ERRORS = _base_errors()
 
+#: Seconds a request's publish waits for RabbitMQ's confirm.
+CONFIRM_TIMEOUT = 10.0
+
+
+def _refusal(exc: BaseException) -> bool:
+    """True for a broker's 403 ACCESS_REFUSED (RabbitMQ) or NOPERM (Redis ACLs)."""
+    code = getattr(exc, "code", None) or getattr(exc, "reply_code", None)
+    if code == 403:
+        return True
+    text = str(exc)
+    return "ACCESS_REFUSED" in text or text.startswith("NOPERM")
+
+
+def _not_found(exc: BaseException) -> bool:
+    code = getattr(exc, "code", None) or getattr(exc, "reply_code", None)
+    return code == 404 or "NOT_FOUND" in str(exc)
+
 
 class KombuTransport:
     """One kombu connection and channel (see :class:`busapp.transport.base.Transport`)."""
@@ -138,6 +175,8 @@ class KombuTransport:
         self._tags: list[str] = []
         #: Largest body this connection will receive (set before connect; None: no limit).
         self.max_body: int | None = None
+        self._published = 0   # publishes on this channel since confirm mode was turned on
+        self._confirmed = -1  # highest delivery tag RabbitMQ confirmed (-1: confirm mode off)
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -148,6 +187,10 @@ class KombuTransport:
         except BusappError:
             raise
         except self._errors as exc:
+            if _refusal(exc):
+                raise AccessRefused(
+                    f"broker at {mask_url(self.url)} refused access: {exc}; grant this broker "
+                    f"user the permission (see README, 'What callers can rely on')") from exc
             raise BrokerUnavailable(
                 f"broker at {mask_url(self.url)} unavailable: {exc or type(exc).__name__}"
             ) from exc
@@ -173,13 +216,54 @@ class KombuTransport:
             self.connect()
         return self._channel
 
-    def declare_exchange(self, exchange: str) -> None:
+    def declare_exchange(self, exchange: str, *, passive: bool = False) -> bool:
+        if passive and not self.redis:  # a Redis exchange is local state: always declared
+            return self._exchange_exists(exchange)
         with self._guard():
             kombu.Exchange(exchange, type="topic", durable=True)(self.channel).declare()
+        return True
+
+    def _exchange_exists(self, exchange: str) -> bool:
+        try:
+            with self._guard():
+                self.channel.exchange_declare(exchange=exchange, type="topic", passive=True)
+            return True
+        except BrokerUnavailable as exc:
+            if not _not_found(exc.__cause__ or exc):
+                raise
+        self._reopen_channel()
+        return False
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
+        if spec.expires is not None and not self.redis and not self._takes_expiry(exchange, spec):
+            # Declared without an expiry by an older busapp: keep it as it is (RabbitMQ
+            # refuses to change a queue's arguments) rather than fail to start.
+            spec = attrs.evolve(spec, expires=None)
         with self._guard():
             self._kombu_queue(exchange, spec)(self.channel).declare()
+
+    def _takes_expiry(self, exchange: str, spec: QueueSpec) -> bool:
+        """Declare ``spec`` on a channel of its own: False if the queue exists without expiry
+        (RabbitMQ closes a channel on such a refusal; the consumers on ours must live on)."""
+        with self._guard():
+            channel = self._conn.channel()
+        try:
+            with self._guard():
+                self._kombu_queue(exchange, spec)(channel).declare()
+            return True
+        except BrokerUnavailable as exc:
+            if "x-expires" not in str(exc.__cause__ or exc):
+                raise
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+
+    def _reopen_channel(self) -> None:
+        """A new channel after RabbitMQ closed this one over a refused operation."""
+        with self._guard():
+            self._channel = self._conn.channel()
+        self._confirmed, self._published = -1, 0
 
     @staticmethod
     def _kombu_queue(exchange: str, spec: QueueSpec) -> Any:
@@ -216,7 +300,41 @@ class KombuTransport:
                 channel.forget_bindings(exchange)
             message = channel.prepare_message(body, 0, content_type, "utf-8",
                                               headers or {}, properties)
-            channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+            if self.redis or reply_to is None or not exchange:
+                channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+                self._published += self._confirmed >= 0
+            else:
+                self._publish_confirmed(channel, message, exchange, routing_key)
+
+    def _publish_confirmed(self, channel: Any, message: Any, exchange: str, routing_key: str) -> None:
+        """Publish a request and wait for RabbitMQ's confirm: a refusal (a topic permission,
+        a missing exchange) or a dead connection is raised now, not as a timeout later."""
+        from amqp import spec
+
+        if self._confirmed < 0:
+            channel.confirm_select()
+            channel.events["basic_ack"].add(self._on_confirm)
+            self._confirmed = self._published = 0
+        channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+        self._published += 1
+        tag = self._published
+
+        def on_reply(method: Any, delivery_tag: int, multiple: bool, *rest: Any) -> None:
+            if method == spec.Basic.Nack and delivery_tag >= tag:
+                raise BrokerUnavailable(f"broker at {mask_url(self.url)} refused the request "
+                                        f"(nack); it was not delivered")
+            self._on_confirm(delivery_tag, multiple)
+
+        try:
+            while self._confirmed < tag:
+                channel.wait([spec.Basic.Ack, spec.Basic.Nack], callback=on_reply,
+                             timeout=CONFIRM_TIMEOUT)
+        except socket.timeout:
+            raise BrokerUnavailable(f"broker at {mask_url(self.url)} did not confirm the request "
+                                    f"within {CONFIRM_TIMEOUT:g}s") from None
+
+    def _on_confirm(self, delivery_tag: int, multiple: bool = False) -> None:
+        self._confirmed = max(self._confirmed, delivery_tag)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -290,9 +408,30 @@ class KombuTransport:
         self._prefetch = count
 
     def drain(self, timeout: float) -> bool:
+        if timeout <= 0:
+            return self._drain_arrived()
         with self._guard():
             try:
                 self._conn.drain_events(timeout=timeout)
+            except socket.timeout:
+                return False
+        return True
+
+    def _drain_arrived(self) -> bool:
+        """Handle what RabbitMQ already sent (a reply, or the news that the connection is
+        closed: then BrokerUnavailable), without waiting; on Redis, nothing."""
+        if self.redis or self._conn is None:
+            return False
+        # The py-amqp connection itself: kombu's would quietly open a new one if this one died.
+        amqp_conn = getattr(self._channel, "connection", None)
+        sock = getattr(getattr(amqp_conn, "transport", None), "sock", None)
+        if sock is None:
+            raise BrokerUnavailable(f"broker at {mask_url(self.url)} unavailable: connection closed")
+        with self._guard():
+            if not select.select([sock], [], [], 0)[0]:
+                return False
+            try:
+                amqp_conn.drain_events(timeout=0.05)
             except socket.timeout:
                 return False
         return True

@@ -195,8 +195,9 @@ class MemoryTransport:
     def connect(self) -> None:
         """Nothing to open."""
 
-    def declare_exchange(self, exchange: str) -> None:
+    def declare_exchange(self, exchange: str, *, passive: bool = False) -> bool:
         """Exchanges exist as soon as something is bound to them."""
+        return True
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
         self.broker.queue(spec.name)
@@ -242,7 +243,8 @@ class MemoryTransport:
 
     def drain(self, timeout: float) -> bool:
         """Everything was delivered when it was published: just let the time pass (briefly)."""
-        time.sleep(min(timeout, 0.001))
+        if timeout > 0:
+            time.sleep(min(timeout, 0.001))
         return False
 
     def queue_depth(self, queue: str) -> int:

@@ -39,7 +39,7 @@ from kombu.transport import redis as _kredis
 from kombu.transport import virtual as _virtual
 from kombu.utils import json as _kjson
 
-from busapp.transport.base import REPLY_PREFIX
+from busapp.transport.base import is_reply_queue
 
 __all__ = ["Channel", "Connection", "QoS", "Transport", "entry_problem"]
 
@@ -255,7 +255,7 @@ class Channel(_kredis.Channel):
     reply_expires_ms: int = 60_000
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        if not queue.startswith(REPLY_PREFIX) or "_publish_batch" in kwargs:
+        if not is_reply_queue(queue) or "_publish_batch" in kwargs:
             return super()._put(queue, message, **kwargs)
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         with self.conn_or_acquire() as client:

@@ -1,0 +1,93 @@
+"""What a caller relies on when the broker refuses or drops it: typed errors, no silent timeouts.
+
+On private brokers (tests/_private_brokers.py): restricted RabbitMQ users and cut connections.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from busapp import Client
+from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout
+from tests._private_brokers import private_rabbitmq, private_redis  # noqa: F401
+from tests._services import run_app
+from tests.apps import make_app
+
+
+@pytest.fixture
+def rabbit_app(private_rabbitmq):  # noqa: F811
+    """A test App served (as guest) on a private RabbitMQ node; yields (node, app, exchange)."""
+    token = uuid.uuid4().hex[:8]
+    app = make_app(f"p{token}")
+    exchange = f"test-{token}"
+    with run_app(app, private_rabbitmq.url, exchange):
+        yield private_rabbitmq, app, exchange
+
+
+def _user(node, name: str, configure: str, write: str = ".*", read: str = ".*") -> str:
+    node.ctl("add_user", name, "secret")
+    node.ctl("set_permissions", "-p", "/", name, configure, write, read)
+    return f"amqp://{name}:secret@127.0.0.1:{node.port}//"
+
+
+def test_caller_needs_no_configure_permission_on_the_exchange(rabbit_app):
+    """A user who may configure only its own reply queue (busapp.reply.*) calls services."""
+    node, app, exchange = rabbit_app
+    url = _user(node, "caller", r"^busapp\.reply\..*")
+    with Client(url, exchange) as bus:
+        assert bus.call(f"{app.name}.add", 1, 2) == 3
+
+
+def test_missing_permission_is_access_refused_not_unavailable(rabbit_app):
+    """A user who may configure nothing gets AccessRefused, not 'broker unavailable'."""
+    node, app, exchange = rabbit_app
+    url = _user(node, "nobody", "^$")
+    with Client(url, exchange) as bus:
+        with pytest.raises(AccessRefused) as info:
+            bus.call(f"{app.name}.add", 1, 2)
+    assert not isinstance(info.value, BrokerUnavailable)
+    assert "refused" in str(info.value)
+
+
+def test_topic_permission_refusal_is_raised_not_timed_out(rabbit_app):
+    """A publish refused by a topic permission raises AccessRefused, not RequestTimeout."""
+    node, app, exchange = rabbit_app
+    url = _user(node, "limited", r"^busapp\.reply\..*")
+    node.ctl("set_topic_permissions", "-p", "/", "limited", exchange, r"^allowed\..*", ".*")
+    with Client(url, exchange, timeout=30) as bus:
+        with pytest.raises(AccessRefused):
+            bus.call(f"{app.name}.add", 1, 2)
+
+
+def test_first_call_after_connections_are_closed_succeeds(rabbit_app):
+    """After the broker closes every connection, the client's next call reconnects and is answered."""
+    node, app, exchange = rabbit_app
+    with Client(node.url, exchange, timeout=30) as bus:
+        assert bus.call(f"{app.name}.add", 1, 2) == 3
+        node.ctl("close_all_connections", "test: connections dropped")  # private
+        time.sleep(0.5)
+        assert bus.call(f"{app.name}.add", 2, 2) == 4
+        assert bus.call(f"{app.name}.add", 3, 2) == 5
+
+
+def test_unavailable_after_publish_says_the_request_may_have_run(private_redis):  # noqa: F811
+    """A broker lost while a call waits: BrokerUnavailable says the request may have been delivered."""
+    token = uuid.uuid4().hex[:8]
+    app = make_app(f"q{token}")
+    exchange = f"test-{token}"
+    with run_app(app, private_redis.url, exchange):
+        with Client(private_redis.url, exchange, timeout=30) as bus:
+            assert bus.call(f"{app.name}.add", 1, 2) == 3
+            threading.Timer(0.5, private_redis.stop).start()  # private
+            with pytest.raises(BrokerUnavailable) as info:
+                bus.call(f"{app.name}.slow", 3)
+            assert "may have been delivered" in str(info.value)
+            with pytest.raises(BrokerUnavailable) as info:
+                bus.call(f"{app.name}.add", 1, 2)
+            assert "not sent" in str(info.value)
+            assert not isinstance(info.value, RequestTimeout)
+        private_redis.start()  # private: for the clean-up
