@@ -23,7 +23,7 @@ import structlog
 
 import busapp
 from busapp._extras import MissingExtra
-from busapp.errors import BrokerUnavailable, RemoteProcedureCallError, RequestTimeout
+from busapp.errors import AccessRefused, BrokerUnavailable, RemoteProcedureCallError, RequestTimeout
 from busapp.log import FORMATS, LEVELS, configure_logging
 from busapp.transport import BROKER_ENV, BROKER_SCHEMES, check_broker_url, mask_url
 
@@ -243,6 +243,8 @@ def _request(routing_key: str, body: Any, broker: str | None, exchange: str | No
         raise NoReply(f"timeout: {exc}") from None
     except BrokerUnavailable as exc:
         raise NoReply(f"{exc}; check that the broker runs and the URL (--broker or {BROKER_ENV}) is right") from None
+    except AccessRefused as exc:  # the broker answered, but not to this user: nothing was sent
+        raise NoReply(str(exc)) from None
 
 
 def _running_embedded() -> str:

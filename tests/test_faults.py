@@ -54,15 +54,17 @@ def test_junk_entries_in_a_redis_queue_are_moved_aside(redis_url, unique):
         {"body": "abc", "properties": {"delivery_tag": "t", "body_encoding": "base64",
                                       "delivery_info": {"exchange": "", "routing_key": ""}}}
     ).encode(), b'"' + b"a" * (2 * 1024 * 1024) + b'"']
+    app = make_app(name)
+    queue = app.queue_for(exchange)
     try:
-        with run_app(make_app(name), redis_url, exchange):
+        with run_app(app, redis_url, exchange):
             for entry in junk:
-                r.lpush(name, entry)
+                r.lpush(queue, entry)
             with Client(redis_url, exchange, timeout=5) as bus:
                 assert [bus.call(f"{name}.add", i, 1) for i in range(10)] == list(range(1, 11))
-            assert sorted(r.lrange(f"{name}.dead", 0, -1)) == sorted(junk)
+            assert sorted(r.lrange(f"{queue}.dead", 0, -1)) == sorted(junk)
     finally:
-        r.delete(f"{name}.dead")
+        r.delete(f"{queue}.dead")
 
 
 # -- 6. a request carries its deadline; a worker drops an expired one unrun ---------------------

@@ -188,9 +188,11 @@ class KombuTransport:
             raise
         except self._errors as exc:
             if _refusal(exc):
+                hint = ("check the user name and password in the URL" if "login" in str(exc).lower()
+                        else "grant this broker user the permission (see README, 'What callers "
+                             "can rely on')")
                 raise AccessRefused(
-                    f"broker at {mask_url(self.url)} refused access: {exc}; grant this broker "
-                    f"user the permission (see README, 'What callers can rely on')") from exc
+                    f"broker at {mask_url(self.url)} refused access: {exc}; {hint}") from exc
             raise BrokerUnavailable(
                 f"broker at {mask_url(self.url)} unavailable: {exc or type(exc).__name__}"
             ) from exc
