@@ -376,6 +376,8 @@ class Server:
                 try:
                     client.call(f"{self.name}.echo", "echo", PAYLOAD, timeout=0.5)
                     return
+                except KeyError:  # an error reply (--sign: the unsigned probe is refused)
+                    return
                 except OSError:  # socket.timeout: not consuming yet
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{self.impl} server not answering: {self.log_tail()}") from None

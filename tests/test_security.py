@@ -286,3 +286,27 @@ def test_keyring_file_and_env_key(tmp_path, monkeypatch):
     assert Client("memory://x").key == ("frontend", b"xyz")
     with pytest.raises(ValueError, match="ID:SECRET"):
         parse_key("no-secret")
+
+
+def test_cli_keyring_and_allow_errors_are_usage_errors(tmp_path):
+    """--keyring FILE that is missing, --allow without a keyring or naming unknown keys: exit 2, one line."""
+    from click.testing import CliRunner
+
+    from busapp.cli import cli
+
+    runner = CliRunner(env={"BUSAPP_KEYRING": None})  # restored after each run (--keyring exports it)
+    missing = runner.invoke(cli, ["storage", "--keyring", str(tmp_path / "nope"),
+                                  "--store", "memory://"])
+    assert missing.exit_code == 2 and "cannot read keyring" in missing.output
+    no_keyring = runner.invoke(cli, ["storage", "--allow", "HostCreds=ops", "--store", "memory://"])
+    assert no_keyring.exit_code == 2 and "needs a keyring" in no_keyring.output
+    keys = tmp_path / "keys"
+    keys.write_text("ops:x\n")
+    keys.chmod(0o600)
+    unknown = runner.invoke(cli, ["storage", "--keyring", str(keys), "--allow", "HostCreds=eve",
+                                  "--store", "memory://"])
+    assert unknown.exit_code == 2 and "'eve'" in unknown.output
+    bad = runner.invoke(cli, ["storage", "--keyring", str(keys), "--allow", "HostCreds",
+                              "--store", "memory://"])
+    assert bad.exit_code == 2 and "TYPE=ID" in bad.output
+    assert "BUSAPP_KEYRING" not in os.environ
