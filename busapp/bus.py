@@ -309,7 +309,7 @@ class Client(BusMixin):
         except Exception as exc:  # noqa: BLE001
             log.warning("unparsable reply dropped", error=str(exc))
             return
-        if refused is not None and not _unsigned_refusal(delivery, response):
+        if refused is not None and not security.unsigned_refusal(delivery.headers, response):
             return self._drop_reply(delivery, refused)
         key = delivery.correlation_id
         if key is None:
@@ -358,14 +358,6 @@ class Client(BusMixin):
 
     def __repr__(self) -> str:
         return f"<Client {mask_url(self.broker_url)} exchange={self.exchange_name!r}>"
-
-
-def _unsigned_refusal(delivery: Delivery, response: dict) -> bool:
-    """An unsigned -32001 reply: a service that could not verify the caller cannot sign for
-    it; such a reply only refuses (it carries no result), so a keyed client takes it."""
-    error = response.get("error")
-    return (security.KEY_HEADER not in delivery.headers and isinstance(error, dict)
-            and error.get("code") == Unauthorized.code and "result" not in response)
 
 
 class _ReplyQueue:

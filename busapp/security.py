@@ -30,6 +30,12 @@ The helpers here are pure functions (no I/O), for every client (the blocking
 
     headers = sign(("frontend", b"s3cret"), body, "billing.quote", reply_to, cid)
     key_id = verify(keyring, headers, body, "billing.quote", reply_to, cid)  # or Unauthorized
+
+A client (blocking or asyncio) does what :class:`~busapp.bus.Client` does: pass every
+outgoing message through :func:`signer`; check each reply with ``verify({id: secret},
+headers, body, <its reply queue>, None, correlation_id)`` before parsing it, and drop it
+on :class:`~busapp.errors.Unauthorized` unless :func:`unsigned_refusal` says it is an
+unsigned -32001.
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ from busapp.serve import ROUTING_KEY_HEADER
 
 __all__ = [
     "KEY_ENV", "KEY_HEADER", "KEYRING_ENV", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Gate",
-    "Keyring", "Refused", "ReplayGuard", "key_from_env", "parse_key", "sign", "signer", "verify",
+    "Keyring", "Refused", "ReplayGuard", "key_from_env", "parse_key", "sign", "signer",
+    "unsigned_refusal", "verify",
 ]
 
 log = structlog.get_logger("busapp.security")
@@ -191,6 +198,15 @@ def verify(secrets: Mapping[str, bytes] | Keyring, headers: Mapping[str, Any], b
                            f"{window:g}s replay window (are the clocks in step?)",
                            data={"key": key_id})
     return key_id
+
+
+def unsigned_refusal(headers: Mapping[str, Any], response: Mapping[str, Any]) -> bool:
+    """True for an unsigned -32001 reply, the one unsigned reply a keyed client takes: a
+    service that could not verify the caller cannot sign for it, and such a reply only
+    refuses (it carries no result)."""
+    error = response.get("error")
+    return (KEY_HEADER not in headers and isinstance(error, dict)
+            and error.get("code") == Unauthorized.code and "result" not in response)
 
 
 class ReplayGuard:
