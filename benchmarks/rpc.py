@@ -192,6 +192,16 @@ def _raw_transport(url: str, stock: bool) -> None:
         rawkombu.use_connection_class(Connection)
 
 
+#: Set by ``--sign``: busapp's server and clients use a keyring (every call signed, verified).
+SIGN_ENV = "BUSAPP_BENCH_SIGN"
+SIGN_KEYS = {"bench": "bench-secret-0123456789abcdef"}
+
+
+def _signing(impl: str) -> bool:
+    """Whether this busapp server or client signs (never the baseline: it may predate keys)."""
+    return impl == "busapp" and os.environ.get(SIGN_ENV) == "1"
+
+
 def _serve_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="rpc.py _serve")
     p.add_argument("--impl", choices=(*IMPLS, "base", "floor"), required=True)
@@ -216,7 +226,12 @@ def _serve_main(argv: list[str]) -> None:
 
         # What `busapp run` does by default: info level, so per-call debug lines are no-ops.
         configure_logging("info", fmt="json", cache=True)
-        app = App(a.name, exchange=a.exchange)
+        keyring = None
+        if _signing(a.impl):
+            from busapp.security import Keyring
+
+            keyring = Keyring(SIGN_KEYS)
+        app = App(a.name, exchange=a.exchange, keyring=keyring)
 
         @app.method()
         def echo(data: Any) -> Any:
@@ -276,7 +291,8 @@ def _client_main(argv: list[str]) -> None:
     elif a.impl in ("busapp", "base"):
         from busapp.bus import Client
 
-        client = Client(a.url, a.exchange, timeout=30)
+        client = Client(a.url, a.exchange, timeout=30,
+                        key=("bench", SIGN_KEYS["bench"]) if _signing(a.impl) else None)
 
         def call() -> Any:
             return client.call(routing_key, **PAYLOAD)
@@ -367,6 +383,8 @@ class Server:
                     raise RuntimeError(f"{self.impl} server exited: {self.log_tail()}")
                 try:
                     client.call(f"{self.name}.echo", "echo", PAYLOAD, timeout=0.5)
+                    return
+                except KeyError:  # an error reply (--sign: the unsigned probe is refused)
                     return
                 except OSError:  # socket.timeout: not consuming yet
                     if time.monotonic() > deadline:
@@ -675,8 +693,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="raw kombu on kombu's stock Redis transport (default: busapp's)")
     p.add_argument("--peers-python", metavar="PY",
                    help="python of a venv with benchmarks/requirements-peers.txt: add FastStream, Nameko")
+    p.add_argument("--sign", action="store_true",
+                   help="busapp server and clients use a keyring: every request and reply "
+                        "signed and verified (HMAC-SHA256, busapp.security)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every pass on stderr")
     args = p.parse_args(argv)
+    if args.sign:
+        os.environ[SIGN_ENV] = "1"  # the server and client processes inherit it
     args.workers = [int(w) for w in args.workers.split(",")]
     quick = args.quick
     args.duration = args.duration or (0.5 if quick else 3.0)

@@ -24,6 +24,7 @@ class AppService(CommissaireService):
                  **kwargs: Any) -> None:
         #: This worker's run of the App's hooks, dependencies and middleware.
         self.lifespan = Lifespan(self.app, kwargs.pop("dependencies", None))
+        kwargs.setdefault("keyring", self.app.keyring)
         exchange_name = exchange_name or self.app.exchange
         super().__init__(exchange_name, connection_url,
                          qkwargs or self.app.qkwargs(default_exchange(exchange_name)), config_file,
@@ -71,6 +72,10 @@ def _method(handler: Any) -> Any:
 def build_service_class(app: App) -> type:
     """A new AppService subclass with one ``on_<name>`` per registered function."""
     Lifespan(app)  # a wrong dependency graph or hook raises ValueError here, not in a worker
+    if app.keyring is not None:  # a keyring given after registration (busapp run --keyring)
+        for name, handler in app.methods.items():
+            if handler.allow is not None:
+                app.keyring.check_allow(handler.allow, f"method {name!r}")
     namespace: dict[str, Any] = {"app": app, "__module__": __name__}
     if app.max_body is not None:
         namespace["worker_options"] = AppService.worker_options.evolve(max_body=app.max_body)

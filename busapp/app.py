@@ -58,6 +58,8 @@ class App(Scaffold):
             exchange, ``<exchange>.<name>`` on another: see :func:`busapp.bus.default_queue`).
         routing_key: binding key (default ``name.*``).
         max_body: largest request body accepted, in bytes (default 1 MiB).
+        keyring: a :class:`~busapp.security.Keyring`: callers must sign their requests
+            with one of its keys (unsigned ones get -32001); see :mod:`busapp.security`.
 
     Example::
 
@@ -69,7 +71,8 @@ class App(Scaffold):
     """
 
     def __init__(self, name: str, *, exchange: str | None = None, queue: str | None = None,
-                 routing_key: str | None = None, max_body: int | None = None) -> None:
+                 routing_key: str | None = None, max_body: int | None = None,
+                 keyring: Any = None) -> None:
         if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name:
             raise ValueError(f"App name must be a non-empty string without '.', '*' or '#': {name!r}")
         self.name = name
@@ -77,6 +80,8 @@ class App(Scaffold):
         self._queue = queue
         self.routing_key = routing_key or f"{name}.*"
         self.max_body = max_body
+        #: The :class:`~busapp.security.Keyring` callers must sign with (None: anyone may call).
+        self.keyring = keyring
         super().__init__()  # start-up/shut-down hooks, dependencies, middleware (busapp.router)
         #: Bus methods: ``{method name: Handler}``, filled by :meth:`method`.
         self.methods: dict[str, Handler] = {}
@@ -109,12 +114,16 @@ class App(Scaffold):
 
     # -- registration --------------------------------------------------------
 
-    def method(self, name: str | None = None, *, time_limit: float | None = None) -> Callable[[F], F]:
+    def method(self, name: str | None = None, *, time_limit: float | None = None,
+               allow: Any = None) -> Callable[[F], F]:
         """Expose the decorated function as bus method ``name`` (default: its own name).
 
         ``time_limit``: seconds a call may run; past it the caller gets -32603
         (``data.exception == "TimeLimitExceeded"``) and the handler is interrupted (see
         :mod:`busapp.timelimit`). Default: the worker's ``WorkerOptions.time_limit``.
+
+        ``allow``: the key ids (of the App's keyring) that may call it; a caller signing
+        with another valid key gets -32002 (Forbidden). Default: any key of the keyring.
 
         Example::
 
@@ -128,13 +137,13 @@ class App(Scaffold):
             return func  # type: ignore[return-value]
 
         def decorator(func: F) -> F:
-            self.add_method(func, name, time_limit=time_limit)
+            self.add_method(func, name, time_limit=time_limit, allow=allow)
             return func
 
         return decorator
 
     def add_method(self, func: Callable[..., Any], name: str | None = None, *,
-                   time_limit: float | None = None) -> None:
+                   time_limit: float | None = None, allow: Any = None) -> None:
         """Register ``func`` as bus method ``name``; the imperative twin of :meth:`method`."""
         name = name or getattr(func, "__name__", "")
         if not isinstance(name, str) or not _NAME.match(name):
@@ -146,6 +155,12 @@ class App(Scaffold):
                              f"got {time_limit!r}")
         handler = Handler.from_function(func, name)
         handler.time_limit = time_limit
+        if allow is not None:
+            if isinstance(allow, str) or not all(isinstance(k, str) for k in allow):
+                raise ValueError(f"allow of {name!r} must be a set of key ids, got {allow!r}")
+            handler.allow = frozenset(allow)
+            if self.keyring is not None:
+                self.keyring.check_allow(handler.allow, f"method {name!r}")
         self.methods[name] = handler
         self._service_class = None
 
@@ -221,11 +236,13 @@ class App(Scaffold):
         ServiceManager(self.service_class, workers, exchange, broker_url, self.qkwargs(exchange),
                        options=options).run()
 
-    def test_client(self, *, dependencies: dict[str, Any] | None = None) -> Any:
+    def test_client(self, *, dependencies: dict[str, Any] | None = None, key: Any = None) -> Any:
         """An in-memory client calling this App with no broker (see :mod:`busapp.testing`).
 
         ``dependencies`` replaces registered providers: ``{name: provider or value}``.
+        ``key``: sign the calls with this key: ``(id, secret)``, or the id of a key of the
+        App's keyring.
         """
         from busapp.testing import TestClient
 
-        return TestClient(self, dependencies=dependencies)
+        return TestClient(self, dependencies=dependencies, key=key)

@@ -20,7 +20,8 @@ import uuid
 from typing import Any
 
 from busapp import wire
-from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout
+from busapp import security
+from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout, Unauthorized
 from busapp.log import get_logger
 from busapp.serve import DEADLINE_HEADER
 from busapp.transport import mask_url, open_transport, resolve_broker_url, revive_if_embedded
@@ -124,12 +125,13 @@ class _Pending:
     """A call waiting for its reply. Its Event is made only if the caller ever has to sleep
     (never on the in-memory transport, where the reply is there when the publish returns)."""
 
-    __slots__ = ("event", "response", "arrived")
+    __slots__ = ("event", "response", "arrived", "refused")
 
     def __init__(self) -> None:
         self.event: threading.Event | None = None
         self.response: dict | None = None
         self.arrived = 0.0
+        self.refused: str | None = None  # why a reply to it was dropped (bad signature)
 
     def _ensure_event(self) -> threading.Event:
         event = self.event
@@ -159,6 +161,9 @@ class Client(BusMixin):
         broker_url: broker URL; None means ``$BUSAPP_BROKER_URL``, else the embedded broker.
         exchange: topic exchange name; None means ``$BUSAPP_EXCHANGE``, else ``commissaire``.
         timeout: default seconds to wait for a reply.
+        key: ``(key_id, secret)`` (or ``"id:secret"``) to sign every message with; None
+            means ``$BUSAPP_KEY``, else unsigned. With a key, replies not signed with it
+            are dropped (see :mod:`busapp.security`).
 
     Example::
 
@@ -167,7 +172,10 @@ class Client(BusMixin):
     """
 
     def __init__(self, broker_url: str | None = None, exchange: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, key: Any = None) -> None:
+        #: The key this client signs with (None: unsigned).
+        self.key = security.parse_key(key) if key is not None else security.key_from_env()
+        self._reply_secrets = dict([self.key]) if self.key is not None else None
         self.broker_url = resolve_broker_url(broker_url)
         self.exchange_name = default_exchange(exchange)
         self.timeout = timeout
@@ -236,10 +244,9 @@ class Client(BusMixin):
             except BrokerUnavailable as exc:
                 raise _maybe_delivered(exc, routing_key) from exc
             if not replied or pending.arrived > deadline:
-                raise RequestTimeout(
-                    f"no reply to {routing_key!r} within {timeout:g}s; "
-                    f"is a service consuming it on exchange {self.exchange_name!r}?"
-                )
+                why = (f"a reply came but was dropped: {pending.refused}" if pending.refused
+                       else f"is a service consuming it on exchange {self.exchange_name!r}?")
+                raise RequestTimeout(f"no reply to {routing_key!r} within {timeout:g}s; {why}")
             assert pending.response is not None
             return pending.response
         finally:
@@ -264,15 +271,26 @@ class Client(BusMixin):
         """
         self._publish(body, routing_key, exchange=self.exchange_name, persistent=persistent)
 
-    def publish_reply(self, reply_to: str, response: dict | bytes, correlation_id: Any = None) -> None:
-        """Send ``response`` (a dict, or its JSON already encoded) to the queue ``reply_to``."""
+    def publish_reply(self, reply_to: str, response: dict | bytes, correlation_id: Any = None,
+                      *, key: Any = "own") -> None:
+        """Send ``response`` (a dict, or its JSON already encoded) to the queue ``reply_to``.
+
+        ``key``: the ``(id, secret)`` to sign it with (a worker signs with the caller's
+        key), None for unsigned; default this client's own key.
+        """
         self._publish(response, reply_to, exchange="",
-                      correlation_id=None if correlation_id is None else str(correlation_id))
+                      correlation_id=None if correlation_id is None else str(correlation_id),
+                      sign_key=key)
 
     # -- connections -------------------------------------------------------
 
-    def _publish(self, body: Any, routing_key: str, *, exchange: str, **props: Any) -> None:
+    def _publish(self, body: Any, routing_key: str, *, exchange: str, sign_key: Any = "own",
+                 **props: Any) -> None:
         payload = body if isinstance(body, bytes) else wire.dumps(body).encode()
+        key = self.key if sign_key == "own" else sign_key
+        if key is not None:
+            props["headers"] = security.signer(key, payload, routing_key, props.get("reply_to"),
+                                               props.get("correlation_id"), props.get("headers"))
         with self._publish_lock:
             self._check_open()
             sent = False  # True once the broker may have the message
@@ -328,11 +346,16 @@ class Client(BusMixin):
             self._reset()
 
     def _deliver(self, delivery: Delivery) -> None:
+        refused = self._check_reply(delivery) if self._reply_secrets is not None else None
+        if refused is not None and security.KEY_HEADER in delivery.headers:
+            return self._drop_reply(delivery, refused)  # signed, but not by us: never parsed
         try:
             response = wire.parse_response(delivery.body)
         except Exception as exc:  # noqa: BLE001
             log.warning("unparsable reply dropped", error=str(exc))
             return
+        if refused is not None and not security.unsigned_refusal(delivery.headers, response):
+            return self._drop_reply(delivery, refused)
         key = delivery.correlation_id
         if key is None:
             key = response.get("id")
@@ -345,6 +368,23 @@ class Client(BusMixin):
         event = pending.event
         if event is not None:  # a caller without one checks the response before it sleeps
             event.set()
+
+    def _check_reply(self, delivery: Delivery) -> str | None:
+        """Why a reply is not signed with this client's key (None: it is). No parsing."""
+        try:
+            security.verify(self._reply_secrets, delivery.headers, delivery.body,
+                            self.reply_queue, None, delivery.correlation_id)
+        except Unauthorized as exc:
+            return exc.message
+        return None
+
+    def _drop_reply(self, delivery: Delivery, why: str) -> None:
+        log.warning("reply dropped: not signed with this client's key", reason=why,
+                    key=security.signed_by(delivery.headers), correlation_id=delivery.correlation_id)
+        pending = self._pending.get(str(delivery.correlation_id))
+        if pending is not None:
+            pending.refused = (f"{why} (a forged reply, or a service without this client's "
+                               f"key {self.key[0]!r} in its keyring)")
 
     def close(self) -> None:
         """Close both connections and delete the reply queue."""

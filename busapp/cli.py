@@ -84,6 +84,24 @@ def _exchange_option(func: Any) -> Any:
                         help="Topic exchange. Default: the App's own (commissaire).")(func)
 
 
+def _keyring_option(func: Any) -> Any:
+    return click.option("--keyring", metavar="FILE", envvar="BUSAPP_KEYRING", show_envvar=True,
+                        type=click.Path(dir_okay=False),
+                        help="Keyring file (lines of id:secret): callers must sign with one "
+                             "of its keys. See README, 'Securing a deployment'.")(func)
+
+
+def _load_keyring(path: str | None) -> Any:
+    """The keyring in ``path`` (None: none); exported so reloaded or forked workers find it."""
+    if not path:
+        return None
+    from busapp.security import KEYRING_ENV, Keyring
+
+    keyring = _usable(Keyring.from_file, path)
+    os.environ[KEYRING_ENV] = os.path.abspath(path)
+    return keyring
+
+
 def _log_options(func: Any) -> Any:
     func = click.option("-l", "--log-level", type=click.Choice(LEVELS, case_sensitive=False),
                         default="info", show_default=True,
@@ -119,9 +137,11 @@ def cli() -> None:
               help="Restart the workers when a .py file under the module's directory changes.")
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long in-flight messages may take. Default: 30.")
+@_keyring_option
 @_log_options
 def run(target: str, workers: int, concurrency: int | None, broker: str | None, exchange: str | None,
-        reload: bool, graceful_timeout: float | None, log_format: str | None, log_level: str) -> None:
+        reload: bool, graceful_timeout: float | None, keyring: str | None, log_format: str | None,
+        log_level: str) -> None:
     """Serve MODULE[:APP] until SIGTERM or SIGINT.
 
     MODULE is a dotted module name or a file path; APP names an App (default:
@@ -139,6 +159,14 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None, 
 
         _usable(_extras.watchfiles)
     loaded = load_target(target)
+    keys = _load_keyring(keyring)
+    if keys is not None:
+        if loaded.app is not None:
+            loaded.app.keyring = keys
+            loaded.app._service_class = None  # rebuilt: allow lists are checked against it
+            _usable(lambda: loaded.app.service_class)
+        else:
+            loaded.service_class.keyring = keys
     url = _resolve_broker(broker)
     if reload:
         from busapp.reloader import run_with_reload
@@ -387,17 +415,31 @@ def _describe_instance(service_class: type) -> Any:
 @click.option("--queue", metavar="NAME",
               help="Queue name. Default: storage on the commissaire exchange, "
                    "<exchange>.storage on another.")
+@_keyring_option
+@click.option("--allow", "allow", multiple=True, metavar="TYPE=IDS",
+              help="Only these key ids may read and write model TYPE, e.g. "
+                   "HostCreds=investigator,ops (repeatable; needs --keyring).")
+@click.option("--allow-read", "allow_read", multiple=True, metavar="TYPE=IDS",
+              help="These key ids may also read model TYPE (repeatable; needs --keyring).")
 @_log_options
 def storage(store: str | None, workers: int, broker: str | None, exchange: str | None,
-            queue: str | None, log_format: str | None, log_level: str) -> None:
-    """Run the storage service (routing keys storage.*) until SIGTERM or SIGINT."""
+            queue: str | None, keyring: str | None, allow: tuple[str, ...],
+            allow_read: tuple[str, ...], log_format: str | None, log_level: str) -> None:
+    """Run the storage service (routing keys storage.*) until SIGTERM or SIGINT.
+
+    \b
+      busapp storage --keyring keys.txt --allow HostCreds=investigator,ops
+    """
     configure_logging(log_level, log_format, cache=True)
     from busapp.storage.backends import open_backend
     from busapp.storage.service import make_app
 
     # Check the URL (scheme, options, driver installed) now; workers open it at the first call.
     _usable(open_backend, store)
-    app = make_app(store, queue=queue)
+    keys = _load_keyring(keyring)
+    app = _usable(lambda: make_app(store, queue=queue, keyring=keys,
+                                   allow=_access_rules(allow, "--allow"),
+                                   allow_read=_access_rules(allow_read, "--allow-read")))
     url = _resolve_broker(broker)
     log.info("starting storage service", store=mask_url(store) if store else "default",
              workers=workers, broker=mask_url(url), pid=os.getpid())
@@ -405,6 +447,19 @@ def storage(store: str | None, workers: int, broker: str | None, exchange: str |
 
     target = Target("storage", sys.modules[make_app.__module__], app, app.service_class, os.getcwd())
     _serve(target, url, workers=workers, concurrency=None, exchange=exchange, graceful_timeout=None)
+
+
+def _access_rules(rules: tuple[str, ...], option: str) -> dict[str, list[str]]:
+    """``("HostCreds=a,b", ...)`` -> ``{"HostCreds": ["a", "b"]}`` (a usage error otherwise)."""
+    table: dict[str, list[str]] = {}
+    for rule in rules:
+        type_name, sep, ids = rule.partition("=")
+        names = [i.strip() for i in ids.split(",") if i.strip()]
+        if not sep or not type_name.strip() or not names:
+            raise click.BadParameter(f"{rule!r}: want TYPE=ID[,ID...], e.g. HostCreds=ops",
+                                     param_hint=option)
+        table.setdefault(type_name.strip(), []).extend(names)
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:

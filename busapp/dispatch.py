@@ -53,6 +53,9 @@ class Handler:
     #: Seconds the handler may run before its caller gets TimeLimitExceeded (None: the
     #: worker's default, :attr:`busapp.worker.WorkerOptions.time_limit`).
     time_limit: float | None = None
+    #: Key ids that may call it when its service has a keyring (None: any valid key);
+    #: see :mod:`busapp.security`.
+    allow: frozenset[str] | None = None
     # Derived from params once, so binding a call does no signature work.
     _positional: tuple[str, ...] = attrs.field(init=False, default=(), repr=False)
     _known: frozenset[str] = attrs.field(init=False, default=frozenset(), repr=False)

@@ -9,6 +9,8 @@
     │   ├── MethodNotFound              -32601  no such method
     │   ├── InvalidParams               -32602  missing, extra or unconvertible params
     │   ├── InternalError               -32603  the handler raised something else
+    │   ├── Unauthorized                -32001  unsigned, unknown key, bad signature, replayed
+    │   ├── Forbidden                   -32002  a valid key the method does not allow
     │   ├── StorageLookupError          -20000  no such record
     │   ├── ContainerManagerError       -20001  (Commissaire's container manager)
     │   └── Conflict                    -20002  a versioned save lost the race
@@ -90,6 +92,20 @@ class InternalError(RemoteProcedureCallError):
     code = -32603
 
 
+class Unauthorized(RemoteProcedureCallError):
+    """The service has a keyring and the request was not signed by one of its keys (or was
+    stale or replayed): nothing ran. ``data.key`` names the key id it claimed, if any."""
+
+    code = -32001
+
+
+class Forbidden(RemoteProcedureCallError):
+    """The request was signed with a valid key that this method (or model type) does not
+    allow: nothing ran. ``data.key`` names the key id."""
+
+    code = -32002
+
+
 class StorageLookupError(RemoteProcedureCallError):
     """The storage service has no record for that key."""
 
@@ -138,6 +154,8 @@ _BY_CODE: dict[int, type[RemoteProcedureCallError]] = {
         MethodNotFound,
         InvalidParams,
         InternalError,
+        Unauthorized,
+        Forbidden,
         StorageLookupError,
         ContainerManagerError,
         Conflict,

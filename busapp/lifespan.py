@@ -95,6 +95,7 @@ class Lifespan:
         wrapped = AppHandler.from_function(handler.func, handler.name,
                                            injectables=(*INJECTABLE, *names))
         wrapped.lifespan, wrapped.kind, wrapped.middlewares = self, kind, chain
+        wrapped.time_limit, wrapped.allow = handler.time_limit, handler.allow  # set at registration
         wrapped.deps = tuple(n for n in wrapped.inject if n in names)
         return wrapped
 

@@ -93,6 +93,8 @@ class IncomingMessage:
     id: Any
     correlation_id: str | None = None
     raw: Any = attrs.field(default=None, repr=False)
+    #: The key id that signed it, verified (None when the service has no keyring).
+    caller: str | None = None
 
     @classmethod
     def from_delivery(cls, delivery: Delivery, max_body: int | None = None) -> IncomingMessage:

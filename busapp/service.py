@@ -55,6 +55,9 @@ class CommissaireService(BusMixin):
         options: keyword-only :class:`~busapp.worker.WorkerOptions` (default: the class's
             :attr:`worker_options`); ``concurrency=``, ``graceful_timeout=``, ``max_body=``
             and ``max_deliveries=`` change single fields of it.
+        keyring: keyword-only :class:`~busapp.security.Keyring`: requests must be signed
+            with one of its keys; the service signs its own calls with
+            ``keyring.own`` (default: the key named like the service, if any).
 
     Example::
 
@@ -69,11 +72,16 @@ class CommissaireService(BusMixin):
     _busapp_framework = True
     #: How workers of this class run, unless the constructor or the manager says otherwise.
     worker_options: WorkerOptions = WorkerOptions()
+    #: The keys callers must sign with (None: anyone may call); see :mod:`busapp.security`.
+    keyring: Any = None
 
     def __init__(self, exchange_name: str | None = None, connection_url: str | None = None,
                  qkwargs: list[dict[str, Any]] | None = None, config_file: str | None = None,
                  **kwargs: Any) -> None:
         client = kwargs.pop("client", None)
+        if kwargs.get("keyring") is not None:
+            self.keyring = kwargs.pop("keyring")
+        kwargs.pop("keyring", None)
         options = kwargs.pop("options", None) or self.worker_options
         changes = {k: kwargs.pop(k) for k in ("concurrency", "graceful_timeout", "max_body",
                                               "max_deliveries") if k in kwargs}
@@ -151,7 +159,8 @@ class CommissaireService(BusMixin):
     def _bus_client(self) -> Client:
         with self._client_lock:
             if self._client is None:
-                self._client = Client(self.connection_url, self.exchange_name)
+                own = self.keyring.own_key(self.service_name) if self.keyring is not None else None
+                self._client = Client(self.connection_url, self.exchange_name, key=own)
             return self._client
 
     def _context(self, info: IncomingMessage) -> dict[str, Any]:

@@ -86,6 +86,9 @@ class TestClient:
             them in :attr:`handler_errors`.
         storage: serve an in-memory storage service (``storage.*``) for
             :attr:`storage` and the handlers' ``storage``.
+        key: sign the test's calls with this key: ``(id, secret)``, or the id of a key
+            of the App's keyring (default: unsigned). The storage service shares the
+            App's keyring.
 
     Thread-safe: several threads may call through one client at once.
     """
@@ -93,7 +96,7 @@ class TestClient:
     __test__ = False  # not a test class, whatever pytest thinks of the name
 
     def __init__(self, app: Any = None, *, raise_handler_errors: bool = True, storage: bool = True,
-                 dependencies: dict[str, Any] | None = None) -> None:
+                 dependencies: dict[str, Any] | None = None, key: Any = None) -> None:
         self.raise_handler_errors = raise_handler_errors
         #: Every exception raised by a handler that had no caller to answer (events, notifications).
         self.handler_errors: list[HandlerError] = []
@@ -101,7 +104,10 @@ class TestClient:
         self.url = f"memory://test-{uuid.uuid4().hex}"
         self.exchange = getattr(app, "exchange", None) or "commissaire"
         #: The test's own bus client (a real :class:`~busapp.bus.Client`).
-        self.bus = Client(self.url, self.exchange)
+        keyring = getattr(app, "keyring", None)
+        if isinstance(key, str) and keyring is not None and key in keyring:
+            key = keyring.key(key)
+        self.bus = Client(self.url, self.exchange, key=key)
         #: Services served on this client, in registration order.
         self.services: list[Any] = []
         self.service_name = "test"
@@ -120,7 +126,7 @@ class TestClient:
         if storage:
             from busapp.storage.service import make_app
 
-            self.storage_app = make_app("memory://")
+            self.storage_app = make_app("memory://", keyring=keyring)
             self.register(self.storage_app)
         options = {"dependencies": dependencies} if dependencies is not None else {}
         try:

@@ -44,6 +44,7 @@ from busapp.bus import WAIT_HOOK
 from busapp.errors import BrokerUnavailable, InvalidRequest, ParseError, RemoteProcedureCallError
 from busapp.log import quiet
 from busapp.redelivery import count_redelivery, poison_error
+from busapp.security import Gate, Refused
 from busapp.serve import (
     IncomingMessage,
     Subscription,
@@ -149,6 +150,9 @@ class Worker:
         #: Watches time-limited handlers (only under :meth:`run`: the test client runs
         #: handlers in the caller's thread, which must never be interrupted).
         self.time_limits: TimeLimits | None = None
+        keyring = getattr(service, "keyring", None)
+        #: Checks signatures and allow lists when the service has a keyring (busapp.security).
+        self.gate: Gate | None = Gate(keyring, service.handlers) if keyring is not None else None
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -199,9 +203,16 @@ class Worker:
         """
         if not screened and self.screen(delivery):
             return
+        caller = None
+        if self.gate is not None:  # before the body is parsed: a refused one never is
+            try:
+                caller = self.gate.admit(delivery)
+            except Refused as refused:
+                return self._refuse(delivery, refused)
         service = self.service
         max_body = self.options.max_body
         info = IncomingMessage.from_delivery(delivery, max_body)
+        info.caller = caller
         bound = structlog.contextvars.bind_contextvars(routing_key=info.routing_key, id=info.id)
         started = time.perf_counter()
         watched = self._watch(info)
@@ -260,8 +271,25 @@ class Worker:
         self._settle(delivery)
         return True
 
+    def _refuse(self, delivery: Delivery, refused: Refused) -> None:
+        """Answer a request the gate turned away (unless it is a replay), and settle it."""
+        try:
+            if refused.answer and delivery.reply_to and delivery.correlation_id:
+                self.service._bus_client().publish_reply(
+                    delivery.reply_to, wire.error_response(delivery.correlation_id, refused.error),
+                    delivery.correlation_id, key=refused.sign_with)
+        except Exception:  # noqa: BLE001 - a reply that cannot be sent must not kill the worker
+            log.exception("could not reply")
+        finally:
+            self._settle(delivery)
+
     def _event_server(self, sub: Subscription) -> Callable[[Delivery], None]:
         def serve(delivery: Delivery) -> None:
+            if self.gate is not None:
+                try:
+                    self.gate.admit(delivery, request=False)
+                except Refused:
+                    return self._settle(delivery)  # logged by the gate; nothing runs
             info = IncomingMessage.from_delivery(delivery, self.options.max_body)
             try:
                 serve_event(sub, info, self.options.max_body)
@@ -289,7 +317,9 @@ class Worker:
             log.warning("bad message refused (error reply sent)", error=error.get("message"),
                         reply_to=info.reply_to)
         correlation_id = info.correlation_id or response.get("id")
-        self.service._bus_client().publish_reply(info.reply_to, payload or response, correlation_id)
+        signing = {} if self.gate is None else {"key": self.gate.reply_key(info.caller)}
+        self.service._bus_client().publish_reply(info.reply_to, payload or response, correlation_id,
+                                                 **signing)
 
     def _handler_failed(self, kind: str, info: IncomingMessage, request: wire.Request | None,
                         exc: BaseException, consumer: str | None = None) -> None:

@@ -16,6 +16,13 @@ Bus methods (routing keys ``storage.<method>``), with Commissaire's params:
 - ``list(model_type_name)``: every record of ``Hosts`` (or ``Host``): a JSON array.
 - ``list_store_handlers()``: the backend in use, in Commissaire's shape.
 
+With a keyring (``make_app(keyring=...)``, ``busapp storage --keyring FILE``) every
+call must be signed (:mod:`busapp.security`), and ``allow`` limits model types to
+key ids: ``make_app(allow={"HostCreds": {"investigator", "ops"}})`` (``busapp storage
+--allow HostCreds=investigator,ops``) lets only those keys read or write ``HostCreds``
+(``allow_read`` adds readers only); any other key gets -32002 (Forbidden). Types not
+listed are open to every key of the keyring.
+
 Invalid data or an unknown type is error -32602 naming the field. After each
 write is committed, the service publishes ``notify.storage.<Class>.<event>``
 through the injected ``bus`` (``created``, ``updated`` or ``deleted``); a save
@@ -30,13 +37,13 @@ from __future__ import annotations
 import importlib
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
 
 from busapp.app import App
-from busapp.errors import InternalError, InvalidParams, StorageLookupError
+from busapp.errors import Forbidden, InternalError, InvalidParams, StorageLookupError
 from busapp.models import (
     ListModel,
     Model,
@@ -165,6 +172,41 @@ def _publish(bus: Any, event: str, model: Model) -> None:
                   change=event, model=type(model).__name__, key=model.primary_key, exc_info=exc)
 
 
+class Access:
+    """Which key ids may read and write which model types (only with a keyring)."""
+
+    def __init__(self, keyring: Any, allow: Mapping[str, Iterable[str]] | None,
+                 allow_read: Mapping[str, Iterable[str]] | None) -> None:
+        if (allow or allow_read) and keyring is None:
+            raise ValueError("allow/allow_read limit key ids, so the storage service needs a "
+                             "keyring (--keyring FILE or $BUSAPP_KEYRING)")
+        self.writers = self._table(keyring, allow)
+        self.readers = {name: ids | self.writers.get(name, frozenset())
+                        for name, ids in self._table(keyring, allow_read).items()}
+        for name, ids in self.writers.items():
+            self.readers.setdefault(name, ids)
+
+    @staticmethod
+    def _table(keyring: Any, rules: Mapping[str, Iterable[str]] | None) -> dict[str, frozenset[str]]:
+        table = {}
+        for type_name, ids in (rules or {}).items():
+            cls = _model_class(type_name)
+            if issubclass(cls, ListModel):
+                cls = cls._list_class
+            table[cls.__name__] = keyring.check_allow(ids, f"storage allow {type_name!r}")
+        return table
+
+    def check(self, message: Any, cls: type[Model], *, write: bool) -> None:
+        """Raise Forbidden if the caller's key may not read (or write) ``cls``."""
+        allowed = (self.writers if write else self.readers).get(cls.__name__)
+        caller = getattr(message, "caller", None)
+        if allowed is not None and caller not in allowed:
+            access = "write" if write else "read"
+            raise Forbidden(f"key {caller!r} may not {access} {cls.__name__}",
+                            data={"key": caller, "model_type_name": cls.__name__,
+                                  "access": access})
+
+
 def import_models(modules: Iterable[str] | None = None) -> None:
     """Import the modules declaring your own models (default: ``$BUSAPP_STORAGE_MODELS``).
 
@@ -182,22 +224,28 @@ def import_models(modules: Iterable[str] | None = None) -> None:
 
 
 def make_app(store_url: str | None = None, *, name: str = "storage",
-             models: Iterable[str] | None = None, **app_kwargs: Any) -> App:
+             models: Iterable[str] | None = None,
+             allow: Mapping[str, Iterable[str]] | None = None,
+             allow_read: Mapping[str, Iterable[str]] | None = None, **app_kwargs: Any) -> App:
     """A storage service App on ``store_url`` (default ``$BUSAPP_STORE_URL``, else SQLite).
 
     ``models`` names modules declaring your own models (see :func:`import_models`).
-    ``name`` and ``app_kwargs`` (``exchange``, ``queue``...) go to :class:`~busapp.App`.
+    ``allow``/``allow_read``: ``{model type: key ids}`` that may read and write / only read
+    it (needs ``keyring=``; see the module docstring).
+    ``name`` and ``app_kwargs`` (``exchange``, ``queue``, ``keyring``...) go to :class:`~busapp.App`.
     Nothing is opened until the first call, in the worker process that serves it.
     """
     import_models(models)
     app_kwargs.setdefault("max_body", 16 * 1024 * 1024)  # records of a few MB must fit
     app = App(name, **app_kwargs)
     store = app.store = Store(store_url)  # type: ignore[attr-defined]
+    access = app.access = Access(app.keyring, allow, allow_read)  # type: ignore[attr-defined]
 
     @app.method()
-    def save(model_type_name: str, model_json_data: Any, bus: Any,
+    def save(model_type_name: str, model_json_data: Any, bus: Any, message: Any,
              expect_version: int | None = None) -> Any:
         """Store one model or a list; returns what was stored (Conflict if ``expect_version`` is stale)."""
+        access.check(message, _storable(model_type_name), write=True)
         cls, models, many = _parse(model_type_name, model_json_data, for_save=True)
         _check_expect_version(expect_version, many)
         backend = store.backend
@@ -210,23 +258,26 @@ def make_app(store_url: str | None = None, *, name: str = "storage",
         return result if many else result[0]
 
     @app.method()
-    def get(model_type_name: str, model_json_data: Any) -> Any:
+    def get(model_type_name: str, model_json_data: Any, message: Any) -> Any:
         """The stored records with the given primary keys (StorageLookupError if one is missing)."""
+        access.check(message, _storable(model_type_name), write=False)
         cls, found, many = _lookup(store.backend, model_type_name, model_json_data)
         result = [_stored(cls, record).to_dict() for record, _ in found]
         return result if many else result[0]
 
     @app.method()
-    def get_versioned(model_type_name: str, model_json_data: Any) -> Any:
+    def get_versioned(model_type_name: str, model_json_data: Any, message: Any) -> Any:
         """As ``get``, each record as ``{"model": {...}, "version": N}``."""
+        access.check(message, _storable(model_type_name), write=False)
         cls, found, many = _lookup(store.backend, model_type_name, model_json_data)
         result = [{"model": _stored(cls, record).to_dict(), "version": version}
                   for record, version in found]
         return result if many else result[0]
 
     @app.method()
-    def delete(model_type_name: str, model_json_data: Any, bus: Any) -> None:
+    def delete(model_type_name: str, model_json_data: Any, bus: Any, message: Any) -> None:
         """Remove the records with the given primary keys (StorageLookupError names any missing)."""
+        access.check(message, _storable(model_type_name), write=True)
         cls, models, _ = _parse(model_type_name, model_json_data)
         backend = store.backend
         missing = []
@@ -244,10 +295,11 @@ def make_app(store_url: str | None = None, *, name: str = "storage",
             raise _not_found(cls, missing, model_json_data)
 
     @app.method("list")
-    def list_(model_type_name: str) -> list[Any]:
+    def list_(model_type_name: str, message: Any) -> list[Any]:
         """Every record of a type: ``Hosts`` (as Commissaire sent it) or ``Host``; ``[]`` if none."""
         cls = _model_class(model_type_name)
         item_cls = cls._list_class if issubclass(cls, ListModel) else _storable(model_type_name)
+        access.check(message, item_cls, write=False)
         return [_stored(item_cls, r).to_dict() for r in store.backend.list(item_cls.__name__)]
 
     @app.method()

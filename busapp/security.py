@@ -1,0 +1,441 @@
+"""Who may call what: keyrings, HMAC-SHA256 message signing, replay memory (SPEC §12).
+
+Broker credentials decide who may reach the broker; a keyring decides who may call which
+method. Off unless a keyring (service side) or a key (caller side) is given.
+
+A signed message carries three headers::
+
+    x-busapp-key   the key id (never the secret)
+    x-busapp-ts    Unix time of signing, as text ("1712345678.123")
+    x-busapp-sig   hex HMAC-SHA256, keyed by the secret, over
+                   "busapp-v1", key id, ts, routing key, reply_to, correlation id
+                   (NUL-separated) and then the body bytes
+
+What signs what:
+
+- a :class:`~busapp.bus.Client` with ``key=(id, secret)`` signs its requests and
+  notifications with it, and drops any reply not signed with that same key (so a reply
+  forged into its reply queue never reaches the caller). The one exception is an
+  unsigned -32001 (Unauthorized) reply: a service that cannot verify the caller cannot
+  sign for it either; such a reply can only refuse, never carry a result;
+- a service with a keyring verifies every request before parsing it; it answers with
+  the key the request was signed with, and signs its own calls and the storage events
+  it publishes with its own key (:attr:`Keyring.own`);
+- a subscriber with a keyring drops storage events not signed by a key of its keyring.
+
+Secrets are compared with :func:`hmac.compare_digest`, never logged, never sent.
+
+The helpers here are pure functions (no I/O), for every client (the blocking
+:class:`~busapp.bus.Client`, an asyncio one) and the worker alike::
+
+    headers = sign(("frontend", b"s3cret"), body, "billing.quote", reply_to, cid)
+    key_id = verify(keyring, headers, body, "billing.quote", reply_to, cid)  # or Unauthorized
+
+A client (blocking or asyncio) does what :class:`~busapp.bus.Client` does: pass every
+outgoing message through :func:`signer`; check each reply with ``verify({id: secret},
+headers, body, <its reply queue>, None, correlation_id)`` before parsing it, and drop it
+on :class:`~busapp.errors.Unauthorized` unless :func:`unsigned_refusal` says it is an
+unsigned -32001.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+import structlog
+
+from busapp.errors import Forbidden, RemoteProcedureCallError, Unauthorized
+from busapp.serve import ROUTING_KEY_HEADER
+
+__all__ = [
+    "KEY_ENV", "KEY_HEADER", "KEYRING_ENV", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Gate",
+    "Keyring", "Refused", "ReplayGuard", "key_from_env", "parse_key", "sign", "signer",
+    "unsigned_refusal", "verify",
+]
+
+log = structlog.get_logger("busapp.security")
+
+KEY_HEADER = "x-busapp-key"
+TIMESTAMP_HEADER = "x-busapp-ts"
+SIGNATURE_HEADER = "x-busapp-sig"
+#: Every header signing adds (a re-signed message drops the old ones first).
+HEADERS = (KEY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
+#: ``id:secret``: the key a :class:`~busapp.bus.Client` signs with when none is passed.
+KEY_ENV = "BUSAPP_KEY"
+#: Path of the keyring file ``busapp run`` and ``busapp storage`` load when no --keyring is given.
+KEYRING_ENV = "BUSAPP_KEYRING"
+#: Seconds a signed message stays acceptable (clocks are assumed in step, as NTP keeps them).
+DEFAULT_REPLAY_WINDOW = 60.0
+#: Signatures a worker remembers at most (see :class:`ReplayGuard`).
+DEFAULT_REPLAY_MEMORY = 100_000
+
+_VERSION = b"busapp-v1"
+
+#: A signing key: ``(key id, secret)``.
+Key = tuple[str, bytes]
+KeyLike = Union[tuple[str, Union[str, bytes]], str]
+
+
+def _secret_bytes(key_id: str, secret: str | bytes) -> bytes:
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if not isinstance(secret, bytes) or not secret:
+        raise ValueError(f"the secret of key {key_id!r} must be a non-empty string")
+    return secret
+
+
+def _check_id(key_id: Any) -> str:
+    if not isinstance(key_id, str) or not key_id or any(c in key_id for c in "\0:\n"):
+        raise ValueError(f"a key id must be a non-empty string without ':' or newlines, "
+                         f"got {key_id!r}")
+    return key_id
+
+
+def parse_key(key: KeyLike) -> Key:
+    """``(id, secret)`` from a tuple or from ``"id:secret"`` text (as in ``$BUSAPP_KEY``).
+
+    Raises:
+        ValueError: not a key (the message never contains the secret).
+    """
+    if isinstance(key, str):
+        key_id, sep, secret = key.partition(":")
+        if not sep:
+            raise ValueError("a key is written ID:SECRET (e.g. BUSAPP_KEY=frontend:s3cret)")
+        key = (key_id, secret)
+    if not isinstance(key, tuple) or len(key) != 2:
+        raise ValueError("key must be (key_id, secret) or 'key_id:secret'")
+    key_id = _check_id(key[0])
+    return key_id, _secret_bytes(key_id, key[1])
+
+
+def key_from_env() -> Key | None:
+    """The key in ``$BUSAPP_KEY`` (``id:secret``), or None when it is unset."""
+    value = os.environ.get(KEY_ENV)
+    if not value:
+        return None
+    try:
+        return parse_key(value)
+    except ValueError as exc:
+        raise ValueError(f"${KEY_ENV}: {exc}") from None
+
+
+def _mac(secret: bytes, key_id: str, ts: str, body: bytes, routing_key: str | None,
+         reply_to: str | None, correlation_id: str | None) -> str:
+    head = b"\0".join((_VERSION, key_id.encode(), ts.encode(), (routing_key or "").encode(),
+                       (reply_to or "").encode(), (correlation_id or "").encode()))
+    return hmac.digest(secret, head + b"\0" + body, hashlib.sha256).hex()
+
+
+def sign(key: Key, body: bytes, routing_key: str | None, reply_to: str | None = None,
+         correlation_id: str | None = None, ts: float | None = None) -> dict[str, str]:
+    """The headers that sign one message with ``key`` (add them to the message's own).
+
+    ``routing_key`` is the key the message is published with (for a reply: the reply
+    queue's name). ``ts`` defaults to now.
+    """
+    key_id, secret = key
+    stamp = f"{time.time() if ts is None else ts:.3f}"
+    return {KEY_HEADER: key_id, TIMESTAMP_HEADER: stamp,
+            SIGNATURE_HEADER: _mac(secret, key_id, stamp, body, routing_key, reply_to,
+                                   correlation_id)}
+
+
+def signer(key: Key | None, body: bytes, routing_key: str | None, reply_to: str | None,
+           correlation_id: str | None, headers: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``headers`` with the signature of ``key`` added (as is when ``key`` is None)."""
+    if key is None:
+        return headers
+    signed = {k: v for k, v in (headers or {}).items() if k not in HEADERS}
+    signed.update(sign(key, body, routing_key, reply_to, correlation_id))
+    return signed
+
+
+def signed_by(headers: Mapping[str, Any]) -> str | None:
+    """The key id a message claims (unverified: for logs and error text only)."""
+    key_id = headers.get(KEY_HEADER)
+    return key_id if isinstance(key_id, str) else None
+
+
+def verify(secrets: Mapping[str, bytes] | Keyring, headers: Mapping[str, Any], body: bytes,
+           routing_key: str | None, reply_to: str | None = None,
+           correlation_id: str | None = None, *, now: float | None = None,
+           window: float = DEFAULT_REPLAY_WINDOW) -> str:
+    """Check a message's signature; return its key id.
+
+    Raises:
+        Unauthorized: unsigned, an unknown key id, a wrong signature, or a timestamp
+            outside ``window`` seconds of ``now`` (the reason is in the message).
+    """
+    key_id, stamp, sig = (headers.get(h) for h in HEADERS)
+    if key_id is None and sig is None:
+        raise Unauthorized("the message is not signed; this service needs a key "
+                           f"(Client(key=(id, secret)) or ${KEY_ENV}=id:secret)")
+    if not (isinstance(key_id, str) and isinstance(stamp, str) and isinstance(sig, str)):
+        raise Unauthorized("malformed signature headers")
+    table = secrets.secrets if isinstance(secrets, Keyring) else secrets
+    secret = table.get(key_id)
+    if secret is None:
+        raise Unauthorized(f"unknown key {key_id!r}", data={"key": key_id})
+    if not hmac.compare_digest(sig, _mac(secret, key_id, stamp, body, routing_key, reply_to,
+                                         correlation_id)):
+        raise Unauthorized(f"bad signature for key {key_id!r}", data={"key": key_id})
+    try:
+        age = (time.time() if now is None else now) - float(stamp)
+    except ValueError:
+        raise Unauthorized("malformed signature timestamp", data={"key": key_id}) from None
+    if not -window <= age <= window:
+        raise Unauthorized(f"the message was signed {age:.0f}s from now, outside the "
+                           f"{window:g}s replay window (are the clocks in step?)",
+                           data={"key": key_id})
+    return key_id
+
+
+def unsigned_refusal(headers: Mapping[str, Any], response: Mapping[str, Any]) -> bool:
+    """True for an unsigned -32001 reply, the one unsigned reply a keyed client takes: a
+    service that could not verify the caller cannot sign for it, and such a reply only
+    refuses (it carries no result)."""
+    error = response.get("error")
+    return (KEY_HEADER not in headers and isinstance(error, dict)
+            and error.get("code") == Unauthorized.code and "result" not in response)
+
+
+class ReplayGuard:
+    """The signatures one worker has accepted within the replay window, bounded in size.
+
+    A replayed message has the very signature of the original (any change breaks it), so
+    the signature is its identity. When more than ``capacity`` are remembered the oldest
+    is forgotten and its timestamp becomes a floor: a message signed at or before it is
+    refused as too old, so forgetting never lets a replay through.
+    """
+
+    def __init__(self, window: float = DEFAULT_REPLAY_WINDOW,
+                 capacity: int = DEFAULT_REPLAY_MEMORY) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.window = window
+        self.capacity = capacity
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._floor = float("-inf")
+        self._lock = threading.Lock()
+
+    def first_time(self, headers: Mapping[str, Any], now: float | None = None, *,
+                   queue: str | None = None) -> bool:
+        """Remember a verified message taken from ``queue``; False if it was seen (or may
+        have been) before. (One event reaches each subscribing queue: not a replay.)"""
+        sig = f"{queue or ''}\0{headers[SIGNATURE_HEADER]}"
+        ts = float(headers[TIMESTAMP_HEADER])
+        now = time.time() if now is None else now
+        with self._lock:
+            seen = self._seen
+            while seen:  # expired entries: the window check refuses their replays anyway
+                oldest, stamp = next(iter(seen.items()))
+                if stamp >= now - self.window:
+                    break
+                del seen[oldest]
+            if ts <= self._floor or sig in seen:
+                return False
+            seen[sig] = ts
+            if len(seen) > self.capacity:
+                _, stamp = seen.popitem(last=False)
+                self._floor = max(self._floor, stamp)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class Keyring:
+    """The keys a service accepts: ``{key id: secret}``.
+
+    Args:
+        keys: key ids and their secrets (text or bytes).
+        own: the id this service signs its own calls and events with (default: the
+            App's name when the keyring has a key of that name).
+        replay_window: seconds a signed request stays acceptable.
+        replay_memory: signatures each worker remembers at most.
+
+    Example::
+
+        keys = Keyring({"frontend": "s3cret-1", "ops": "s3cret-2"})
+        app = App("billing", keyring=keys)
+    """
+
+    def __init__(self, keys: Mapping[str, str | bytes], *, own: str | None = None,
+                 replay_window: float = DEFAULT_REPLAY_WINDOW,
+                 replay_memory: int = DEFAULT_REPLAY_MEMORY) -> None:
+        if not isinstance(keys, Mapping) or not keys:
+            raise ValueError("a keyring needs at least one key: {key_id: secret}")
+        #: ``{key id: secret bytes}``.
+        self.secrets: dict[str, bytes] = {
+            _check_id(k): _secret_bytes(k, v) for k, v in keys.items()}
+        if own is not None and own not in self.secrets:
+            raise ValueError(f"own key {own!r} is not in the keyring; known: {sorted(self.secrets)}")
+        if not replay_window > 0:
+            raise ValueError(f"replay_window must be > 0 seconds, got {replay_window!r}")
+        self.own = own
+        self.replay_window = float(replay_window)
+        self.replay_memory = replay_memory
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self.secrets
+
+    def __repr__(self) -> str:  # ids only: a secret is never shown
+        return f"<Keyring keys={sorted(self.secrets)} own={self.own!r}>"
+
+    @property
+    def ids(self) -> list[str]:
+        """The key ids, sorted."""
+        return sorted(self.secrets)
+
+    def key(self, key_id: str) -> Key:
+        """``(key_id, secret)``, to sign with (KeyError if unknown)."""
+        return key_id, self.secrets[key_id]
+
+    def own_key(self, default: str | None = None) -> Key | None:
+        """The key this service signs with: :attr:`own`, else ``default`` if in the keyring."""
+        key_id = self.own or (default if default in self.secrets else None)
+        return None if key_id is None else self.key(key_id)
+
+    def check_allow(self, allow: Iterable[str], where: str) -> frozenset[str]:
+        """``allow`` as a frozenset, after checking each id is a key of this keyring."""
+        allowed = frozenset(allow)
+        unknown = sorted(allowed - self.secrets.keys())
+        if unknown:
+            raise ValueError(f"{where}: allow names keys {unknown} that the keyring does not "
+                             f"hold; known: {self.ids}")
+        return allowed
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **options: Any) -> Keyring:
+        """Load a keyring file: JSON ``{"keys": {id: secret}, "own": id}`` or ``{id: secret}``,
+        or text lines ``id:secret`` (a line starting with ``#`` is a comment; ``own=id`` names the own key).
+
+        A file that others than its owner may read is loaded with a warning.
+
+        Raises:
+            ValueError: the file cannot be read or holds no keys (naming the line).
+        """
+        path = Path(path)
+        try:
+            text = path.read_text()
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ValueError(f"cannot read keyring {str(path)!r}: {exc.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("keyring file is readable by others; chmod 600 it", path=str(path))
+        keys, own = _parse_keyring(text, str(path))
+        options.setdefault("own", own)
+        return cls(keys, **options)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> Keyring | None:
+        """The keyring in the file ``$BUSAPP_KEYRING`` names, or None when it is unset."""
+        path = os.environ.get(KEYRING_ENV)
+        return cls.from_file(path, **options) if path else None
+
+
+def _parse_keyring(text: str, where: str) -> tuple[dict[str, str], str | None]:
+    if text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"keyring {where!r} is not valid JSON: {exc}") from None
+        keys = data.get("keys", data) if isinstance(data, dict) else None
+        own = data.get("own") if isinstance(data, dict) and "keys" in data else None
+        if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+            raise ValueError(f"keyring {where!r}: want {{\"keys\": {{id: secret}}}} or {{id: secret}}")
+        return keys, own
+    keys: dict[str, str] = {}
+    own = None
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):  # a secret may hold '#': whole-line comments only
+            continue
+        if line.startswith("own="):
+            own = line[4:].strip()
+            continue
+        key_id, sep, secret = line.partition(":")
+        if not sep or not key_id.strip() or not secret.strip():
+            raise ValueError(f"keyring {where!r} line {number}: want id:secret")
+        keys[key_id.strip()] = secret.strip()
+    if not keys:
+        raise ValueError(f"keyring {where!r} holds no keys (lines of id:secret)")
+    return keys, own
+
+
+class Refused(Exception):
+    """Control flow: a message the :class:`Gate` turns away (never a handler's error).
+
+    ``error`` is what the caller is told; ``answer`` is False for a replay (the original
+    was answered); ``sign_with`` is the key the answer is signed with (None: unsigned).
+    """
+
+    def __init__(self, error: RemoteProcedureCallError, *, answer: bool = True,
+                 sign_with: Key | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.answer = answer
+        self.sign_with = sign_with
+
+
+class Gate:
+    """One worker's check of each message against its service's keyring, before any parsing.
+
+    Args:
+        keyring: the service's keys.
+        handlers: ``{method name: Handler}``; a handler's ``allow`` limits its callers.
+    """
+
+    def __init__(self, keyring: Keyring, handlers: Mapping[str, Any]) -> None:
+        self.keyring = keyring
+        self.handlers = handlers
+        self.replays = ReplayGuard(keyring.replay_window, keyring.replay_memory)
+
+    def admit(self, delivery: Any, *, request: bool = True) -> str:
+        """The key id that signed ``delivery`` (a request, or an event when not ``request``).
+
+        Raises:
+            Refused: unsigned, unknown key, bad signature, stale, replayed, or (a request)
+                a key the method's ``allow`` leaves out. Logged at warning, with the key id.
+        """
+        headers = delivery.headers
+        original = headers.get(ROUTING_KEY_HEADER)
+        routing_key = original if isinstance(original, str) and original else delivery.routing_key
+        try:
+            key_id = verify(self.keyring, headers, delivery.body, routing_key, delivery.reply_to,
+                            delivery.correlation_id, window=self.keyring.replay_window)
+        except Unauthorized as exc:
+            raise self._refuse(exc, routing_key, signed_by(headers)) from None
+        if not self.replays.first_time(headers, queue=delivery.queue):
+            raise self._refuse(Unauthorized("replayed: this signed message was already taken",
+                                            data={"key": key_id}), routing_key, key_id,
+                               answer=False)
+        if request:
+            method = (routing_key or "").rsplit(".", 1)[-1]
+            allow = getattr(self.handlers.get(method), "allow", None)
+            if allow is not None and key_id not in allow:
+                raise self._refuse(Forbidden(f"key {key_id!r} may not call {method!r}",
+                                             data={"key": key_id, "method": method}),
+                                   routing_key, key_id, sign_with=self.keyring.key(key_id))
+        return key_id
+
+    def reply_key(self, key_id: str | None) -> Key | None:
+        """The key an answer to ``key_id``'s request is signed with (None: unsigned)."""
+        return self.keyring.key(key_id) if key_id in self.keyring else None
+
+    @staticmethod
+    def _refuse(error: RemoteProcedureCallError, routing_key: str | None, key_id: str | None,
+                **options: Any) -> Refused:
+        log.warning("message refused", reason=error.message, code=error.code, key=key_id,
+                    routing_key=routing_key)
+        return Refused(error, **options)
