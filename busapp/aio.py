@@ -62,9 +62,10 @@ class AsyncClient:
     """
 
     def __init__(self, broker_url: str | None = None, exchange: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
-        #: The blocking client whose publishing connection (and reply queue name) this one uses.
-        self._sync = Client(broker_url, exchange, timeout=timeout)
+                 timeout: float = DEFAULT_TIMEOUT, key: Any = None) -> None:
+        #: The blocking client whose publishing connection (and reply queue name) this one
+        #: uses; it signs what is sent, and checks replies, with ``key`` (or ``$BUSAPP_KEY``).
+        self._sync = Client(broker_url, exchange, timeout=timeout, key=key)
         self.broker_url = self._sync.broker_url
         self.exchange_name = self._sync.exchange_name
         self.timeout = timeout
@@ -173,8 +174,10 @@ class AsyncClient:
             # Not through Client._publish: its lock would be held while the delivery runs,
             # and a nested async handler publishes from a thread of its own.
             assert self._replies is not None
-            self._replies.publish(wire.dumps(body).encode(), exchange=self.exchange_name,
-                                  routing_key=routing_key, **props)
+            payload = wire.dumps(body).encode()
+            self._sync.sign(payload, routing_key, props)
+            self._replies.publish(payload, exchange=self.exchange_name, routing_key=routing_key,
+                                  **props)
             if "reply_to" not in props:
                 future.set_result(None)
             return
@@ -269,10 +272,8 @@ class AsyncClient:
         return False  # the next call connects again
 
     def _deliver(self, delivery: Delivery) -> None:
-        try:
-            response = wire.parse_response(delivery.body)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("unparsable reply dropped", error=str(exc))
+        response = self._sync.accept_reply(delivery)
+        if response is None:
             return
         key = delivery.correlation_id
         if key is None:
@@ -360,9 +361,9 @@ class AsyncBus:
         with self._lock:
             if self._client is None:
                 service = self._service
-                self._client = AsyncClient(service.connection_url or
-                                           service._bus_client().broker_url,
-                                           service.exchange_name)
+                sync = service._bus_client()  # signs with the service's own key, if any
+                self._client = AsyncClient(service.connection_url or sync.broker_url,
+                                           service.exchange_name, key=getattr(sync, "key", None))
             return self._client
 
     async def call(self, routing_key: str, *args: Any, timeout: float | None = None,

@@ -284,13 +284,18 @@ class Client(BusMixin):
 
     # -- connections -------------------------------------------------------
 
-    def _publish(self, body: Any, routing_key: str, *, exchange: str, sign_key: Any = "own",
-                 **props: Any) -> None:
-        payload = body if isinstance(body, bytes) else wire.dumps(body).encode()
+    def sign(self, payload: bytes, routing_key: str, props: dict[str, Any],
+             sign_key: Any = "own") -> None:
+        """Add the signature headers to ``props`` (with this client's key by default)."""
         key = self.key if sign_key == "own" else sign_key
         if key is not None:
             props["headers"] = security.signer(key, payload, routing_key, props.get("reply_to"),
                                                props.get("correlation_id"), props.get("headers"))
+
+    def _publish(self, body: Any, routing_key: str, *, exchange: str, sign_key: Any = "own",
+                 **props: Any) -> None:
+        payload = body if isinstance(body, bytes) else wire.dumps(body).encode()
+        self.sign(payload, routing_key, props, sign_key)
         with self._publish_lock:
             self._check_open()
             sent = False  # True once the broker may have the message
@@ -346,16 +351,9 @@ class Client(BusMixin):
             self._reset()
 
     def _deliver(self, delivery: Delivery) -> None:
-        refused = self._check_reply(delivery) if self._reply_secrets is not None else None
-        if refused is not None and security.KEY_HEADER in delivery.headers:
-            return self._drop_reply(delivery, refused)  # signed, but not by us: never parsed
-        try:
-            response = wire.parse_response(delivery.body)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("unparsable reply dropped", error=str(exc))
+        response = self.accept_reply(delivery)
+        if response is None:
             return
-        if refused is not None and not security.unsigned_refusal(delivery.headers, response):
-            return self._drop_reply(delivery, refused)
         key = delivery.correlation_id
         if key is None:
             key = response.get("id")
@@ -368,6 +366,23 @@ class Client(BusMixin):
         event = pending.event
         if event is not None:  # a caller without one checks the response before it sleeps
             event.set()
+
+    def accept_reply(self, delivery: Delivery) -> dict | None:
+        """The response a reply carries, or None if it is dropped: unparsable, or (for a
+        client with a key) not signed with that key — checked before anything is parsed."""
+        refused = self._check_reply(delivery) if self._reply_secrets is not None else None
+        if refused is not None and security.KEY_HEADER in delivery.headers:
+            self._drop_reply(delivery, refused)  # signed, but not by us: never parsed
+            return None
+        try:
+            response = wire.parse_response(delivery.body)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("unparsable reply dropped", error=str(exc))
+            return None
+        if refused is not None and not security.unsigned_refusal(delivery.headers, response):
+            self._drop_reply(delivery, refused)
+            return None
+        return response
 
     def _check_reply(self, delivery: Delivery) -> str | None:
         """Why a reply is not signed with this client's key (None: it is). No parsing."""

@@ -310,3 +310,26 @@ def test_cli_keyring_and_allow_errors_are_usage_errors(tmp_path):
                               "--store", "memory://"])
     assert bad.exit_code == 2 and "TYPE=ID" in bad.output
     assert "BUSAPP_KEYRING" not in os.environ
+
+
+def test_async_client_signs_and_drops_forged_replies() -> None:
+    """AsyncClient(key=...) is refused without the right key and served with it, like Client."""
+    import asyncio
+
+    from busapp import AsyncClient
+
+    app = App("asec", keyring=Keyring({"ops": "s3cret-ops"}))
+
+    @app.method()
+    def ping() -> str:
+        return "pong"
+
+    client = app.test_client()
+
+    async def go(key):
+        async with AsyncClient(client.url, client.exchange, key=key) as bus:
+            return await bus.call("asec.ping")
+
+    assert asyncio.run(go(("ops", "s3cret-ops"))) == "pong"
+    with pytest.raises(Unauthorized):
+        asyncio.run(go(("ops", "wrong")))
