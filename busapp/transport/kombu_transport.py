@@ -17,11 +17,21 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
+# kombu loads most of itself on first use (its package ``__getattr__``, transports by name),
+# which is not thread-safe: threads making their first Clients at once in a fresh process got
+# ``ImportError: cannot import name ... from 'kombu'``. So everything a transport uses is
+# imported here, once, under this module's import lock (tests/test_client_leaks.py pins it).
 import kombu
+import kombu.connection
+import kombu.entity
 import kombu.exceptions
+import kombu.messaging
+import kombu.transport.pyamqp
+from kombu import Connection, Exchange, Queue, binding  # resolves kombu's lazy names now
 
 from busapp.errors import BrokerUnavailable, BusappError
 from busapp.transport import is_redis, mask_url
+from busapp.transport import redis as _redis
 from busapp.transport.base import Delivery, QueueSpec
 
 
@@ -60,12 +70,10 @@ def requeue_dead_worker(url: str, pid: int) -> int:
     RabbitMQ requeues a dead connection's messages itself)."""
     if not is_redis(url):
         return 0
-    from busapp.transport.redis import requeue_owned
-
     conn = kombu_connection(url)
     try:
         conn.ensure_connection(max_retries=1)
-        return requeue_owned(conn, worker_owner(pid))
+        return _redis.requeue_owned(conn, worker_owner(pid))
     finally:
         _release(conn)
 
@@ -80,12 +88,7 @@ def kombu_connection(url: str, max_body: int | None = None) -> Any:
     (:mod:`busapp.transport.redis`: kombu's, without its per-command client and per-publish
     binding lookup); other URLs get kombu's own.
     """
-    if is_redis(url):
-        from busapp.transport.redis import Connection
-
-        cls: type = Connection
-    else:
-        cls = kombu.Connection
+    cls: type = _redis.Connection if is_redis(url) else Connection
     options = transport_options(url)
     if max_body is not None and is_redis(url):
         options["max_entry_bytes"] = max_body * 4 // 3 + _ENVELOPE_BYTES  # base64 + envelope
@@ -175,7 +178,7 @@ class KombuTransport:
 
     def declare_exchange(self, exchange: str) -> None:
         with self._guard():
-            kombu.Exchange(exchange, type="topic", durable=True)(self.channel).declare()
+            Exchange(exchange, type="topic", durable=True)(self.channel).declare()
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
         with self._guard():
@@ -183,7 +186,7 @@ class KombuTransport:
 
     @staticmethod
     def _kombu_queue(exchange: str, spec: QueueSpec) -> Any:
-        ex = kombu.Exchange(exchange, type="topic", durable=True) if exchange else None
+        ex = Exchange(exchange, type="topic", durable=True) if exchange else None
         options: dict[str, Any] = {"durable": spec.durable, "auto_delete": spec.auto_delete}
         if spec.expires is not None:
             options["expires"] = spec.expires
@@ -191,9 +194,9 @@ class KombuTransport:
             options["queue_arguments"] = dict(spec.arguments)
         keys = list(spec.binding_keys)
         if len(keys) > 1 and ex is not None:
-            options["bindings"] = [kombu.binding(ex, routing_key=k) for k in keys]
-            return kombu.Queue(spec.name, **options)
-        return kombu.Queue(spec.name, ex, routing_key=keys[0] if keys else spec.name, **options)
+            options["bindings"] = [binding(ex, routing_key=k) for k in keys]
+            return Queue(spec.name, **options)
+        return Queue(spec.name, ex, routing_key=keys[0] if keys else spec.name, **options)
 
     # -- publishing ------------------------------------------------------------------------
 
