@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,7 +30,7 @@ import kombu.messaging
 import kombu.transport.pyamqp
 from kombu import Connection, Exchange, Queue, binding  # resolves kombu's lazy names now
 
-from busapp.errors import BrokerUnavailable, BusappError
+from busapp.errors import BrokerUnavailable, BusappError, NoRouteError
 from busapp.transport import is_redis, mask_url
 from busapp.transport import redis as _redis
 from busapp.transport.base import Delivery, QueueSpec
@@ -139,6 +140,11 @@ class KombuTransport:
         self._errors = _ERRORS
         self._prefetch = 0
         self._tags: list[str] = []
+        #: RabbitMQ: the confirm channel requests are checked on, what it returned, and until
+        #: when each (exchange, routing key) is known to route (see _publish_request_amqp).
+        self._checked: Any = None
+        self._returned: list[str] = []
+        self._routed: dict[tuple[str, str], float] = {}
         #: Largest body this connection will receive (set before connect; None: no limit).
         self.max_body: int | None = None
 
@@ -219,7 +225,51 @@ class KombuTransport:
                 channel.forget_bindings(exchange)
             message = channel.prepare_message(body, 0, content_type, "utf-8",
                                               headers or {}, properties)
-            channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+            if reply_to is None or not exchange:
+                channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+            elif self.redis:
+                channel.publish_request(message, exchange, routing_key)
+            else:
+                self._publish_request_amqp(message, exchange, routing_key)
+
+    #: Seconds a routing key RabbitMQ routed a request for is trusted to route again.
+    ROUTE_CHECK_TTL = 1.0
+
+    def _publish_request_amqp(self, message: Any, exchange: str, routing_key: str) -> None:
+        """Publish a request; raise NoRouteError if RabbitMQ has no queue bound to its key.
+
+        Once a second per routing key the request goes out ``mandatory`` on a channel with
+        publisher confirms: RabbitMQ sends an unroutable one back (``basic.return``) before
+        its ``basic.ack``. The other requests go out plain, as they did: a confirm costs a
+        round trip (~0.15 ms here, 10% of a call).
+        """
+        key = (exchange, routing_key)
+        now = time.monotonic()
+        if self._routed.get(key, 0.0) > now:
+            self.channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+            return
+        checked = self._checked_channel()
+        self._returned.clear()
+        checked.basic_publish_confirm(message, exchange=exchange, routing_key=routing_key,
+                                      mandatory=True, confirm_timeout=5)
+        if self._returned:
+            self._routed.pop(key, None)
+            raise NoRouteError(f"no queue is bound to {routing_key!r} on exchange {exchange!r}: "
+                               f"no service consumes it")
+        if len(self._routed) > 4096:
+            self._routed.clear()
+        self._routed[key] = now + self.ROUTE_CHECK_TTL
+
+    def _checked_channel(self) -> Any:
+        checked = self._checked
+        if checked is None:
+            checked = self._conn.channel()
+            checked.confirm_select()
+            checked._confirm_selected = True
+            checked.events["basic_return"].add(
+                lambda exc, exchange, routing_key, message: self._returned.append(routing_key))
+            self._checked = checked
+        return checked
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -314,6 +364,8 @@ class KombuTransport:
 
     def close(self, *, delete_queue: str | None = None) -> None:
         conn, self._conn, channel, self._channel = self._conn, None, self._channel, None
+        self._checked = None
+        self._routed.clear()
         self._tags.clear()
         if conn is None:
             return
