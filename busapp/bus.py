@@ -17,6 +17,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from typing import Any
 
 from busapp import wire
@@ -186,6 +187,12 @@ class Client(BusMixin):
         """Fresh state: at construction, and in a forked child (the parent's sockets are not ours)."""
         self._forks = _FORKS[0]
         self.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
+        old = getattr(self, "_finalizer", None)
+        if old is not None:
+            old.detach()  # the parent's connections are the parent's to close
+        #: The transports this Client has open, closed by :attr:`_finalizer` if it is dropped.
+        self._owned: set[Transport] = set()
+        self._finalizer = _close_when_dropped(self, self._owned)
         self._pending: dict[str, _Pending] = {}
         # Reentrant: on the in-memory transport a publish delivers (and so may reply) inline.
         self._publish_lock = threading.RLock()
@@ -328,6 +335,7 @@ class Client(BusMixin):
             transport.close()
             raise
         self._publisher = transport
+        self._owned.add(transport)
         return transport
 
     def _declare_missing_exchange(self, transport: Transport) -> None:
@@ -342,6 +350,7 @@ class Client(BusMixin):
     def _drop_publisher(self) -> None:
         publisher, self._publisher = self._publisher, None
         if publisher is not None:
+            self._owned.discard(publisher)
             publisher.close()
 
     def _check_open(self) -> None:
@@ -406,6 +415,7 @@ class Client(BusMixin):
         if self._closed:
             return
         self._closed = True
+        self._finalizer.detach()
         self._replies.close()
         with self._publish_lock:
             self._drop_publisher()
@@ -431,6 +441,42 @@ def reply_queue_spec(name: str) -> QueueSpec:
     a reply list expires a minute after its last push.
     """
     return QueueSpec(name, durable=True, auto_delete=False)
+def _close_when_dropped(client: Client, owned: set[Transport]) -> weakref.finalize:
+    """Close ``owned`` (and delete the reply queue) once ``client`` is garbage, unclosed.
+
+    A Client dropped without :meth:`Client.close` would otherwise keep its broker connections
+    until its process exits (kombu's Redis channel is held by a process-wide finalizer
+    registry): 1,000 dropped Clients held 4,000 Redis connections. Nothing the transports
+    hold refers back to the Client (its reply callback is a weak reference), so it does
+    become garbage.
+    """
+    finalizer = weakref.finalize(client, _close_owned, owned, client.reply_queue, _FORKS[0])
+    finalizer.atexit = False  # at exit the sockets close with the process
+    return finalizer
+
+
+def _close_owned(owned: set[Transport], reply_queue: str, forks: int) -> None:
+    if forks != _FORKS[0]:
+        return  # a forked child: these sockets are its parent's
+    for transport in list(owned):
+        try:
+            transport.close(delete_queue=reply_queue)
+        except Exception:  # noqa: BLE001 - garbage collection must not raise
+            log.debug("closing a dropped Client's connection failed", exc_info=True)
+    owned.clear()
+
+
+def _weak_callback(method: Any) -> Any:
+    """``method`` (a bound method) called through a weak reference: the transport that calls
+    it does not keep its object alive. A call after the object is gone does nothing."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        target = ref()
+        if target is not None:
+            target(*args)
+
+    return call
 
 
 class _ReplyQueue:
@@ -478,11 +524,13 @@ class _ReplyQueue:
         try:
             transport.connect()
             transport.declare_queue("", reply_queue_spec(self.client.reply_queue))
-            transport.consume(self.client.reply_queue, self.client._deliver, no_ack=True)
+            transport.consume(self.client.reply_queue, _weak_callback(self.client._deliver),
+                              no_ack=True)
         except BaseException:
             transport.close()
             raise
         self._transport = transport
+        self.client._owned.add(transport)
         self.ready = True
 
     def wait_for(self, pending: _Pending, deadline: float) -> bool:
@@ -537,6 +585,7 @@ class _ReplyQueue:
         self.ready = False
         transport, self._transport = self._transport, None
         if transport is not None:
+            self.client._owned.discard(transport)
             transport.close(delete_queue=self.client.reply_queue if delete_queue else None)
 
     def close(self) -> None:

@@ -23,9 +23,15 @@ import structlog
 
 import busapp
 from busapp._extras import MissingExtra
-from busapp.errors import AccessRefused, BrokerUnavailable, RemoteProcedureCallError, RequestTimeout
+from busapp.errors import (
+    AccessRefused,
+    BrokerUnavailable,
+    NoRouteError,
+    RemoteProcedureCallError,
+    RequestTimeout,
+)
 from busapp.log import FORMATS, LEVELS, configure_logging
-from busapp.transport import BROKER_ENV, BROKER_SCHEMES, check_broker_url, mask_url
+from busapp.transport import BROKER_ENV, check_broker_url, mask_url
 
 log = structlog.get_logger("busapp.cli")
 
@@ -267,6 +273,8 @@ def _request(routing_key: str, body: Any, broker: str | None, exchange: str | No
     try:
         with Client(url, exchange, timeout=timeout) as client:
             return client.request(routing_key, body, timeout=timeout)
+    except NoRouteError as exc:
+        raise NoReply(str(exc)) from None
     except RequestTimeout as exc:
         raise NoReply(f"timeout: {exc}") from None
     except BrokerUnavailable as exc:

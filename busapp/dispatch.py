@@ -20,7 +20,7 @@ import attrs
 
 from busapp import wire
 from busapp.convert import describe_error, structure, unstructure
-from busapp.errors import InternalError, InvalidParams, MethodNotFound, RemoteProcedureCallError
+from busapp.errors import InternalError, InvalidParams, MethodNotFound
 
 #: Parameter names filled by busapp, never from the wire.
 INJECTABLE = ("message", "bus", "storage")

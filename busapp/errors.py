@@ -15,6 +15,7 @@
     │   ├── ContainerManagerError       -20001  (Commissaire's container manager)
     │   └── Conflict                    -20002  a versioned save lost the race
     ├── RequestTimeout (TimeoutError)   no reply in time
+    │   └── NoRouteError                no queue is bound to the request's key: no reply will come
     ├── TimeLimitExceeded               raised in a handler past its time limit
     ├── BrokerUnavailable (ConnectionError)  the broker cannot be reached
     └── AccessRefused (PermissionError)  the broker refused this user an operation (403)
@@ -131,6 +132,15 @@ class Conflict(RemoteProcedureCallError):
 
 class RequestTimeout(BusappError, TimeoutError):
     """No reply arrived within the call's timeout."""
+
+
+class NoRouteError(RequestTimeout):
+    """No queue is bound to a request's routing key: no service is running for it.
+
+    Raised at once by the publish (on Redis and RabbitMQ as on the test client's in-memory
+    broker), instead of a :class:`RequestTimeout` after the whole timeout. A subclass of it,
+    so code that waits for a service by retrying on RequestTimeout keeps working.
+    """
 
 
 class TimeLimitExceeded(BusappError):

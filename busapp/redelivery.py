@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import os
 import secrets
-from typing import Any
 
 from busapp.errors import InternalError
 from busapp.serve import ROUTING_KEY_HEADER

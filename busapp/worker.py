@@ -426,7 +426,9 @@ class Worker:
                     if revive_if_embedded(self.service.connection_url):
                         continue  # the embedded broker was gone and is back: at once
                     self.stopping.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    # At most 2 s: a broker back after a restart (RabbitMQ takes 5-7 s to start)
+                    # is served within 2 s, not after a back-off grown to 10 s.
+                    backoff = min(backoff * 2, 2.0)
         finally:
             self.stop()
             try:

@@ -27,6 +27,7 @@ def wait_until_served(url: str, exchange: str, routing_key: str, *args: Any,
             except (RequestTimeout, BrokerUnavailable):
                 if time.monotonic() > end:
                     raise
+                time.sleep(0.05)  # NoRouteError comes at once while the queue is not bound yet
 
 
 def delete_queues(url: str, exchange: str, *queues: str) -> None:

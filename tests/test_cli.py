@@ -295,10 +295,11 @@ def test_reload_serves_the_edited_module(project: Project) -> None:
     assert running.stop() == 0
 
 
-def test_call_timeout_exits_2(project: Project, redis_url: str, exchange: str) -> None:
-    """A call nobody answers exits 2 with a timeout message."""
-    result = project.cli("call", "nobody.home", "--timeout", "0.5", "--broker", redis_url, "--exchange", exchange)
-    assert result.returncode == 2 and "timeout" in result.stderr and result.stdout == ""
+def test_call_to_no_service_exits_2(project: Project, redis_url: str, exchange: str) -> None:
+    """A call to a key no service is bound to exits 2 saying so (not after the timeout)."""
+    result = project.cli("call", "nobody.home", "--timeout", "30", "--broker", redis_url, "--exchange", exchange)
+    assert result.returncode == 2 and "no queue is bound to 'nobody.home'" in result.stderr
+    assert result.stdout == ""
 
 
 def test_call_without_any_broker_exits_2_at_once(project: Project) -> None:

@@ -160,6 +160,7 @@ def _wait_served(url: str, routing_key: str, deadline: float = 20.0) -> None:
             except (RequestTimeout, BrokerUnavailable):
                 if time.monotonic() > end:
                     raise
+                time.sleep(0.05)  # NoRouteError comes at once while the queue is not bound yet
 
 
 def _delete_queues(url: str, names: list[str]) -> None:

@@ -14,9 +14,9 @@ call when the call returns:
   order published (as from a broker queue, and deterministic);
 - a queue without a consumer keeps its messages until one consumes it.
 
-Where it differs from a broker, on purpose: a request (a message with ``reply_to``)
-that no queue is bound to raises :class:`NoRouteError` at once, where a broker would
-let the caller time out. Topic patterns follow AMQP: ``*`` is one word, ``#`` zero or more.
+As on a broker, a request (a message with ``reply_to``) that no queue is bound to raises
+:class:`~busapp.errors.NoRouteError` at once. Topic patterns follow AMQP: ``*`` is one word,
+``#`` zero or more.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from busapp.errors import RequestTimeout
+from busapp.errors import NoRouteError
 from busapp.transport.base import Delivery, QueueSpec
 
 
-class NoRouteError(RequestTimeout):
-    """No queue is bound to the routing key of a request (on a broker: a timeout)."""
+#: NoRouteError is re-exported: it was defined here before the brokers raised it too.
+__all__ = ["MemoryBroker", "MemoryTransport", "NoRouteError", "topic_matches"]
 
 
 @functools.lru_cache(maxsize=8192)
@@ -222,8 +222,8 @@ class MemoryTransport:
     def _no_route(self, exchange: str, routing_key: str) -> str:
         bound = sorted({p for p, _ in self.broker.bindings.get(exchange, ())
                         if not p.startswith("notify.")})
-        return (f"no service on the test bus consumes {routing_key!r} (on a broker this call "
-                f"would time out); bindings: {', '.join(bound) or 'none'}; "
+        return (f"no service on the test bus consumes {routing_key!r}; "
+                f"bindings: {', '.join(bound) or 'none'}; "
                 f"register the service with client.register(...)")
 
     def consume(self, queue: str, callback: Callable[[Delivery], None], *,

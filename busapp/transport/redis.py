@@ -39,6 +39,7 @@ from kombu.transport import redis as _kredis
 from kombu.transport import virtual as _virtual
 from kombu.utils import json as _kjson
 
+from busapp.errors import NoRouteError
 from busapp.transport.base import is_reply_queue
 
 __all__ = ["Channel", "Connection", "QoS", "Transport", "entry_problem"]
@@ -162,7 +163,7 @@ class Channel(_kredis.Channel):
         self._tables[exchange] = (now + ttl, table)
         return table
 
-    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
+    def _lookup_cached(self, exchange: str, routing_key: str, default: Any = None) -> Any:
         if exchange and self.binding_cache_ttl and exchange in self._tables:
             try:
                 found = self.typeof(exchange).lookup(
@@ -174,6 +175,24 @@ class Channel(_kredis.Channel):
             # Nothing matched the cached table: a queue may have been bound since. Look again.
             self._tables.pop(exchange, None)
         return super()._lookup(exchange, routing_key, default)
+
+    def publish_request(self, message: Any, exchange: str, routing_key: str) -> None:
+        """Publish a request; raise :class:`~busapp.errors.NoRouteError` if no queue is bound
+        to ``routing_key`` (kombu would drop it silently, and its caller would time out)."""
+        self._must_route = True
+        try:
+            self.basic_publish(message, exchange=exchange, routing_key=routing_key)
+        finally:
+            self._must_route = False
+
+    _must_route = False
+
+    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
+        found = self._lookup_cached(exchange, routing_key, default)
+        if not found and self._must_route:
+            raise NoRouteError(f"no queue is bound to {routing_key!r} on exchange {exchange!r}: "
+                               f"no service consumes it")
+        return found
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
         self._tables.pop(exchange, None)
