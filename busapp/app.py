@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import attrs
 
 from busapp.bus import default_exchange
+from busapp.cluster import check_queue_type
 from busapp.dispatch import Handler
 from busapp.router import Scaffold
 
@@ -57,6 +58,8 @@ class App(Scaffold):
         queue: queue name (default ``name``), shared by all workers.
         routing_key: binding key (default ``name.*``).
         max_body: largest request body accepted, in bytes (default 1 MiB).
+        queue_type: ``"quorum"`` to declare the queues as RabbitMQ quorum queues (a
+            cluster), ``"classic"``; default ``$BUSAPP_QUEUE_TYPE``, else classic.
 
     Example::
 
@@ -68,7 +71,8 @@ class App(Scaffold):
     """
 
     def __init__(self, name: str, *, exchange: str | None = None, queue: str | None = None,
-                 routing_key: str | None = None, max_body: int | None = None) -> None:
+                 routing_key: str | None = None, max_body: int | None = None,
+                 queue_type: str | None = None) -> None:
         if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name:
             raise ValueError(f"App name must be a non-empty string without '.', '*' or '#': {name!r}")
         self.name = name
@@ -76,6 +80,8 @@ class App(Scaffold):
         self.queue = queue or name
         self.routing_key = routing_key or f"{name}.*"
         self.max_body = max_body
+        #: ``classic``, ``quorum``, or None (``$BUSAPP_QUEUE_TYPE``); see :mod:`busapp.cluster`.
+        self.queue_type = check_queue_type(queue_type)
         super().__init__()  # start-up/shut-down hooks, dependencies, middleware (busapp.router)
         #: Bus methods: ``{method name: Handler}``, filled by :meth:`method`.
         self.methods: dict[str, Handler] = {}

@@ -16,6 +16,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import kombu
 import kombu.exceptions
@@ -43,7 +44,21 @@ def transport_options(url: str) -> dict[str, Any]:
             # Set in worker processes by the manager (see busapp.transport.redis.QoS).
             "unacked_owner": os.environ.get(OWNER_ENV) or None,
         }
-    return {"confirm_publish": False}
+    return {"confirm_publish": confirm_publish(url)}
+
+
+#: Environment variable: ``1`` to have the broker confirm every publish, ``0`` never.
+CONFIRM_ENV = "BUSAPP_CONFIRM_PUBLISH"
+
+
+def confirm_publish(url: str) -> bool:
+    """Whether publishes on ``url`` wait for the broker's confirm: ``$BUSAPP_CONFIRM_PUBLISH``,
+    else yes when the URL lists several nodes (a cluster: a publish that returned is then on
+    a quorum queue's majority, and one the failing node never took raises instead)."""
+    setting = os.environ.get(CONFIRM_ENV, "").strip().lower()
+    if setting:
+        return setting not in ("0", "false", "no", "off")
+    return ";" in url
 
 
 #: Environment variable naming this worker process as the owner of its unacked messages.
@@ -87,9 +102,31 @@ def kombu_connection(url: str, max_body: int | None = None) -> Any:
     else:
         cls = kombu.Connection
     options = transport_options(url)
+    url, query_options = split_query_options(url)
+    options.update(query_options)
     if max_body is not None and is_redis(url):
         options["max_entry_bytes"] = max_body * 4 // 3 + _ENVELOPE_BYTES  # base64 + envelope
     return cls(url, transport_options=options, connect_timeout=5)
+
+
+#: Transport options a broker URL may carry in its query (``sentinel://...?master_name=NAME``).
+QUERY_OPTIONS = ("master_name",)
+
+
+def split_query_options(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without the :data:`QUERY_OPTIONS` of any of its ``;``-separated nodes, and them."""
+    found: dict[str, str] = {}
+    nodes = []
+    for node in url.split(";"):
+        parts = urlsplit(node)
+        kept = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in QUERY_OPTIONS:
+                found[key] = value
+            else:
+                kept.append((key, value))
+        nodes.append(urlunsplit(parts._replace(query=urlencode(kept))) if parts.query else node)
+    return ";".join(nodes), found
 
 
 #: Room for a Redis entry's envelope (properties, headers) besides its base64 body.
@@ -106,7 +143,7 @@ def _base_errors() -> tuple[type[BaseException], ...]:
         import amqp.exceptions
 
         errors += [amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableConnectionError,
-                   amqp.exceptions.ChannelError]
+                   amqp.exceptions.ChannelError, amqp.exceptions.MessageNacked]
     except ImportError:  # pragma: no cover - amqp is a dependency
         pass
     try:
@@ -136,6 +173,8 @@ class KombuTransport:
         self._errors = _ERRORS
         self._prefetch = 0
         self._tags: list[str] = []
+        #: Queues declared here whose broker counts deliveries (RabbitMQ quorum queues).
+        self._counted: set[str] = set()
         #: Largest body this connection will receive (set before connect; None: no limit).
         self.max_body: int | None = None
 
@@ -158,7 +197,9 @@ class KombuTransport:
         with self._guard():
             conn = kombu_connection(self.url, self.max_body)
             try:
-                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
+                # One try at each node the URL lists (kombu moves on to the next on failure).
+                conn.ensure_connection(max_retries=max(1, len(conn.alt)), interval_start=0,
+                                       interval_step=0.2)
                 self._errors = tuple(dict.fromkeys(
                     _ERRORS + tuple(conn.connection_errors) + tuple(conn.channel_errors)))
                 self._channel = conn.channel()
@@ -180,6 +221,8 @@ class KombuTransport:
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
         with self._guard():
             self._kombu_queue(exchange, spec)(self.channel).declare()
+        if not self.redis and (spec.arguments or {}).get("x-queue-type") == "quorum":
+            self._counted.add(spec.name)
 
     @staticmethod
     def _kombu_queue(exchange: str, spec: QueueSpec) -> Any:
@@ -244,6 +287,8 @@ class KombuTransport:
             correlation_id=props.get("correlation_id"), redelivered=bool(info.get("redelivered")),
             compression=headers.get("compression"), queue=queue,
         )
+        if queue in self._counted:
+            delivery.deliveries = _broker_count(delivery)
         if not no_ack:
             tag = info["delivery_tag"]
             channel = self._channel
@@ -318,6 +363,18 @@ class KombuTransport:
             with contextlib.suppress(Exception):
                 channel.queue_delete(delete_queue)
         _release(conn)
+
+
+def _broker_count(delivery: Delivery) -> int:
+    """This delivery's number on a quorum queue: 1, or 1 + the broker's ``x-delivery-count``.
+
+    The header is read only on a redelivery (the broker's flag): a first delivery carries
+    whatever header its sender put there, a redelivered one the broker's own count.
+    """
+    count = delivery.headers.get("x-delivery-count") if delivery.redelivered else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return 2 if delivery.redelivered else 1
+    return count + 1
 
 
 def _release(conn: Any) -> None:

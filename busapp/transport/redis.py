@@ -41,7 +41,8 @@ from kombu.utils import json as _kjson
 
 from busapp.transport.base import REPLY_PREFIX
 
-__all__ = ["Channel", "Connection", "QoS", "Transport", "entry_problem"]
+__all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport", "Transport",
+           "entry_problem"]
 
 _log = structlog.get_logger("busapp.transport")
 
@@ -321,13 +322,37 @@ class Transport(_kredis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, _kredis.SentinelChannel):
+    """busapp's :class:`Channel` on a Redis master found through Sentinel.
+
+    kombu's Sentinel channel gives the connection pool (it asks the Sentinels for the
+    current master, and its connections find the new one after a failover); busapp's
+    channel on top keeps its one client per pool, binding cache, pipelines, unacked
+    owner sets and entry checks.
+    """
+
+    from_transport_options = tuple(dict.fromkeys(
+        Channel.from_transport_options + _kredis.SentinelChannel.from_transport_options))
+
+
+class SentinelTransport(_kredis.SentinelTransport):
+    """kombu's Sentinel transport using busapp's :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
+
+
 class Connection(kombu.Connection):
     """A kombu Connection that uses :class:`Transport` where kombu would use its Redis transport.
 
     The URL is parsed by kombu as usual (so ``as_uri()``, ``clone()`` and ``redis+socket://``
-    behave as in kombu); only the transport class is swapped. Sentinel URLs keep kombu's.
+    behave as in kombu); only the transport class is swapped (``sentinel://`` URLs get
+    :class:`SentinelTransport`).
     """
 
     def get_transport_cls(self) -> type:
         cls = super().get_transport_cls()
-        return Transport if cls is _kredis.Transport else cls
+        return _OURS.get(cls, cls)
+
+
+#: kombu's Redis transports, and busapp's that replace them.
+_OURS: dict[type, type] = {_kredis.Transport: Transport, _kredis.SentinelTransport: SentinelTransport}
