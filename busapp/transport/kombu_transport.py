@@ -175,6 +175,11 @@ class KombuTransport:
         self._tags: list[str] = []
         #: Queues declared here whose broker counts deliveries (RabbitMQ quorum queues).
         self._counted: set[str] = set()
+        #: ``{queue: (consumer tag, callback, no_ack)}`` of the consumers on this channel.
+        self._consumers: dict[str, tuple[str, Callable[[Any], None], bool]] = {}
+        self._consumed_serial = 0
+        #: Prefetch per consumer, not per channel (once a quorum queue is consumed).
+        self._consumer_qos = False
         #: Largest body this connection will receive (set before connect; None: no limit).
         self.max_body: int | None = None
 
@@ -270,10 +275,17 @@ class KombuTransport:
         def on_raw(raw: Any) -> None:
             callback(convert(raw, queue, no_ack))
 
-        tag = f"busapp-{os.getpid()}-{len(self._tags)}-{queue}"
         with self._guard():
-            self.channel.basic_consume(queue, no_ack=no_ack, callback=on_raw, consumer_tag=tag)
+            if queue in self._counted:
+                self._use_consumer_qos()
+            self._consume(queue, on_raw, no_ack)
+
+    def _consume(self, queue: str, on_raw: Callable[[Any], None], no_ack: bool) -> None:
+        self._consumed_serial += 1
+        tag = f"busapp-{os.getpid()}-{self._consumed_serial}-{queue}"
+        self.channel.basic_consume(queue, no_ack=no_ack, callback=on_raw, consumer_tag=tag)
         self._tags.append(tag)
+        self._consumers[queue] = (tag, on_raw, no_ack)
 
     def _from_amqp(self, raw: Any, queue: str, no_ack: bool) -> Delivery:
         props = raw.properties
@@ -318,6 +330,7 @@ class KombuTransport:
 
     def cancel(self) -> None:
         tags, self._tags = self._tags, []
+        self._consumers.clear()
         with self._guard():
             for tag in tags:
                 self.channel.basic_cancel(tag)
@@ -330,9 +343,34 @@ class KombuTransport:
         if count == self._prefetch:
             return
         with self._guard():
-            # global: one limit for the channel, which RabbitMQ applies to running consumers.
-            self.channel.basic_qos(0, count, True)
+            if self._consumer_qos:
+                self.channel.basic_qos(0, count, False)
+                if count > self._prefetch:
+                    self._reconsume()
+            else:
+                # global: one limit for the channel, which RabbitMQ applies to running consumers.
+                self.channel.basic_qos(0, count, True)
         self._prefetch = count
+
+    def _use_consumer_qos(self) -> None:
+        """Switch to per-consumer prefetch: quorum queues refuse a channel-wide (global) one."""
+        if self._consumer_qos:
+            return
+        self._consumer_qos = True
+        if self._prefetch:
+            self.channel.basic_qos(0, 0, True)  # lift the global limit, then the same per consumer
+            self.channel.basic_qos(0, self._prefetch, False)
+
+    def _reconsume(self) -> None:
+        """Consume every queue again, so a larger per-consumer prefetch applies to it.
+
+        RabbitMQ applies a per-consumer limit to consumers started after it only. The old
+        consumer's unacked messages stay with the channel and are acked as usual.
+        """
+        for queue, (tag, on_raw, no_ack) in list(self._consumers.items()):
+            self.channel.basic_cancel(tag)
+            self._tags.remove(tag)
+            self._consume(queue, on_raw, no_ack)
 
     def drain(self, timeout: float) -> bool:
         with self._guard():
@@ -357,6 +395,7 @@ class KombuTransport:
     def close(self, *, delete_queue: str | None = None) -> None:
         conn, self._conn, channel, self._channel = self._conn, None, self._channel, None
         self._tags.clear()
+        self._consumers.clear()
         if conn is None:
             return
         if delete_queue and channel is not None:
