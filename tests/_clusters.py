@@ -71,7 +71,8 @@ class RabbitCluster:
 
     def leader_of(self, queue: str) -> PrivateRabbitMQ:
         """The node leading quorum queue ``queue`` now."""
-        out = self.nodes[0].ctl("list_queues", "-q", "--no-table-headers", "name", "leader").stdout
+        alive = next(node for node in self.nodes if node.proc.poll() is None)
+        out = alive.ctl("list_queues", "-q", "--no-table-headers", "name", "leader").stdout
         for line in out.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0] == queue:
