@@ -234,3 +234,66 @@ def test_nested_calls_past_the_prefetch_window_on_a_quorum_queue(amqp_url, uniqu
             assert bus.call(f"{app.name}.nested", 5, timeout=30) == 5
     finally:
         delete_queues(amqp_url, exchange, f"{app.name}.dead")
+
+
+def test_storage_and_event_queues_follow_the_queue_type(monkeypatch):
+    """$BUSAPP_QUEUE_TYPE=quorum makes `busapp storage`'s queue and an App's event queues quorum too."""
+    from busapp.storage.service import make_app
+    from busapp.worker import Worker
+
+    monkeypatch.setenv("BUSAPP_QUEUE_TYPE", "quorum")
+    app = App("watcher")
+
+    @app.on_storage_event()
+    def changed(event, model) -> None:
+        pass
+
+    for service_app in (make_app("memory://"), app):
+        service = service_app.service_class("ex", "memory://cluster-test")
+        specs = [spec for spec, _ in Worker(service, service.options)._consumers()]
+        assert len(specs) >= (2 if service_app is app else 1)
+        assert all(spec.arguments["x-queue-type"] == "quorum" for spec in specs), specs
+
+
+def test_test_client_serves_a_quorum_app():
+    """The in-memory test client ignores the queue type: a quorum App is tested as any other."""
+    app = App("qt", queue_type="quorum")
+
+    @app.method()
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with app.test_client() as client:
+        assert client.call("qt.add", 1, 2) == 3
+
+
+def test_redis_entry_popped_as_the_connection_breaks_is_pushed_back(redis_url, unique):
+    """An entry taken from a Redis queue when the connection fails is back on the queue at the next poll."""
+    import redis
+
+    from busapp.errors import BrokerUnavailable
+
+    queue = f"orphan-{unique}"
+    first = KombuTransport(redis_url)
+    first.connect()
+    first.declare_queue("", QueueSpec(queue))
+    first.publish(b'{"n": 1}', exchange="", routing_key=queue)
+
+    def cut(delivery) -> None:  # as if the connection broke while the entry was taken
+        raise redis.ConnectionError("cut")
+
+    first.consume(queue, cut)
+    with pytest.raises(BrokerUnavailable):
+        first.drain(2)
+    # The first connection is left as it is (a dead one could not give anything back on close).
+    second = KombuTransport(redis_url)
+    second.connect()
+    try:
+        got = []
+        second.consume(queue, got.append)
+        second.drain(2)  # not after the 60 s visibility timeout: now
+        assert [d.body for d in got] == [b'{"n": 1}']
+        got[0].ack()
+    finally:
+        second.close(delete_queue=queue)
+        first.close()
