@@ -43,6 +43,8 @@ def transport_options(url: str) -> dict[str, Any]:
             "binding_cache_ttl": float(os.environ.get("BUSAPP_BINDING_CACHE_TTL", "0")),
             # Set in worker processes by the manager (see busapp.transport.redis.QoS).
             "unacked_owner": os.environ.get(OWNER_ENV) or None,
+            # sentinel:// only: see busapp.transport.redis.SentinelChannel.replica_wait_ms.
+            "replica_wait_ms": int(os.environ.get("BUSAPP_REPLICA_WAIT_MS", "500")),
         }
     return {"confirm_publish": confirm_publish(url)}
 
