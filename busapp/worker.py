@@ -78,7 +78,8 @@ class WorkerOptions:
     time_limit_grace: float = 10.0
     #: ``classic`` or ``quorum`` (RabbitMQ clusters, see :mod:`busapp.cluster`); None:
     #: ``$BUSAPP_QUEUE_TYPE``, else classic.
-    queue_type: str | None = attrs.field(default=None, validator=lambda _, __, v: check_queue_type(v))
+    queue_type: str | None = attrs.field(
+        default=None, validator=lambda _, __, value: check_queue_type(value))
 
     def evolve(self, **changes: Any) -> WorkerOptions:
         """A copy with the given (non-None) fields changed."""

@@ -190,8 +190,9 @@ def run_through_fault(load: Load, fault, served: Path, label: str) -> dict[str, 
         "recovered_s": max(first_ok.values()) if len(first_ok) == THREADS else None,
     }
     lost = load.bus.taken - set(ran)
-    figures["lost_calls"] = [(o.kind, o.error, round(o.started - t_fault, 3), round(o.ended - t_fault, 3))
-                             for o in load.outcomes if o.token in lost]
+    figures["lost_calls"] = [
+        (o.kind, o.error, round(o.started - t_fault, 3), round(o.ended - t_fault, 3))
+        for o in load.outcomes if o.token in lost]
     print(f"\n[figure] {label}: {figures['calls']} calls by {THREADS} threads: ok {figures['ok']}, "
           f"typed errors {figures['typed']} {figures['errors']}, lost {figures['lost']}, "
           f"hung {figures['hung']}, served twice {figures['duplicates']}; every thread "

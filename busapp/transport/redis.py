@@ -426,4 +426,5 @@ class Connection(kombu.Connection):
 
 
 #: kombu's Redis transports, and busapp's that replace them.
-_OURS: dict[type, type] = {_kredis.Transport: Transport, _kredis.SentinelTransport: SentinelTransport}
+_OURS: dict[type, type] = {
+    _kredis.Transport: Transport, _kredis.SentinelTransport: SentinelTransport}
