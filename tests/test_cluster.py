@@ -297,3 +297,18 @@ def test_redis_entry_popped_as_the_connection_breaks_is_pushed_back(redis_url, u
     finally:
         second.close(delete_queue=queue)
         first.close()
+
+
+def test_classic_queue_redeclared_as_quorum_is_a_clear_error(amqp_url, unique):
+    """A queue that exists as classic cannot become quorum: ValueError saying what to do, not a retry loop."""
+    name = f"cq{unique}"
+    transport = KombuTransport(amqp_url)
+    transport.connect()
+    try:
+        transport.declare_queue("", QueueSpec(name))
+        with pytest.raises(ValueError, match=rf"queue .{name}. already exists .*inequivalent arg.*"
+                                             rf"rabbitmqctl delete_queue {name}"):
+            transport.declare_queue("", declared_as(QueueSpec(name), "quorum", 3))
+    finally:
+        transport.close()
+        delete_queues(amqp_url, f"test-{unique}", name)

@@ -160,6 +160,12 @@ def _base_errors() -> tuple[type[BaseException], ...]:
 
 _ERRORS = _base_errors()
 
+try:
+    from amqp.exceptions import PreconditionFailed as _PRECONDITION_FAILED
+except ImportError:  # pragma: no cover - amqp is a dependency
+    class _PRECONDITION_FAILED(Exception):  # type: ignore[no-redef]  # noqa: N801
+        pass
+
 
 class KombuTransport:
     """One kombu connection and channel (see :class:`busapp.transport.base.Transport`)."""
@@ -226,8 +232,20 @@ class KombuTransport:
             kombu.Exchange(exchange, type="topic", durable=True)(self.channel).declare()
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
+        """Declare ``spec``.
+
+        Raises:
+            ValueError: the queue exists with other arguments (say classic, not quorum).
+        """
         with self._guard():
-            self._kombu_queue(exchange, spec)(self.channel).declare()
+            try:
+                self._kombu_queue(exchange, spec)(self.channel).declare()
+            except _PRECONDITION_FAILED as exc:
+                self.close()  # RabbitMQ closed the channel
+                msg = (f"queue {spec.name!r} already exists on the broker with other arguments "
+                       f"({getattr(exc, 'reply_text', exc)}); delete it (rabbitmqctl delete_queue "
+                       f"{spec.name}) or choose another queue type or name, then start again")
+                raise ValueError(msg) from None
         if not self.redis and (spec.arguments or {}).get("x-queue-type") == "quorum":
             self._counted.add(spec.name)
 
