@@ -77,8 +77,9 @@ def build_service_class(app: App) -> type:
             if handler.allow is not None:
                 app.keyring.check_allow(handler.allow, f"method {name!r}")
     namespace: dict[str, Any] = {"app": app, "__module__": __name__}
-    if app.max_body is not None:
-        namespace["worker_options"] = AppService.worker_options.evolve(max_body=app.max_body)
+    if app.max_body is not None or app.queue_type is not None:
+        namespace["worker_options"] = AppService.worker_options.evolve(
+            max_body=app.max_body, queue_type=app.queue_type)
     for name, handler in app.methods.items():
         namespace[f"on_{name}"] = _method(handler)
     return type(f"{app.name.title().replace('_', '')}Service", (AppService,), namespace)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import attrs
 
 from busapp.bus import default_exchange, default_queue
+from busapp.cluster import check_queue_type
 from busapp.dispatch import Handler
 from busapp.router import Scaffold
 
@@ -60,6 +61,8 @@ class App(Scaffold):
         max_body: largest request body accepted, in bytes (default 1 MiB).
         keyring: a :class:`~busapp.security.Keyring`: callers must sign their requests
             with one of its keys (unsigned ones get -32001); see :mod:`busapp.security`.
+        queue_type: ``"quorum"`` to declare the queues as RabbitMQ quorum queues (a
+            cluster), ``"classic"``; default ``$BUSAPP_QUEUE_TYPE``, else classic.
 
     Example::
 
@@ -72,7 +75,7 @@ class App(Scaffold):
 
     def __init__(self, name: str, *, exchange: str | None = None, queue: str | None = None,
                  routing_key: str | None = None, max_body: int | None = None,
-                 keyring: Any = None) -> None:
+                 keyring: Any = None, queue_type: str | None = None) -> None:
         if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name:
             raise ValueError(f"App name must be a non-empty string without '.', '*' or '#': {name!r}")
         self.name = name
@@ -82,6 +85,8 @@ class App(Scaffold):
         self.max_body = max_body
         #: The :class:`~busapp.security.Keyring` callers must sign with (None: anyone may call).
         self.keyring = keyring
+        #: ``classic``, ``quorum``, or None (``$BUSAPP_QUEUE_TYPE``); see :mod:`busapp.cluster`.
+        self.queue_type = check_queue_type(queue_type)
         super().__init__()  # start-up/shut-down hooks, dependencies, middleware (busapp.router)
         #: Bus methods: ``{method name: Handler}``, filled by :meth:`method`.
         self.methods: dict[str, Handler] = {}

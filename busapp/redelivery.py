@@ -14,6 +14,10 @@ worker. Workers of one host share the key (a 0600 file in the user's private run
 directory); workers on several hosts need the same ``$BUSAPP_DELIVERY_KEY``, else a
 count made on another host starts again from 1 (a poison message is still dead-lettered
 once it kills workers of one host ``max_deliveries`` times in a row).
+
+A RabbitMQ quorum queue counts deliveries itself (``x-delivery-count``, see
+:mod:`busapp.cluster`): there the broker's count is used instead, nothing is re-published,
+and the queue's ``x-delivery-limit`` dead-letters the message should its last worker die too.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hmac
 import os
 import secrets
 
+from busapp.cluster import dead_letter_name
 from busapp.errors import InternalError
 from busapp.serve import ROUTING_KEY_HEADER
 from busapp.transport.base import Delivery, QueueSpec, Transport
@@ -97,17 +102,22 @@ def count_redelivery(delivery: Delivery, transport: Transport, max_deliveries: i
                      declared: set[str]) -> tuple[int, str | None]:
     """Re-publish ``delivery`` with its count + 1, or dead-letter it; ack the old copy.
 
-    Returns the new count and the dead-letter queue's name (None if re-queued).
+    Returns the new count and the dead-letter queue's name (None if re-queued). A message
+    the broker counts itself (:attr:`Delivery.deliveries`) is only dead-lettered, past the
+    bound; under it, nothing is done (the caller serves that copy).
     """
     queue = delivery.queue or ""
     headers = {k: v for k, v in delivery.headers.items() if k != "redelivered"}
     routing_key = headers.get(ROUTING_KEY_HEADER) or delivery.routing_key
     if not isinstance(routing_key, str):
         routing_key = delivery.routing_key
-    count = delivery_count(delivery, routing_key) + 1
+    counted = delivery.deliveries  # the broker's own count (quorum queue), if it keeps one
+    count = counted if counted is not None else delivery_count(delivery, routing_key) + 1
+    dead = dead_letter_name(queue) if count > max_deliveries else None
+    if counted is not None and dead is None:
+        return count, None  # the broker counts and bounds it: nothing to re-publish
     headers.update({COUNT_HEADER: count, ROUTING_KEY_HEADER: routing_key,
                     SIGNATURE_HEADER: sign_count(count, delivery, routing_key)})
-    dead = f"{queue}.dead" if count > max_deliveries else None
     if dead is not None and dead not in declared:
         transport.declare_queue("", QueueSpec(dead))
         declared.add(dead)

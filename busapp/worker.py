@@ -41,6 +41,7 @@ import structlog
 
 from busapp import wire
 from busapp.bus import WAIT_HOOK
+from busapp.cluster import check_queue_type, dead_letter_spec, declared_as, resolve_queue_type
 from busapp.errors import BrokerUnavailable, InvalidRequest, ParseError, RemoteProcedureCallError
 from busapp.log import quiet
 from busapp.redelivery import count_redelivery, poison_error
@@ -83,6 +84,10 @@ class WorkerOptions:
     time_limit: float | None = None
     #: Seconds a handler past its time limit may take to stop before its worker exits.
     time_limit_grace: float = 10.0
+    #: ``classic`` or ``quorum`` (RabbitMQ clusters, see :mod:`busapp.cluster`); None:
+    #: ``$BUSAPP_QUEUE_TYPE``, else classic.
+    queue_type: str | None = attrs.field(
+        default=None, validator=lambda _, __, value: check_queue_type(value))
 
     def evolve(self, **changes: Any) -> WorkerOptions:
         """A copy with the given (non-None) fields changed."""
@@ -157,17 +162,23 @@ class Worker:
     # -- queues ------------------------------------------------------------------------------
 
     def _consumers(self) -> list[tuple[QueueSpec, Callable[[Delivery], None]]]:
+        queue_type = resolve_queue_type(self.options.queue_type)
         specs = [(spec, self.serve) for spec in self.service.queue_specs()]
         for sub in self.service.subscriptions:
             spec = QueueSpec(sub.queue_name, (sub.binding_key,), expires=sub.expires)
             specs.append((spec, self._event_server(sub)))
-        return specs
+        return [(declared_as(spec, queue_type, self.options.max_deliveries), serve)
+                for spec, serve in specs]
 
     def _subscribe(self, transport: Transport, on_delivery: Callable[[Delivery], None] | None) -> None:
         """Declare the exchange and queues on ``transport`` and consume them."""
         exchange = self.service.exchange_name
         transport.declare_exchange(exchange)
         for spec, serve in self._consumers():
+            dead = dead_letter_spec(spec)
+            if dead is not None:  # before its queue: the broker dead-letters into it
+                transport.declare_queue("", dead)
+                self._dead_declared.add(dead.name)
             transport.declare_queue(exchange, spec)
             self._handlers_by_queue[spec.name] = serve
             transport.consume(spec.name, on_delivery or serve)
@@ -354,7 +365,8 @@ class Worker:
             if info.reply_to and info.id is not None:
                 self._reply(info, wire.error_response(info.id, poison_error(
                     info.routing_key, count, dead)))
-        return True
+        # Counted by the broker (quorum queue) and under the bound: serve this very copy.
+        return dead is not None or delivery.deliveries is None
 
     def _settle(self, delivery: Delivery) -> None:
         running = _LANE.running

@@ -32,9 +32,11 @@ def wait_until_served(url: str, exchange: str, routing_key: str, *args: Any,
 
 def delete_queues(url: str, exchange: str, *queues: str) -> None:
     """Best-effort removal of named queues and the exchange a test created."""
-    from kombu import Connection, Exchange, Queue
+    from kombu import Exchange, Queue
 
-    with Connection(url, connect_timeout=3) as conn:
+    from busapp.transport.kombu_transport import kombu_connection
+
+    with kombu_connection(url) as conn:  # busapp's: it reads sentinel:// URLs' ?master_name=
         channel = conn.channel()
         for name in queues:
             with contextlib.suppress(Exception):

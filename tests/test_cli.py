@@ -339,7 +339,8 @@ def test_unknown_store_scheme_is_one_line_exit_2(project: Project) -> None:
         result = project.cli("storage", *args, "--broker", "memory://", env=env, timeout=30)
         assert result.returncode == 2, result.stderr
         assert result.stderr.splitlines() == [
-            "Error: unknown store URL 'foo://x'; use memory://, sqlite:///PATH, postgresql://... or redis://..."]
+            "Error: unknown store URL 'foo://x'; use memory://, sqlite:///PATH, postgresql://..., "
+            "redis://... or sentinel://..."]
 
 
 def test_known_broker_schemes_are_kombu_transports() -> None:
@@ -350,9 +351,9 @@ def test_known_broker_schemes_are_kombu_transports() -> None:
 
     assert set(BROKER_SCHEMES) <= set(TRANSPORT_ALIASES)
     for url in ("redis://h:6379/0", "rediss://h", "redis+socket:///tmp/r.sock", "amqp://g:g@h//",
-                "AMQP://h//", "memory://", "sentinel://h:26379"):
+                "AMQP://h//", "memory://", "sentinel://h:26379/0?master_name=m"):
         assert check_broker_url(url) is None, url
-    for url in ("foo://x", "redisx://h", "localhost", "sqs+foo://x"):
+    for url in ("foo://x", "redisx://h", "localhost", "sqs+foo://x", "sentinel://h:26379"):
         assert check_broker_url(url) is not None, url
 
 

@@ -32,9 +32,11 @@ def resolve_broker_url(url: str | None = None) -> str:
 
 
 def mask_url(url: str | None) -> str:
-    """``url`` with any password replaced by ``***`` (safe to log)."""
+    """``url`` with any password replaced by ``***`` (safe to log), in each of its nodes."""
     if not url:
         return str(url)
+    if ";" in url:
+        return ";".join(mask_url(node) for node in url.split(";"))
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -50,8 +52,9 @@ def mask_url(url: str | None) -> str:
 
 
 def is_redis(url: str) -> bool:
-    """True for redis://, rediss:// and redis+socket:// URLs."""
-    return url.split(":", 1)[0].startswith("redis")
+    """True for redis://, rediss://, redis+socket:// and sentinel:// URLs."""
+    scheme = url.split(":", 1)[0]
+    return scheme.startswith("redis") or scheme == "sentinel"
 
 
 #: Broker URL schemes busapp serves on: the kombu transport aliases (kombu.transport.
@@ -67,10 +70,17 @@ def check_broker_url(url: str) -> str | None:
         # Not echoed: without a scheme, mask_url cannot tell a password from a host.
         return ("the broker URL has no scheme; "
                 "use e.g. redis://HOST:6379/0 or amqp://USER:PASSWORD@HOST//")
-    scheme = url.split("://", 1)[0].lower()
-    if scheme.split("+", 1)[0] not in BROKER_SCHEMES:
-        return (f"unknown broker URL scheme {scheme!r}; use one of "
-                + ", ".join(f"{s}://" for s in BROKER_SCHEMES))
+    schemes = [node.split("://", 1)[0].lower() for node in url.split(";")]
+    for scheme in schemes:
+        if scheme.split("+", 1)[0] not in BROKER_SCHEMES:
+            return (f"unknown broker URL scheme {scheme!r}; use one of "
+                    + ", ".join(f"{s}://" for s in BROKER_SCHEMES))
+    if len(set(schemes)) > 1:
+        return (f"the nodes of a broker URL must share one scheme, not {sorted(set(schemes))}; "
+                "list the nodes of one cluster, e.g. amqp://h1:5672//;amqp://h2:5672//")
+    if schemes[0] == "sentinel" and "master_name=" not in url:
+        return ("a sentinel:// URL needs the name of the Redis master its Sentinels watch: "
+                "add ?master_name=NAME, e.g. sentinel://127.0.0.1:26379/0?master_name=mymaster")
     return None
 
 

@@ -54,6 +54,9 @@ class Delivery:
     redelivered: bool = False
     compression: str | None = None
     queue: str | None = None
+    #: Deliveries of this message so far, this one included, as the broker counts them
+    #: (RabbitMQ quorum queues); None where the broker does not count (busapp does).
+    deliveries: int | None = None
     #: Settles the message on its broker: ``ack()`` or ``requeue()`` (set by the transport).
     _ack: Callable[[], None] | None = attrs.field(default=None, repr=False)
     _requeue: Callable[[], None] | None = attrs.field(default=None, repr=False)

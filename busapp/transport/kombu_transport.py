@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 # kombu loads most of itself on first use (its package ``__getattr__``, transports by name),
@@ -57,8 +57,24 @@ def transport_options(url: str) -> dict[str, Any]:
             "binding_cache_ttl": float(os.environ.get("BUSAPP_BINDING_CACHE_TTL", "0")),
             # Set in worker processes by the manager (see busapp.transport.redis.QoS).
             "unacked_owner": os.environ.get(OWNER_ENV) or None,
+            # sentinel:// only: see busapp.transport.redis.SentinelChannel.replica_wait_ms.
+            "replica_wait_ms": int(os.environ.get("BUSAPP_REPLICA_WAIT_MS", "500")),
         }
-    return {"confirm_publish": False}
+    return {"confirm_publish": confirm_publish(url)}
+
+
+#: Environment variable: ``1`` to have the broker confirm every publish, ``0`` never.
+CONFIRM_ENV = "BUSAPP_CONFIRM_PUBLISH"
+
+
+def confirm_publish(url: str) -> bool:
+    """Whether publishes on ``url`` wait for the broker's confirm: ``$BUSAPP_CONFIRM_PUBLISH``,
+    else yes when the URL lists several nodes (a cluster: a publish that returned is then on
+    a quorum queue's majority, and one the failing node never took raises instead)."""
+    setting = os.environ.get(CONFIRM_ENV, "").strip().lower()
+    if setting:
+        return setting not in ("0", "false", "no", "off")
+    return ";" in url
 
 
 #: Environment variable naming this worker process as the owner of its unacked messages.
@@ -95,9 +111,31 @@ def kombu_connection(url: str, max_body: int | None = None) -> Any:
     """
     cls: type = _redis.Connection if is_redis(url) else Connection
     options = transport_options(url)
+    url, query_options = split_query_options(url)
+    options.update(query_options)
     if max_body is not None and is_redis(url):
         options["max_entry_bytes"] = max_body * 4 // 3 + _ENVELOPE_BYTES  # base64 + envelope
     return cls(url, transport_options=options, connect_timeout=5, **tls_defaults(url))
+
+
+#: Transport options a broker URL may carry in its query (``sentinel://...?master_name=NAME``).
+QUERY_OPTIONS = ("master_name",)
+
+
+def split_query_options(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without the :data:`QUERY_OPTIONS` of any of its ``;``-separated nodes, and them."""
+    found: dict[str, str] = {}
+    nodes = []
+    for node in url.split(";"):
+        parts = urlsplit(node)
+        kept = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in QUERY_OPTIONS:
+                found[key] = value
+            else:
+                kept.append((key, value))
+        nodes.append(urlunsplit(parts._replace(query=urlencode(kept))) if parts.query else node)
+    return ";".join(nodes), found
 
 
 #: Room for a Redis entry's envelope (properties, headers) besides its base64 body.
@@ -130,7 +168,7 @@ def _base_errors() -> tuple[type[BaseException], ...]:
         import amqp.exceptions
 
         errors += [amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableConnectionError,
-                   amqp.exceptions.ChannelError]
+                   amqp.exceptions.ChannelError, amqp.exceptions.MessageNacked]
     except ImportError:  # pragma: no cover - amqp is a dependency
         pass
     try:
@@ -144,6 +182,12 @@ def _base_errors() -> tuple[type[BaseException], ...]:
 
 
 _ERRORS = _base_errors()
+
+try:
+    from amqp.exceptions import PreconditionFailed as _PRECONDITION_FAILED
+except ImportError:  # pragma: no cover - amqp is a dependency
+    class _PRECONDITION_FAILED(Exception):  # type: ignore[no-redef]  # noqa: N801
+        pass
 
 
 
@@ -180,6 +224,13 @@ class KombuTransport:
         self._checked: Any = None
         self._returned: list[str] = []
         self._routed: dict[tuple[str, str], float] = {}
+        #: Queues declared here whose broker counts deliveries (RabbitMQ quorum queues).
+        self._counted: set[str] = set()
+        #: ``{queue: (consumer tag, callback, no_ack)}`` of the consumers on this channel.
+        self._consumers: dict[str, tuple[str, Callable[[Any], None], bool]] = {}
+        self._consumed_serial = 0
+        #: Prefetch per consumer, not per channel (once a quorum queue is consumed).
+        self._consumer_qos = False
         #: Largest body this connection will receive (set before connect; None: no limit).
         self.max_body: int | None = None
 
@@ -208,7 +259,9 @@ class KombuTransport:
         with self._guard():
             conn = kombu_connection(self.url, self.max_body)
             try:
-                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2)
+                # One try at each node the URL lists (kombu moves on to the next on failure).
+                conn.ensure_connection(max_retries=max(1, len(conn.alt)), interval_start=0,
+                                       interval_step=0.2)
                 self._errors = tuple(dict.fromkeys(
                     _ERRORS + tuple(conn.connection_errors) + tuple(conn.channel_errors)))
                 self._channel = conn.channel()
@@ -242,12 +295,26 @@ class KombuTransport:
         return False
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
+        """Declare ``spec``.
+
+        Raises:
+            ValueError: the queue exists with other arguments (say classic, not quorum).
+        """
         if spec.expires is not None and not self.redis and not self._takes_expiry(exchange, spec):
             # Declared without an expiry by an older busapp: keep it as it is (RabbitMQ
             # refuses to change a queue's arguments) rather than fail to start.
             spec = attrs.evolve(spec, expires=None)
         with self._guard():
-            self._kombu_queue(exchange, spec)(self.channel).declare()
+            try:
+                self._kombu_queue(exchange, spec)(self.channel).declare()
+            except _PRECONDITION_FAILED as exc:
+                self.close()  # RabbitMQ closed the channel
+                msg = (f"queue {spec.name!r} already exists on the broker with other arguments "
+                       f"({getattr(exc, 'reply_text', exc)}); delete it (rabbitmqctl delete_queue "
+                       f"{spec.name}) or choose another queue type or name, then start again")
+                raise ValueError(msg) from None
+        if not self.redis and (spec.arguments or {}).get("x-queue-type") == "quorum":
+            self._counted.add(spec.name)
 
     def _takes_expiry(self, exchange: str, spec: QueueSpec) -> bool:
         """Declare ``spec`` on a channel of its own: False if the queue exists without expiry
@@ -361,10 +428,17 @@ class KombuTransport:
         def on_raw(raw: Any) -> None:
             callback(convert(raw, queue, no_ack))
 
-        tag = f"busapp-{os.getpid()}-{len(self._tags)}-{queue}"
         with self._guard():
-            self.channel.basic_consume(queue, no_ack=no_ack, callback=on_raw, consumer_tag=tag)
+            if queue in self._counted:
+                self._use_consumer_qos()
+            self._consume(queue, on_raw, no_ack)
+
+    def _consume(self, queue: str, on_raw: Callable[[Any], None], no_ack: bool) -> None:
+        self._consumed_serial += 1
+        tag = f"busapp-{os.getpid()}-{self._consumed_serial}-{queue}"
+        self.channel.basic_consume(queue, no_ack=no_ack, callback=on_raw, consumer_tag=tag)
         self._tags.append(tag)
+        self._consumers[queue] = (tag, on_raw, no_ack)
 
     def _from_amqp(self, raw: Any, queue: str, no_ack: bool) -> Delivery:
         props = raw.properties
@@ -378,6 +452,8 @@ class KombuTransport:
             correlation_id=props.get("correlation_id"), redelivered=bool(info.get("redelivered")),
             compression=headers.get("compression"), queue=queue,
         )
+        if queue in self._counted:
+            delivery.deliveries = _broker_count(delivery)
         if not no_ack:
             tag = info["delivery_tag"]
             channel = self._channel
@@ -407,6 +483,7 @@ class KombuTransport:
 
     def cancel(self) -> None:
         tags, self._tags = self._tags, []
+        self._consumers.clear()
         with self._guard():
             for tag in tags:
                 self.channel.basic_cancel(tag)
@@ -419,9 +496,34 @@ class KombuTransport:
         if count == self._prefetch:
             return
         with self._guard():
-            # global: one limit for the channel, which RabbitMQ applies to running consumers.
-            self.channel.basic_qos(0, count, True)
+            if self._consumer_qos:
+                self.channel.basic_qos(0, count, False)
+                if count > self._prefetch:
+                    self._reconsume()
+            else:
+                # global: one limit for the channel, which RabbitMQ applies to running consumers.
+                self.channel.basic_qos(0, count, True)
         self._prefetch = count
+
+    def _use_consumer_qos(self) -> None:
+        """Switch to per-consumer prefetch: quorum queues refuse a channel-wide (global) one."""
+        if self._consumer_qos:
+            return
+        self._consumer_qos = True
+        if self._prefetch:
+            self.channel.basic_qos(0, 0, True)  # lift the global limit, then the same per consumer
+            self.channel.basic_qos(0, self._prefetch, False)
+
+    def _reconsume(self) -> None:
+        """Consume every queue again, so a larger per-consumer prefetch applies to it.
+
+        RabbitMQ applies a per-consumer limit to consumers started after it only. The old
+        consumer's unacked messages stay with the channel and are acked as usual.
+        """
+        for queue, (tag, on_raw, no_ack) in list(self._consumers.items()):
+            self.channel.basic_cancel(tag)
+            self._tags.remove(tag)
+            self._consume(queue, on_raw, no_ack)
 
     def drain(self, timeout: float) -> bool:
         if timeout <= 0:
@@ -469,12 +571,25 @@ class KombuTransport:
         self._checked = None
         self._routed.clear()
         self._tags.clear()
+        self._consumers.clear()
         if conn is None:
             return
         if delete_queue and channel is not None:
             with contextlib.suppress(Exception):
                 channel.queue_delete(delete_queue)
         _release(conn)
+
+
+def _broker_count(delivery: Delivery) -> int:
+    """This delivery's number on a quorum queue: 1, or 1 + the broker's ``x-delivery-count``.
+
+    The header is read only on a redelivery (the broker's flag): a first delivery carries
+    whatever header its sender put there, a redelivered one the broker's own count.
+    """
+    count = delivery.headers.get("x-delivery-count") if delivery.redelivered else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return 2 if delivery.redelivered else 1
+    return count + 1
 
 
 def _release(conn: Any) -> None:

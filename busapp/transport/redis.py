@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import threading
 from contextlib import contextmanager
 from time import monotonic
 from typing import Any
@@ -42,7 +43,8 @@ from kombu.utils import json as _kjson
 from busapp.errors import NoRouteError
 from busapp.transport.base import is_reply_queue
 
-__all__ = ["Channel", "Connection", "QoS", "Transport", "entry_problem"]
+__all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport", "Transport",
+           "entry_problem"]
 
 _log = structlog.get_logger("busapp.transport")
 
@@ -234,12 +236,18 @@ class Channel(_kredis.Channel):
                 raise
             if not dest__item:
                 raise _virtual.Empty()
-            dest, item = dest__item
-            dest = _kredis.bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            key, item = dest__item
+            dest = _kredis.bytes_to_str(key).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
             payload, problem = self._parse_entry(item)
             if problem is None:
-                self.connection._deliver(payload, dest)
+                try:
+                    self.connection._deliver(payload, dest)
+                except self.connection_errors:
+                    # Popped, but not recorded as unacked (kombu does that next, on the lost
+                    # connection): nothing on the broker holds it any more. Push it back.
+                    _orphan(_kredis.bytes_to_str(key), item)
+                    raise
             else:
                 self._move_aside(dest, item, problem)
             return True
@@ -248,6 +256,22 @@ class Channel(_kredis.Channel):
             flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
             if flush is not None:
                 flush()
+
+    def _brpop_start(self, timeout: Any = 1) -> Any:
+        if _ORPHANS:
+            self._return_orphans()
+        return super()._brpop_start(timeout)
+
+    def _return_orphans(self) -> None:
+        """Push back, at the head of their queues, entries this process popped but lost hold of."""
+        with self.conn_or_acquire() as client:
+            while _ORPHANS:
+                key, item = _ORPHANS[0]
+                client.rpush(key, item)  # BRPOP takes from the right: it is served next
+                with _ORPHANS_LOCK:
+                    _ORPHANS.pop(0)
+                _log.warning("a message taken just before the connection was lost was put "
+                             "back on its queue", queue=key)
 
     def _parse_entry(self, item: bytes) -> tuple[Any, str | None]:
         limit = self.max_entry_bytes
@@ -280,6 +304,18 @@ class Channel(_kredis.Channel):
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             pipe.lpush(key, _kjson.dumps(message)).pexpire(key, self.reply_expires_ms).execute()
+
+
+#: Entries this process popped from a queue and then could not hold on to (the connection
+#: broke between kombu's BRPOP and its unacked record): ``(list key, raw entry)``. The next
+#: channel of this process that polls pushes them back (:meth:`Channel._return_orphans`).
+_ORPHANS: list[tuple[str, bytes]] = []
+_ORPHANS_LOCK = threading.Lock()
+
+
+def _orphan(key: str, item: bytes) -> None:
+    with _ORPHANS_LOCK:
+        _ORPHANS.append((key, item))
 
 
 def entry_problem(payload: Any) -> str | None:
@@ -340,13 +376,74 @@ class Transport(_kredis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, _kredis.SentinelChannel):
+    """busapp's :class:`Channel` on a Redis master found through Sentinel.
+
+    kombu's Sentinel channel gives the connection pool (it asks the Sentinels for the
+    current master, and its connections find the new one after a failover); busapp's
+    channel on top keeps its one client per pool, binding cache, pipelines, unacked
+    owner sets and entry checks.
+    """
+
+    from_transport_options = tuple(dict.fromkeys(
+        Channel.from_transport_options + _kredis.SentinelChannel.from_transport_options
+        + ("replica_wait_ms",)))
+
+    #: Milliseconds a publish waits for the master's replicas to have the message (Redis
+    #: ``WAIT``; transport option ``replica_wait_ms``, 0: do not wait). Redis replicates
+    #: asynchronously: without it, a message the master took just before it died may never
+    #: reach the replica the Sentinels promote.
+    replica_wait_ms: int = 500
+    #: ``(monotonic time of the check, replicas connected to the master then)``.
+    _replicas: tuple[float, int] = (-1e9, 0)
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        if (queue.startswith(REPLY_PREFIX) or "_publish_batch" in kwargs or not self.replica_wait_ms
+                or (self._expires and queue in self._expires)):
+            return super()._put(queue, message, **kwargs)
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client:
+            replicas = self._replica_count(client)
+            pipe = client.pipeline(transaction=False).lpush(key, _kjson.dumps(message))
+            if replicas:  # on the LPUSH's own connection: WAIT covers that connection's writes
+                pipe.execute_command("WAIT", replicas, self.replica_wait_ms)
+            results = pipe.execute()
+        acked = results[-1] if replicas else 0
+        if replicas and acked < replicas:
+            self._replicas = (-1e9, 0)  # a replica went away: count them again
+            _log.warning("a message was published before every Redis replica had it",
+                         queue=queue, replicas=replicas, confirmed=acked,
+                         waited_ms=self.replica_wait_ms)
+
+    def _replica_count(self, client: Any) -> int:
+        """Replicas connected to the master now (checked at most once a second)."""
+        checked, count = self._replicas
+        now = monotonic()
+        if now - checked > 1.0:
+            count = int(client.info("replication").get("connected_slaves", 0))
+            self._replicas = (now, count)
+        return count
+
+
+class SentinelTransport(_kredis.SentinelTransport):
+    """kombu's Sentinel transport using busapp's :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
+
+
 class Connection(kombu.Connection):
     """A kombu Connection that uses :class:`Transport` where kombu would use its Redis transport.
 
     The URL is parsed by kombu as usual (so ``as_uri()``, ``clone()`` and ``redis+socket://``
-    behave as in kombu); only the transport class is swapped. Sentinel URLs keep kombu's.
+    behave as in kombu); only the transport class is swapped (``sentinel://`` URLs get
+    :class:`SentinelTransport`).
     """
 
     def get_transport_cls(self) -> type:
         cls = super().get_transport_cls()
-        return Transport if cls is _kredis.Transport else cls
+        return _OURS.get(cls, cls)
+
+
+#: kombu's Redis transports, and busapp's that replace them.
+_OURS: dict[type, type] = {
+    _kredis.Transport: Transport, _kredis.SentinelTransport: SentinelTransport}

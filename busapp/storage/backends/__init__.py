@@ -7,6 +7,7 @@ URL                          backend
 ``sqlite:///PATH``           a SQLite file (``sqlite:///./x.db`` is relative)
 ``postgresql://...``         PostgreSQL through psycopg 3 (``?table=NAME`` option)
 ``redis://...``              Redis through redis-py (``?prefix=NAME`` option)
+``sentinel://...``           the Redis master its Sentinels name (``?master_name=``)
 ===========================  =====================================================
 
 Every backend stores JSON records by ``(model type name, primary key)``.
@@ -156,9 +157,9 @@ def open_backend(url: str | None = None) -> Backend:
         from busapp.storage.backends.sqlite import SQLiteBackend as cls
     elif scheme in ("postgresql", "postgres"):
         from busapp.storage.backends.postgres import PostgresBackend as cls
-    elif scheme in ("redis", "rediss", "unix"):
+    elif scheme in ("redis", "rediss", "unix", "sentinel"):
         from busapp.storage.backends.redis import RedisBackend as cls
     else:
         raise ValueError(f"unknown store URL {mask_url(url)!r}; use memory://, sqlite:///PATH, "
-                         f"postgresql://... or redis://...")
+                         f"postgresql://..., redis://... or sentinel://...")
     return cls(url)

@@ -8,6 +8,11 @@ no entry there, is at version 1). Saves and deletes are Lua scripts, so
 reading the old record and version, checking ``expect_version`` and writing
 the new ones is one atomic step on the server.
 
+``sentinel://S1:26379;sentinel://S2:26379/DB?master_name=NAME`` reaches the Redis master
+the Sentinels name, and finds the new one after a failover (the URL form of busapp's
+broker URLs, SPEC §11). A write Redis acknowledged just before the failover may be lost
+with the old master if it had not reached a replica (Redis replicates asynchronously).
+
 How durable a write is depends on the server's persistence settings
 (``appendonly yes`` with ``appendfsync always`` or ``everysec``): busapp
 publishes the event once Redis has applied the write.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from busapp.storage.backends import (
     CREATED,
@@ -66,7 +72,10 @@ class RedisBackend(Backend):
         if self._client is None or self._forked():
             import redis
 
-            client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=10)
+            if self._redis_url.startswith("sentinel://"):
+                client = sentinel_master(self._redis_url)
+            else:
+                client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=10)
             self._save = client.register_script(_SAVE)
             self._delete = client.register_script(_DELETE)
             self._client = client
@@ -117,3 +126,24 @@ class RedisBackend(Backend):
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def sentinel_master(url: str) -> Any:
+    """A redis-py client of the master the Sentinels of ``url`` name (``?master_name=``).
+
+    Raises:
+        ValueError: the URL names no master.
+    """
+    from redis.sentinel import Sentinel
+
+    nodes = [urlsplit(node) for node in url.split(";")]
+    query = dict(kv for node in nodes for kv in parse_qsl(node.query))
+    master = query.get("master_name")
+    if not master:
+        raise ValueError("a sentinel:// store URL needs ?master_name=NAME (the Redis master "
+                         "its Sentinels watch)")
+    db = next((n.path.strip("/") for n in nodes if n.path.strip("/")), "0")
+    password = next((n.password for n in nodes if n.password), None)
+    sentinels = Sentinel([(n.hostname or "127.0.0.1", n.port or 26379) for n in nodes],
+                         socket_connect_timeout=10)
+    return sentinels.master_for(master, db=int(db), password=password, socket_connect_timeout=10)

@@ -1,0 +1,94 @@
+"""Running on the brokers' own clusters: queue types, and the queues a quorum queue needs.
+
+busapp adds no clustering of its own (SPEC §11). On a RabbitMQ cluster its queues are
+declared as *quorum* queues (``App(..., queue_type="quorum")`` or
+``$BUSAPP_QUEUE_TYPE=quorum``): replicated over the cluster's nodes, so losing the node
+that leads one loses no message the broker confirmed. A quorum queue counts deliveries
+itself, so its ``x-delivery-limit`` is the poison bound, and it dead-letters to the same
+``<queue>.dead`` queue a classic queue's worker uses (see :mod:`busapp.redelivery`).
+
+Reply queues stay classic, non-durable and auto-deleted: they are per client and
+short-lived, and a client whose node dies declares its reply queue again on another.
+
+Several nodes go in one broker URL, separated by ``;`` (kombu's failover form:
+``amqp://h1:5672;amqp://h2:5672``, ``sentinel://s1:26379;sentinel://s2:26379``); a
+connection tries each in turn. No I/O here: this module only shapes :class:`QueueSpec`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+from busapp.transport.base import QueueSpec
+
+__all__ = ["QUEUE_TYPES", "QUEUE_TYPE_ENV", "check_queue_type", "dead_letter_spec",
+           "declared_as", "resolve_queue_type"]
+
+#: Environment variable choosing the queue type when none is passed.
+QUEUE_TYPE_ENV = "BUSAPP_QUEUE_TYPE"
+#: Queue types busapp declares (RabbitMQ's names; Redis has one kind of queue and ignores it).
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def check_queue_type(value: str | None) -> str | None:
+    """``value`` if it is None or a known queue type.
+
+    Raises:
+        ValueError: an unknown queue type.
+    """
+    if value is not None and value not in QUEUE_TYPES:
+        msg = f"unknown queue type {value!r}; use one of {', '.join(QUEUE_TYPES)}"
+        raise ValueError(msg)
+    return value
+
+
+def resolve_queue_type(value: str | None = None) -> str:
+    """``value``, else ``$BUSAPP_QUEUE_TYPE``, else ``classic`` (ValueError if unknown)."""
+    resolved = value or os.environ.get(QUEUE_TYPE_ENV) or "classic"
+    try:
+        return check_queue_type(resolved) or "classic"
+    except ValueError as exc:
+        if value is None:
+            raise ValueError(f"${QUEUE_TYPE_ENV}: {exc}") from None
+        raise
+
+
+def dead_letter_name(queue: str) -> str:
+    """The queue a message of ``queue`` that kept killing its workers is moved to."""
+    return f"{queue}.dead"
+
+
+def declared_as(spec: QueueSpec, queue_type: str, max_deliveries: int) -> QueueSpec:
+    """``spec`` as a queue of ``queue_type`` with ``max_deliveries`` as its poison bound.
+
+    A quorum queue is durable and never auto-deleted (RabbitMQ refuses either), and
+    dead-letters a message returned more than ``max_deliveries`` times to
+    ``<queue>.dead`` itself: the same bound and queue as a classic queue's worker uses.
+    The worker still answers the caller of such a request (it sees the broker's count,
+    see :attr:`busapp.transport.base.Delivery.deliveries`), and the broker's limit is the
+    backstop if the worker dies on that last delivery too.
+    """
+    if queue_type != "quorum":
+        return spec
+    arguments = dict(spec.arguments or {})
+    arguments.update({
+        "x-queue-type": "quorum",
+        "x-delivery-limit": max_deliveries,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_name(spec.name),
+    })
+    return attrs.evolve(spec, durable=True, auto_delete=False, arguments=arguments)
+
+
+def dead_letter_spec(spec: QueueSpec) -> QueueSpec | None:
+    """The dead-letter queue a quorum ``spec`` (from :func:`declared_as`) needs, else None.
+
+    The broker drops what it dead-letters to a queue that does not exist, so it is
+    declared with the queue, as a quorum queue too.
+    """
+    arguments = spec.arguments or {}
+    if arguments.get("x-queue-type") != "quorum" or "x-dead-letter-routing-key" not in arguments:
+        return None
+    return QueueSpec(arguments["x-dead-letter-routing-key"], arguments={"x-queue-type": "quorum"})
