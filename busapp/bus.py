@@ -520,15 +520,26 @@ class _ReplyQueue:
     def _connect(self) -> None:
         if self.ready:
             return
-        transport = open_transport(self.client.broker_url)
-        try:
-            transport.connect()
-            transport.declare_queue("", reply_queue_spec(self.client.reply_queue))
-            transport.consume(self.client.reply_queue, _weak_callback(self.client._deliver),
-                              no_ack=True)
-        except BaseException:
-            transport.close()
-            raise
+        for attempt in (1, 2):
+            transport = open_transport(self.client.broker_url)
+            try:
+                transport.connect()
+                transport.declare_queue("", reply_queue_spec(self.client.reply_queue))
+                transport.consume(self.client.reply_queue, _weak_callback(self.client._deliver),
+                                  no_ack=True)
+                break
+            except BrokerUnavailable as exc:
+                transport.close()
+                if attempt == 2 or "home node" not in str(exc):
+                    raise
+                # A durable reply queue lives on one node of a RabbitMQ cluster; with that
+                # node gone it cannot be declared again: carry on with a new one.
+                log.warning("reply queue lost with its cluster node; using a new one",
+                            queue=self.client.reply_queue)
+                self.client.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
+            except BaseException:
+                transport.close()
+                raise
         self._transport = transport
         self.client._owned.add(transport)
         self.ready = True

@@ -40,7 +40,7 @@ def _raw_request(url: str, exchange: str, routing_key: str, body: bytes,
     """Publish ``body`` as a request straight through kombu, as any sender could; the reply."""
     from kombu import Connection, Exchange, Producer, Queue
 
-    reply_to = f"bomb-reply-{uuid.uuid4().hex}"
+    reply_to = f"busapp.reply.bomb-{uuid.uuid4().hex}"  # services answer reply queues only
     with Connection(url, connect_timeout=5) as conn:
         channel = conn.channel()
         replies = Queue(reply_to, durable=False, auto_delete=True)(channel)

@@ -347,7 +347,7 @@ def test_known_broker_schemes_are_kombu_transports() -> None:
     """The CLI's hard-coded scheme list (it does not import kombu) names only kombu transports."""
     from kombu.transport import TRANSPORT_ALIASES
 
-    from busapp.cli import BROKER_SCHEMES, check_broker_url
+    from busapp.transport import BROKER_SCHEMES, check_broker_url
 
     assert set(BROKER_SCHEMES) <= set(TRANSPORT_ALIASES)
     for url in ("redis://h:6379/0", "rediss://h", "redis+socket:///tmp/r.sock", "amqp://g:g@h//",

@@ -139,8 +139,9 @@ def test_quorum_app_declares_quorum_queues_and_serves(amqp_url, unique):
         with run_app(app, amqp_url, exchange):
             with Client(amqp_url, exchange) as bus:
                 assert bus.call(f"{app.name}.ping") == "pong"
-            quorum = declared_as(QueueSpec(app.name), "quorum", 3).arguments
-            for name, arguments in ((app.name, quorum), (f"{app.name}.dead", {})):
+            queue = app.queue_for(exchange)
+            quorum = declared_as(QueueSpec(queue), "quorum", 3).arguments
+            for name, arguments in ((queue, quorum), (f"{queue}.dead", {})):
                 classic = {k: v for k, v in arguments.items() if k != "x-queue-type"}
                 with Connection(amqp_url) as conn, pytest.raises(
                         amqp.exceptions.PreconditionFailed, match="'x-queue-type'"):
@@ -148,7 +149,7 @@ def test_quorum_app_declares_quorum_queues_and_serves(amqp_url, unique):
                     Queue(name, durable=True, channel=conn.channel(),
                           queue_arguments=classic).queue_declare()
     finally:
-        delete_queues(amqp_url, exchange, f"{app.name}.dead")
+        delete_queues(amqp_url, exchange, f"{app.queue_for(exchange)}.dead")
 
 
 def test_forged_delivery_count_on_a_first_delivery_is_ignored():
@@ -210,12 +211,12 @@ def test_poison_message_on_a_quorum_queue(amqp_url, unique):
             assert info.value.data["exception"] == "WorkerLost"
             assert bus.call(f"{name}.add", 1, 1, timeout=30) == 2
         with Connection(amqp_url) as conn:
-            dead = Queue(f"{name}.dead", durable=True, channel=conn.channel(),
+            dead = Queue(f"{exchange}.{name}.dead", durable=True, channel=conn.channel(),
                          queue_arguments={"x-queue-type": "quorum"})
             assert dead.queue_declare().message_count == 1
     finally:
         log = _stop(proc)
-        delete_queues(amqp_url, exchange, name, f"{name}.dead")
+        delete_queues(amqp_url, exchange, f"{exchange}.{name}", f"{exchange}.{name}.dead")
     assert "dead-lettered" in log
 
 
@@ -233,7 +234,7 @@ def test_nested_calls_past_the_prefetch_window_on_a_quorum_queue(amqp_url, uniqu
             # Six handlers wait at once on one worker whose window starts at 2 messages.
             assert bus.call(f"{app.name}.nested", 5, timeout=30) == 5
     finally:
-        delete_queues(amqp_url, exchange, f"{app.name}.dead")
+        delete_queues(amqp_url, exchange, f"{app.queue_for(exchange)}.dead")
 
 
 def test_storage_and_event_queues_follow_the_queue_type(monkeypatch):

@@ -216,13 +216,13 @@ def test_rabbitmq_cluster_loses_the_quorum_queue_leader(rabbit_cluster, tmp_path
     url = rabbit_cluster.url
     with running(lambda: app.run(url, exchange=exchange, workers=2), ready=f"{app.name}.ping",
                  url=url, exchange=exchange), TallyingClient(url, exchange) as bus:
-        leader = rabbit_cluster.leader_of(app.queue)
+        leader = rabbit_cluster.leader_of(app.queue_for(exchange))
         load = Load(bus, f"{app.name}.echo").start()
         listed = rabbit_cluster.nodes.index(leader) + 1
         figures = run_through_fault(load, lambda: rabbit_cluster.kill(leader), served,
                                     f"RabbitMQ: the quorum queue's leader (node {listed} of the "
                                     f"URL's 3) killed")
-        assert rabbit_cluster.leader_of(app.queue) is not leader
+        assert rabbit_cluster.leader_of(app.queue_for(exchange)) is not leader
     check(figures)
 
 
