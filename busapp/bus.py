@@ -14,6 +14,7 @@ left behind.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from busapp import wire
+from busapp import tracing, wire
 from busapp.errors import BrokerUnavailable, RequestTimeout
 from busapp.serve import DEADLINE_HEADER
 from busapp.transport import mask_url, open_transport, resolve_broker_url, revive_if_embedded
@@ -196,6 +197,8 @@ class Client(BusMixin):
         hook = WAIT_HOOK.hook
         if hook is not None:
             hook.waiting()
+        headers = {DEADLINE_HEADER: round(time.time() + timeout, 3)}
+        span = tracing.outgoing(routing_key, request_id, headers)  # request id, traceparent
         try:
             self._replies.ensure(deadline)
             self._publish(
@@ -205,7 +208,7 @@ class Client(BusMixin):
                 reply_to=self.reply_queue,
                 correlation_id=request_id,
                 expiration=timeout,
-                headers={DEADLINE_HEADER: round(time.time() + timeout, 3)},
+                headers=headers,
             )
             if not self._replies.wait_for(pending, deadline) or pending.arrived > deadline:
                 raise RequestTimeout(
@@ -215,6 +218,8 @@ class Client(BusMixin):
             assert pending.response is not None
             return pending.response
         finally:
+            if span is not None:
+                tracing.end_outgoing(span, pending.response, sys.exc_info()[1])
             if hook is not None:
                 hook.done_waiting()
             self._pending.pop(request_id, None)
