@@ -94,8 +94,8 @@ def answer(worker: Any, delivery: Delivery) -> None:
 
 
 def gather(url: str, exchange: str, service: str | None = None, *, timeout: float = 1.0,
-           first: bool = False) -> list[dict[str, Any]]:
-    """Ask every live worker (of ``service``, or all) for its status.
+           first: bool = False, host: str | None = None) -> list[dict[str, Any]]:
+    """Ask every live worker (of ``service``, or all; on ``host``, or any) for its status.
 
     Waits the whole ``timeout`` (there is no knowing how many will answer) unless
     ``first``: then returns as soon as one answers.
@@ -116,7 +116,8 @@ def gather(url: str, exchange: str, service: str | None = None, *, timeout: floa
         except Exception:  # noqa: BLE001 - not an answer: ignore it
             return
         result = response.get("result")
-        if delivery.correlation_id == request_id and isinstance(result, dict):
+        if delivery.correlation_id == request_id and isinstance(result, dict) \
+                and (host is None or result.get("host") == host):
             replies[(result.get("host"), result.get("pid"))] = result
 
     transport = open_transport(url)
