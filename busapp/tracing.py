@@ -31,6 +31,10 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 #: The ``opentelemetry`` API modules once imported, False if it is not installed,
 #: None before the first look.
 _otel: Any = None
+#: The tracer provider set by :func:`use_tracer_provider` (None: OpenTelemetry's global one).
+_provider: Any = None
+#: ``(provider, tracer)``: busapp's tracer from the provider last used.
+_tracer: tuple[Any, Any] = (None, None)
 
 
 def current_request_id() -> str | None:
@@ -38,17 +42,35 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
-def _api() -> Any:
-    """The OpenTelemetry API if it is installed and a tracer provider is set, else None."""
-    global _otel
+def use_tracer_provider(provider: Any) -> None:
+    """Make busapp's spans with ``provider`` instead of OpenTelemetry's global one (None: the global).
+
+    Example::
+
+        from opentelemetry.sdk.trace import TracerProvider
+        busapp.tracing.use_tracer_provider(TracerProvider())
+    """
+    global _provider
+    _provider = provider
+
+
+def _api() -> tuple[Any, Any]:
+    """The OpenTelemetry API and busapp's tracer, or ``(None, None)`` if it is not installed
+    or no tracer provider is configured."""
+    global _otel, _tracer
     otel = _otel
     if otel is None:
         otel = _otel = _import_otel()
     if otel is False:
-        return None
-    if isinstance(otel.trace.get_tracer_provider(), otel.trace.ProxyTracerProvider):
-        return None  # installed but not configured: spans would be no-ops anyway
-    return otel
+        return None, None
+    provider = _provider or otel.trace.get_tracer_provider()
+    if isinstance(provider, otel.trace.ProxyTracerProvider):
+        return None, None  # installed but not configured: spans would be no-ops anyway
+    cached, tracer = _tracer
+    if cached is not provider:
+        tracer = provider.get_tracer("busapp")
+        _tracer = (provider, tracer)
+    return otel, tracer
 
 
 def _import_otel() -> Any:
@@ -80,10 +102,9 @@ def outgoing(routing_key: str, request_id: str, headers: dict[str, Any]) -> Any:
     current = _request_id.get()
     if current is not None:
         headers[REQUEST_ID_HEADER] = current
-    otel = _api()
+    otel, tracer = _api()
     if otel is None:
         return None
-    tracer = otel.trace.get_tracer("busapp")
     span = tracer.start_span(routing_key, kind=otel.trace.SpanKind.CLIENT,
                              attributes=_attributes(routing_key, request_id))
     otel.propagate.inject(headers, context=otel.trace.set_span_in_context(span))
@@ -143,11 +164,11 @@ def incoming(headers: dict[str, Any], routing_key: str | None, correlation_id: s
     if not isinstance(action, str):
         action = correlation_id or (None if request_id is None else str(request_id))
     token = _request_id.set(action)
-    otel = _api()
+    otel, tracer = _api()
     if otel is None:
         return Incoming(action, token)
     parent = otel.propagate.extract(headers or {})
-    span = otel.trace.get_tracer("busapp").start_span(
+    span = tracer.start_span(
         routing_key or "?", context=parent, kind=otel.trace.SpanKind.SERVER,
         attributes=_attributes(routing_key, request_id))
     attached = otel.context.attach(otel.trace.set_span_in_context(span, parent))
