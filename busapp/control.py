@@ -106,7 +106,7 @@ def gather(url: str, exchange: str, service: str | None = None, *, timeout: floa
     Raises:
         BrokerUnavailable: the broker cannot be reached.
     """
-    replies: dict[tuple[Any, Any], dict[str, Any]] = {}
+    replies: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
     request_id = wire.new_id()
     queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
 
@@ -118,7 +118,7 @@ def gather(url: str, exchange: str, service: str | None = None, *, timeout: floa
         result = response.get("result")
         if delivery.correlation_id == request_id and isinstance(result, dict) \
                 and (host is None or result.get("host") == host):
-            replies[(result.get("host"), result.get("pid"))] = result
+            replies[(result.get("service"), result.get("host"), result.get("pid"))] = result
 
     transport = open_transport(url)
     transport.connect()
