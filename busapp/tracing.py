@@ -20,6 +20,7 @@ The two hooks are :func:`outgoing` (in ``Client.request``) and :func:`incoming`
 from __future__ import annotations
 
 import contextvars
+import os
 from typing import Any
 
 #: Header carrying the request id of the user action a call belongs to.
@@ -63,9 +64,16 @@ def _api() -> tuple[Any, Any]:
         otel = _otel = _import_otel()
     if otel is False:
         return None, None
-    provider = _provider or otel.trace.get_tracer_provider()
-    if isinstance(provider, otel.trace.ProxyTracerProvider):
-        return None, None  # installed but not configured: spans would be no-ops anyway
+    provider = _provider
+    if provider is None:
+        if otel.fast:  # a module attribute, not get_tracer_provider()'s look into os.environ
+            provider = otel.trace._TRACER_PROVIDER
+            if provider is None:
+                return None, None  # installed but not configured: spans would be no-ops
+        else:
+            provider = otel.trace.get_tracer_provider()
+            if isinstance(provider, otel.trace.ProxyTracerProvider):
+                return None, None
     cached, tracer = _tracer
     if cached is not provider:
         tracer = provider.get_tracer("busapp")
@@ -83,6 +91,10 @@ def _import_otel() -> Any:
         """The three API modules busapp uses."""
 
     Otel.context, Otel.propagate, Otel.trace = context, propagate, trace  # type: ignore[attr-defined]
+    # The global provider is read from trace's module attribute when that is all there
+    # is to it (no provider named in the environment, which get_tracer_provider() would load).
+    Otel.fast = (hasattr(trace, "_TRACER_PROVIDER")  # type: ignore[attr-defined]
+                 and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ)
     return Otel
 
 
