@@ -58,7 +58,7 @@ def status_of(worker: Any) -> dict[str, Any]:
     """A worker's answer to ``rpc.status`` (see :data:`FIELDS`)."""
     import busapp
 
-    started = datetime.datetime.fromtimestamp(worker.started_at, datetime.timezone.utc)
+    started = datetime.datetime.fromtimestamp(worker.started_at, datetime.UTC)
     return {
         "service": worker.service.service_name,
         "host": socket.gethostname(),

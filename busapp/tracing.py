@@ -144,7 +144,7 @@ def _end(span: Any, response: dict | None, exc: BaseException | None) -> None:
 class Incoming:
     """What :func:`incoming` set up for one served message; undone by :meth:`close`."""
 
-    __slots__ = ("request_id", "_token", "_span", "_attached")
+    __slots__ = ("_attached", "_span", "_token", "request_id")
 
     def __init__(self, request_id: str | None, token: Any, span: Any = None,
                  attached: Any = None) -> None:

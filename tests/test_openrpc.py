@@ -53,7 +53,7 @@ class Point:
 class Segment:
     start: Point
     end: Point
-    label: Optional[str] = None
+    label: Optional[str] = None  # noqa: UP045 - the typing.Optional spelling is described too
 
 
 def typed_app() -> App:
@@ -81,7 +81,7 @@ def typed_app() -> App:
         return None
 
     @app.method()
-    def untyped(a, b=3):  # noqa: ANN001, ANN202 - no hints: any JSON value
+    def untyped(a, b=3):  # no hints: any JSON value
         return a
 
     return app

@@ -17,8 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from busapp import Client
 from busapp.errors import RemoteProcedureCallError
-from tests.test_cli import Project, clean_env, project  # noqa: F401 - the fixture
+from tests import test_cli
+from tests.test_cli import Project, clean_env
 from tests.test_embedded import wait_until
+
+project = test_cli.project  # the fixture: a temporary directory, its processes killed after
 
 OPS_APP = '''
 from __future__ import annotations

@@ -139,9 +139,8 @@ def test_nested_call_chain_shares_one_trace(spans: InMemorySpanExporter, unique:
 def test_error_reply_marks_the_spans_as_errors(spans: InMemorySpanExporter, unique: str) -> None:
     """A call answered with an error ends its client and server spans with an error status and code."""
     app = chain_app(f"tr{unique}")
-    with app.test_client() as client:
-        with pytest.raises(InternalError):
-            client.call(f"{app.name}.fails")
+    with app.test_client() as client, pytest.raises(InternalError):
+        client.call(f"{app.name}.fails")
     boom = [s for s in spans.get_finished_spans() if s.name == f"{app.name}.boom"]
     assert {s.kind for s in boom} == {trace.SpanKind.CLIENT, trace.SpanKind.SERVER}
     for span in boom:
