@@ -27,7 +27,7 @@ import structlog
 
 from busapp import wire
 from busapp.errors import InvalidRequest, MethodNotFound, RequestTimeout
-from busapp.transport import open_transport
+from busapp.transport import is_redis, open_transport
 from busapp.transport.base import REPLY_PREFIX, Delivery, QueueSpec
 
 log = structlog.get_logger("busapp.control")
@@ -42,11 +42,39 @@ FIELDS = ("service", "host", "pid", "started", "handled", "errors", "in_flight",
 _numbers = itertools.count()
 
 
-def control_queue(service: str) -> QueueSpec:
-    """A new worker's own control queue (unique in this process: test clients run many workers)."""
-    name = f"busapp.control.{service}.{socket.gethostname()}.{os.getpid()}.{next(_numbers)}"
-    return QueueSpec(name, (CONTROL_KEY, f"{CONTROL_KEY}.{service}"), durable=False,
-                     auto_delete=True)
+def _restart_numbers() -> None:
+    global _numbers
+    _numbers = itertools.count()
+
+
+# A forked worker process's first control queue is named by its pid alone (see forget_worker).
+os.register_at_fork(after_in_child=_restart_numbers)
+
+
+def control_queue(service: str, pid: int | None = None, number: int | None = None) -> QueueSpec:
+    """A new worker's own control queue: named by host and pid, and a number after the first
+    one in a process (a test client runs several workers in one)."""
+    number = next(_numbers) if number is None else number
+    name = f"busapp.control.{service}.{socket.gethostname()}.{os.getpid() if pid is None else pid}"
+    return QueueSpec(name + (f".{number}" if number else ""),
+                     (CONTROL_KEY, f"{CONTROL_KEY}.{service}"), durable=False, auto_delete=True)
+
+
+def forget_worker(url: str, exchange: str, service: str, pid: int) -> None:
+    """Delete the control queue of worker ``pid`` (on this host), killed before it could.
+
+    RabbitMQ deletes an auto-delete queue when its consumer's connection dies; Redis
+    keeps the list and its bindings, and every later status broadcast would add to it.
+    """
+    if not is_redis(url):
+        return
+    spec = control_queue(service, pid, number=0)
+    transport = open_transport(url)
+    transport.connect()
+    try:
+        transport.declare_queue(exchange, spec)  # kombu unbinds only the bindings it declared
+    finally:
+        transport.close(delete_queue=spec.name)
 
 
 def routing_key(service: str | None) -> str:

@@ -229,9 +229,12 @@ class ServiceManager:
             return
         from busapp.metrics import MetricsEndpoint
 
-        name = (self.qkwargs or [{}])[0].get("name") or self.service_class.__name__.lower()
-        self._metrics = MetricsEndpoint(self.metrics_port, self.metrics_host, str(name))
+        self._metrics = MetricsEndpoint(self.metrics_port, self.metrics_host, self._service_name())
         self._metrics.start()
+
+    def _service_name(self) -> str:
+        """The workers' ``service_name``: their first queue's name (as CommissaireService sets it)."""
+        return str((self.qkwargs or [{}])[0].get("name") or self.service_class.__name__.lower())
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop all workers gracefully and return."""
@@ -277,6 +280,7 @@ class ServiceManager:
             slot.deaths += 1
             self._check_crash_loop(slot, code)
         self._requeue_unacked(slot.process.pid)
+        self._forget_control_queue(slot.process.pid)
         if self._metrics is not None:
             self._metrics.worker_died(slot.process.pid)
         delay = backoff_delay(slot.deaths, self.max_backoff)
@@ -297,6 +301,17 @@ class ServiceManager:
             return
         if count:
             log.info("dead worker's unacked messages requeued", pid=pid, messages=count)
+
+    def _forget_control_queue(self, pid: int) -> None:
+        """Delete the dead worker's own control queue (``busapp status``), which Redis keeps."""
+        from busapp.bus import default_exchange
+        from busapp.control import forget_worker
+
+        try:
+            forget_worker(self.connection_url, default_exchange(self.exchange_name),
+                          self._service_name(), pid)
+        except Exception as exc:  # noqa: BLE001 - a stale control queue only costs a little memory
+            log.warning("could not delete the dead worker's control queue", pid=pid, error=str(exc))
 
     def _check_crash_loop(self, slot: _Slot, code: int | None) -> None:
         """Give up when the slot's workers died ``max_fast_failures`` times in a row before ready."""

@@ -158,3 +158,26 @@ def test_metrics_count_every_call_across_workers(project: Project, real: dict[st
     [served] = running.events("metrics served")
     assert running.stop() == 0
     assert not Path(served["dir"]).exists()  # the manager removed its directory
+
+
+def test_killed_workers_control_queue_is_deleted_on_redis(project: Project, redis_url: str,
+                                                          exchange: str) -> None:
+    """After kill -9 of a worker, the manager deletes its control queue (Redis keeps it otherwise)."""
+    import redis
+
+    real = {"args": ["--broker", redis_url, "--exchange", exchange]}
+    running = project.run(ops_module(project), "-w", "2", *real["args"])
+    dead, alive = running.wait_ready(2)
+    client = redis.Redis.from_url(redis_url)
+
+    def control_bindings() -> list[str]:
+        members = [m.decode() for m in client.smembers(f"_kombu.binding.{exchange}")]
+        return [m for m in members if "busapp.control." in m]
+
+    assert any(m.endswith(f".{dead}") for m in control_bindings())
+    os.kill(dead, signal.SIGKILL)
+    assert wait_until(lambda: len(running.wait_ready(2)) == 2 and dead not in running.wait_ready(2), 30)
+    assert wait_until(lambda: not any(m.endswith(f".{dead}") for m in control_bindings()), 10)
+    assert not client.exists(f"busapp.control.{project.name}.{socket.gethostname()}.{dead}")
+    pids = sorted(w["pid"] for w in status_json(project, real, project.name))
+    assert dead not in pids and alive in pids and len(pids) == 2
