@@ -14,14 +14,16 @@ left behind.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import uuid
 import weakref
 from typing import Any
 
-from busapp import wire
-from busapp import security
+import structlog
+
+from busapp import security, tracing, wire
 from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout, Unauthorized
 from busapp.log import get_logger
 from busapp.serve import DEADLINE_HEADER
@@ -230,6 +232,8 @@ class Client(BusMixin):
         hook = WAIT_HOOK.hook
         if hook is not None:
             hook.waiting()
+        headers = {DEADLINE_HEADER: round(time.time() + timeout, 3)}
+        span = tracing.outgoing(routing_key, request_id, headers)  # request id, traceparent
         try:
             self._replies.ensure(deadline)
             try:
@@ -240,7 +244,7 @@ class Client(BusMixin):
                     reply_to=self.reply_queue,
                     correlation_id=request_id,
                     expiration=timeout,
-                    headers={DEADLINE_HEADER: round(time.time() + timeout, 3)},
+                    headers=headers,
                 )
             except _NotSent:
                 raise
@@ -257,6 +261,8 @@ class Client(BusMixin):
             assert pending.response is not None
             return pending.response
         finally:
+            if span is not None:
+                tracing.end_outgoing(span, pending.response, sys.exc_info()[1])
             if hook is not None:
                 hook.done_waiting()
             self._pending.pop(request_id, None)

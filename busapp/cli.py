@@ -1,4 +1,4 @@
-"""The ``busapp`` command: run, call, routes, storage.
+"""The ``busapp`` command: run, call, routes, storage, status, probe.
 
 Exit codes: 0 success; 1 an error reply or a failed run; 2 a usage error
 (including an app that cannot be found, a URL with an unknown scheme, or a
@@ -111,7 +111,7 @@ def _load_keyring(path: str | None) -> Any:
 def _log_options(func: Any) -> Any:
     func = click.option("-l", "--log-level", type=click.Choice(LEVELS, case_sensitive=False),
                         default="info", show_default=True,
-                        help="Lowest level logged; debug adds a line per call.")(func)
+                        help="Lowest level logged; info has one line per call, warning none.")(func)
     return click.option("--log-format", type=click.Choice(FORMATS),
                         help="Log format. Default: console on a terminal, JSON lines otherwise.")(func)
 
@@ -144,9 +144,15 @@ def cli() -> None:
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long in-flight messages may take. Default: 30.")
 @_keyring_option
+@click.option("--metrics-port", type=click.IntRange(min=0, max=65535), metavar="PORT",
+              help="Serve Prometheus metrics of all workers on http://HOST:PORT/metrics "
+                   "(needs busapp[prometheus]).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="Address the metrics endpoint binds (0.0.0.0: reachable from other hosts).")
 @_log_options
 def run(target: str, workers: int, concurrency: int | None, broker: str | None, exchange: str | None,
-        reload: bool, graceful_timeout: float | None, keyring: str | None, log_format: str | None,
+        reload: bool, graceful_timeout: float | None, keyring: str | None,
+        metrics_port: int | None, metrics_host: str, log_format: str | None,
         log_level: str) -> None:
     """Serve MODULE[:APP] until SIGTERM or SIGINT.
 
@@ -164,6 +170,10 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None, 
         from busapp import _extras
 
         _usable(_extras.watchfiles)
+    if metrics_port is not None:
+        from busapp import metrics
+
+        _usable(metrics._client)
     loaded = load_target(target)
     keys = _load_keyring(keyring)
     if keys is not None:
@@ -178,12 +188,13 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None, 
         from busapp.reloader import run_with_reload
 
         options = {"workers": workers, "concurrency": concurrency, "exchange": exchange,
-                   "graceful_timeout": graceful_timeout, "log_format": log_format, "log_level": log_level}
+                   "graceful_timeout": graceful_timeout, "log_format": log_format, "log_level": log_level,
+                   "metrics_port": metrics_port, "metrics_host": metrics_host}
         sys.exit(run_with_reload(target, loaded.root, url, options))
     log.info("starting", target=target, serves=loaded.label, workers=workers, broker=mask_url(url),
              pid=os.getpid())
     _serve(loaded, url, workers=workers, concurrency=concurrency, exchange=exchange,
-           graceful_timeout=graceful_timeout)
+           graceful_timeout=graceful_timeout, metrics_port=metrics_port, metrics_host=metrics_host)
 
 
 def _usable(check: Any, *args: Any) -> Any:
@@ -222,10 +233,15 @@ def _serve(loaded: Any, url: str, **options: Any) -> None:
         manager.options = (base or WorkerOptions()).evolve(
             concurrency=options["concurrency"], graceful_timeout=options["graceful_timeout"])
         manager.graceful_timeout = manager.options.graceful_timeout
+        manager.metrics_port = options.get("metrics_port")
+        manager.metrics_host = options.get("metrics_host") or manager.metrics_host
         manager.run()
     except CrashLoopError as exc:
         log.error("giving up", error=str(exc))
         raise RunFailed(f"{exc}; fix the error and run again") from None
+    except OSError as exc:  # the metrics port is taken, or not ours to bind
+        raise RunFailed(f"cannot serve metrics on {options.get('metrics_host')}:"
+                        f"{options.get('metrics_port')}: {exc}") from None
 
 
 # -- call ----------------------------------------------------------------------
@@ -354,11 +370,22 @@ def parse_params(args: tuple[str, ...] | list[str]) -> list | dict | None:
 
 @cli.command()
 @click.argument("target", metavar="MODULE[:APP]")
-def routes(target: str) -> None:
+@click.option("-f", "--format", "fmt", type=click.Choice(("text", "json", "openrpc")), default="text",
+              show_default=True, help="text: a table; json: the same as data; openrpc: an "
+                                      "OpenRPC 1.3 document with JSON Schema of params and results.")
+def routes(target: str, fmt: str) -> None:
     """List the routing keys MODULE[:APP] serves, with functions, parameters and storage events."""
     from busapp.locate import load_target
 
-    click.echo(route_table(load_target(target)))
+    loaded = load_target(target)
+    if fmt == "text":
+        click.echo(route_table(loaded))
+        return
+    from busapp import openrpc
+
+    source = loaded.app if loaded.app is not None else _describe_instance(loaded.service_class)
+    document = openrpc.openrpc_document(source) if fmt == "openrpc" else openrpc.describe(source)
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
 def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
@@ -468,6 +495,88 @@ def _access_rules(rules: tuple[str, ...], option: str) -> dict[str, list[str]]:
                                      param_hint=option)
         table.setdefault(type_name.strip(), []).extend(names)
     return table
+
+
+# -- status, probe ---------------------------------------------------------------
+
+
+class ProbeFailed(click.ClickException):
+    """No worker answered the probe (or the broker could not be reached)."""
+
+    exit_code = 1
+
+
+def _status_options(default_timeout: float) -> Any:
+    def apply(func: Any) -> Any:
+        func = click.option("--local", is_flag=True,
+                            help="Only workers on this host (a container's own).")(func)
+        func = click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True),
+                            default=default_timeout, show_default=True, metavar="SECONDS",
+                            help="How long to wait for answers.")(func)
+        return _broker_option(_exchange_option(func))
+
+    return apply
+
+
+def _gather(name: str | None, broker: str | None, exchange: str | None, timeout: float,
+            local: bool, first: bool) -> list[dict]:
+    import socket
+
+    from busapp import control
+    from busapp.bus import default_exchange
+
+    return control.gather(broker or _running_embedded(), default_exchange(exchange), name,
+                          timeout=timeout, first=first,
+                          host=socket.gethostname() if local else None)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@_status_options(1.0)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array, one object per worker.")
+def status(name: str | None, broker: str | None, exchange: str | None, timeout: float, local: bool,
+           as_json: bool) -> None:
+    """List every live worker (of service NAME, or all): each answers for itself.
+
+    \b
+      busapp status
+      busapp status simple --json
+    """
+    configure_logging("warning", cache=True)
+    try:
+        workers = _gather(name, broker, exchange, timeout, local, first=False)
+    except BrokerUnavailable as exc:
+        raise NoReply(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(workers, indent=2))
+    elif workers:
+        from busapp.control import FIELDS
+
+        rows = [tuple(str(w.get(f, "")) for f in FIELDS) for w in workers]
+        click.echo("\n".join(_table(tuple(f.upper().replace("_", " ") for f in FIELDS), rows)))
+    else:
+        click.echo(f"no worker{' of ' + repr(name) if name else ''} answered within {timeout:g}s",
+                   err=True)
+
+
+@cli.command()
+@click.argument("name")
+@_status_options(5.0)
+def probe(name: str, broker: str | None, exchange: str | None, timeout: float, local: bool) -> None:
+    """Exit 0 if a worker of service NAME answers in time, else 1 (a liveness/readiness probe).
+
+    \b
+      busapp probe simple --local --timeout 3
+    """
+    configure_logging("warning", cache=True)
+    try:
+        workers = _gather(name, broker, exchange, timeout, local, first=True)
+    except (BrokerUnavailable, NoReply) as exc:
+        raise ProbeFailed(str(exc.message if isinstance(exc, NoReply) else exc)) from None
+    if not workers:
+        where = " on this host" if local else ""
+        raise ProbeFailed(f"no worker of {name!r}{where} answered within {timeout:g}s")
+    click.echo(f"{name}: worker {workers[0].get('pid')} on {workers[0].get('host')} answered")
 
 
 def main(argv: list[str] | None = None) -> None:

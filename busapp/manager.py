@@ -98,8 +98,9 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOptions,
-                 parent_pid: int, ready_at: Any = None) -> None:
-    """Entry point of a worker process; ``ready_at`` is its slot's shared readiness double."""
+                 parent_pid: int, ready_at: Any = None, metrics: bool = False) -> None:
+    """Entry point of a worker process; ``ready_at`` is its slot's shared readiness double;
+    ``metrics``: record Prometheus metrics (the manager serves them)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent(parent_pid)
@@ -112,6 +113,10 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOpt
         service.options = options
         if ready_at is not None:
             service.ready_callback = _ready_setter(ready_at)
+        if metrics:
+            from busapp.metrics import WorkerMetrics
+
+            service.make_worker().metrics = WorkerMetrics(service.service_name)
         service.run()
     except BaseException as exc:  # noqa: BLE001 - report why before the process dies
         if isinstance(exc, SystemExit) and not exc.code:
@@ -147,6 +152,10 @@ class ServiceManager:
     min_uptime: float = 5.0
     #: Consecutive deaths before ready of one slot after which the manager gives up.
     max_fast_failures: int = 5
+    #: Serve Prometheus metrics of all workers on this port (None: no metrics; see
+    #: :mod:`busapp.metrics`), bound to ``metrics_host``.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __init__(self, service_class: type, process_count: int, exchange_name: str | None = None,
                  connection_url: str | None = None, qkwargs: list[dict] | None = None,
@@ -166,6 +175,7 @@ class ServiceManager:
         self._stopping = threading.Event()
         self._slots: list[_Slot] = []
         self._ctx = multiprocessing.get_context("fork")
+        self._metrics: Any = None
 
     def _service_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.kwargs, exchange_name=self.exchange_name,
@@ -203,11 +213,28 @@ class ServiceManager:
                  service=self.service_class.__name__, broker=mask_url(self.connection_url))
         self._slots = [_Slot(i) for i in range(self.process_count)]
         try:
+            self._serve_metrics()
             for slot in self._slots:
                 self._start(slot)
             self._supervise()
         finally:
             self._stop_all()
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
+
+    def _serve_metrics(self) -> None:
+        """Start the ``/metrics`` endpoint before the first fork (the workers inherit its set-up)."""
+        if self.metrics_port is None:
+            return
+        from busapp.metrics import MetricsEndpoint
+
+        self._metrics = MetricsEndpoint(self.metrics_port, self.metrics_host, self._service_name())
+        self._metrics.start()
+
+    def _service_name(self) -> str:
+        """The workers' ``service_name``: their first queue's name (as CommissaireService sets it)."""
+        return str((self.qkwargs or [{}])[0].get("name") or self.service_class.__name__.lower())
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop all workers gracefully and return."""
@@ -223,7 +250,7 @@ class ServiceManager:
         process = self._ctx.Process(
             target=_worker_main, name=f"busapp-worker-{slot.index}",
             args=(self.service_class, self._service_kwargs(), self._options(), os.getpid(),
-                  slot.ready_at),
+                  slot.ready_at, self._metrics is not None),
         )
         process.start()
         slot.process, slot.started, slot.restart_at = process, time.monotonic(), None
@@ -253,6 +280,9 @@ class ServiceManager:
             slot.deaths += 1
             self._check_crash_loop(slot, code)
         self._requeue_unacked(slot.process.pid)
+        self._forget_control_queue(slot.process.pid)
+        if self._metrics is not None:
+            self._metrics.worker_died(slot.process.pid)
         delay = backoff_delay(slot.deaths, self.max_backoff)
         slot.restart_at = now + delay
         log.warning("worker died; restarting", pid=slot.process.pid, slot=slot.index,
@@ -271,6 +301,17 @@ class ServiceManager:
             return
         if count:
             log.info("dead worker's unacked messages requeued", pid=pid, messages=count)
+
+    def _forget_control_queue(self, pid: int) -> None:
+        """Delete the dead worker's own control queue (``busapp status``), which Redis keeps."""
+        from busapp.bus import default_exchange
+        from busapp.control import forget_worker
+
+        try:
+            forget_worker(self.connection_url, default_exchange(self.exchange_name),
+                          self._service_name(), pid)
+        except Exception as exc:  # noqa: BLE001 - a stale control queue only costs a little memory
+            log.warning("could not delete the dead worker's control queue", pid=pid, error=str(exc))
 
     def _check_crash_loop(self, slot: _Slot, code: int | None) -> None:
         """Give up when the slot's workers died ``max_fast_failures`` times in a row before ready."""

@@ -33,7 +33,8 @@ def child_command(target: str, options: dict[str, Any]) -> list[str]:
     cmd = [sys.executable, "-m", "busapp", "run", target]
     flags = {"workers": "--workers", "concurrency": "--concurrency", "exchange": "--exchange",
              "graceful_timeout": "--graceful-timeout", "log_format": "--log-format",
-             "log_level": "--log-level"}
+             "log_level": "--log-level", "metrics_port": "--metrics-port",
+             "metrics_host": "--metrics-host"}
     for key, flag in flags.items():
         if options.get(key) is not None:
             cmd += [flag, str(options[key])]

@@ -39,7 +39,7 @@ from typing import Any
 import attrs
 import structlog
 
-from busapp import wire
+from busapp import control, tracing, wire
 from busapp.bus import WAIT_HOOK
 from busapp.cluster import check_queue_type, dead_letter_spec, declared_as, resolve_queue_type
 from busapp.errors import BrokerUnavailable, InvalidRequest, ParseError, RemoteProcedureCallError
@@ -59,6 +59,12 @@ from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
 log = structlog.get_logger("busapp.worker")
+
+#: This process's pid, for the per-call log line (kept up to date across forks: no syscall per call).
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+#: What the caller of a request past its time limit got, as far as counting goes.
+_TIMED_OUT = {"error": {"code": -32603}}
 
 
 @attrs.define
@@ -158,6 +164,16 @@ class Worker:
         keyring = getattr(service, "keyring", None)
         #: Checks signatures and allow lists when the service has a keyring (busapp.security).
         self.gate: Gate | None = Gate(keyring, service.handlers) if keyring is not None else None
+        # What `busapp status` reports (see busapp.control). Each is changed by one
+        # statement, which the GIL does not split, and read without a lock.
+        self.started_at = time.time()
+        self.handled = 0          # requests served (answered or not)
+        self.errors = 0           # of them, answered with an error
+        self.calls_in_flight = 0  # requests being served now
+        #: Records calls for Prometheus when ``busapp run --metrics-port`` is on
+        #: (a :class:`busapp.metrics.WorkerMetrics`), else None.
+        self.metrics: Any = None
+        self._control = control.control_queue(service.service_name)
 
     # -- queues ------------------------------------------------------------------------------
 
@@ -167,8 +183,9 @@ class Worker:
         for sub in self.service.subscriptions:
             spec = QueueSpec(sub.queue_name, (sub.binding_key,), expires=sub.expires)
             specs.append((spec, self._event_server(sub)))
+        specs.append((self._control, self._serve_control))
         return [(declared_as(spec, queue_type, self.options.max_deliveries), serve)
-                for spec, serve in specs]
+                if serve != self._serve_control else (spec, serve) for spec, serve in specs]
 
     def _subscribe(self, transport: Transport, on_delivery: Callable[[Delivery], None] | None) -> None:
         """Declare the exchange and queues on ``transport`` and consume them."""
@@ -224,28 +241,66 @@ class Worker:
         max_body = self.options.max_body
         info = IncomingMessage.from_delivery(delivery, max_body)
         info.caller = caller
-        bound = structlog.contextvars.bind_contextvars(routing_key=info.routing_key, id=info.id)
+        scope = tracing.incoming(delivery.headers, info.routing_key, info.correlation_id, info.id)
+        bound = structlog.contextvars.bind_contextvars(routing_key=info.routing_key, id=info.id,
+                                                       request_id=scope.request_id)
         started = time.perf_counter()
+        self.calls_in_flight += 1
+        if self.metrics is not None:
+            self.metrics.call_started()
+        outcome = None  # the response the caller gets, for the counters and the log line
         watched = self._watch(info)
         try:
             response, payload = serve_request(
                 service.handlers, info, service._context(info), max_body=max_body,
                 on_error=lambda request, exc: self._handler_failed("call", info, request, exc))
+            outcome = response
             if watched is not None:
                 self.time_limits.stop_watching(watched)
                 if not watched.claim_reply():
                     response = None  # the caller already got the time-limit error
+                    outcome = _TIMED_OUT
             self._reply(info, response, payload)
-            if not quiet():
-                log.debug("call", outcome="notification" if response is None else (
-                    "error" if "error" in response else "ok"),
-                    duration_ms=round((time.perf_counter() - started) * 1000, 3))
         except Exception:  # noqa: BLE001 - a reply that cannot be sent must not kill the worker
             log.exception("could not reply")
         finally:
             if watched is not None:
                 self.time_limits.stop_watching(watched)
-            structlog.contextvars.reset_contextvars(**bound)
+            self.calls_in_flight -= 1
+            try:
+                self._served(info, outcome, started, scope)
+            finally:
+                structlog.contextvars.reset_contextvars(**bound)
+                self._settle(delivery)
+
+    def _served(self, info: IncomingMessage, response: dict | None, started: float,
+                scope: tracing.Incoming) -> None:
+        """Count, time and log one served request, and end its trace span."""
+        seconds = time.perf_counter() - started
+        error = response.get("error") if response is not None else None
+        self.handled += 1
+        if error is not None:
+            self.errors += 1
+        scope.close(response)
+        body = info.body
+        method = body.get("method") if isinstance(body, dict) else None
+        if self.metrics is not None:  # an unknown method is not a label of its own
+            known = isinstance(method, str) and method in self.service.handlers
+            self.metrics.call_finished(method if known else None, error is None, seconds)
+        if not quiet():
+            log.info("call", method=method,
+                     outcome="error" if error is not None else "ok" if response else "notification",
+                     code=error.get("code") if isinstance(error, dict) else None,
+                     duration_ms=round(seconds * 1000, 3), pid=_PID[0],
+                     correlation_id=info.correlation_id)
+
+    def _serve_control(self, delivery: Delivery) -> None:
+        """Answer a message of this worker's own control queue (``busapp status``)."""
+        try:
+            control.answer(self, delivery)
+        except Exception:  # noqa: BLE001 - the worker goes on serving
+            log.exception("could not answer a control message")
+        finally:
             self._settle(delivery)
 
     def _watch(self, info: IncomingMessage) -> Watched | None:
@@ -357,6 +412,8 @@ class Worker:
         except Exception:  # noqa: BLE001 - serve it as it is rather than lose it
             log.exception("could not count a redelivery; serving the message")
             return False
+        if self.metrics is not None:
+            self.metrics.redelivered(dead is not None)
         if dead is not None:
             info = IncomingMessage.from_delivery(delivery, self.options.max_body)
             log.error("message dead-lettered: its worker died on every delivery",

@@ -127,23 +127,34 @@ def test_below_level_calls_are_dropped_unrendered(out: io.StringIO) -> None:
     assert [line["event"] for line in lines(out)] == ["kept"]
 
 
-def test_worker_logs_each_call_at_debug_level(out: io.StringIO) -> None:
-    """At debug, a worker writes one "call" line per message, with its routing key, id, outcome and time."""
-    configure_logging("debug", "json", file=out)
-    with serving() as (app, call):
-        assert call(f"{app.name}.add", 1, 2) == 3
-    [line] = [line for line in lines(out) if line["event"] == "call" and line["routing_key"] == f"{app.name}.add"]
-    assert line["level"] == "debug" and line["logger"] == "busapp.worker" and line["outcome"] == "ok"
-    assert line["id"] and line["duration_ms"] >= 0
-
-
-def test_worker_at_info_level_writes_no_call_lines(out: io.StringIO) -> None:
-    """At info, the per-call lines are left out (the ready and stopped lines stay)."""
+def test_worker_logs_each_call_at_info_level(out: io.StringIO) -> None:
+    """At info, a worker writes one "call" line per message: method, outcome, code, time, pid, ids."""
     configure_logging("info", "json", file=out)
     with serving() as (app, call):
         assert call(f"{app.name}.add", 1, 2) == 3
+    [line] = [line for line in lines(out) if line["event"] == "call" and line["routing_key"] == f"{app.name}.add"]
+    assert line["level"] == "info" and line["logger"] == "busapp.worker" and line["outcome"] == "ok"
+    assert line["method"] == "add" and line["code"] is None and line["pid"] > 0
+    assert line["id"] and line["correlation_id"] == line["id"] and line["duration_ms"] >= 0
+
+
+def test_worker_call_line_of_an_error_has_its_code(out: io.StringIO) -> None:
+    """A call answered with an error is logged with outcome "error" and the JSON-RPC code."""
+    configure_logging("info", "json", file=out)
+    with serving() as (app, call):
+        with pytest.raises(InternalError):
+            call(f"{app.name}.boom")
+    [line] = [line for line in lines(out) if line["event"] == "call" and line["method"] == "boom"]
+    assert line["outcome"] == "error" and line["code"] == -32603
+
+
+def test_worker_at_warning_level_writes_no_call_lines(out: io.StringIO) -> None:
+    """At warning, the per-call lines are left out."""
+    configure_logging("warning", "json", file=out)
+    with serving() as (app, call):
+        assert call(f"{app.name}.add", 1, 2) == 3
     events = [line["event"] for line in lines(out)]
-    assert "call" not in events and {"worker ready", "worker stopped"} <= set(events)
+    assert "call" not in events
 
 
 def test_contextvars_are_merged(out: io.StringIO) -> None:

@@ -221,7 +221,7 @@ class MemoryTransport:
 
     def _no_route(self, exchange: str, routing_key: str) -> str:
         bound = sorted({p for p, _ in self.broker.bindings.get(exchange, ())
-                        if not p.startswith("notify.")})
+                        if not p.startswith(("notify.", "busapp-control"))})
         return (f"no service on the test bus consumes {routing_key!r}; "
                 f"bindings: {', '.join(bound) or 'none'}; "
                 f"register the service with client.register(...)")
