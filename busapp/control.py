@@ -77,6 +77,13 @@ def forget_worker(url: str, exchange: str, service: str, pid: int) -> None:
         transport.close(delete_queue=spec.name)
 
 
+def service_name(service: Any) -> str:
+    """The name ``busapp status NAME`` knows a service by: an App's name (its queue may carry
+    the exchange, ``prod.simple``), else the service's queue name."""
+    app = getattr(service, "app", None)
+    return str(getattr(app, "name", None) or service.service_name)
+
+
 def routing_key(service: str | None) -> str:
     """The key that reaches every worker of ``service`` (None: every worker on the exchange)."""
     return f"{CONTROL_KEY}.{service}" if service else CONTROL_KEY
@@ -88,7 +95,7 @@ def status_of(worker: Any) -> dict[str, Any]:
 
     started = datetime.datetime.fromtimestamp(worker.started_at, datetime.UTC)
     return {
-        "service": worker.service.service_name,
+        "service": service_name(worker.service),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "started": started.isoformat(timespec="seconds"),

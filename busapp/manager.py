@@ -114,9 +114,10 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOpt
         if ready_at is not None:
             service.ready_callback = _ready_setter(ready_at)
         if metrics:
+            from busapp import control
             from busapp.metrics import WorkerMetrics
 
-            service.make_worker().metrics = WorkerMetrics(service.service_name)
+            service.make_worker().metrics = WorkerMetrics(control.service_name(service))
         service.run()
     except BaseException as exc:  # noqa: BLE001 - report why before the process dies
         if isinstance(exc, SystemExit) and not exc.code:
@@ -233,7 +234,11 @@ class ServiceManager:
         self._metrics.start()
 
     def _service_name(self) -> str:
-        """The workers' ``service_name``: their first queue's name (as CommissaireService sets it)."""
+        """The name the workers answer ``busapp status`` by (see :func:`busapp.control.service_name`):
+        an App's name, else their first queue's name (as CommissaireService sets it)."""
+        app = getattr(self.service_class, "app", None)
+        if app is not None:
+            return str(app.name)
         return str((self.qkwargs or [{}])[0].get("name") or self.service_class.__name__.lower())
 
     def stop(self) -> None:

@@ -173,7 +173,7 @@ class Worker:
         #: Records calls for Prometheus when ``busapp run --metrics-port`` is on
         #: (a :class:`busapp.metrics.WorkerMetrics`), else None.
         self.metrics: Any = None
-        self._control = control.control_queue(service.service_name)
+        self._control = control.control_queue(control.service_name(service))
 
     # -- queues ------------------------------------------------------------------------------
 
