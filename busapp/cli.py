@@ -269,7 +269,7 @@ def call(routing_key: str, params: tuple[str, ...], broker: str | None, exchange
     Exits 0 with the result on stdout; 1 on an error reply (code and message
     on stderr); 2 on a timeout or when there is no broker.
     """
-    configure_logging("warning", cache=True)
+    configure_logging("warning")
     if "." not in routing_key.strip("."):
         raise click.BadParameter(f"{routing_key!r} has no method; use SERVICE.METHOD, e.g. simple.add",
                                  param_hint="ROUTING_KEY")
@@ -542,7 +542,7 @@ def status(name: str | None, broker: str | None, exchange: str | None, timeout: 
       busapp status
       busapp status simple --json
     """
-    configure_logging("warning", cache=True)
+    configure_logging("warning")
     try:
         workers = _gather(name, broker, exchange, timeout, local, first=False)
     except BrokerUnavailable as exc:
@@ -568,7 +568,7 @@ def probe(name: str, broker: str | None, exchange: str | None, timeout: float, l
     \b
       busapp probe simple --local --timeout 3
     """
-    configure_logging("warning", cache=True)
+    configure_logging("warning")
     try:
         workers = _gather(name, broker, exchange, timeout, local, first=True)
     except (BrokerUnavailable, NoReply) as exc:

@@ -512,15 +512,18 @@ class Worker:
         transport.max_body = self.options.max_body
         try:
             transport.connect()
-            self.transport = transport
-            self._prefetch_now = 0
-            self._prefetch()  # before consuming: the broker must not push more than the window
-            self._subscribe(transport, self._inbox.append)
-            self.service._bus_client()
-            with self._state:
+            with self._state:  # what an old connection left is void (its broker requeues it)
                 self._generation += 1
                 self._acks.clear()
                 self._inbox.clear()
+            self.transport = transport
+            self._prefetch_now = 0
+            self._prefetch()  # before consuming: the broker must not push more than the window
+            # Messages may arrive while the later queues are still being consumed (each
+            # consume waits for the broker's answer): they wait in the inbox, kept.
+            self._subscribe(transport, self._inbox.append)
+            self.service._bus_client()
+            with self._state:
                 self._in_flight = self._detached
                 self._fatal = None
                 self._receiving = True
