@@ -515,12 +515,16 @@ class KombuTransport:
             self.channel.basic_qos(0, self._prefetch, False)
 
     def _reconsume(self) -> None:
-        """Consume every queue again, so a larger per-consumer prefetch applies to it.
+        """Consume the quorum queues again, so a larger per-consumer prefetch applies to them.
 
         RabbitMQ applies a per-consumer limit to consumers started after it only. The old
-        consumer's unacked messages stay with the channel and are acked as usual.
+        consumer's unacked messages stay with the channel and are acked as usual. Other
+        queues are left alone: cancelling the last consumer of an auto-delete queue (a
+        worker's control queue) deletes it.
         """
         for queue, (tag, on_raw, no_ack) in list(self._consumers.items()):
+            if queue not in self._counted:
+                continue
             self.channel.basic_cancel(tag)
             self._tags.remove(tag)
             self._consume(queue, on_raw, no_ack)
