@@ -398,7 +398,7 @@ class SentinelChannel(Channel, _kredis.SentinelChannel):
     _replicas: tuple[float, int] = (-1e9, 0)
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        if (queue.startswith(REPLY_PREFIX) or "_publish_batch" in kwargs or not self.replica_wait_ms
+        if (is_reply_queue(queue) or "_publish_batch" in kwargs or not self.replica_wait_ms
                 or (self._expires and queue in self._expires)):
             return super()._put(queue, message, **kwargs)
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
