@@ -69,7 +69,7 @@ def _method(handler: Any) -> Any:
     return on_method
 
 
-def build_service_class(app: App) -> type:
+def build_service_class(app: App) -> type[AppService]:
     """A new AppService subclass with one ``on_<name>`` per registered function."""
     Lifespan(app)  # a wrong dependency graph or hook raises ValueError here, not in a worker
     if app.keyring is not None:  # a keyring given after registration (busapp run --keyring)

@@ -15,7 +15,8 @@ class MissingExtra(ImportError):
 
 
 def require(module: str, extra: str, who_needs: str) -> ModuleType:
-    """Import ``module``, or raise :class:`MissingExtra`: ``who_needs`` it, install ``busapp[extra]``.
+    """Import ``module``, or raise :class:`MissingExtra`: ``who_needs`` it, install
+    ``busapp[extra]``.
 
     Example::
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import attrs
 
@@ -17,6 +17,10 @@ from busapp.bus import default_exchange, default_queue
 from busapp.cluster import check_queue_type
 from busapp.dispatch import Handler
 from busapp.router import Scaffold
+
+if TYPE_CHECKING:
+    from busapp._appservice import AppService
+    from busapp.testing import TestClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,7 +81,8 @@ class App(Scaffold):
                  routing_key: str | None = None, max_body: int | None = None,
                  keyring: Any = None, queue_type: str | None = None) -> None:
         if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name:
-            raise ValueError(f"App name must be a non-empty string without '.', '*' or '#': {name!r}")
+            raise ValueError("App name must be a non-empty string without '.', '*' or '#': "
+                             f"{name!r}")
         self.name = name
         self._exchange = exchange
         self._queue = queue
@@ -92,7 +97,7 @@ class App(Scaffold):
         self.methods: dict[str, Handler] = {}
         #: Storage event subscriptions, filled by :meth:`on_storage_event`.
         self.storage_handlers: list[StorageHandler] = []
-        self._service_class: type | None = None
+        self._service_class: type[AppService] | None = None
 
     @property
     def exchange(self) -> str:
@@ -119,8 +124,15 @@ class App(Scaffold):
 
     # -- registration --------------------------------------------------------
 
+    @overload
+    def method(self, name: F, /) -> F: ...
+
+    @overload
     def method(self, name: str | None = None, *, time_limit: float | None = None,
-               allow: Any = None) -> Callable[[F], F]:
+               allow: Any = None) -> Callable[[F], F]: ...
+
+    def method(self, name: str | Callable[..., Any] | None = None, *,
+               time_limit: float | None = None, allow: Any = None) -> Any:
         """Expose the decorated function as bus method ``name`` (default: its own name).
 
         ``time_limit``: seconds a call may run; past it the caller gets -32603
@@ -137,9 +149,8 @@ class App(Scaffold):
                 return f"{x} plus {y} is {bus.call('simple.add', x, y)}"
         """
         if callable(name):  # used bare: @app.method
-            func, name = name, None
-            self.add_method(func)
-            return func  # type: ignore[return-value]
+            self.add_method(name)
+            return name
 
         def decorator(func: F) -> F:
             self.add_method(func, name, time_limit=time_limit, allow=allow)
@@ -197,7 +208,8 @@ class App(Scaffold):
             raise ValueError(f"model must be a model class or None, got {model!r}")
         handler = Handler.from_function(func, getattr(func, "__name__", "handler"))
         entry = StorageHandler(func=func, model=model, event=event, handler=handler)
-        if any(h.queue_name(self.queue) == entry.queue_name(self.queue) for h in self.storage_handlers):
+        queue = entry.queue_name(self.queue)
+        if any(h.queue_name(self.queue) == queue for h in self.storage_handlers):
             raise ValueError(f"{func.__name__!r} is already subscribed to {entry.binding_key}")
         self.storage_handlers.append(entry)
         self._service_class = None
@@ -210,7 +222,7 @@ class App(Scaffold):
     # -- running ---------------------------------------------------------------
 
     @property
-    def service_class(self) -> type:
+    def service_class(self) -> type[AppService]:
         """The :class:`~busapp.service.CommissaireService` subclass serving this App."""
         if self._service_class is None:
             from busapp._appservice import build_service_class
@@ -219,12 +231,14 @@ class App(Scaffold):
         return self._service_class
 
     def qkwargs(self, exchange: str | None = None) -> list[dict[str, Any]]:
-        """The kombu queue arguments of the App's RPC queue on ``exchange`` (default :attr:`exchange`)."""
-        return [{"name": self.queue_for(exchange or self.exchange), "routing_key": self.routing_key}]
+        """The kombu queue arguments of the App's RPC queue on ``exchange``
+        (default :attr:`exchange`)."""
+        queue = self.queue_for(exchange or self.exchange)
+        return [{"name": queue, "routing_key": self.routing_key}]
 
-    def run(self, broker_url: str | None = None, *, workers: int = 1, concurrency: int | None = None,
-            exchange: str | None = None, graceful_timeout: float | None = None,
-            options: Any = None) -> None:
+    def run(self, broker_url: str | None = None, *, workers: int = 1,
+            concurrency: int | None = None, exchange: str | None = None,
+            graceful_timeout: float | None = None, options: Any = None) -> None:
         """Serve until SIGINT/SIGTERM: in this process (``workers=1``) or under a ServiceManager.
 
         ``options`` is a :class:`~busapp.worker.WorkerOptions`; ``concurrency`` and
@@ -241,7 +255,8 @@ class App(Scaffold):
         ServiceManager(self.service_class, workers, exchange, broker_url, self.qkwargs(exchange),
                        options=options).run()
 
-    def test_client(self, *, dependencies: dict[str, Any] | None = None, key: Any = None) -> Any:
+    def test_client(self, *, dependencies: dict[str, Any] | None = None,
+                    key: Any = None) -> TestClient:
         """An in-memory client calling this App with no broker (see :mod:`busapp.testing`).
 
         ``dependencies`` replaces registered providers: ``{name: provider or value}``.

@@ -58,11 +58,14 @@ class Dependency:
         if not isinstance(name, str) or not _IDENTIFIER.match(name):
             raise ValueError(f"dependency name {name!r} must be a Python identifier")
         if name in INJECTABLE:
-            raise ValueError(f"{name!r} is injected by busapp itself; give the dependency another name")
+            raise ValueError(f"{name!r} is injected by busapp itself; give the dependency "
+                             "another name")
         if scope not in SCOPES:
-            raise ValueError(f"dependency {name!r}: scope must be 'worker' or 'call', got {scope!r}")
+            raise ValueError(f"dependency {name!r}: scope must be 'worker' or 'call', "
+                             f"got {scope!r}")
         if not callable(provider):
-            raise ValueError(f"dependency {name!r}: the provider must be callable, got {provider!r}")
+            raise ValueError(f"dependency {name!r}: the provider must be callable, "
+                             f"got {provider!r}")
         params = _params(provider)
         dep = cls(name, provider, scope, tuple(p.name for p in params),
                   tuple(p.name for p in params if p.default is _EMPTY))
@@ -110,7 +113,8 @@ def plan(dependencies: Mapping[str, Dependency]) -> list[str]:
             other = dependencies.get(name)
             if other is not None and dep.scope == "worker" and other.scope == "call":
                 raise ValueError(f"worker-scoped dependency {dep.name!r} needs call-scoped "
-                                 f"{name!r}; make {dep.name!r} call-scoped or {name!r} worker-scoped")
+                                 f"{name!r}; make {dep.name!r} call-scoped or {name!r} "
+                                 "worker-scoped")
     order: list[str] = []
     state: dict[str, str] = {}
 
@@ -134,7 +138,8 @@ def plan(dependencies: Mapping[str, Dependency]) -> list[str]:
 
 def check_consumer(what: str, func: Callable[..., Any], dependencies: Mapping[str, Dependency],
                    allowed: Collection[str]) -> None:
-    """Check a start-up or shut-down hook's parameters: ``allowed`` injectables or worker dependencies.
+    """Check a start-up or shut-down hook's parameters: ``allowed`` injectables or worker
+    dependencies.
 
     Raises:
         ValueError: naming the parameter the hook cannot be given.
@@ -191,7 +196,8 @@ def _first(dep: Dependency, step: Callable[[], Any], stop: type[BaseException]) 
     try:
         return step()
     except stop:
-        raise RuntimeError(f"dependency {dep.name!r}: the provider returned without yielding a value") from None
+        raise RuntimeError(f"dependency {dep.name!r}: the provider returned without yielding "
+                           "a value") from None
 
 
 def _last(dep: Dependency, step: Callable[[], Any], stop: type[BaseException]) -> None:
@@ -199,7 +205,8 @@ def _last(dep: Dependency, step: Callable[[], Any], stop: type[BaseException]) -
         step()
     except stop:
         return
-    raise RuntimeError(f"dependency {dep.name!r}: the provider yielded more than once; yield exactly once")
+    raise RuntimeError(f"dependency {dep.name!r}: the provider yielded more than once; "
+                       "yield exactly once")
 
 
 class Resolver:

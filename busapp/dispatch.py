@@ -14,7 +14,7 @@ import threading
 import typing
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Self
 
 import attrs
 
@@ -59,7 +59,8 @@ class Handler:
     # Derived from params once, so binding a call does no signature work.
     _positional: tuple[str, ...] = attrs.field(init=False, default=(), repr=False)
     _known: frozenset[str] = attrs.field(init=False, default=frozenset(), repr=False)
-    _specs: tuple[tuple[str, bool, bool, bool], ...] = attrs.field(init=False, default=(), repr=False)
+    _specs: tuple[tuple[str, bool, bool, bool], ...] = attrs.field(init=False, default=(),
+                                                                   repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._positional = tuple(p.name for p in self.params if p.kind in _POSITIONAL)
@@ -72,8 +73,9 @@ class Handler:
 
     @classmethod
     def from_function(cls, func: Callable[..., Any], name: str, *, message_first: bool = False,
-                      injectables: Collection[str] = INJECTABLE) -> Handler:
-        """Inspect ``func`` once and build its Handler (``injectables``: names never taken from the wire)."""
+                      injectables: Collection[str] = INJECTABLE) -> Self:
+        """Inspect ``func`` once and build its Handler (``injectables``: names never taken
+        from the wire)."""
         sig = inspect.signature(func)
         target = inspect.unwrap(func)
         try:
@@ -121,7 +123,8 @@ class Handler:
             out.append(text)
         return out
 
-    def bind(self, params: list[Any] | dict[str, Any], context: Mapping[str, Any]) -> tuple[list, dict]:
+    def bind(self, params: list[Any] | dict[str, Any],
+             context: Mapping[str, Any]) -> tuple[list, dict]:
         """Map wire params onto the function's arguments, converting annotated ones.
 
         Raises:
@@ -132,14 +135,15 @@ class Handler:
         if self.message_first:
             args.append(context.get("message"))
         is_list = isinstance(params, list)
-        if is_list:
+        if isinstance(params, list):
             positional = self._positional
             if len(params) > len(positional) and not self.var_positional:
                 raise InvalidParams(
-                    f"{self.name}() takes {len(positional)} positional params but {len(params)} were given",
+                    f"{self.name}() takes {len(positional)} positional params but "
+                    f"{len(params)} were given",
                     data={"expected": list(positional)},
                 )
-            given = dict(zip(positional, params))
+            given = dict(zip(positional, params, strict=False))  # fewer params: checked below
             extra_positional = params[len(positional):]
         else:
             given = dict(params)
@@ -147,7 +151,8 @@ class Handler:
             for key in given:
                 if key in self.inject or self.message_first and key == "message":
                     raise InvalidParams(
-                        f"parameter {key!r} of {self.name}() is filled by busapp and cannot be sent",
+                        f"parameter {key!r} of {self.name}() is filled by busapp and cannot "
+                        "be sent",
                         data={"param": key},
                     )
         if not self.var_keyword:

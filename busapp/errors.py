@@ -182,6 +182,7 @@ def error_class_for(code: Any) -> type[RemoteProcedureCallError]:
 
 
 def register_error_code(cls: type[RemoteProcedureCallError]) -> type[RemoteProcedureCallError]:
-    """Make error replies with ``cls.code`` decode to ``cls`` on the client. Usable as a decorator."""
+    """Make error replies with ``cls.code`` decode to ``cls`` on the client. Usable as a
+    decorator."""
     _BY_CODE[cls.code] = cls
     return cls

@@ -17,12 +17,15 @@ import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
 
 from busapp.app import App
+
+if TYPE_CHECKING:
+    from busapp.service import CommissaireService
 
 
 @attrs.define
@@ -32,7 +35,7 @@ class Target:
     spec: str
     module: ModuleType
     app: App | None
-    service_class: type
+    service_class: type[CommissaireService]
     #: Directory whose .py files ``--reload`` watches.
     root: Path
 
@@ -49,7 +52,8 @@ def load_target(spec: str) -> Target:
     """
     module_part, _, attr = spec.partition(":")
     if not module_part:
-        raise click.UsageError(f"{spec!r} names no module; use MODULE[:APP], e.g. examples/simpleservice.py:app")
+        raise click.UsageError(f"{spec!r} names no module; use MODULE[:APP], "
+                               "e.g. examples/simpleservice.py:app")
     name, root = _prepare_import(module_part)
     module = _import(name, module_part)
     obj = _find(module, attr.strip() or None)
@@ -63,7 +67,8 @@ def _is_path(text: str) -> bool:
 
 
 def _prepare_import(module_part: str) -> tuple[str, Path]:
-    """Put the right directory on ``sys.path``; return the dotted name to import and the watch root."""
+    """Put the right directory on ``sys.path``; return the dotted name to import and the
+    watch root."""
     if not _is_path(module_part):
         cwd = os.getcwd()
         if cwd not in sys.path and "" not in sys.path:
@@ -79,7 +84,8 @@ def _prepare_import(module_part: str) -> tuple[str, Path]:
         )
     parts = [] if path.name == "__init__.py" else [path.stem]
     directory = path.parent
-    while (directory / "__init__.py").exists():  # a file inside a package: import it as package.module
+    # a file inside a package: import it as package.module
+    while (directory / "__init__.py").exists():
         parts.insert(0, directory.name)
         directory = directory.parent
     if str(directory) not in sys.path:
@@ -138,9 +144,11 @@ def _find(module: ModuleType, attr: str | None) -> Any:
 
 def _by_name(module: ModuleType, attr: str) -> Any:
     if not attr.isidentifier():
-        raise click.UsageError(f"{attr!r} is not an attribute name; use MODULE:NAME, e.g. mymodule:app")
+        raise click.UsageError(f"{attr!r} is not an attribute name; use MODULE:NAME, "
+                               "e.g. mymodule:app")
     if not hasattr(module, attr):
-        known = sorted(k for k, v in vars(module).items() if isinstance(v, App) or _is_service_class(v))
+        known = sorted(k for k, v in vars(module).items()
+                       if isinstance(v, App) or _is_service_class(v))
         raise click.UsageError(
             f"no App named {attr!r} in module {module.__name__!r}; "
             f"found: {', '.join(known) or 'no App or service class'}"

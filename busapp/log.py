@@ -19,6 +19,7 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from structlog.typing import EventDict
 
 #: Names accepted for ``level``, lowest first.
 LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -39,7 +40,8 @@ class NamedLogger(structlog.WriteLogger):
 
 
 class NamedLoggerFactory:
-    """Builds a :class:`NamedLogger` per ``get_logger(name)``, writing to ``file`` (default: stderr at call time)."""
+    """Builds a :class:`NamedLogger` per ``get_logger(name)``, writing to ``file`` (default:
+    stderr at call time)."""
 
     def __init__(self, file: TextIO | None = None) -> None:
         self.file = file
@@ -48,7 +50,7 @@ class NamedLoggerFactory:
         return NamedLogger(self.file or sys.stderr, args[0] if args else None)
 
 
-def add_logger_name(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def add_logger_name(logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
     """Processor: add ``logger`` (the name given to ``get_logger``) when there is one."""
     name = getattr(logger, "name", None)
     if name and "logger" not in event_dict:
@@ -191,7 +193,8 @@ def _route_stdlib(level: int, fmt: str, file: TextIO | None) -> None:
             structlog.processors.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=fmt == "json"),
-            structlog.processors.format_exc_info if fmt == "json" else structlog.processors.StackInfoRenderer(),
+            (structlog.processors.format_exc_info if fmt == "json"
+             else structlog.processors.StackInfoRenderer()),
         ],
     )
     handler = logging.StreamHandler(file or sys.stderr)

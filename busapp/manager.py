@@ -193,13 +193,15 @@ class ServiceManager:
         return kwargs
 
     def _options(self) -> WorkerOptions:
-        base = self.options or getattr(self.service_class, "worker_options", None) or WorkerOptions()
+        base = (self.options or getattr(self.service_class, "worker_options", None)
+                or WorkerOptions())
         return base.evolve(concurrency=self.concurrency, graceful_timeout=self.graceful_timeout)
 
     @property
     def pids(self) -> list[int]:
         """Pids of the live workers."""
-        return [s.process.pid for s in self._slots if s.process is not None and s.process.is_alive()]
+        return [s.process.pid for s in self._slots
+                if s.process is not None and s.process.is_alive()]
 
     def run(self) -> None:
         """Start the workers, keep them alive, and return after a graceful stop.
@@ -298,9 +300,11 @@ class ServiceManager:
         """Give the dead worker's unacked messages back to their queues now (Redis)."""
         from busapp.transport.kombu_transport import requeue_dead_worker
 
+        if self.connection_url is None:  # not run(): it resolves the URL before any worker
+            return
         try:
             count = requeue_dead_worker(self.connection_url, pid)
-        except Exception as exc:  # noqa: BLE001 - they still come back after the visibility timeout
+        except Exception as exc:  # noqa: BLE001 - they come back after the visibility timeout
             log.warning("could not requeue the dead worker's messages; they come back after "
                         "the visibility timeout", pid=pid, error=str(exc))
             return
@@ -319,7 +323,8 @@ class ServiceManager:
             log.warning("could not delete the dead worker's control queue", pid=pid, error=str(exc))
 
     def _check_crash_loop(self, slot: _Slot, code: int | None) -> None:
-        """Give up when the slot's workers died ``max_fast_failures`` times in a row before ready."""
+        """Give up when the slot's workers died ``max_fast_failures`` times in a row before
+        ready."""
         if slot.fast_failures >= self.max_fast_failures:
             raise CrashLoopError(
                 f"worker {slot.index} failed {slot.fast_failures} times before it was ever "

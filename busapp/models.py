@@ -37,7 +37,8 @@ import attrs
 from busapp.convert import converter
 
 __all__ = [
-    "CLUSTER_STATUSES", "DATE_FORMAT", "HOST_STATUSES", "OPERATION_STATUSES", "Cluster", "ClusterDeploy", "ClusterRestart", "ClusterUpgrade", "Clusters",
+    "CLUSTER_STATUSES", "DATE_FORMAT", "HOST_STATUSES", "OPERATION_STATUSES", "Cluster",
+    "ClusterDeploy", "ClusterRestart", "ClusterUpgrade", "Clusters",
     "ContainerManagerConfig", "ContainerManagerConfigs", "Host", "HostCreds", "HostStatus",
     "Hosts", "ListModel", "Model", "Network", "Networks", "SecretModel", "UnknownModelError",
     "ValidationError", "WatcherRecord", "date_format", "field", "formatted_dt", "get_model_class",
@@ -73,7 +74,7 @@ class UnknownModelError(LookupError):
 
 def formatted_dt(when: datetime.datetime | None = None) -> str:
     """``when`` (default: now, UTC) in :data:`DATE_FORMAT`, as Commissaire wrote timestamps."""
-    when = when or datetime.datetime.now(datetime.timezone.utc)
+    when = when or datetime.datetime.now(datetime.UTC)
     return when.strftime(DATE_FORMAT)
 
 
@@ -85,7 +86,9 @@ Rule = Callable[[Any], "str | None"]
 def one_of(*choices: Any) -> Rule:
     """Rule: the value must be one of ``choices``."""
     def check(value: Any) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(map(repr, choices))}; got {value!r}"
+        if value in choices:
+            return None
+        return f"must be one of {', '.join(map(repr, choices))}; got {value!r}"
     return check
 
 
@@ -127,6 +130,10 @@ class Model:
     """Base of every model. Declare subclasses with :func:`model`."""
 
     __slots__ = ()
+    # Set on each subclass by @model (attrs.define); declared so the type checker knows
+    # every model class is an attrs class. Not tuple[attrs.Attribute[Any], ...]: resolving
+    # a subclass's type hints evaluates this one too, and Attribute is not subscriptable.
+    __attrs_attrs__: ClassVar[tuple[Any, ...]]
     #: Name of the primary-key field (None: the model cannot be stored).
     _primary_key: ClassVar[str | None] = None
     #: Fields left out of storage events and of ``to_dict(secure=False)``.
@@ -231,12 +238,17 @@ def _pk_rule(value: Any) -> str | None:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _checked(value: Any, tp: Any, path: str) -> Any:
-    """``value`` converted to ``tp`` by the converter; ValidationError names ``path`` on a mismatch."""
+    """``value`` converted to ``tp`` by the converter.
+
+    Raises:
+        ValidationError: naming ``path``, on a mismatch.
+    """
     origin, args = typing.get_origin(tp) or tp, typing.get_args(tp)
     if origin in (list, dict):
         if not isinstance(value, origin):
@@ -255,7 +267,8 @@ def _checked(value: Any, tp: Any, path: str) -> Any:
         value = converter.structure(value, tp)
     except ValidationError as exc:  # a nested model: keep the outer path
         model_name, _, rest = path.partition(".")
-        raise ValidationError(model_name, f"{rest}.{exc.field}" if exc.field else rest, exc.rule) from None
+        where = f"{rest}.{exc.field}" if exc.field else rest
+        raise ValidationError(model_name, where, exc.rule) from None
     except Exception as exc:  # noqa: BLE001 - any converter failure is a bad value
         model_name, _, rest = path.partition(".")
         raise ValidationError(model_name, rest, str(exc) or type(exc).__name__) from None
@@ -305,9 +318,10 @@ def _declare(klass: type, primary_key: str | None, hidden: tuple[str, ...]) -> t
     if issubclass(new_cls, ListModel):
         _declare_list(new_cls)
     old = _REGISTRY.get(klass.__name__)
-    if old is not None and (old.__module__, old.__qualname__) != (klass.__module__, klass.__qualname__):
-        raise ValueError(f"a model named {klass.__name__!r} is already declared in {old.__module__}; "
-                         f"model names are global on the bus, pick another name")
+    if old is not None and ((old.__module__, old.__qualname__)
+                            != (klass.__module__, klass.__qualname__)):
+        raise ValueError(f"a model named {klass.__name__!r} is already declared in "
+                         f"{old.__module__}; model names are global on the bus, pick another name")
     _REGISTRY[klass.__name__] = new_cls
     return new_cls
 
@@ -316,12 +330,17 @@ def _declare_list(cls: type[ListModel]) -> None:
     fields = attrs.fields(cls)
     item = typing.get_args(fields[0].type) if len(fields) == 1 else ()
     if len(fields) != 1 or typing.get_origin(fields[0].type) is not list or not item:
-        raise TypeError(f"list model {cls.__name__} must have exactly one field typed list[SomeModel]")
+        raise TypeError(f"list model {cls.__name__} must have exactly one field typed "
+                        "list[SomeModel]")
     cls._list_attr, cls._list_class = fields[0].name, item[0]
 
 
 def get_model_class(name: str) -> type[Model]:
-    """The model registered as ``name``; raises :class:`UnknownModelError` listing the known ones."""
+    """The model registered as ``name``.
+
+    Raises:
+        UnknownModelError: listing the known ones.
+    """
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):

@@ -42,7 +42,8 @@ def busapp_app() -> Any:
 
 @pytest.fixture
 def busapp_client_factory() -> Iterator[Callable[..., Any]]:
-    """``make(app=None, **options)``: a new TestClient (options as for TestClient), closed after the test."""
+    """``make(app=None, **options)``: a new TestClient (options as for TestClient), closed
+    after the test."""
     from busapp.testing import TestClient
 
     made: list[TestClient] = []

@@ -58,11 +58,13 @@ def run_with_reload(target: str, root: Path, broker_url: str, options: dict[str,
     env = dict(os.environ, **{BROKER_ENV: broker_url})
     log.info("reloader watching", dir=str(root), pid=os.getpid())
     while not stop.is_set():
-        child = subprocess.Popen(child_command(target, options), env=env, preexec_fn=die_with_parent)
+        child = subprocess.Popen(child_command(target, options), env=env,
+                                 preexec_fn=die_with_parent)
         changes = _wait_for_change(root, child, stop)
         _terminate(child, grace)
         if changes:
-            log.info("reloading", changed=sorted(os.path.relpath(path, root) for _, path in changes))
+            log.info("reloading",
+                     changed=sorted(os.path.relpath(path, root) for _, path in changes))
     return 0
 
 

@@ -23,7 +23,7 @@ Registration does no I/O.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from busapp.deps import Dependency
 from busapp.middleware import check as check_middleware
@@ -82,7 +82,15 @@ class Scaffold:
         """The imperative twin of :meth:`on_shutdown`."""
         self.shutdown_hooks.append(_checked_hook(func))
 
+    @overload
+    def dependency(self, name: F, /) -> F: ...
+
+    @overload
     def dependency(self, name: str | None = None, *, scope: str = "worker") -> Callable[[F], F]:
+        ...
+
+    def dependency(self, name: str | Callable[..., Any] | None = None, *,
+                   scope: str = "worker") -> Any:
         """Inject the decorated provider's value into every handler with a parameter ``name``.
 
         The provider returns the value or yields it once (code after the ``yield`` is
@@ -98,9 +106,8 @@ class Scaffold:
                 conn.close()
         """
         if callable(name):  # used bare: @app.dependency
-            func, name = name, None
-            self.add_dependency(func)
-            return func  # type: ignore[return-value]
+            self.add_dependency(name)
+            return name
 
         def decorator(func: F) -> F:
             self.add_dependency(func, name, scope=scope)
@@ -111,7 +118,9 @@ class Scaffold:
     def add_dependency(self, provider: Callable[..., Any], name: str | None = None, *,
                        scope: str = "worker") -> None:
         """The imperative twin of :meth:`dependency` (``name`` defaults to the provider's)."""
-        dep = Dependency.checked(name or getattr(provider, "__name__", ""), provider, scope)
+        if not name:
+            name = getattr(provider, "__name__", "")
+        dep = Dependency.checked(name, provider, scope)
         if dep.name in self.dependencies:
             raise ValueError(f"dependency {dep.name!r} is already registered on {self!r}")
         self.dependencies[dep.name] = dep
@@ -171,12 +180,17 @@ class Router(Scaffold):
     def __repr__(self) -> str:
         return f"<Router methods={sorted(self.methods)}>"
 
-    def method(self, name: str | None = None, **options: Any) -> Callable[[F], F]:
+    @overload
+    def method(self, name: F, /) -> F: ...
+
+    @overload
+    def method(self, name: str | None = None, **options: Any) -> Callable[[F], F]: ...
+
+    def method(self, name: str | Callable[..., Any] | None = None, **options: Any) -> Any:
         """Record the decorated function as bus method ``name``; see :meth:`App.method`."""
         if callable(name):  # used bare: @router.method
-            func, name = name, None
-            self.add_method(func)
-            return func  # type: ignore[return-value]
+            self.add_method(name)
+            return name
 
         def decorator(func: F) -> F:
             self.add_method(func, name, **options)
@@ -215,7 +229,8 @@ class Router(Scaffold):
             raise ValueError(f"model must be a model class or None, got {model!r}")
         key = _event_key(func, model, event)
         if any(_event_key(*entry) == key for entry in self.storage_handlers):
-            raise ValueError(f"{func.__name__!r} is already subscribed to {key[1]}.{key[2]} on this router")
+            raise ValueError(f"{func.__name__!r} is already subscribed to {key[1]}.{key[2]} "
+                             "on this router")
         self.storage_handlers.append((func, model, event))
 
     # -- include -------------------------------------------------------------------

@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import structlog
 
@@ -83,7 +83,7 @@ _VERSION = b"busapp-v1"
 
 #: A signing key: ``(key id, secret)``.
 Key = tuple[str, bytes]
-KeyLike = Union[tuple[str, Union[str, bytes]], str]
+KeyLike = tuple[str, str | bytes] | str
 
 
 def _secret_bytes(key_id: str, secret: str | bytes) -> bytes:
@@ -279,7 +279,8 @@ class Keyring:
         self.secrets: dict[str, bytes] = {
             _check_id(k): _secret_bytes(k, v) for k, v in keys.items()}
         if own is not None and own not in self.secrets:
-            raise ValueError(f"own key {own!r} is not in the keyring; known: {sorted(self.secrets)}")
+            raise ValueError(f"own key {own!r} is not in the keyring; "
+                             f"known: {sorted(self.secrets)}")
         if not replay_window > 0:
             raise ValueError(f"replay_window must be > 0 seconds, got {replay_window!r}")
         self.own = own
@@ -318,7 +319,8 @@ class Keyring:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **options: Any) -> Keyring:
         """Load a keyring file: JSON ``{"keys": {id: secret}, "own": id}`` or ``{id: secret}``,
-        or text lines ``id:secret`` (a line starting with ``#`` is a comment; ``own=id`` names the own key).
+        or text lines ``id:secret`` (a line starting with ``#`` is a comment; ``own=id`` names
+        the own key).
 
         A file that others than its owner may read is loaded with a warning.
 
@@ -350,11 +352,12 @@ def _parse_keyring(text: str, where: str) -> tuple[dict[str, str], str | None]:
             data = json.loads(text)
         except ValueError as exc:
             raise ValueError(f"keyring {where!r} is not valid JSON: {exc}") from None
-        keys = data.get("keys", data) if isinstance(data, dict) else None
+        found = data.get("keys", data) if isinstance(data, dict) else None
         own = data.get("own") if isinstance(data, dict) and "keys" in data else None
-        if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
-            raise ValueError(f"keyring {where!r}: want {{\"keys\": {{id: secret}}}} or {{id: secret}}")
-        return keys, own
+        if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+            raise ValueError(f"keyring {where!r}: want {{\"keys\": {{id: secret}}}} "
+                             "or {id: secret}")
+        return found, own
     keys: dict[str, str] = {}
     own = None
     for number, line in enumerate(text.splitlines(), 1):
@@ -431,7 +434,9 @@ class Gate:
 
     def reply_key(self, key_id: str | None) -> Key | None:
         """The key an answer to ``key_id``'s request is signed with (None: unsigned)."""
-        return self.keyring.key(key_id) if key_id in self.keyring else None
+        if key_id is None or key_id not in self.keyring:
+            return None
+        return self.keyring.key(key_id)
 
     @staticmethod
     def _refuse(error: RemoteProcedureCallError, routing_key: str | None, key_id: str | None,

@@ -136,7 +136,8 @@ def decode(delivery: Delivery, max_body: int | None) -> Any:
     """
     if delivery.compression:
         raise ParseError(f"compressed messages ({delivery.compression}) are not accepted; "
-                         "send plain application/json", data={"compression": str(delivery.compression)})
+                         "send plain application/json",
+                         data={"compression": str(delivery.compression)})
     return wire.loads_body(delivery.body, delivery.content_type, max_body)
 
 

@@ -17,7 +17,7 @@ import re
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from busapp import dispatch
 from busapp.aio import AsyncBus
@@ -26,6 +26,9 @@ from busapp.serve import IncomingMessage, Subscription
 from busapp.transport import resolve_broker_url
 from busapp.transport.base import QueueSpec
 from busapp.worker import Worker, WorkerOptions
+
+if TYPE_CHECKING:  # imported lazily at run time: see __getattr__ at the end
+    from busapp.manager import ServiceManager
 
 __all__ = ["CommissaireService", "IncomingMessage", "ServiceManager", "Subscription",
            "WorkerOptions"]
@@ -91,10 +94,12 @@ class CommissaireService(BusMixin):
         self.options: WorkerOptions = options.evolve(**changes)
         self.exchange_name = default_exchange(exchange_name)
         # An injected client needs no broker URL of its own.
-        self.connection_url = connection_url if client is not None else resolve_broker_url(connection_url)
+        self.connection_url = (connection_url if client is not None
+                               else resolve_broker_url(connection_url))
         if not qkwargs:
             name = type(self).__name__.lower()
-            qkwargs = [{"name": default_queue(name, self.exchange_name), "routing_key": f"{name}.*"}]
+            qkwargs = [{"name": default_queue(name, self.exchange_name),
+                        "routing_key": f"{name}.*"}]
         self.qkwargs = [dict(q) for q in qkwargs]
         self.config_file = config_file
         self.service_name = str(self.qkwargs[0].get("name") or type(self).__name__.lower())
@@ -128,7 +133,8 @@ class CommissaireService(BusMixin):
         for name in self.exposed_methods():
             bound = getattr(self, f"on_{name}")
             handler = getattr(bound, "__busapp_handler__", None)
-            handlers[name] = handler or dispatch.Handler.from_function(bound, name, message_first=True)
+            handlers[name] = handler or dispatch.Handler.from_function(bound, name,
+                                                                       message_first=True)
         return handlers
 
     def subscribe(self, binding_key: str, callback: Callable[[Any, IncomingMessage], Any], *,
@@ -180,7 +186,8 @@ class CommissaireService(BusMixin):
     # -- lifespan: run by the worker -------------------------------------------
 
     def _lifespan_start(self) -> None:
-        """Call the subclass's ``on_startup()`` (sync or async), if any: in the worker, before it consumes."""
+        """Call the subclass's ``on_startup()`` (sync or async), if any: in the worker, before
+        it consumes."""
         self._call_hook("on_startup")
 
     def _lifespan_stop(self) -> None:

@@ -143,7 +143,8 @@ class TestClient:
     # -- registration -----------------------------------------------------------
 
     def register(self, target: Any, *args: Any, **kwargs: Any) -> Any:
-        """Serve ``target`` (an App or a CommissaireService subclass) on this client; return the service.
+        """Serve ``target`` (an App or a CommissaireService subclass) on this client; return
+        the service.
 
         A class is constructed as ``target(exchange_name, <memory URL>, *args, **kwargs)``.
         """
@@ -154,7 +155,8 @@ class TestClient:
             service_class = target
             args = args or (self.exchange, self.url)
         else:
-            raise TypeError(f"register() takes an App or a CommissaireService subclass, got {target!r}")
+            raise TypeError("register() takes an App or a CommissaireService subclass, "
+                            f"got {target!r}")
         service = service_class(*args, **kwargs)
         self._check_queues(service)
         self._attach(service)
@@ -189,7 +191,8 @@ class TestClient:
     # -- calls ------------------------------------------------------------------
 
     def routing_key(self, name: str) -> str:
-        """``name`` if it is a full routing key, else the routing key of method ``name`` of the app."""
+        """``name`` if it is a full routing key, else the routing key of method ``name`` of
+        the app."""
         key = self._short.get(name)
         if key is None:
             key = self._short[name] = name if "." in name else self._resolve_short(name)
@@ -283,7 +286,8 @@ class TestClient:
 
     @property
     def notifications(self) -> list[Published]:
-        """Every notification and plain message published on the bus (storage events too), in order."""
+        """Every notification and plain message published on the bus (storage events too),
+        in order."""
         return self._published
 
     def published(self, pattern: str = "#") -> list[Any]:
@@ -292,9 +296,11 @@ class TestClient:
 
     @property
     def storage(self) -> Any:
-        """A StorageClient over the in-memory storage service (reads and writes go through the bus)."""
+        """A StorageClient over the in-memory storage service (reads and writes go through
+        the bus)."""
         if self.storage_app is None:
-            raise RuntimeError("this TestClient has no storage service: TestClient(app, storage=True)")
+            raise RuntimeError("this TestClient has no storage service: "
+                               "TestClient(app, storage=True)")
         if self._storage is None:
             from busapp.storage.client import StorageClient
 
@@ -330,7 +336,8 @@ class TestClient:
         first = errors[0]
         first.exception.add_note(
             f"raised by the handler on {first.consumer!r} for {first.routing_key!r} "
-            f"(TestClient(..., raise_handler_errors=False) collects these in client.handler_errors)")
+            "(TestClient(..., raise_handler_errors=False) collects these in "
+            "client.handler_errors)")
         for other in errors[1:]:
             first.exception.add_note(f"also failed: {other.consumer!r} for {other.routing_key!r}: "
                                      f"{type(other.exception).__name__}: {other.exception}")

@@ -93,7 +93,8 @@ def call_method(routing_key: str) -> str:
     """The method a caller's ``routing_key`` names (ValueError with a hint if none)."""
     method = method_from_routing_key(routing_key)
     if method is None or "." not in routing_key:
-        raise ValueError(f"routing key {routing_key!r} has no method segment; use '<service>.<method>'")
+        raise ValueError(f"routing key {routing_key!r} has no method segment; "
+                         "use '<service>.<method>'")
     return method
 
 
@@ -117,7 +118,8 @@ def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def loads_body(body: bytes | str | Any, content_type: str | None, max_body: int | None = None) -> Any:
+def loads_body(body: bytes | str | Any, content_type: str | None,
+               max_body: int | None = None) -> Any:
     """Turn a raw message body into JSON data.
 
     Raises:
@@ -196,7 +198,8 @@ def parse_request(data: Any, routing_key: str | None) -> Request:
     if params is None:
         params = {}
     if not isinstance(params, (list, dict)):
-        raise InvalidRequest(f"params must be an array or an object, got a JSON {_json_kind(params)}")
+        raise InvalidRequest("params must be an array or an object, "
+                             f"got a JSON {_json_kind(params)}")
     if not _sendable(data.get("id")):
         raise InvalidRequest("request id must be a string, a finite number or null "
                              "(NaN, Infinity and lone surrogates cannot be answered)")

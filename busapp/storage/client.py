@@ -67,7 +67,7 @@ class NotifyCallback:
 
     def __call__(self, *args: Any) -> Any:
         if len(args) < 2:
-            raise TypeError(f"{self.__name__} takes (body, message) from the bus")
+            raise TypeError(f"{self.func.__name__} takes (body, message) from the bus")
         *head, body, message = args
         event, model = decode_event(body)
         return self.func(*head, event, model, message)
@@ -118,7 +118,8 @@ class StorageClient:
             return self.bus.call(f"{self.service}.{op}", model_type_name=cls.__name__,
                                  timeout=self.timeout, **params)
         except Conflict as exc:  # expected under contention: the caller retries, not a failure
-            log.debug(f"{type(self.bus).__name__}: {op} {cls.__name__} \"{what}\" lost a race: {exc}")
+            log.debug(f"{type(self.bus).__name__}: {op} {cls.__name__} \"{what}\" "
+                      f"lost a race: {exc}")
             raise
         except RemoteProcedureCallError as exc:
             log.warning(f'{type(self.bus).__name__}: Unable to {op} {cls.__name__} "{what}": {exc}')
@@ -139,7 +140,8 @@ class StorageClient:
         that changes it. StorageLookupError if there is no record.
         """
         cls = _model_class_of(model, "get_versioned")
-        result = self._call("get_versioned", cls, model.primary_key, model_json_data=model.to_dict())
+        result = self._call("get_versioned", cls, model.primary_key,
+                            model_json_data=model.to_dict())
         return cls.from_dict(result["model"]), result["version"]
 
     def save(self, model: Model, *, expect_version: int | None = None) -> Any:
@@ -199,7 +201,8 @@ class StorageClient:
         if not models:
             return []
         cls = get_uniform_model_type(models, "get_many")
-        result = self._call("get", cls, _keys(models), model_json_data=[m.to_dict() for m in models])
+        result = self._call("get", cls, _keys(models),
+                            model_json_data=[m.to_dict() for m in models])
         return [cls.from_dict(item) for item in result]
 
     def save_many(self, models: Sequence[Model]) -> list[Any]:
@@ -209,7 +212,8 @@ class StorageClient:
         cls = get_uniform_model_type(models)
         for model in models:
             self._validated(model)
-        result = self._call("save", cls, _keys(models), model_json_data=[m.to_dict() for m in models])
+        result = self._call("save", cls, _keys(models),
+                            model_json_data=[m.to_dict() for m in models])
         return [cls.from_dict(item) for item in result]
 
     def delete_many(self, models: Sequence[Model]) -> None:
@@ -225,7 +229,9 @@ class StorageClient:
         Commissaire's did; ``list(Host)`` returns a plain ``list[Host]``.
         """
         if not (isinstance(model_class, type) and issubclass(model_class, Model)):
-            raise TypeError(f"list() takes a model class such as Host or Hosts, got {model_class!r}")
+            raise TypeError("list() takes a model class such as Host or Hosts, "
+                            f"got {model_class!r}")
+        list_cls: type[ListModel] | None
         if issubclass(model_class, ListModel):
             list_cls, item_cls = model_class, model_class._list_class
         else:

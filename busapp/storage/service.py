@@ -86,7 +86,8 @@ def _model_class(model_type_name: str) -> type[Model]:
     try:
         return get_model_class(model_type_name)
     except UnknownModelError as exc:
-        raise InvalidParams(str(exc), data={"param": "model_type_name", "known": model_names()}) from None
+        raise InvalidParams(str(exc), data={"param": "model_type_name",
+                                            "known": model_names()}) from None
 
 
 def _storable(model_type_name: str) -> type[Model]:
@@ -146,7 +147,7 @@ def _lookup(backend: Backend, model_type_name: str, model_json_data: Any,
     """``(class, [(record, version)...], was_a_list)``; StorageLookupError names any missing key."""
     cls, models, many = _parse(model_type_name, model_json_data)
     found = [backend.get_versioned(cls.__name__, m.primary_key) for m in models]
-    missing = [m for m, f in zip(models, found) if f is None]
+    missing = [m for m, f in zip(models, found, strict=True) if f is None]
     if missing:
         raise _not_found(cls, missing, model_json_data)
     return cls, [f for f in found if f is not None], many
@@ -187,7 +188,8 @@ class Access:
             self.readers.setdefault(name, ids)
 
     @staticmethod
-    def _table(keyring: Any, rules: Mapping[str, Iterable[str]] | None) -> dict[str, frozenset[str]]:
+    def _table(keyring: Any,
+               rules: Mapping[str, Iterable[str]] | None) -> dict[str, frozenset[str]]:
         table = {}
         for type_name, ids in (rules or {}).items():
             cls = _model_class(type_name)
@@ -232,7 +234,8 @@ def make_app(store_url: str | None = None, *, name: str = "storage",
     ``models`` names modules declaring your own models (see :func:`import_models`).
     ``allow``/``allow_read``: ``{model type: key ids}`` that may read and write / only read
     it (needs ``keyring=``; see the module docstring).
-    ``name`` and ``app_kwargs`` (``exchange``, ``queue``, ``keyring``...) go to :class:`~busapp.App`.
+    ``name`` and ``app_kwargs`` (``exchange``, ``queue``, ``keyring``...) go to
+    :class:`~busapp.App`.
     Nothing is opened until the first call, in the worker process that serves it.
     """
     import_models(models)
@@ -244,7 +247,8 @@ def make_app(store_url: str | None = None, *, name: str = "storage",
     @app.method()
     def save(model_type_name: str, model_json_data: Any, bus: Any, message: Any,
              expect_version: int | None = None) -> Any:
-        """Store one model or a list; returns what was stored (Conflict if ``expect_version`` is stale)."""
+        """Store one model or a list; returns what was stored (Conflict if ``expect_version``
+        is stale)."""
         access.check(message, _storable(model_type_name), write=True)
         cls, models, many = _parse(model_type_name, model_json_data, for_save=True)
         _check_expect_version(expect_version, many)
@@ -296,7 +300,8 @@ def make_app(store_url: str | None = None, *, name: str = "storage",
 
     @app.method("list")
     def list_(model_type_name: str, message: Any) -> list[Any]:
-        """Every record of a type: ``Hosts`` (as Commissaire sent it) or ``Host``; ``[]`` if none."""
+        """Every record of a type: ``Hosts`` (as Commissaire sent it) or ``Host``; ``[]`` if
+        none."""
         cls = _model_class(model_type_name)
         item_cls = cls._list_class if issubclass(cls, ListModel) else _storable(model_type_name)
         access.check(message, item_cls, write=False)

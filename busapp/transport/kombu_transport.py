@@ -535,7 +535,7 @@ class KombuTransport:
         with self._guard():
             try:
                 self._conn.drain_events(timeout=timeout)
-            except socket.timeout:
+            except TimeoutError:  # what socket.timeout is since Python 3.10
                 return False
         return True
 
@@ -547,14 +547,15 @@ class KombuTransport:
         # The py-amqp connection itself: kombu's would quietly open a new one if this one died.
         amqp_conn = getattr(self._channel, "connection", None)
         sock = getattr(getattr(amqp_conn, "transport", None), "sock", None)
-        if sock is None:
-            raise BrokerUnavailable(f"broker at {mask_url(self.url)} unavailable: connection closed")
+        if amqp_conn is None or sock is None:
+            raise BrokerUnavailable(
+                f"broker at {mask_url(self.url)} unavailable: connection closed")
         with self._guard():
             if not select.select([sock], [], [], 0)[0]:
                 return False
             try:
                 amqp_conn.drain_events(timeout=0.05)
-            except socket.timeout:
+            except TimeoutError:  # what socket.timeout is since Python 3.10
                 return False
         return True
 

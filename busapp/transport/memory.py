@@ -39,7 +39,8 @@ __all__ = ["MemoryBroker", "MemoryTransport", "NoRouteError", "topic_matches"]
 
 @functools.lru_cache(maxsize=8192)
 def topic_matches(pattern: str, routing_key: str) -> bool:
-    """True if ``routing_key`` matches the binding ``pattern`` (``*`` one word, ``#`` zero or more)."""
+    """True if ``routing_key`` matches the binding ``pattern`` (``*`` one word, ``#`` zero
+    or more)."""
     return _match(tuple(pattern.split(".")), tuple(routing_key.split(".")))
 
 

@@ -13,11 +13,11 @@ What changes, measured with py-spy on an echo RPC (see BENCHMARKS.md):
   every publish: one extra round trip per request. A channel here keeps each exchange's
   table for ``binding_cache_ttl`` seconds (transport option, default 0 = off, because a
   queue bound elsewhere can miss messages behind it; :meth:`Channel.forget_bindings` skips
-  it for one publish, as event publishes do) and, when on, reads it again at once when a routing key matches nothing in the cached table,
-  or when this channel binds or deletes a queue. So a service that just started gets its
-  first request; what the cache can delay, by at most the TTL, is a *further* queue bound
-  elsewhere to keys that already match (it misses messages published in that window), and
-  the removal of a binding deleted elsewhere.
+  it for one publish, as event publishes do) and, when on, reads it again at once when a
+  routing key matches nothing in the cached table, or when this channel binds or deletes a
+  queue. So a service that just started gets its first request; what the cache can delay,
+  by at most the TTL, is a *further* queue bound elsewhere to keys that already match (it
+  misses messages published in that window), and the removal of a binding deleted elsewhere.
 - kombu's ack emulation (``ZADD``+``HSET`` on delivery, ``ZREM``+``HDEL`` on ack) runs each
   pair in a ``MULTI``/``EXEC`` transaction. Here the pairs are sent as plain pipelines, one
   round trip each as before, without the transaction's two extra commands. Nothing reads
@@ -100,9 +100,12 @@ class Message(_virtual.Message):
 
     def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
         headers = payload.get("headers") if isinstance(payload, dict) else None
-        compression = headers.get("compression") if isinstance(headers, dict) else None
+        if not isinstance(headers, dict):
+            headers = {}
+        compression = headers.get("compression")
         if compression:
-            payload = dict(payload, headers={k: v for k, v in headers.items() if k != "compression"})
+            payload = dict(payload, headers={k: v for k, v in headers.items()
+                                             if k != "compression"})
         super().__init__(payload, channel, **kwargs)
         self.compression = compression
 
@@ -120,7 +123,8 @@ class Channel(_kredis.Channel):
     #: to that long of requests.
     binding_cache_ttl: float = 0.0
 
-    from_transport_options = _kredis.Channel.from_transport_options + (
+    # kombu leaves it unannotated, so mypy takes the base's tuple for a fixed-length one
+    from_transport_options = _kredis.Channel.from_transport_options + (  # type: ignore[assignment]
         "binding_cache_ttl", "max_entry_bytes", "unacked_owner")
 
     #: ``<host>.<pid>`` of the worker process consuming on this channel (see :class:`QoS`).
@@ -252,7 +256,8 @@ class Channel(_kredis.Channel):
                 self._move_aside(dest, item, problem)
             return True
         finally:
-            self._in_poll = None
+            # as kombu's own _brpop_read does; its class body types _in_poll as bool (False)
+            self._in_poll = None  # type: ignore[assignment]
             flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
             if flush is not None:
                 flush()
@@ -385,7 +390,8 @@ class SentinelChannel(Channel, _kredis.SentinelChannel):
     owner sets and entry checks.
     """
 
-    from_transport_options = tuple(dict.fromkeys(
+    # see Channel.from_transport_options: kombu's base gives mypy a fixed-length tuple
+    from_transport_options = tuple(dict.fromkeys(  # type: ignore[assignment]
         Channel.from_transport_options + _kredis.SentinelChannel.from_transport_options
         + ("replica_wait_ms",)))
 
@@ -398,7 +404,7 @@ class SentinelChannel(Channel, _kredis.SentinelChannel):
     _replicas: tuple[float, int] = (-1e9, 0)
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        if (queue.startswith(REPLY_PREFIX) or "_publish_batch" in kwargs or not self.replica_wait_ms
+        if (is_reply_queue(queue) or "_publish_batch" in kwargs or not self.replica_wait_ms
                 or (self._expires and queue in self._expires)):
             return super()._put(queue, message, **kwargs)
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))

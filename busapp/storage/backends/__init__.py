@@ -85,7 +85,8 @@ def check_expect_version(expect_version: int | None) -> None:
     """ValueError unless ``expect_version`` is None or an integer >= 0."""
     if expect_version is None:
         return
-    if isinstance(expect_version, bool) or not isinstance(expect_version, int) or expect_version < 0:
+    if (isinstance(expect_version, bool) or not isinstance(expect_version, int)
+            or expect_version < 0):
         raise ValueError(f"expect_version must be an integer >= 0 (0: the record must not exist "
                          f"yet), got {expect_version!r}")
 
@@ -151,6 +152,7 @@ def open_backend(url: str | None = None) -> Backend:
     """The backend for ``url`` (see :func:`resolve_store_url`); opens nothing yet."""
     url = resolve_store_url(url)
     scheme = url.split(":", 1)[0].lower()
+    cls: type[Backend]
     if scheme == "memory":
         from busapp.storage.backends.memory import MemoryBackend as cls
     elif scheme == "sqlite":

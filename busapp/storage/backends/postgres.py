@@ -69,8 +69,10 @@ class PostgresBackend(Backend):
         return self._conn
 
     def _add_version_column(self, conn: Any) -> None:
-        """Give a table made before records had versions its column (existing records: version 1)."""
-        # Checked first: ALTER TABLE takes an exclusive lock on the table even when it has nothing to do.
+        """Give a table made before records had versions its column (existing records:
+        version 1)."""
+        # Checked first: ALTER TABLE takes an exclusive lock on the table even when it has
+        # nothing to do.
         found = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = "
                              "current_schema() AND table_name = %s AND column_name = 'version'",
                              (self.table.lower(),)).fetchone()
@@ -98,8 +100,9 @@ class PostgresBackend(Backend):
         if expect_version is None:
             return self._upsert(type_name, key, encode(data))
         if expect_version == 0:
-            rows = self._run(f"INSERT INTO {self.table} (model_type, key, data) VALUES (%s, %s, %s) "
-                             f"ON CONFLICT (model_type, key) DO NOTHING RETURNING version",
+            rows = self._run(f"INSERT INTO {self.table} (model_type, key, data) "
+                             "VALUES (%s, %s, %s) "
+                             "ON CONFLICT (model_type, key) DO NOTHING RETURNING version",
                              (type_name, key, encode(data)))
             if not rows:
                 raise conflict(type_name, key, 0, self._version(type_name, key))

@@ -92,7 +92,8 @@ class RedisBackend(Backend):
         check_expect_version(expect_version)
         self._redis()
         expected = "" if expect_version is None else str(expect_version)
-        outcome, version = self._save(keys=self._keys(type_name), args=[key, encode(data), expected])
+        outcome, version = self._save(keys=self._keys(type_name),
+                                      args=[key, encode(data), expected])
         if int(outcome) < 0:
             raise conflict(type_name, key, expect_version or 0, int(version))
         return (UNCHANGED, CREATED, UPDATED)[int(outcome)]

@@ -110,8 +110,9 @@ class SQLiteBackend(Backend):
                 if row is not None and row[0] == text:
                     conn.execute("ROLLBACK")
                     return UNCHANGED
-                conn.execute("INSERT OR REPLACE INTO busapp_records (model_type, key, data, version) "
-                             "VALUES (?, ?, ?, ?)", (type_name, key, text, version + 1))
+                conn.execute("INSERT OR REPLACE INTO busapp_records "
+                             "(model_type, key, data, version) VALUES (?, ?, ?, ?)",
+                             (type_name, key, text, version + 1))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
