@@ -21,7 +21,6 @@ import uuid
 import weakref
 from typing import Any
 
-import structlog
 
 from busapp import security, tracing, wire
 from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout, Unauthorized
@@ -82,11 +81,13 @@ class BusMixin:
     def _bus_client(self) -> Client:  # pragma: no cover - provided by subclasses
         raise NotImplementedError
 
-    def request(self, routing_key: str, params: Any = None, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    def request(self, routing_key: str, params: Any = None,
+                timeout: float = DEFAULT_TIMEOUT) -> dict:
         """Send a request and return the whole response dict (raises RequestTimeout)."""
         return self._bus_client().request(routing_key, params, timeout=timeout)
 
-    def call(self, routing_key: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def call(self, routing_key: str, *args: Any, timeout: float | None = None,
+             **kwargs: Any) -> Any:
         """Call ``routing_key`` with positional or keyword params; return the result."""
         return self._bus_client().call(routing_key, *args, timeout=timeout, **kwargs)
 
@@ -186,7 +187,8 @@ class Client(BusMixin):
         self._reset()
 
     def _reset(self) -> None:
-        """Fresh state: at construction, and in a forked child (the parent's sockets are not ours)."""
+        """Fresh state: at construction, and in a forked child (the parent's sockets are not
+        ours)."""
         self._forks = _FORKS[0]
         self.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
         old = getattr(self, "_finalizer", None)
@@ -206,7 +208,8 @@ class Client(BusMixin):
 
     # -- calls -------------------------------------------------------------
 
-    def call(self, routing_key: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def call(self, routing_key: str, *args: Any, timeout: float | None = None,
+             **kwargs: Any) -> Any:
         """Call a method and return its result.
 
         Raises:
@@ -401,8 +404,11 @@ class Client(BusMixin):
 
     def _check_reply(self, delivery: Delivery) -> str | None:
         """Why a reply is not signed with this client's key (None: it is). No parsing."""
+        secrets = self._reply_secrets
+        if secrets is None:
+            return None
         try:
-            security.verify(self._reply_secrets, delivery.headers, delivery.body,
+            security.verify(secrets, delivery.headers, delivery.body,
                             self.reply_queue, None, delivery.correlation_id)
         except Unauthorized as exc:
             return exc.message
@@ -410,11 +416,13 @@ class Client(BusMixin):
 
     def _drop_reply(self, delivery: Delivery, why: str) -> None:
         log.warning("reply dropped: not signed with this client's key", reason=why,
-                    key=security.signed_by(delivery.headers), correlation_id=delivery.correlation_id)
+                    key=security.signed_by(delivery.headers),
+                    correlation_id=delivery.correlation_id)
         pending = self._pending.get(str(delivery.correlation_id))
         if pending is not None:
+            own = self.key[0] if self.key is not None else None
             pending.refused = (f"{why} (a forged reply, or a service without this client's "
-                               f"key {self.key[0]!r} in its keyring)")
+                               f"key {own!r} in its keyring)")
 
     def close(self) -> None:
         """Close both connections and delete the reply queue."""

@@ -16,6 +16,8 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -113,7 +115,8 @@ def _log_options(func: Any) -> Any:
                         default="info", show_default=True,
                         help="Lowest level logged; info has one line per call, warning none.")(func)
     return click.option("--log-format", type=click.Choice(FORMATS),
-                        help="Log format. Default: console on a terminal, JSON lines otherwise.")(func)
+                        help="Log format. Default: console on a terminal, JSON lines "
+                             "otherwise.")(func)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,8 +153,8 @@ def cli() -> None:
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address the metrics endpoint binds (0.0.0.0: reachable from other hosts).")
 @_log_options
-def run(target: str, workers: int, concurrency: int | None, broker: str | None, exchange: str | None,
-        reload: bool, graceful_timeout: float | None, keyring: str | None,
+def run(target: str, workers: int, concurrency: int | None, broker: str | None,
+        exchange: str | None, reload: bool, graceful_timeout: float | None, keyring: str | None,
         metrics_port: int | None, metrics_host: str, log_format: str | None,
         log_level: str) -> None:
     """Serve MODULE[:APP] until SIGTERM or SIGINT.
@@ -188,7 +191,8 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None, 
         from busapp.reloader import run_with_reload
 
         options = {"workers": workers, "concurrency": concurrency, "exchange": exchange,
-                   "graceful_timeout": graceful_timeout, "log_format": log_format, "log_level": log_level,
+                   "graceful_timeout": graceful_timeout, "log_format": log_format,
+                   "log_level": log_level,
                    "metrics_port": metrics_port, "metrics_host": metrics_host}
         sys.exit(run_with_reload(target, loaded.root, url, options))
     log.info("starting", target=target, serves=loaded.label, workers=workers, broker=mask_url(url),
@@ -271,8 +275,9 @@ def call(routing_key: str, params: tuple[str, ...], broker: str | None, exchange
     """
     configure_logging("warning")
     if "." not in routing_key.strip("."):
-        raise click.BadParameter(f"{routing_key!r} has no method; use SERVICE.METHOD, e.g. simple.add",
-                                 param_hint="ROUTING_KEY")
+        raise click.BadParameter(
+            f"{routing_key!r} has no method; use SERVICE.METHOD, e.g. simple.add",
+            param_hint="ROUTING_KEY")
     body = parse_params(params)
     response = _request(routing_key, body, broker, exchange, timeout)
     error = response.get("error")
@@ -294,7 +299,8 @@ def _request(routing_key: str, body: Any, broker: str | None, exchange: str | No
     except RequestTimeout as exc:
         raise NoReply(f"timeout: {exc}") from None
     except BrokerUnavailable as exc:
-        raise NoReply(f"{exc}; check that the broker runs and the URL (--broker or {BROKER_ENV}) is right") from None
+        raise NoReply(f"{exc}; check that the broker runs and the URL (--broker or "
+                      f"{BROKER_ENV}) is right") from None
     except AccessRefused as exc:  # the broker answered, but not to this user: nothing was sent
         raise NoReply(str(exc)) from None
 
@@ -370,9 +376,10 @@ def parse_params(args: tuple[str, ...] | list[str]) -> list | dict | None:
 
 @cli.command()
 @click.argument("target", metavar="MODULE[:APP]")
-@click.option("-f", "--format", "fmt", type=click.Choice(("text", "json", "openrpc")), default="text",
-              show_default=True, help="text: a table; json: the same as data; openrpc: an "
-                                      "OpenRPC 1.3 document with JSON Schema of params and results.")
+@click.option("-f", "--format", "fmt", type=click.Choice(("text", "json", "openrpc")),
+              default="text", show_default=True,
+              help="text: a table; json: the same as data; openrpc: an OpenRPC 1.3 document "
+                   "with JSON Schema of params and results.")
 def routes(target: str, fmt: str) -> None:
     """List the routing keys MODULE[:APP] serves, with functions, parameters and storage events."""
     from busapp.locate import load_target
@@ -388,9 +395,10 @@ def routes(target: str, fmt: str) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
-def _table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(headers: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in [headers, *rows]]
 
 
 def _function_name(func: Any) -> str:
@@ -411,14 +419,16 @@ def route_table(target: Any) -> str:
         service = _describe_instance(target.service_class)
         binding = service.routing_keys[0] if service.routing_keys else f"{service.service_name}.*"
         prefix = binding[:-2] if binding.endswith(".*") else service.service_name
-        lines = [f"Service class {target.service_class.__name__!r}: exchange {service.exchange_name!r}, "
-                 f"queue {service.service_name!r}, binding {binding!r}", ""]
+        lines = [f"Service class {target.service_class.__name__!r}: exchange "
+                 f"{service.exchange_name!r}, queue {service.service_name!r}, "
+                 f"binding {binding!r}", ""]
         rows = [(f"{prefix}.{name}", _function_name(h.func), ", ".join(h.describe_params()))
                 for name, h in sorted(service.handlers.items())]
         events = []
     lines += _table(("ROUTING KEY", "FUNCTION", "PARAMS"), rows) if rows else ["(no methods)"]
     lines.append("")
-    lines += _table(("STORAGE EVENT", "FUNCTION"), events) if events else ["(no storage subscriptions)"]
+    lines += (_table(("STORAGE EVENT", "FUNCTION"), events) if events
+              else ["(no storage subscriptions)"])
     return "\n".join(lines)
 
 
@@ -433,7 +443,8 @@ def _describe_instance(service_class: type) -> Any:
     try:
         return service_class(**kwargs)
     except Exception as exc:  # noqa: BLE001 - the user's __init__ may need more
-        raise click.UsageError(f"could not create {service_class.__name__} to list its routes: {exc}") from None
+        raise click.UsageError(
+            f"could not create {service_class.__name__} to list its routes: {exc}") from None
 
 
 # -- storage -------------------------------------------------------------------
@@ -441,8 +452,8 @@ def _describe_instance(service_class: type) -> Any:
 
 @cli.command()
 @click.option("--store", metavar="URL", envvar=STORE_ENV, show_envvar=True,
-              help="Storage backend: sqlite:///PATH (default ./.busapp/storage.sqlite3), memory://, "
-                   "postgresql://..., redis://...")
+              help="Storage backend: sqlite:///PATH (default ./.busapp/storage.sqlite3), "
+                   "memory://, postgresql://..., redis://...")
 @click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes.")
 @_broker_option
@@ -480,7 +491,8 @@ def storage(store: str | None, workers: int, broker: str | None, exchange: str |
              workers=workers, broker=mask_url(url), pid=os.getpid())
     from busapp.locate import Target
 
-    target = Target("storage", sys.modules[make_app.__module__], app, app.service_class, os.getcwd())
+    target = Target("storage", sys.modules[make_app.__module__], app, app.service_class,
+                    Path.cwd())
     _serve(target, url, workers=workers, concurrency=None, exchange=exchange, graceful_timeout=None)
 
 

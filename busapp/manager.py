@@ -227,7 +227,8 @@ class ServiceManager:
                 self._metrics = None
 
     def _serve_metrics(self) -> None:
-        """Start the ``/metrics`` endpoint before the first fork (the workers inherit its set-up)."""
+        """Start the ``/metrics`` endpoint before the first fork (the workers inherit its
+        set-up)."""
         if self.metrics_port is None:
             return
         from busapp.metrics import MetricsEndpoint
@@ -236,8 +237,9 @@ class ServiceManager:
         self._metrics.start()
 
     def _service_name(self) -> str:
-        """The name the workers answer ``busapp status`` by (see :func:`busapp.control.service_name`):
-        an App's name, else their first queue's name (as CommissaireService sets it)."""
+        """The name the workers answer ``busapp status`` by (see
+        :func:`busapp.control.service_name`): an App's name, else their first queue's name (as
+        CommissaireService sets it)."""
         app = getattr(self.service_class, "app", None)
         if app is not None:
             return str(app.name)
@@ -316,6 +318,8 @@ class ServiceManager:
         from busapp.bus import default_exchange
         from busapp.control import forget_worker
 
+        if self.connection_url is None:  # resolved by run() before any worker starts
+            return
         try:
             forget_worker(self.connection_url, default_exchange(self.exchange_name),
                           self._service_name(), pid)

@@ -28,6 +28,9 @@ from typing import Any
 
 import attrs
 
+#: attrs.Factory is a class at run time (typed as an overloaded function).
+_FACTORY: type = attrs.Factory  # type: ignore[assignment]
+
 #: The OpenRPC version of the documents made here.
 OPENRPC_VERSION = "1.3.2"
 
@@ -125,10 +128,11 @@ class Schemas:
             if not field.init:
                 continue
             key = field.alias or field.name
-            prop = self.of(hints.get(field.name, field.type if isinstance(field.type, type) else Any))
+            declared = field.type if isinstance(field.type, type) else Any
+            prop = self.of(hints.get(field.name, declared))
             if field.default is attrs.NOTHING:
                 required.append(key)
-            elif not isinstance(field.default, attrs.Factory) and _jsonable(field.default):
+            elif not isinstance(field.default, _FACTORY) and _jsonable(field.default):
                 prop = dict(prop, default=field.default)
             properties[key] = prop
         schema: dict[str, Any] = {"title": name, "type": "object", "properties": properties,
@@ -168,13 +172,15 @@ def method_object(name: str, handler: Any, schemas: Schemas, routing_key: str) -
     """One OpenRPC method object for ``handler`` (a :class:`busapp.dispatch.Handler`)."""
     params = []
     for p in handler.params:
-        descriptor: dict[str, Any] = {"name": p.name, "schema": schemas.of(handler.hints.get(p.name, Any))}
+        descriptor: dict[str, Any] = {"name": p.name,
+                                      "schema": schemas.of(handler.hints.get(p.name, Any))}
         if p.default is inspect.Parameter.empty:
             descriptor["required"] = True
         elif _jsonable(p.default):
             descriptor["schema"] = dict(descriptor["schema"], default=p.default)
         params.append(descriptor)
-    returns = _hints(inspect.unwrap(getattr(handler.func, "__func__", handler.func))).get("return", Any)
+    function = inspect.unwrap(getattr(handler.func, "__func__", handler.func))
+    returns = _hints(function).get("return", Any)
     method: dict[str, Any] = {
         "name": name,
         "params": params,
@@ -240,7 +246,8 @@ def describe(source: Any) -> dict[str, Any]:
     for name, handler, key in methods:
         params = []
         for p in handler.params:
-            entry: dict[str, Any] = {"name": p.name, "required": p.default is inspect.Parameter.empty}
+            entry: dict[str, Any] = {"name": p.name,
+                                     "required": p.default is inspect.Parameter.empty}
             if p.name in handler.hints:
                 entry["type"] = _type_name(handler.hints[p.name])
             if p.default is not inspect.Parameter.empty:
@@ -248,9 +255,9 @@ def describe(source: Any) -> dict[str, Any]:
             params.append(entry)
         out["methods"].append({"name": name, "routing_key": key,
                                "function": _function_name(handler.func), "params": params})
-    for entry in getattr(source, "storage_handlers", ()):
-        out["storage_events"].append({"binding": entry.binding_key,
-                                      "function": _function_name(entry.func)})
+    for handler_entry in getattr(source, "storage_handlers", ()):
+        out["storage_events"].append({"binding": handler_entry.binding_key,
+                                      "function": _function_name(handler_entry.func)})
     return out
 
 

@@ -44,7 +44,8 @@ def current_request_id() -> str | None:
 
 
 def use_tracer_provider(provider: Any) -> None:
-    """Make busapp's spans with ``provider`` instead of OpenTelemetry's global one (None: the global).
+    """Make busapp's spans with ``provider`` instead of OpenTelemetry's global one (None: the
+    global).
 
     Example::
 

@@ -60,7 +60,8 @@ from busapp.transport.base import Delivery, QueueSpec, Transport
 
 log = structlog.get_logger("busapp.worker")
 
-#: This process's pid, for the per-call log line (kept up to date across forks: no syscall per call).
+#: This process's pid, for the per-call log line (kept up to date across forks: no syscall
+#: per call).
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 #: What the caller of a request past its time limit got, as far as counting goes.
@@ -179,7 +180,8 @@ class Worker:
 
     def _consumers(self) -> list[tuple[QueueSpec, Callable[[Delivery], None]]]:
         queue_type = resolve_queue_type(self.options.queue_type)
-        specs = [(spec, self.serve) for spec in self.service.queue_specs()]
+        specs: list[tuple[QueueSpec, Callable[[Delivery], None]]] = [
+            (spec, self.serve) for spec in self.service.queue_specs()]
         for sub in self.service.subscriptions:
             spec = QueueSpec(sub.queue_name, (sub.binding_key,), expires=sub.expires)
             specs.append((spec, self._event_server(sub)))
@@ -187,7 +189,8 @@ class Worker:
         return [(declared_as(spec, queue_type, self.options.max_deliveries), serve)
                 if serve != self._serve_control else (spec, serve) for spec, serve in specs]
 
-    def _subscribe(self, transport: Transport, on_delivery: Callable[[Delivery], None] | None) -> None:
+    def _subscribe(self, transport: Transport,
+                   on_delivery: Callable[[Delivery], None] | None) -> None:
         """Declare the exchange and queues on ``transport`` and consume them."""
         exchange = self.service.exchange_name
         transport.declare_exchange(exchange)
@@ -209,7 +212,8 @@ class Worker:
         self._subscribe(transport, None)
 
     def detach(self) -> None:
-        """Undo :meth:`attach`: stop consuming, then run the service's shut-down hooks (errors raise)."""
+        """Undo :meth:`attach`: stop consuming, then run the service's shut-down hooks (errors
+        raise)."""
         if self.transport is not None:
             self.transport.cancel()
         self._lifespan("stop")
@@ -256,7 +260,7 @@ class Worker:
                 on_error=lambda request, exc: self._handler_failed("call", info, request, exc))
             outcome = response
             if watched is not None:
-                self.time_limits.stop_watching(watched)
+                self._stop_watching(watched)
                 if not watched.claim_reply():
                     response = None  # the caller already got the time-limit error
                     outcome = _TIMED_OUT
@@ -265,7 +269,7 @@ class Worker:
             log.exception("could not reply")
         finally:
             if watched is not None:
-                self.time_limits.stop_watching(watched)
+                self._stop_watching(watched)
             self.calls_in_flight -= 1
             try:
                 self._served(info, outcome, started, scope)
@@ -302,6 +306,10 @@ class Worker:
             log.exception("could not answer a control message")
         finally:
             self._settle(delivery)
+
+    def _stop_watching(self, watched: Watched) -> None:
+        if self.time_limits is not None:
+            self.time_limits.stop_watching(watched)
 
     def _watch(self, info: IncomingMessage) -> Watched | None:
         """Start the time limit of the request in ``info``, if it has one."""
@@ -503,7 +511,8 @@ class Worker:
             try:
                 self._lifespan("stop")  # after the last in-flight message
             except Exception:  # noqa: BLE001 - the worker still stops
-                log.exception("shut-down failed", pid=os.getpid(), service=self.service.service_name)
+                log.exception("shut-down failed", pid=os.getpid(),
+                              service=self.service.service_name)
             log.info("worker stopped", pid=os.getpid(), service=self.service.service_name)
 
     def _connect_and_serve(self) -> None:
@@ -692,7 +701,8 @@ class Worker:
                 if running.handed_over:
                     self._detached -= 1
                     self._state.notify_all()
-                return self._role_holder == threading.get_ident()
+                held = self._role_holder == threading.get_ident()
+        return held
 
     def _hand_over(self, running: _Running) -> None:
         """Give the receiving role away on behalf of ``running`` (caller holds ``_state``)."""

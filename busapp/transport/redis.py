@@ -41,7 +41,7 @@ from kombu.transport import virtual as _virtual
 from kombu.utils import json as _kjson
 
 from busapp.errors import NoRouteError
-from busapp.transport.base import REPLY_PREFIX, is_reply_queue
+from busapp.transport.base import is_reply_queue
 
 __all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport", "Transport",
            "entry_problem"]
