@@ -146,6 +146,9 @@ def cli() -> None:
               help="Restart the workers when a .py file under the module's directory changes.")
 @click.option("--graceful-timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help="On SIGTERM/SIGINT, how long in-flight messages may take. Default: 30.")
+@click.option("--startup-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Give up (exit 1) when a worker cannot reach the broker within this long "
+                   "of starting. Default: keep trying.")
 @_keyring_option
 @click.option("--metrics-port", type=click.IntRange(min=0, max=65535), metavar="PORT",
               help="Serve Prometheus metrics of all workers on http://HOST:PORT/metrics "
@@ -154,9 +157,9 @@ def cli() -> None:
               help="Address the metrics endpoint binds (0.0.0.0: reachable from other hosts).")
 @_log_options
 def run(target: str, workers: int, concurrency: int | None, broker: str | None,
-        exchange: str | None, reload: bool, graceful_timeout: float | None, keyring: str | None,
-        metrics_port: int | None, metrics_host: str, log_format: str | None,
-        log_level: str) -> None:
+        exchange: str | None, reload: bool, graceful_timeout: float | None,
+        startup_timeout: float | None, keyring: str | None, metrics_port: int | None,
+        metrics_host: str, log_format: str | None, log_level: str) -> None:
     """Serve MODULE[:APP] until SIGTERM or SIGINT.
 
     MODULE is a dotted module name or a file path; APP names an App (default:
@@ -198,6 +201,7 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None,
     log.info("starting", target=target, serves=loaded.label, workers=workers, broker=mask_url(url),
              pid=os.getpid())
     _serve(loaded, url, workers=workers, concurrency=concurrency, exchange=exchange,
+           startup_timeout=startup_timeout,
            graceful_timeout=graceful_timeout, metrics_port=metrics_port, metrics_host=metrics_host)
 
 
@@ -235,7 +239,8 @@ def _serve(loaded: Any, url: str, **options: Any) -> None:
                                      url, None)
         base = manager.options or getattr(manager.service_class, "worker_options", None)
         manager.options = (base or WorkerOptions()).evolve(
-            concurrency=options["concurrency"], graceful_timeout=options["graceful_timeout"])
+            concurrency=options["concurrency"], graceful_timeout=options["graceful_timeout"],
+            startup_timeout=options.get("startup_timeout"))
         manager.graceful_timeout = manager.options.graceful_timeout
         manager.metrics_port = options.get("metrics_port")
         manager.metrics_host = options.get("metrics_host") or manager.metrics_host

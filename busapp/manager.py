@@ -122,7 +122,13 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOpt
     except BaseException as exc:  # noqa: BLE001 - report why before the process dies
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        log.error("worker failed", pid=os.getpid(), exc_info=exc)
+        from busapp.errors import BrokerUnavailable
+
+        if isinstance(exc, BrokerUnavailable):  # --startup-timeout ran out: no bug to trace
+            log.error("worker gave up: the broker could not be reached", pid=os.getpid(),
+                      error=str(exc))
+        else:
+            log.error("worker failed", pid=os.getpid(), exc_info=exc)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)

@@ -497,6 +497,12 @@ class Worker:
                         raise
                     if self._consuming:
                         backoff = 0.5  # it was up and consuming: the next fault starts afresh
+                    if not self._ever_ready and not self._said_retrying:
+                        self._said_retrying = True
+                        log.warning("cannot reach the broker; retrying "
+                                    + ("forever" if timeout is None else f"for {timeout:g}s")
+                                    + " (busapp run --startup-timeout S sets how long)",
+                                    broker=mask_url(self.service.connection_url))
                     log.warning("broker connection lost; reconnecting",
                                 error=str(exc), retry_in=backoff,
                                 broker=mask_url(self.service.connection_url))
@@ -570,6 +576,7 @@ class Worker:
 
     _receiving = False
     _consuming = False
+    _said_retrying = False
 
     def _start_lane(self) -> None:
         lane = threading.Thread(target=self._lane, name="busapp-lane", daemon=True)

@@ -522,3 +522,15 @@ def test_parse_params_rejects_a_mix() -> None:
     """Mixing key=value with positional values is a usage error."""
     with pytest.raises(click.BadParameter, match="key=value"):
         parse_params(("x=1", "2"))
+
+
+def test_run_gives_up_after_the_startup_timeout(project: Project) -> None:
+    """`busapp run --startup-timeout` against a broker that is not there: says once that it
+    retries for that long, then exits 1 (without it, it keeps trying)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "busapp", "run", str(project.module), "--broker",
+         "redis://127.0.0.1:1/0", "--startup-timeout", "0.5", "--log-format", "console"],
+        cwd=project.root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "retrying for 0.5s" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
