@@ -232,7 +232,8 @@ def _serve_main(argv: list[str]) -> None:
             from busapp.security import Keyring
 
             keyring = Keyring(SIGN_KEYS)
-        app = App(a.name, exchange=a.exchange, keyring=keyring)
+        # (no keyring argument unless signing: the baseline's App may predate it)
+        app = App(a.name, exchange=a.exchange, **({"keyring": keyring} if keyring else {}))
 
         @app.method()
         def echo(data: Any) -> Any:
@@ -292,8 +293,8 @@ def _client_main(argv: list[str]) -> None:
     elif a.impl in ("busapp", "base"):
         from busapp.bus import Client
 
-        client = Client(a.url, a.exchange, timeout=30,
-                        key=("bench", SIGN_KEYS["bench"]) if _signing(a.impl) else None)
+        signing = {"key": ("bench", SIGN_KEYS["bench"])} if _signing(a.impl) else {}
+        client = Client(a.url, a.exchange, timeout=30, **signing)  # the baseline has no key=
 
         def call() -> Any:
             return client.call(routing_key, **PAYLOAD)
