@@ -169,7 +169,9 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None,
       busapp run examples/simpleservice.py:app --workers 3
       busapp run mypackage.service:MyService --broker amqp://guest:guest@localhost//
     """
-    configure_logging(log_level, log_format, cache=True)
+    # Not cache=True: a frozen logger outlives any later configure (tests run commands
+    # in-process), and the per-call line is cheap enough without it.
+    configure_logging(log_level, log_format)
     from busapp.locate import load_target
 
     if reload:
@@ -481,7 +483,9 @@ def storage(store: str | None, workers: int, broker: str | None, exchange: str |
     \b
       busapp storage --keyring keys.txt --allow HostCreds=investigator,ops
     """
-    configure_logging(log_level, log_format, cache=True)
+    # Not cache=True: a frozen logger outlives any later configure (tests run commands
+    # in-process), and the per-call line is cheap enough without it.
+    configure_logging(log_level, log_format)
     from busapp.storage.backends import open_backend
     from busapp.storage.service import make_app
 

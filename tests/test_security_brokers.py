@@ -180,29 +180,35 @@ def tls_redis(tmp_path):
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
-    port = free_port()
-    proc = subprocess.Popen(  # private
-        [server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", str(tmp_path / "server.pem"),
-         "--tls-key-file", str(tmp_path / "server.key"),
-         "--tls-ca-cert-file", str(tmp_path / "ca.pem"), "--tls-auth-clients", "no",
-         "--user", "default", "off", "--user", "busapp", "on", ">pw-9f3", "~*", "&*", "+@all",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, start_new_session=True)
     ca_file = tmp_path / "ca.pem"
     import redis
 
-    end = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis(port=port, ssl=True, ssl_ca_certs=str(ca_file), username="busapp",
-                        password="pw-9f3").ping()  # private
+    for attempt in range(3):  # a free port can be taken by someone else before the server binds
+        port = free_port()
+        proc = subprocess.Popen(  # private
+            [server, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+             "--tls-cert-file", str(tmp_path / "server.pem"),
+             "--tls-key-file", str(tmp_path / "server.key"),
+             "--tls-ca-cert-file", str(ca_file), "--tls-auth-clients", "no",
+             "--user", "default", "off", "--user", "busapp", "on", ">pw-9f3", "~*", "&*",
+             "+@all", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, start_new_session=True)
+        end = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(ca_file),
+                            username="busapp", password="pw-9f3").ping()  # private
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > end:
+                    proc.kill()
+                    proc.wait(5)
+                    if attempt == 2:
+                        raise
+                    break
+                time.sleep(0.05)
+        if proc.poll() is None:
             break
-        except redis.ConnectionError:
-            if time.monotonic() > end or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.05)
     query = f"ssl_cert_reqs=required&ssl_ca_certs={ca_file}"
     yield {"url": f"rediss://busapp:pw-9f3@127.0.0.1:{port}/0?{query}",
            "bad": f"rediss://busapp:wrong@127.0.0.1:{port}/0?{query}",
