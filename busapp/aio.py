@@ -34,7 +34,7 @@ from typing import Any
 import structlog
 
 from busapp import wire
-from busapp.bus import DEFAULT_TIMEOUT, WAIT_HOOK, Client
+from busapp.bus import DEFAULT_TIMEOUT, WAIT_HOOK, Client, reply_key
 from busapp.errors import BrokerUnavailable, RequestTimeout
 from busapp.transport import is_memory, mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
@@ -275,10 +275,8 @@ class AsyncClient:
         response = self._sync.accept_reply(delivery)
         if response is None:
             return
-        key = delivery.correlation_id
-        if key is None:
-            key = response.get("id")
-        future = self._pending.get(str(key)) if key is not None else None
+        key = reply_key(delivery, response)
+        future = self._pending.get(key) if key is not None else None
         if future is None:
             log.debug("reply for no pending call dropped", correlation_id=key)
             return

@@ -16,7 +16,8 @@ import attrs
 from busapp.bus import default_exchange, default_queue
 from busapp.cluster import check_queue_type
 from busapp.dispatch import Handler
-from busapp.router import Scaffold
+from busapp.router import STORAGE_EVENTS as STORAGE_EVENTS  # re-exported
+from busapp.router import Scaffold, check_storage_subscription
 
 if TYPE_CHECKING:
     from busapp._appservice import AppService
@@ -26,8 +27,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
-#: Events a storage handler may ask for.
-STORAGE_EVENTS = ("created", "updated", "deleted", "*")
 
 
 @attrs.define
@@ -202,10 +201,7 @@ class App(Scaffold):
     def add_storage_handler(self, func: Callable[..., Any], model: type | None = None,
                             event: str = "*") -> None:
         """Subscribe ``func`` to storage events; the imperative twin of :meth:`on_storage_event`."""
-        if event not in STORAGE_EVENTS:
-            raise ValueError(f"event must be one of {', '.join(STORAGE_EVENTS)}; got {event!r}")
-        if model is not None and not isinstance(model, type):
-            raise ValueError(f"model must be a model class or None, got {model!r}")
+        check_storage_subscription(model, event)
         handler = Handler.from_function(func, getattr(func, "__name__", "handler"))
         entry = StorageHandler(func=func, model=model, event=event, handler=handler)
         queue = entry.queue_name(self.queue)

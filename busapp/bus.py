@@ -372,10 +372,8 @@ class Client(BusMixin):
         response = self.accept_reply(delivery)
         if response is None:
             return
-        key = delivery.correlation_id
-        if key is None:
-            key = response.get("id")
-        pending = self._pending.get(str(key)) if key is not None else None
+        key = reply_key(delivery, response)
+        pending = self._pending.get(key) if key is not None else None
         if pending is None:
             log.debug("reply for no pending call dropped", correlation_id=key)
             return
@@ -455,6 +453,14 @@ def reply_queue_spec(name: str) -> QueueSpec:
     a reply list expires a minute after its last push.
     """
     return QueueSpec(name, durable=True, auto_delete=False)
+def reply_key(delivery: Delivery, response: dict) -> str | None:
+    """The call a reply answers: its correlation id, else the response's ``id``."""
+    key = delivery.correlation_id
+    if key is None:
+        key = response.get("id")
+    return None if key is None else str(key)
+
+
 def _close_when_dropped(client: Client, owned: set[Transport]) -> weakref.finalize:
     """Close ``owned`` (and delete the reply queue) once ``client`` is garbage, unclosed.
 

@@ -31,6 +31,18 @@ from busapp.middleware import check as check_middleware
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Events a storage handler may ask for.
+STORAGE_EVENTS = ("created", "updated", "deleted", "*")
+
+
+def check_storage_subscription(model: type | None, event: str) -> None:
+    """Raise ValueError unless ``event`` is a storage event and ``model`` a class or None."""
+    if event not in STORAGE_EVENTS:
+        raise ValueError(f"event must be one of {', '.join(STORAGE_EVENTS)}; got {event!r}")
+    if model is not None and not isinstance(model, type):
+        raise ValueError(f"model must be a model class or None, got {model!r}")
+
+
 class Scaffold:
     """Registries shared by App and Router: hooks, dependencies, middleware."""
 
@@ -221,12 +233,7 @@ class Router(Scaffold):
     def add_storage_handler(self, func: Callable[..., Any], model: type | None = None,
                             event: str = "*") -> None:
         """The imperative twin of :meth:`on_storage_event`."""
-        from busapp.app import STORAGE_EVENTS
-
-        if event not in STORAGE_EVENTS:
-            raise ValueError(f"event must be one of {', '.join(STORAGE_EVENTS)}; got {event!r}")
-        if model is not None and not isinstance(model, type):
-            raise ValueError(f"model must be a model class or None, got {model!r}")
+        check_storage_subscription(model, event)
         key = _event_key(func, model, event)
         if any(_event_key(*entry) == key for entry in self.storage_handlers):
             raise ValueError(f"{func.__name__!r} is already subscribed to {key[1]}.{key[2]} "

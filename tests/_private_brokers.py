@@ -155,7 +155,7 @@ class PrivateRabbitMQ:
                               env=self.env, check=True, capture_output=True, text=True, timeout=60)
 
     def stop(self) -> None:
-        """Stop the node (``rabbitmqctl stop``), then kill whatever of it is left."""
+        """Stop this private node (its own ctl), then kill whatever of it is left."""
         if self.proc is not None and self.proc.poll() is None:
             try:
                 self.ctl("stop")  # private
