@@ -145,8 +145,8 @@ def broker_pids(kind: str, url: str, embedded_state: dict[str, Any] | None = Non
 
 #: Comma-separated busapp Redis-transport changes to undo in the child processes, to measure
 #: each one's effect: ``stock`` (kombu's transport), ``client`` (a redis client per command),
-#: ``bindings`` (SMEMBERS per publish), ``multi`` (MULTI/EXEC in ack emulation); ``expiration`` (experiment: no per-request TTL on AMQP);
-#: ``confirms`` (requests published without waiting for RabbitMQ's confirm).
+#: ``bindings`` (SMEMBERS per publish), ``multi`` (MULTI/EXEC in ack emulation); ``handoff``
+#: (experiment: no hand-over by the worker's monitor).
 ABLATE_ENV = "BUSAPP_BENCH_ABLATE"
 
 
@@ -174,13 +174,6 @@ def _ablate() -> None:
     if "multi" in undo:
         ours.QoS.pipe_or_acquire = kredis.QoS.pipe_or_acquire
 
-    if "confirms" in undo:  # experiment: requests without publisher confirms (RabbitMQ)
-        from busapp.transport.kombu_transport import KombuTransport
-
-        def unconfirmed(self, channel, message, exchange, routing_key):  # noqa: ANN001
-            channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
-
-        KombuTransport._publish_confirmed = unconfirmed
 
 def _raw_transport(url: str, stock: bool) -> None:
     """The raw yardstick on Redis runs over busapp's Redis transport unless ``stock``."""
