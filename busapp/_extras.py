@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from busapp.errors import MissingExtra
 
-class MissingExtra(ImportError):
-    """An optional dependency is not installed (the message says which extra installs it)."""
+__all__ = ["MissingExtra", "psycopg", "require", "watchfiles"]
 
 
 def require(module: str, extra: str, who_needs: str) -> ModuleType:

@@ -22,7 +22,8 @@ import weakref
 from typing import Any
 
 
-from busapp import security, tracing, wire
+from busapp import config, security, tracing, wire
+from busapp.names import default_queue
 from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout, Unauthorized
 from busapp.log import get_logger
 from busapp.serve import DEADLINE_HEADER
@@ -37,23 +38,9 @@ DEFAULT_TIMEOUT = 10.0
 __all__ = ["DEFAULT_TIMEOUT", "REPLY_PREFIX", "BusMixin", "Client", "default_exchange",
            "default_queue"]
 
-#: Environment variable naming the exchange when none is passed.
-EXCHANGE_ENV = "BUSAPP_EXCHANGE"
-
-
 def default_exchange(name: str | None = None) -> str:
     """``name``, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
-    return name or os.environ.get(EXCHANGE_ENV) or "commissaire"
-
-
-def default_queue(service: str, exchange: str) -> str:
-    """The queue of ``service`` when its user names none: ``service`` on the ``commissaire``
-    exchange (as Commissaire named it), ``<exchange>.<service>`` on any other.
-
-    So two deployments of one service on two exchanges of one broker never share a queue
-    (and never answer each other's calls).
-    """
-    return service if exchange == "commissaire" else f"{exchange}.{service}"
+    return name or config.get("exchange")
 
 
 class _WaitHook(threading.local):

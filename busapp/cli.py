@@ -24,6 +24,7 @@ import click
 import structlog
 
 import busapp
+from busapp import config
 from busapp._extras import MissingExtra
 from busapp.errors import (
     AccessRefused,
@@ -33,12 +34,14 @@ from busapp.errors import (
     RequestTimeout,
 )
 from busapp.log import FORMATS, LEVELS, configure_logging
-from busapp.transport import BROKER_ENV, check_broker_url, mask_url
+from busapp.transport import check_broker_url, mask_url
 
 log = structlog.get_logger("busapp.cli")
 
-EXCHANGE_ENV = "BUSAPP_EXCHANGE"
-STORE_ENV = "BUSAPP_STORE_URL"
+BROKER_ENV = config.env_name("broker_url")
+EXCHANGE_ENV = config.env_name("exchange")
+STORE_ENV = config.env_name("store_url")
+KEYRING_ENV = config.env_name("keyring")
 
 
 class CallFailed(click.ClickException):
@@ -93,7 +96,7 @@ def _exchange_option(func: Any) -> Any:
 
 
 def _keyring_option(func: Any) -> Any:
-    return click.option("--keyring", metavar="FILE", envvar="BUSAPP_KEYRING", show_envvar=True,
+    return click.option("--keyring", metavar="FILE", envvar=KEYRING_ENV, show_envvar=True,
                         type=click.Path(dir_okay=False),
                         help="Keyring file (lines of id:secret): callers must sign with one "
                              "of its keys. See README, 'Securing a deployment'.")(func)
@@ -103,7 +106,7 @@ def _load_keyring(path: str | None) -> Any:
     """The keyring in ``path`` (None: none); exported so reloaded or forked workers find it."""
     if not path:
         return None
-    from busapp.security import KEYRING_ENV, Keyring
+    from busapp.security import Keyring
 
     keyring = _usable(Keyring.from_file, path)
     os.environ[KEYRING_ENV] = os.path.abspath(path)

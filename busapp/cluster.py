@@ -17,17 +17,15 @@ connection tries each in turn. No I/O here: this module only shapes :class:`Queu
 
 from __future__ import annotations
 
-import os
 
 import attrs
 
+from busapp import config
 from busapp.transport.base import QueueSpec
 
-__all__ = ["QUEUE_TYPES", "QUEUE_TYPE_ENV", "check_queue_type", "dead_letter_spec",
+__all__ = ["QUEUE_TYPES", "check_queue_type", "dead_letter_spec",
            "declared_as", "resolve_queue_type"]
 
-#: Environment variable choosing the queue type when none is passed.
-QUEUE_TYPE_ENV = "BUSAPP_QUEUE_TYPE"
 #: Queue types busapp declares (RabbitMQ's names; Redis has one kind of queue and ignores it).
 QUEUE_TYPES = ("classic", "quorum")
 
@@ -46,12 +44,12 @@ def check_queue_type(value: str | None) -> str | None:
 
 def resolve_queue_type(value: str | None = None) -> str:
     """``value``, else ``$BUSAPP_QUEUE_TYPE``, else ``classic`` (ValueError if unknown)."""
-    resolved = value or os.environ.get(QUEUE_TYPE_ENV) or "classic"
+    resolved = value or config.get("queue_type")
     try:
         return check_queue_type(resolved) or "classic"
     except ValueError as exc:
         if value is None:
-            raise ValueError(f"${QUEUE_TYPE_ENV}: {exc}") from None
+            raise ValueError(f"${config.env_name('queue_type')}: {exc}") from None
         raise
 
 

@@ -18,7 +18,15 @@
     │   └── NoRouteError                no queue is bound to the request's key: no reply will come
     ├── TimeLimitExceeded               raised in a handler past its time limit
     ├── BrokerUnavailable (ConnectionError)  the broker cannot be reached
-    └── AccessRefused (PermissionError)  the broker refused this user an operation (403)
+    ├── AccessRefused (PermissionError)  the broker refused this user an operation (403)
+    ├── ValidationError (ValueError)    a model value broke a rule (busapp.models)
+    ├── UnknownModelError (LookupError) no model is declared under that name
+    ├── ConfigError (ValueError)        a BUSAPP_* variable holds an unusable value
+    ├── MissingExtra (ImportError)      an optional dependency is not installed
+    ├── CrashLoopError (RuntimeError)   workers kept dying before they were ready
+    └── ControlFlow                     the worker's own branches, never shown to users
+        ├── Refused                     a message the gate turned away
+        └── Resubscribe                 a connected worker that is deaf: consume again
 
 Error replies are decoded back to these classes by their ``code`` through
 :func:`error_class_for`, never by importing a name received over the wire;
@@ -154,6 +162,64 @@ class BrokerUnavailable(BusappError, ConnectionError):
 class AccessRefused(BusappError, PermissionError):
     """The broker refused the operation to this user (RabbitMQ 403 ACCESS_REFUSED: a missing
     configure/write/read permission, or a topic permission). Retrying does not help."""
+
+
+class ValidationError(BusappError, ValueError):
+    """A model value broke a rule. ``field`` and ``rule`` say which and why."""
+
+    def __init__(self, model: str, field: str | None, rule: str) -> None:
+        self.model, self.field, self.rule = model, field, rule
+        where = f"{model}.{field}" if field else model
+        super().__init__(f"{where}: {rule}")
+
+    def __reduce__(self):  # keeps model, field and rule through pickling
+        return (type(self), (self.model, self.field, self.rule))
+
+
+class UnknownModelError(BusappError, LookupError):
+    """No model is declared under that name."""
+
+
+class ConfigError(BusappError, ValueError):
+    """A ``BUSAPP_*`` environment variable holds a value busapp cannot use; ``setting``
+    names the variable."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class MissingExtra(BusappError, ImportError):
+    """An optional dependency is not installed (the message says which extra installs it)."""
+
+
+class CrashLoopError(BusappError, RuntimeError):
+    """Workers kept failing before they were ever ready; the manager stopped restarting them."""
+
+
+class ControlFlow(BusappError):
+    """Base of the exceptions a worker uses to steer itself; never an error of the user's."""
+
+
+class Refused(ControlFlow):
+    """A message the gate turns away (never a handler's error).
+
+    ``error`` is what the caller is told; ``answer`` is False when nobody is to be told
+    (a replay: the original was answered; an unsigned control request); ``sign_with`` is
+    the key the answer is signed with (None: unsigned).
+    """
+
+    def __init__(self, error: RemoteProcedureCallError, *, answer: bool = True,
+                 sign_with: Any = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.answer = answer
+        self.sign_with = sign_with
+
+
+class Resubscribe(ControlFlow):
+    """The worker is connected but deaf (bindings lost, or messages wait unseen): consume
+    again."""
 
 
 _BY_CODE: dict[int, type[RemoteProcedureCallError]] = {

@@ -33,14 +33,11 @@ from typing import Any
 import attrs
 import structlog
 
+from busapp.errors import CrashLoopError
 from busapp.transport import mask_url, resolve_broker_url
 from busapp.worker import WorkerOptions
 
 log = structlog.get_logger("busapp.manager")
-
-
-class CrashLoopError(RuntimeError):
-    """Workers kept failing before they were ever ready; the manager stopped restarting them."""
 
 
 @attrs.define

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import attrs
 
 from busapp.convert import converter
+from busapp.errors import UnknownModelError, ValidationError
 
 __all__ = [
     "CLUSTER_STATUSES", "DATE_FORMAT", "HOST_STATUSES", "OPERATION_STATUSES", "Cluster",
@@ -57,19 +58,6 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 #: Every declared model, by class name (what ``model_type_name`` and events carry).
 _REGISTRY: dict[str, type[Model]] = {}
-
-
-class ValidationError(ValueError):
-    """A model value broke a rule. ``field`` and ``rule`` say which and why."""
-
-    def __init__(self, model: str, field: str | None, rule: str) -> None:
-        self.model, self.field, self.rule = model, field, rule
-        where = f"{model}.{field}" if field else model
-        super().__init__(f"{where}: {rule}")
-
-
-class UnknownModelError(LookupError):
-    """No model is registered under that name."""
 
 
 def formatted_dt(when: datetime.datetime | None = None) -> str:

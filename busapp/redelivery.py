@@ -28,6 +28,7 @@ import hmac
 import os
 import secrets
 
+from busapp import config
 from busapp.cluster import dead_letter_name
 from busapp.errors import InternalError
 from busapp.serve import ROUTING_KEY_HEADER
@@ -36,8 +37,6 @@ from busapp.transport.base import Delivery, QueueSpec, Transport
 COUNT_HEADER = "x-busapp-deliveries"
 #: The count's signature (see the module docstring).
 SIGNATURE_HEADER = "x-busapp-deliveries-sig"
-#: Environment variable holding the key that signs delivery counts (any text).
-KEY_ENV = "BUSAPP_DELIVERY_KEY"
 #: The largest count a header may claim (a bigger or unparsable one counts as 1).
 _MAX_COUNT = 1000
 
@@ -49,7 +48,7 @@ def delivery_key() -> bytes:
     The user's key is 32 random bytes in ``busapp-delivery.key`` (mode 0600) of the
     directory private to the user that the embedded broker's socket uses, made once.
     """
-    env = os.environ.get(KEY_ENV)
+    env = config.get("delivery_key")
     if env:
         return env.encode()
     from busapp.transport.embedded import _private_socket_dir

@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from busapp import _extras
-from busapp.transport import BROKER_ENV
+from busapp import config
 from busapp.transport._keeper import die_with_parent
 
 log = structlog.get_logger("busapp.reloader")
@@ -55,7 +55,7 @@ def run_with_reload(target: str, root: Path, broker_url: str, options: dict[str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     grace = float(options.get("graceful_timeout") or 30.0) + 10
-    env = dict(os.environ, **{BROKER_ENV: broker_url})
+    env = dict(os.environ, **{config.env_name("broker_url"): broker_url})
     log.info("reloader watching", dir=str(root), pid=os.getpid())
     while not stop.is_set():
         child = subprocess.Popen(child_command(target, options), env=env,

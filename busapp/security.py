@@ -54,7 +54,8 @@ from typing import Any
 
 import structlog
 
-from busapp.errors import Forbidden, RemoteProcedureCallError, Unauthorized
+from busapp import config
+from busapp.errors import Forbidden, Refused, RemoteProcedureCallError, Unauthorized
 from busapp.serve import ROUTING_KEY_HEADER
 
 __all__ = [
@@ -71,9 +72,9 @@ SIGNATURE_HEADER = "x-busapp-sig"
 #: Every header signing adds (a re-signed message drops the old ones first).
 HEADERS = (KEY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
 #: ``id:secret``: the key a :class:`~busapp.bus.Client` signs with when none is passed.
-KEY_ENV = "BUSAPP_KEY"
+KEY_ENV = config.env_name("key")
 #: Path of the keyring file ``busapp run`` and ``busapp storage`` load when no --keyring is given.
-KEYRING_ENV = "BUSAPP_KEYRING"
+KEYRING_ENV = config.env_name("keyring")
 #: Seconds a signed message stays acceptable (clocks are assumed in step, as NTP keeps them).
 DEFAULT_REPLAY_WINDOW = 60.0
 #: Signatures a worker remembers at most (see :class:`ReplayGuard`).
@@ -120,7 +121,7 @@ def parse_key(key: KeyLike) -> Key:
 
 def key_from_env() -> Key | None:
     """The key in ``$BUSAPP_KEY`` (``id:secret``), or None when it is unset."""
-    value = os.environ.get(KEY_ENV)
+    value = config.get("key")
     if not value:
         return None
     try:
@@ -342,7 +343,7 @@ class Keyring:
     @classmethod
     def from_env(cls, **options: Any) -> Keyring | None:
         """The keyring in the file ``$BUSAPP_KEYRING`` names, or None when it is unset."""
-        path = os.environ.get(KEYRING_ENV)
+        path = config.get("keyring")
         return cls.from_file(path, **options) if path else None
 
 
@@ -374,21 +375,6 @@ def _parse_keyring(text: str, where: str) -> tuple[dict[str, str], str | None]:
     if not keys:
         raise ValueError(f"keyring {where!r} holds no keys (lines of id:secret)")
     return keys, own
-
-
-class Refused(Exception):
-    """Control flow: a message the :class:`Gate` turns away (never a handler's error).
-
-    ``error`` is what the caller is told; ``answer`` is False for a replay (the original
-    was answered); ``sign_with`` is the key the answer is signed with (None: unsigned).
-    """
-
-    def __init__(self, error: RemoteProcedureCallError, *, answer: bool = True,
-                 sign_with: Key | None = None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.answer = answer
-        self.sign_with = sign_with
 
 
 class Gate:

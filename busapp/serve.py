@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from busapp import dispatch, wire
+from busapp import config, dispatch, wire
 from busapp.errors import ParseError, RemoteProcedureCallError
 from busapp.log import get_logger
 from busapp.transport.base import Delivery, is_reply_queue
@@ -41,25 +40,17 @@ def expired_by(delivery: Delivery, now: float) -> float | None:
     late = now - deadline
     return late if late > 0 else None
 
-#: Environment variable: seconds a storage-event queue outlives its last consumer (0: forever).
-EVENT_QUEUE_EXPIRES_ENV = "BUSAPP_EVENT_QUEUE_EXPIRES"
-
-#: Default of ``$BUSAPP_EVENT_QUEUE_EXPIRES``: a week.
-EVENT_QUEUE_EXPIRES = 7 * 24 * 3600.0
-
-
 def event_queue_expires() -> float | None:
     """Seconds an event queue outlives its last consumer on RabbitMQ (None: forever).
 
     Events keep coming to a queue whose App is gone; without an expiry they collect forever.
     """
-    value = float(os.environ.get(EVENT_QUEUE_EXPIRES_ENV, EVENT_QUEUE_EXPIRES))
+    value = float(config.get("event_queue_expires"))
     return value if value > 0 else None
 
 
-#: Environment variable: comma-separated glob patterns of further queue names a service
-#: may send replies to (besides ``busapp.reply.*`` and Commissaire's ``response-<uuid>``).
-REPLY_TO_ENV = "BUSAPP_REPLY_TO"
+#: The variable naming further queues (glob patterns) a service may send replies to.
+REPLY_TO_ENV = config.env_name("reply_to")
 
 
 def reply_target_allowed(reply_to: str) -> bool:
@@ -72,13 +63,12 @@ def reply_target_allowed(reply_to: str) -> bool:
     """
     if is_reply_queue(reply_to):
         return True
-    extra = os.environ.get(REPLY_TO_ENV)
+    extra = config.get("reply_to")
     return bool(extra) and _extra_reply_targets(extra).match(reply_to) is not None
 
 
 @functools.lru_cache(maxsize=8)
-def _extra_reply_targets(patterns: str) -> re.Pattern[str]:
-    globs = [p.strip() for p in patterns.split(",") if p.strip()]
+def _extra_reply_targets(globs: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(fnmatch.translate(g) for g in globs) or r"(?!)")
 
 

@@ -42,7 +42,13 @@ import structlog
 from busapp import control, tracing, wire
 from busapp.bus import WAIT_HOOK
 from busapp.cluster import check_queue_type, dead_letter_spec, declared_as, resolve_queue_type
-from busapp.errors import BrokerUnavailable, InvalidRequest, ParseError, RemoteProcedureCallError
+from busapp.errors import (
+    BrokerUnavailable,
+    InvalidRequest,
+    ParseError,
+    RemoteProcedureCallError,
+    Resubscribe,
+)
 from busapp.log import quiet
 from busapp.redelivery import count_redelivery, poison_error
 from busapp.security import Gate, Refused
@@ -99,10 +105,6 @@ class WorkerOptions:
     def evolve(self, **changes: Any) -> WorkerOptions:
         """A copy with the given (non-None) fields changed."""
         return attrs.evolve(self, **{k: v for k, v in changes.items() if v is not None})
-
-
-class Resubscribe(Exception):
-    """The worker is connected but deaf (bindings lost, or messages wait unseen)."""
 
 
 @attrs.define(eq=False)

@@ -35,13 +35,13 @@ Run it with ``busapp storage --store URL`` or ``make_app(url).run(broker)``.
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
 
+from busapp import config
 from busapp.app import App
 from busapp.errors import Forbidden, InternalError, InvalidParams, StorageLookupError
 from busapp.models import (
@@ -56,10 +56,6 @@ from busapp.storage.backends import UNCHANGED, Backend, open_backend, resolve_st
 from busapp.storage.events import encode_event, routing_key
 
 log = structlog.get_logger("busapp.storage")
-
-#: Environment variable listing modules that declare models to store (comma-separated).
-MODELS_ENV = "BUSAPP_STORAGE_MODELS"
-
 
 class Store:
     """The backend of one storage App, opened on first use (in each worker process)."""
@@ -216,13 +212,14 @@ def import_models(modules: Iterable[str] | None = None) -> None:
     and those declared in these modules (a comma-separated list in the variable).
     """
     if modules is None:
-        modules = [m.strip() for m in os.environ.get(MODELS_ENV, "").split(",") if m.strip()]
+        modules = config.get("storage_models")
     for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as exc:
+            where = config.env_name("storage_models")
             raise ImportError(f"cannot import model module {module!r} for the storage service: "
-                              f"{exc}; check {MODELS_ENV} or the models argument") from exc
+                              f"{exc}; check ${where} or the models argument") from exc
 
 
 def make_app(store_url: str | None = None, *, name: str = "storage",

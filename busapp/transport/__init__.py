@@ -8,22 +8,19 @@ Importing this package imports no kombu.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from busapp import config
+
 if TYPE_CHECKING:
     from busapp.transport.base import Transport
-
-#: Environment variable naming the broker when none is passed.
-BROKER_ENV = "BUSAPP_BROKER_URL"
-
 
 def resolve_broker_url(url: str | None = None) -> str:
     """The broker to use: ``url``, else ``$BUSAPP_BROKER_URL``, else the embedded Redis."""
     if url:
         return url
-    env = os.environ.get(BROKER_ENV)
+    env = config.get("broker_url")
     if env:
         return env
     from busapp.transport.embedded import ensure_embedded_broker

@@ -52,14 +52,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from busapp.errors import BrokerUnavailable
+from busapp import config
+from busapp.errors import BrokerUnavailable, ConfigError
 from busapp.log import get_logger
 
 log = get_logger("busapp.embedded")
 
-#: Seconds with no client before the keeper stops the broker.
-IDLE_ENV = "BUSAPP_EMBEDDED_IDLE"
-DEFAULT_IDLE = 30.0
+#: The variable giving the seconds with no client before the keeper stops the broker.
+IDLE_ENV = config.env_name("embedded_idle")
 #: Seconds a command waits for a new broker to answer.
 START_TIMEOUT = 15.0
 #: Longest Unix socket path we use in place (the OS limit is 104-108 bytes).
@@ -432,9 +432,9 @@ def redis_server_path() -> str:
 
 def _idle_seconds() -> float:
     try:
-        return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE))
-    except ValueError:
-        return DEFAULT_IDLE
+        return float(config.get("embedded_idle"))
+    except ConfigError:
+        return float(config.default("embedded_idle"))
 
 
 def _start(state_dir: Path, socket_path: Path) -> str:

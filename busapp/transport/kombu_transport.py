@@ -34,6 +34,7 @@ import kombu.messaging
 import kombu.transport.pyamqp
 from kombu import Connection, Exchange, Queue, binding  # resolves kombu's lazy names now
 
+from busapp import config
 from busapp.errors import AccessRefused, BrokerUnavailable, BusappError, NoRouteError
 from busapp.transport import is_redis, mask_url
 from busapp.transport import redis as _redis
@@ -45,7 +46,7 @@ def transport_options(url: str) -> dict[str, Any]:
     if is_redis(url):
         return {
             # Unacked messages of a dead worker come back after this long.
-            "visibility_timeout": float(os.environ.get("BUSAPP_VISIBILITY_TIMEOUT", "60")),
+            "visibility_timeout": config.get("visibility_timeout"),
             "socket_connect_timeout": 5,
             "health_check_interval": 25,
             # kombu's restore scan takes a mutex that a worker killed mid-scan would leave
@@ -54,31 +55,27 @@ def transport_options(url: str) -> dict[str, Any]:
             # Scan for expired unacked messages every 2nd idle poll, not every 10th.
             "unacked_restore_throttle": 2,
             # Off unless asked for: see busapp.transport.redis.Channel.binding_cache_ttl.
-            "binding_cache_ttl": float(os.environ.get("BUSAPP_BINDING_CACHE_TTL", "0")),
+            "binding_cache_ttl": config.get("binding_cache_ttl"),
             # Set in worker processes by the manager (see busapp.transport.redis.QoS).
-            "unacked_owner": os.environ.get(OWNER_ENV) or None,
+            "unacked_owner": config.get("unacked_owner"),
             # sentinel:// only: see busapp.transport.redis.SentinelChannel.replica_wait_ms.
-            "replica_wait_ms": int(os.environ.get("BUSAPP_REPLICA_WAIT_MS", "500")),
+            "replica_wait_ms": config.get("replica_wait_ms"),
         }
     return {"confirm_publish": confirm_publish(url)}
-
-
-#: Environment variable: ``1`` to have the broker confirm every publish, ``0`` never.
-CONFIRM_ENV = "BUSAPP_CONFIRM_PUBLISH"
 
 
 def confirm_publish(url: str) -> bool:
     """Whether publishes on ``url`` wait for the broker's confirm: ``$BUSAPP_CONFIRM_PUBLISH``,
     else yes when the URL lists several nodes (a cluster: a publish that returned is then on
     a quorum queue's majority, and one the failing node never took raises instead)."""
-    setting = os.environ.get(CONFIRM_ENV, "").strip().lower()
-    if setting:
-        return setting not in ("0", "false", "no", "off")
+    setting = config.get("confirm_publish")
+    if setting is not None:
+        return bool(setting)
     return ";" in url
 
 
 #: Environment variable naming this worker process as the owner of its unacked messages.
-OWNER_ENV = "BUSAPP_UNACKED_OWNER"
+OWNER_ENV = config.env_name("unacked_owner")
 
 
 def worker_owner(pid: int) -> str:

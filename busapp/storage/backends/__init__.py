@@ -34,22 +34,20 @@ import threading
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from busapp import config
 from busapp.errors import Conflict
 from busapp.transport import mask_url
 
 #: What :meth:`Backend.save` reports.
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 
-#: Environment variable naming the store when none is passed.
-STORE_ENV = "BUSAPP_STORE_URL"
-
 #: The store used when neither an argument nor ``$BUSAPP_STORE_URL`` names one.
-DEFAULT_STORE_URL = "sqlite:///./.busapp/storage.sqlite3"
+DEFAULT_STORE_URL: str = config.default("store_url")
 
 
 def resolve_store_url(url: str | None = None) -> str:
     """``url``, else ``$BUSAPP_STORE_URL``, else :data:`DEFAULT_STORE_URL`."""
-    return url or os.environ.get(STORE_ENV) or DEFAULT_STORE_URL
+    return url or config.get("store_url")
 
 
 def encode(data: Any) -> str:

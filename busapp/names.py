@@ -1,0 +1,153 @@
+"""Every name busapp puts on a broker: exchanges, queues, routing keys and headers. No I/O.
+
+The wire format is made of these names; keeping them in one module keeps the service,
+the clients, the CLI, the operations tools and the documentation in step.
+
+Routing keys::
+
+    <service>.<method>                      a JSON-RPC request (binding <service>.*)
+    notify.storage.<Model>.<event>          a storage change (created, updated, deleted)
+    busapp-control[.<service>]              a control request (busapp status, probe)
+
+Queues::
+
+    <service> / <exchange>.<service>        a service's RPC queue (shared by its workers)
+    <queue>.notify.<Model>.<event>.<func>   a storage-event subscription of an App
+    <queue>.dead                            messages dead-lettered from <queue>
+    busapp.reply.<hex>                      a caller's reply queue (response-<uuid>: Commissaire's)
+    busapp.control.<service>.<host>.<pid>   one worker's control queue
+"""
+
+from __future__ import annotations
+
+import re
+
+#: The exchange Commissaire used, and busapp's default.
+DEFAULT_EXCHANGE = "commissaire"
+
+#: A method, event or App name: what may stand in one routing-key segment.
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+# -- RPC ---------------------------------------------------------------------------------
+
+
+def default_queue(service: str, exchange: str) -> str:
+    """The queue of ``service`` when its user names none: ``service`` on the ``commissaire``
+    exchange (as Commissaire named it), ``<exchange>.<service>`` on any other, so two
+    deployments of one service on two exchanges of one broker never share a queue."""
+    return service if exchange == DEFAULT_EXCHANGE else f"{exchange}.{service}"
+
+
+def rpc_binding(service: str) -> str:
+    """The binding key of a service's RPC queue: ``<service>.*``."""
+    return f"{service}.*"
+
+
+def method_key(binding: str, method: str, service: str | None = None) -> str:
+    """The routing key of ``method`` on a queue bound with ``binding`` (``<prefix>.<method>``;
+    a binding that does not end in ``.*`` or ``.#`` falls back to ``service``)."""
+    if binding.endswith((".*", ".#")):
+        return f"{binding[:-2]}.{method}"
+    return f"{service or binding}.{method}"
+
+
+def method_of(routing_key: str | None) -> str | None:
+    """The method a routing key calls: its last segment (None without a key)."""
+    if not routing_key:
+        return None
+    return routing_key.rsplit(".", 1)[-1]
+
+
+def dead_letter(queue: str) -> str:
+    """Where messages of ``queue`` that can never be served go: ``<queue>.dead``."""
+    return f"{queue}.dead"
+
+
+# -- replies -----------------------------------------------------------------------------
+
+#: Reply queues of busapp clients are named ``busapp.reply.<hex>``.
+REPLY_PREFIX = "busapp.reply."
+
+#: Reply queues of Commissaire's clients: ``response-<uuid>``.
+COMMISSAIRE_REPLY = re.compile(r"response-[0-9A-Fa-f]{8}(-?[0-9A-Fa-f]{4}){3}-?[0-9A-Fa-f]{12}\Z")
+
+
+def reply_queue(token: str) -> str:
+    """A caller's reply queue: ``busapp.reply.<token>``."""
+    return REPLY_PREFIX + token
+
+
+def is_reply_queue(name: str | None) -> bool:
+    """True if ``name`` is a caller's reply queue: busapp's ``busapp.reply.<hex>`` or
+    Commissaire's ``response-<uuid>`` (the only queues a service answers to, besides
+    ``$BUSAPP_REPLY_TO``'s patterns)."""
+    if not name:
+        return False
+    return name.startswith(REPLY_PREFIX) or COMMISSAIRE_REPLY.match(name) is not None
+
+
+# -- storage events ----------------------------------------------------------------------
+
+#: The events the storage service publishes.
+STORAGE_EVENTS = ("created", "updated", "deleted")
+
+#: Routing-key prefix of every storage event.
+STORAGE_PREFIX = "notify.storage"
+
+
+def storage_key(model_name: str, event: str) -> str:
+    """``notify.storage.<Model>.<event>``: the routing key of one storage change."""
+    return f"{STORAGE_PREFIX}.{model_name}.{event}"
+
+
+def storage_binding(model_name: str | None, event: str | None) -> str:
+    """The binding for storage events of ``model_name`` and ``event`` (None or ``*``: any)."""
+    return f"{STORAGE_PREFIX}.{model_name or '*'}.{event or '*'}"
+
+
+def storage_queue(app_queue: str, model_name: str | None, event: str, func_name: str) -> str:
+    """The queue of one storage-event subscription of an App (shared by its workers)."""
+    event = event if event != "*" else "any"
+    return f"{app_queue}.notify.{model_name or 'any'}.{event}.{func_name}"
+
+
+# -- control (busapp status, probe) ------------------------------------------------------
+
+#: Routing key every worker's control queue is bound to; ``<it>.<service>`` reaches one service.
+CONTROL_KEY = "busapp-control"
+#: Prefix of the workers' own control queues.
+CONTROL_PREFIX = "busapp.control."
+
+
+def control_key(service: str | None = None) -> str:
+    """The key that reaches every worker of ``service`` (None: every worker on the exchange)."""
+    return f"{CONTROL_KEY}.{service}" if service else CONTROL_KEY
+
+
+def control_queue(service: str, host: str, pid: int, number: int = 0) -> str:
+    """A worker's own control queue (a number after the first one in a process)."""
+    name = f"{CONTROL_PREFIX}{service}.{host}.{pid}"
+    return f"{name}.{number}" if number else name
+
+
+# -- Redis bookkeeping -------------------------------------------------------------------
+
+#: Redis sets naming the unacknowledged messages of one worker process.
+UNACKED_OWNER_PREFIX = "busapp.unacked."
+
+
+# -- message headers ---------------------------------------------------------------------
+
+#: Signed messages (busapp.security): the key id, the signing time, the HMAC.
+KEY_HEADER = "x-busapp-key"
+TIMESTAMP_HEADER = "x-busapp-ts"
+SIGNATURE_HEADER = "x-busapp-sig"
+#: When a request's caller stops waiting (Unix time, seconds).
+DEADLINE_HEADER = "x-busapp-deadline"
+#: The routing key a re-published (redelivered) message was first sent with.
+ROUTING_KEY_HEADER = "x-busapp-routing-key"
+#: Deliveries of a message so far, and that count's signature (busapp.runtime.redelivery).
+COUNT_HEADER = "x-busapp-deliveries"
+COUNT_SIGNATURE_HEADER = "x-busapp-deliveries-sig"
+#: The request id a call carries through every service it reaches (busapp.ops.tracing).
+REQUEST_ID_HEADER = "x-busapp-request-id"
