@@ -165,7 +165,7 @@ def _ablate() -> None:
     if "bindings" in undo:
         ours.Channel.binding_cache_ttl = 0
     if "handoff" in undo:  # experiment: no hand-over by the monitor (handlers never run long here)
-        from busapp.worker import WorkerOptions
+        from busapp.runtime.worker import WorkerOptions
 
         WorkerOptions.__attrs_attrs__.handoff_after.default  # noqa: B018 - exists
         import busapp.service as service

@@ -7,7 +7,7 @@ verifies it and checks its replay memory, the worker signs the reply, the client
 from __future__ import annotations
 
 import time, json
-from busapp import wire
+from busapp.core import wire
 from busapp.security import Keyring, ReplayGuard, sign, signer, verify
 kr = Keyring({"bench": "bench-secret-0123456789abcdef"})
 key = kr.key("bench")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from busapp import errors
-from busapp.aio import AsyncClient
-from busapp.app import App
-from busapp.bus import Client
-from busapp.middleware import Call
-from busapp.router import Router
+from busapp.client.aio import AsyncClient
+from busapp.core.app import App
+from busapp.client.sync import Client
+from busapp.core.middleware import Call
+from busapp.core.router import Router
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from busapp.cli import main
+from busapp.cli.main import main
 
 if __name__ == "__main__":
     main()

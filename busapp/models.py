@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from busapp.convert import converter
+from busapp.core.convert import converter
 from busapp.errors import UnknownModelError, ValidationError
 
 __all__ = [

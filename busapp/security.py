@@ -13,7 +13,7 @@ A signed message carries three headers::
 
 What signs what:
 
-- a :class:`~busapp.bus.Client` with ``key=(id, secret)`` signs its requests and
+- a :class:`~busapp.client.sync.Client` with ``key=(id, secret)`` signs its requests and
   notifications with it, and drops any reply not signed with that same key (so a reply
   forged into its reply queue never reaches the caller). The one exception is an
   unsigned -32001 (Unauthorized) reply: a service that cannot verify the caller cannot
@@ -26,12 +26,12 @@ What signs what:
 Secrets are compared with :func:`hmac.compare_digest`, never logged, never sent.
 
 The helpers here are pure functions (no I/O), for every client (the blocking
-:class:`~busapp.bus.Client`, an asyncio one) and the worker alike::
+:class:`~busapp.client.sync.Client`, an asyncio one) and the worker alike::
 
     headers = sign(("frontend", b"s3cret"), body, "billing.quote", reply_to, cid)
     key_id = verify(keyring, headers, body, "billing.quote", reply_to, cid)  # or Unauthorized
 
-A client (blocking or asyncio) does what :class:`~busapp.bus.Client` does: pass every
+A client (blocking or asyncio) does what :class:`~busapp.client.sync.Client` does: pass every
 outgoing message through :func:`signer`; check each reply with ``verify({id: secret},
 headers, body, <its reply queue>, None, correlation_id)`` before parsing it, and drop it
 on :class:`~busapp.errors.Unauthorized` unless :func:`unsigned_refusal` says it is an
@@ -56,7 +56,7 @@ import structlog
 
 from busapp import config
 from busapp.errors import Forbidden, Refused, RemoteProcedureCallError, Unauthorized
-from busapp.serve import ROUTING_KEY_HEADER
+from busapp.core.pipeline import ROUTING_KEY_HEADER
 
 __all__ = [
     "KEY_ENV", "KEY_HEADER", "KEYRING_ENV", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Gate",
@@ -71,7 +71,7 @@ TIMESTAMP_HEADER = "x-busapp-ts"
 SIGNATURE_HEADER = "x-busapp-sig"
 #: Every header signing adds (a re-signed message drops the old ones first).
 HEADERS = (KEY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
-#: ``id:secret``: the key a :class:`~busapp.bus.Client` signs with when none is passed.
+#: ``id:secret``: the key a :class:`~busapp.client.sync.Client` signs with when none is passed.
 KEY_ENV = config.env_name("key")
 #: Path of the keyring file ``busapp run`` and ``busapp storage`` load when no --keyring is given.
 KEYRING_ENV = config.env_name("keyring")

@@ -19,7 +19,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from busapp import App, Client
 from busapp.errors import RequestTimeout
-from busapp.serve import REPLY_TO_ENV, reply_target_allowed
+from busapp.core.pipeline import REPLY_TO_ENV, reply_target_allowed
 from tests._services import run_app
 from tests.apps import make_app
 
@@ -416,7 +416,7 @@ def test_client_prints_nothing_to_stdout_when_logging_is_not_configured():
     import subprocess
     import sys
 
-    code = ("from busapp import bus, serve\n"
+    code = ("from busapp.client import sync as bus\nfrom busapp.core import pipeline as serve\n"
             "from busapp.storage import client\n"
             "from busapp.transport import embedded\n"
             "for log in (bus.log, serve.log, client.log, embedded.log):\n"

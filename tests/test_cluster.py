@@ -13,7 +13,7 @@ import pytest
 from kombu import Connection, Queue
 
 from busapp import App, Client
-from busapp.cluster import dead_letter_spec, declared_as, resolve_queue_type
+from busapp.runtime.cluster import dead_letter_spec, declared_as, resolve_queue_type
 from busapp.errors import InternalError
 from busapp.transport import check_broker_url, mask_url
 from busapp.transport.base import QueueSpec
@@ -23,7 +23,7 @@ from busapp.transport.kombu_transport import (
     kombu_connection,
     split_query_options,
 )
-from busapp.worker import WorkerOptions
+from busapp.runtime.worker import WorkerOptions
 from tests._services import delete_queues, wait_until_served
 from tests.test_reliability import _start_manager, _stop
 
@@ -178,7 +178,7 @@ class _Recorder:
 
 def test_broker_counted_redelivery_is_served_as_is_then_dead_lettered():
     """With the broker's count nothing is re-published under the bound; past it, <queue>.dead."""
-    from busapp.redelivery import count_redelivery
+    from busapp.runtime.redelivery import count_redelivery
     from busapp.transport.base import Delivery
 
     def delivery(deliveries):
@@ -240,7 +240,7 @@ def test_nested_calls_past_the_prefetch_window_on_a_quorum_queue(amqp_url, uniqu
 def test_storage_and_event_queues_follow_the_queue_type(monkeypatch):
     """$BUSAPP_QUEUE_TYPE=quorum makes `busapp storage`'s queue and an App's event queues quorum too."""
     from busapp.storage.service import make_app
-    from busapp.worker import Worker
+    from busapp.runtime.worker import Worker
 
     monkeypatch.setenv("BUSAPP_QUEUE_TYPE", "quorum")
     app = App("watcher")

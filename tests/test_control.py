@@ -1,4 +1,4 @@
-"""Each worker's own control queue (busapp.control): status answers, and control messages that
+"""Each worker's own control queue (busapp.entrypoints.control): status answers, and control messages that
 never reach user handlers. On the in-memory transport; the CLI on brokers is in test_ops_cli.py."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 import busapp
-from busapp import App, wire
-from busapp.control import CONTROL_KEY, FIELDS, STATUS_METHOD, gather, routing_key
+from busapp import App
+from busapp.core import wire
+from busapp.entrypoints.control import CONTROL_KEY, FIELDS, STATUS_METHOD, gather, routing_key
 from busapp.errors import InternalError
 from busapp.transport.base import QueueSpec
 from busapp.transport.memory import MemoryTransport

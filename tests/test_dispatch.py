@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from busapp import dispatch
-from busapp.app import App
+from busapp.core import dispatch
+from busapp.core.app import App
 from tests.apps import Point, make_app
 
 

@@ -168,7 +168,7 @@ def test_hung_handler_gets_its_worker_replaced(amqp_url, unique):
     """A handler blocked in C past time_limit + grace: the caller got its error at the limit,
     and the worker exits so that its manager replaces it; the service goes on."""
     from busapp.errors import InternalError
-    from busapp.worker import WorkerOptions
+    from busapp.runtime.worker import WorkerOptions
 
     name, exchange = f"th{unique}", f"test-{unique}"
     options = WorkerOptions(time_limit_grace=1.0)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from busapp import dispatch
+from busapp.core import dispatch
 from busapp.service import CommissaireService
 from tests.apps import make_app
 

@@ -7,7 +7,7 @@ from structlog.testing import capture_logs
 
 from busapp import App
 from busapp.errors import MethodNotFound
-from busapp.manager import CrashLoopError, ServiceManager
+from busapp.runtime.manager import CrashLoopError, ServiceManager
 from busapp.service import CommissaireService
 from busapp.testing import TestClient
 

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from busapp import Client
-from busapp.manager import CrashLoopError, ServiceManager, backoff_delay
+from busapp.runtime.manager import CrashLoopError, ServiceManager, backoff_delay
 from busapp.service import CommissaireService
 from tests._services import delete_queues, wait_until_served
 from tests.apps import make_app
@@ -175,7 +175,7 @@ def test_worker_killed_after_ready_is_replaced_forever(broker_url, exchange, uni
     """Seven kill -9s, each of a worker that had served calls: replaced every time, manager runs on."""
     name = f"k{unique}"
     proc = _start_in_own_group(
-        "from busapp.manager import ServiceManager; from tests.apps import make_app; "
+        "from busapp.runtime.manager import ServiceManager; from tests.apps import make_app; "
         f"app = make_app({name!r}); "
         f"m = ServiceManager(app.service_class, 1, {exchange!r}, {broker_url!r}, app.qkwargs()); "
         "m.max_backoff = 1.0; m.run()"

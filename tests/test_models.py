@@ -7,7 +7,7 @@ import json
 import pytest
 
 from busapp import models
-from busapp.convert import converter
+from busapp.core.convert import converter
 from busapp.models import (
     Cluster,
     ClusterDeploy,

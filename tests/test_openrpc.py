@@ -20,7 +20,7 @@ import referencing.jsonschema
 
 from busapp import App
 from busapp.models import Host
-from busapp.openrpc import ERRORS, describe, openrpc_document
+from busapp.ops.openrpc import ERRORS, describe, openrpc_document
 from busapp.service import CommissaireService
 
 DATA = Path(__file__).parent / "data" / "openrpc"

@@ -41,7 +41,7 @@ def test_postgres_store_without_psycopg_names_the_extra(monkeypatch: pytest.Monk
 
 def test_reload_without_watchfiles_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """run_with_reload checks for watchfiles before it starts anything."""
-    from busapp.reloader import run_with_reload
+    from busapp.cli.reload import run_with_reload
 
     monkeypatch.setitem(sys.modules, "watchfiles", None)
     with pytest.raises(MissingExtra, match=r"^busapp run --reload needs watchfiles: "

@@ -20,7 +20,8 @@ from typing import Any
 import attrs
 import pytest
 
-from busapp import App, Client, wire
+from busapp import App, Client
+from busapp.core import wire
 from busapp.errors import (
     BrokerUnavailable,
     ContainerManagerError,

@@ -1,4 +1,4 @@
-"""Request ids and OpenTelemetry spans across nested calls (busapp.tracing), in the test client
+"""Request ids and OpenTelemetry spans across nested calls (busapp.core.tracing), in the test client
 and on Redis and RabbitMQ."""
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from busapp import App, Client, tracing
+from busapp import App, Client
+from busapp.core import tracing
 from busapp.errors import InternalError
-from busapp.tracing import REQUEST_ID_HEADER
+from busapp.core.tracing import REQUEST_ID_HEADER
 from tests._services import delete_queues
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from busapp import wire
+from busapp.core import wire
 from busapp.errors import (
     InternalError,
     InvalidRequest,

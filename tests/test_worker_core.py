@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from busapp import App, Client
-from busapp.worker import Worker
+from busapp.runtime.worker import Worker
 from tests._services import run_app
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ def test_test_client_calls_go_through_the_worker_serve(monkeypatch, unique: str)
 def test_the_test_client_counts_and_dead_letters_redeliveries(unique: str) -> None:
     """Redelivery counting runs under the test client too: past max_deliveries, the caller
     gets WorkerLost and the message sits in <queue>.dead."""
-    from busapp.redelivery import sign_count
+    from busapp.runtime.redelivery import sign_count
     from busapp.transport.base import Delivery
     from busapp.transport.memory import MemoryBroker
 

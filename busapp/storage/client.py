@@ -1,7 +1,7 @@
 """StorageClient: read and write models through the storage service, and hear of changes.
 
-Works over any bus object with ``call`` (a :class:`~busapp.bus.Client`, a
-:class:`~busapp.service.CommissaireService`, or the ``bus`` injected in an App
+Works over any bus object with ``call`` (a :class:`~busapp.client.sync.Client`, a
+:class:`~busapp.runtime.service.CommissaireService`, or the ``bus`` injected in an App
 handler). ``register_callback`` also needs ``subscribe``, which only a
 CommissaireService has::
 

@@ -3,7 +3,7 @@
 Two implementations: :mod:`busapp.transport.kombu_transport` (Redis, RabbitMQ and the
 embedded broker, through kombu; the only modules of busapp that import kombu) and
 :mod:`busapp.transport.memory` (in-process, for the test client). Everything above the
-seam (:class:`~busapp.bus.Client`, :class:`~busapp.worker.Worker`) is written once.
+seam (:class:`~busapp.client.sync.Client`, :class:`~busapp.runtime.worker.Worker`) is written once.
 
 A transport is one broker connection. It is driven by one thread at a time
 (:meth:`Transport.drain` and everything that reads), except :meth:`Transport.publish`,
@@ -29,7 +29,7 @@ COMMISSAIRE_REPLY = re.compile(r"response-[0-9A-Fa-f]{8}(-?[0-9A-Fa-f]{4}){3}-?[
 def is_reply_queue(name: str | None) -> bool:
     """True if ``name`` is a caller's reply queue: busapp's ``busapp.reply.<hex>`` or
     Commissaire's ``response-<uuid>`` (what a service may answer to, see
-    :func:`busapp.serve.reply_target_allowed`)."""
+    :func:`busapp.core.pipeline.reply_target_allowed`)."""
     if not name:
         return False
     return name.startswith(REPLY_PREFIX) or COMMISSAIRE_REPLY.match(name) is not None

@@ -1,6 +1,6 @@
 """Growing an App: :class:`Scaffold` (hooks, dependencies, middleware) and :class:`Router`.
 
-:class:`Scaffold` holds what an :class:`~busapp.app.App` and a :class:`Router` both
+:class:`Scaffold` holds what an :class:`~busapp.core.app.App` and a :class:`Router` both
 register besides bus methods: start-up and shut-down hooks, dependencies and
 middleware. A :class:`Router` also records methods and storage handlers, so an App
 can be split over modules::
@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from busapp.deps import Dependency
-from busapp.middleware import check as check_middleware
+from busapp.core.deps import Dependency
+from busapp.core.middleware import check as check_middleware
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -212,7 +212,7 @@ class Router(Scaffold):
 
     def add_method(self, func: Callable[..., Any], name: str | None = None, **options: Any) -> None:
         """The imperative twin of :meth:`method`."""
-        from busapp.app import _NAME
+        from busapp.core.app import _NAME
 
         name = name or getattr(func, "__name__", "")
         if not isinstance(name, str) or not _NAME.match(name):

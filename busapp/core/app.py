@@ -1,7 +1,7 @@
 """The Flask-style front: plain functions registered on an :class:`App`.
 
 Registration does no I/O and imports no kombu; the generated
-:attr:`App.service_class` is a :class:`~busapp.service.CommissaireService`
+:attr:`App.service_class` is a :class:`~busapp.runtime.service.CommissaireService`
 subclass built on first use.
 """
 
@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import attrs
 
-from busapp.bus import default_exchange, default_queue
-from busapp.cluster import check_queue_type
-from busapp.dispatch import Handler
-from busapp.router import STORAGE_EVENTS as STORAGE_EVENTS  # re-exported
-from busapp.router import Scaffold, check_storage_subscription
+from busapp.client.sync import default_exchange, default_queue
+from busapp.runtime.cluster import check_queue_type
+from busapp.core.dispatch import Handler
+from busapp.core.router import STORAGE_EVENTS as STORAGE_EVENTS  # re-exported
+from busapp.core.router import Scaffold, check_storage_subscription
 
 if TYPE_CHECKING:
-    from busapp._appservice import AppService
-    from busapp.testing import TestClient
+    from busapp.runtime.appservice import AppService
+    from busapp.testing.client import TestClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,7 +59,7 @@ class App(Scaffold):
         name: the service name: queue ``name`` and routing keys ``name.<method>``.
         exchange: the topic exchange (default ``$BUSAPP_EXCHANGE``, else ``commissaire``).
         queue: queue name, shared by all workers (default ``name`` on the ``commissaire``
-            exchange, ``<exchange>.<name>`` on another: see :func:`busapp.bus.default_queue`).
+            exchange, ``<exchange>.<name>`` on another: see :func:`busapp.names.default_queue`).
         routing_key: binding key (default ``name.*``).
         max_body: largest request body accepted, in bytes (default 1 MiB).
         keyring: a :class:`~busapp.security.Keyring`: callers must sign their requests
@@ -89,9 +89,10 @@ class App(Scaffold):
         self.max_body = max_body
         #: The :class:`~busapp.security.Keyring` callers must sign with (None: anyone may call).
         self.keyring = keyring
-        #: ``classic``, ``quorum``, or None (``$BUSAPP_QUEUE_TYPE``); see :mod:`busapp.cluster`.
+        #: ``classic``, ``quorum``, or None (``$BUSAPP_QUEUE_TYPE``); see
+        #: :mod:`busapp.runtime.cluster`.
         self.queue_type = check_queue_type(queue_type)
-        super().__init__()  # start-up/shut-down hooks, dependencies, middleware (busapp.router)
+        super().__init__()  # hooks, dependencies, middleware (busapp.core.scaffold)
         #: Bus methods: ``{method name: Handler}``, filled by :meth:`method`.
         self.methods: dict[str, Handler] = {}
         #: Storage event subscriptions, filled by :meth:`on_storage_event`.
@@ -115,7 +116,7 @@ class App(Scaffold):
 
     def queue_for(self, exchange: str) -> str:
         """The RPC queue's name when serving on ``exchange``: the one given, else
-        :func:`busapp.bus.default_queue`."""
+        :func:`busapp.client.sync.default_queue`."""
         return self._queue or default_queue(self.name, exchange)
 
     def __repr__(self) -> str:
@@ -136,7 +137,7 @@ class App(Scaffold):
 
         ``time_limit``: seconds a call may run; past it the caller gets -32603
         (``data.exception == "TimeLimitExceeded"``) and the handler is interrupted (see
-        :mod:`busapp.timelimit`). Default: the worker's ``WorkerOptions.time_limit``.
+        :mod:`busapp.runtime.timelimit`). Default: the worker's ``WorkerOptions.time_limit``.
 
         ``allow``: the key ids (of the App's keyring) that may call it; a caller signing
         with another valid key gets -32002 (Forbidden). Default: any key of the keyring.
@@ -219,9 +220,9 @@ class App(Scaffold):
 
     @property
     def service_class(self) -> type[AppService]:
-        """The :class:`~busapp.service.CommissaireService` subclass serving this App."""
+        """The :class:`~busapp.runtime.service.CommissaireService` subclass serving this App."""
         if self._service_class is None:
-            from busapp._appservice import build_service_class
+            from busapp.runtime.appservice import build_service_class
 
             self._service_class = build_service_class(self)
         return self._service_class
@@ -237,10 +238,10 @@ class App(Scaffold):
             graceful_timeout: float | None = None, options: Any = None) -> None:
         """Serve until SIGINT/SIGTERM: in this process (``workers=1``) or under a ServiceManager.
 
-        ``options`` is a :class:`~busapp.worker.WorkerOptions`; ``concurrency`` and
+        ``options`` is a :class:`~busapp.runtime.worker.WorkerOptions`; ``concurrency`` and
         ``graceful_timeout`` change single fields of it.
         """
-        from busapp.manager import ServiceManager
+        from busapp.runtime.manager import ServiceManager
 
         exchange = exchange or self.exchange
         options = (options or self.service_class.worker_options).evolve(
@@ -253,12 +254,12 @@ class App(Scaffold):
 
     def test_client(self, *, dependencies: dict[str, Any] | None = None,
                     key: Any = None) -> TestClient:
-        """An in-memory client calling this App with no broker (see :mod:`busapp.testing`).
+        """An in-memory client calling this App with no broker (see :mod:`busapp.testing.client`).
 
         ``dependencies`` replaces registered providers: ``{name: provider or value}``.
         ``key``: sign the calls with this key: ``(id, secret)``, or the id of a key of the
         App's keyring.
         """
-        from busapp.testing import TestClient
+        from busapp.testing.client import TestClient
 
         return TestClient(self, dependencies=dependencies, key=key)

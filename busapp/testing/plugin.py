@@ -1,4 +1,4 @@
-"""pytest plugin: fixtures for testing busapp services (see :mod:`busapp.testing`).
+"""pytest plugin: fixtures for testing busapp services (see :mod:`busapp.testing.client`).
 
 Installed with busapp (entry point ``pytest11``); nothing to enable. Tell it
 which App you test by overriding ``busapp_app`` in your ``conftest.py``::
@@ -16,7 +16,7 @@ which App you test by overriding ``busapp_app`` in your ``conftest.py``::
 Fixtures (each test gets fresh ones, with empty in-memory storage):
 
 - ``busapp_app``: the App under test; override it.
-- ``busapp_client``: a :class:`~busapp.testing.TestClient` for ``busapp_app``.
+- ``busapp_client``: a :class:`~busapp.testing.client.TestClient` for ``busapp_app``.
 - ``busapp_storage``: ``busapp_client.storage``, a StorageClient on in-memory storage.
 - ``busapp_client_factory``: ``make(app=None, **options)`` builds more
   clients (e.g. ``raise_handler_errors=False``), closed after the test.
@@ -35,7 +35,7 @@ def busapp_app() -> Any:
     """The App under test: override this fixture in your conftest.py."""
     pytest.fail(
         "the busapp_client fixture needs your App: define a 'busapp_app' fixture returning it "
-        "in conftest.py (see busapp.pytest_plugin)",
+        "in conftest.py (see busapp.testing.plugin)",
         pytrace=False,
     )
 
@@ -44,7 +44,7 @@ def busapp_app() -> Any:
 def busapp_client_factory() -> Iterator[Callable[..., Any]]:
     """``make(app=None, **options)``: a new TestClient (options as for TestClient), closed
     after the test."""
-    from busapp.testing import TestClient
+    from busapp.testing.client import TestClient
 
     made: list[TestClient] = []
 

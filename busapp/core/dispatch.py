@@ -18,8 +18,8 @@ from typing import Any, Self
 
 import attrs
 
-from busapp import wire
-from busapp.convert import describe_error, structure, unstructure
+from busapp.core import wire
+from busapp.core.convert import describe_error, structure, unstructure
 from busapp.errors import InternalError, InvalidParams, MethodNotFound
 
 #: Parameter names filled by busapp, never from the wire.
@@ -51,7 +51,7 @@ class Handler:
     var_keyword: bool = False
     is_async: bool = False
     #: Seconds the handler may run before its caller gets TimeLimitExceeded (None: the
-    #: worker's default, :attr:`busapp.worker.WorkerOptions.time_limit`).
+    #: worker's default, :attr:`busapp.runtime.worker.WorkerOptions.time_limit`).
     time_limit: float | None = None
     #: Key ids that may call it when its service has a keyring (None: any valid key);
     #: see :mod:`busapp.security`.

@@ -16,7 +16,7 @@ count made on another host starts again from 1 (a poison message is still dead-l
 once it kills workers of one host ``max_deliveries`` times in a row).
 
 A RabbitMQ quorum queue counts deliveries itself (``x-delivery-count``, see
-:mod:`busapp.cluster`): there the broker's count is used instead, nothing is re-published,
+:mod:`busapp.runtime.cluster`): there the broker's count is used instead, nothing is re-published,
 and the queue's ``x-delivery-limit`` dead-letters the message should its last worker die too.
 """
 
@@ -29,9 +29,9 @@ import os
 import secrets
 
 from busapp import config
-from busapp.cluster import dead_letter_name
+from busapp.runtime.cluster import dead_letter_name
 from busapp.errors import InternalError
-from busapp.serve import ROUTING_KEY_HEADER
+from busapp.core.pipeline import ROUTING_KEY_HEADER
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
 COUNT_HEADER = "x-busapp-deliveries"

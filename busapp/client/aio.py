@@ -1,20 +1,20 @@
 """Calling services from asyncio: :class:`AsyncClient`, and the async ``bus`` of handlers.
 
 An AsyncClient has the arguments, methods, errors, timeouts and wire of
-:class:`~busapp.bus.Client`, as coroutines. The broker I/O is the same blocking
+:class:`~busapp.client.sync.Client`, as coroutines. The broker I/O is the same blocking
 transport (:mod:`busapp.transport.base`), driven by two threads the client owns, so no
 call of it holds the event loop for longer than it takes to queue a message:
 
 - a *publisher* thread takes each message from a queue and publishes it (the
   publishing connection, its reconnection and the embedded broker's revival are
-  :class:`~busapp.bus.Client`'s own);
+  :class:`~busapp.client.sync.Client`'s own);
 - a *reply* thread drains the reply queue and hands each reply to the future of its
   call with ``loop.call_soon_threadsafe``.
 
 Every call's future remembers its own loop, so one AsyncClient serves any number of
 event loops (a worker's async handlers run on one loop per thread). On the in-memory
 test transport, which delivers as it publishes, messages are published in the calling
-thread instead, as the test client's :class:`~busapp.bus.Client` does: when the
+thread instead, as the test client's :class:`~busapp.client.sync.Client` does: when the
 awaited call returns, everything it caused has happened.
 
 Why threads rather than ``redis.asyncio``/``aio-pika`` on kombu's wire: one code path
@@ -33,8 +33,8 @@ from typing import Any
 
 import structlog
 
-from busapp import wire
-from busapp.bus import DEFAULT_TIMEOUT, WAIT_HOOK, Client, reply_key
+from busapp.core import wire
+from busapp.client.sync import DEFAULT_TIMEOUT, WAIT_HOOK, Client, reply_key
 from busapp.errors import BrokerUnavailable, RequestTimeout
 from busapp.transport import is_memory, mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
@@ -47,7 +47,7 @@ _STOP = object()
 
 
 class AsyncClient:
-    """An asyncio connection to the bus: :class:`~busapp.bus.Client`'s API, awaitable.
+    """An asyncio connection to the bus: :class:`~busapp.client.sync.Client`'s API, awaitable.
 
     Args:
         broker_url: broker URL; None means ``$BUSAPP_BROKER_URL``, else the embedded broker.

@@ -3,8 +3,8 @@
 :func:`serve_request` and :func:`serve_event` are the same for every transport (a
 broker-fed worker and the in-memory test client run exactly these): they turn a
 :class:`~busapp.transport.base.Delivery` into an :class:`IncomingMessage`, run the
-handler through :func:`busapp.dispatch.process`, and return what to publish. The
-caller (:mod:`busapp.worker`) publishes and settles.
+handler through :func:`busapp.core.dispatch.process`, and return what to publish. The
+caller (:mod:`busapp.runtime.worker`) publishes and settles.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import attrs
 
-from busapp import config, dispatch, wire
+from busapp import config
+from busapp.core import dispatch, wire
 from busapp.errors import ParseError, RemoteProcedureCallError
 from busapp.log import get_logger
 from busapp.transport.base import Delivery, is_reply_queue

@@ -16,7 +16,7 @@ Metrics (SPEC §10):
 
 Calls are counted by the worker, not by an App middleware: that also counts the
 requests no middleware sees (unknown methods, bad params, undecodable bodies) and the
-services written as :class:`~busapp.service.CommissaireService` classes.
+services written as :class:`~busapp.runtime.service.CommissaireService` classes.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def _summary(func: Any) -> tuple[str | None, str | None]:
 
 
 def method_object(name: str, handler: Any, schemas: Schemas, routing_key: str) -> dict[str, Any]:
-    """One OpenRPC method object for ``handler`` (a :class:`busapp.dispatch.Handler`)."""
+    """One OpenRPC method object for ``handler`` (a :class:`busapp.core.dispatch.Handler`)."""
     params = []
     for p in handler.params:
         descriptor: dict[str, Any] = {"name": p.name,
@@ -199,7 +199,7 @@ def method_object(name: str, handler: Any, schemas: Schemas, routing_key: str) -
 
 def _methods(source: Any) -> tuple[list[tuple[str, Any, str]], dict[str, Any]]:
     """``[(name, handler, routing key)]`` and the document's ``info``, for an App or a service."""
-    from busapp.app import App
+    from busapp.core.app import App
 
     if isinstance(source, App):
         app = source

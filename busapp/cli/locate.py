@@ -1,8 +1,8 @@
 """Find what ``busapp run MODULE[:APP]`` should serve: an App or a CommissaireService class.
 
 ``MODULE`` is a dotted module name or a file path; ``APP`` (after the first
-``:``) names an attribute: an :class:`~busapp.app.App`, a
-:class:`~busapp.service.CommissaireService` subclass, or a factory function
+``:``) names an attribute: an :class:`~busapp.core.app.App`, a
+:class:`~busapp.runtime.service.CommissaireService` subclass, or a factory function
 returning an App. Every failure raises :class:`click.UsageError` (exit 2)
 saying what was wrong and what to do; the three lookup failures (no such
 module, an ImportError raised inside it, no App in it) read differently.
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import click
 
-from busapp.app import App
+from busapp.core.app import App
 
 if TYPE_CHECKING:
-    from busapp.service import CommissaireService
+    from busapp.runtime.service import CommissaireService
 
 
 @attrs.define
@@ -167,7 +167,7 @@ def _by_name(module: ModuleType, attr: str) -> Any:
 
 
 def _is_service_class(obj: Any) -> bool:
-    from busapp.service import CommissaireService
+    from busapp.runtime.service import CommissaireService
 
     return (inspect.isclass(obj) and issubclass(obj, CommissaireService)
             and not obj.__dict__.get("_busapp_framework"))

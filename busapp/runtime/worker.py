@@ -7,7 +7,7 @@ switch per message. The role passes to a standby thread only when the handler in
 hand would hold up the others:
 
 - the handler makes a bus call (it is about to wait for a reply, maybe from this very
-  worker): :data:`busapp.bus.WAIT_HOOK` tells the worker before the request is sent;
+  worker): :data:`busapp.client.sync.WAIT_HOOK` tells the worker before the request is sent;
 - the handler has run longer than ``handoff_after`` (a few ms): a monitor thread
   that ticks only while handlers run inline notices.
 
@@ -39,9 +39,15 @@ from typing import Any
 import attrs
 import structlog
 
-from busapp import control, tracing, wire
-from busapp.bus import WAIT_HOOK
-from busapp.cluster import check_queue_type, dead_letter_spec, declared_as, resolve_queue_type
+from busapp.entrypoints import control
+from busapp.core import tracing, wire
+from busapp.client.sync import WAIT_HOOK
+from busapp.runtime.cluster import (
+    check_queue_type,
+    dead_letter_spec,
+    declared_as,
+    resolve_queue_type,
+)
 from busapp.errors import (
     BrokerUnavailable,
     InvalidRequest,
@@ -50,9 +56,9 @@ from busapp.errors import (
     Resubscribe,
 )
 from busapp.log import quiet
-from busapp.redelivery import count_redelivery, poison_error
+from busapp.runtime.redelivery import count_redelivery, poison_error
 from busapp.security import Gate, Refused
-from busapp.serve import (
+from busapp.core.pipeline import (
     IncomingMessage,
     Subscription,
     expired_by,
@@ -60,7 +66,7 @@ from busapp.serve import (
     serve_event,
     serve_request,
 )
-from busapp.timelimit import TimeLimits, Watched, any_limit
+from busapp.runtime.timelimit import TimeLimits, Watched, any_limit
 from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
@@ -93,11 +99,11 @@ class WorkerOptions:
     #: Seconds to keep trying to reach the broker at start-up (None: forever).
     startup_timeout: float | None = None
     #: Seconds a request's handler may run (None: no limit), unless its method sets its own
-    #: (``@app.method(time_limit=S)``); see :mod:`busapp.timelimit`.
+    #: (``@app.method(time_limit=S)``); see :mod:`busapp.runtime.timelimit`.
     time_limit: float | None = None
     #: Seconds a handler past its time limit may take to stop before its worker exits.
     time_limit_grace: float = 10.0
-    #: ``classic`` or ``quorum`` (RabbitMQ clusters, see :mod:`busapp.cluster`); None:
+    #: ``classic`` or ``quorum`` (RabbitMQ clusters, see :mod:`busapp.runtime.cluster`); None:
     #: ``$BUSAPP_QUEUE_TYPE``, else classic.
     queue_type: str | None = attrs.field(
         default=None, validator=lambda _, __, value: check_queue_type(value))
@@ -130,7 +136,7 @@ class Worker:
 
     ``service`` provides ``service_name``, ``exchange_name``, ``connection_url``,
     ``handlers``, ``subscriptions``, ``queue_specs()``, ``_context(info)`` and
-    ``_bus_client()`` (a :class:`~busapp.bus.Client` for replies).
+    ``_bus_client()`` (a :class:`~busapp.client.sync.Client` for replies).
     """
 
     def __init__(self, service: Any, options: WorkerOptions | None = None) -> None:
@@ -167,14 +173,14 @@ class Worker:
         keyring = getattr(service, "keyring", None)
         #: Checks signatures and allow lists when the service has a keyring (busapp.security).
         self.gate: Gate | None = Gate(keyring, service.handlers) if keyring is not None else None
-        # What `busapp status` reports (see busapp.control). Each is changed by one
+        # What `busapp status` reports (see busapp.entrypoints.control). Each is changed by one
         # statement, which the GIL does not split, and read without a lock.
         self.started_at = time.time()
         self.handled = 0          # requests served (answered or not)
         self.errors = 0           # of them, answered with an error
         self.calls_in_flight = 0  # requests being served now
         #: Records calls for Prometheus when ``busapp run --metrics-port`` is on
-        #: (a :class:`busapp.metrics.WorkerMetrics`), else None.
+        #: (a :class:`busapp.ops.metrics.WorkerMetrics`), else None.
         self.metrics: Any = None
         self._control = control.control_queue(control.service_name(service))
 

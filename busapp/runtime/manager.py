@@ -35,7 +35,7 @@ import structlog
 
 from busapp.errors import CrashLoopError
 from busapp.transport import mask_url, resolve_broker_url
-from busapp.worker import WorkerOptions
+from busapp.runtime.worker import WorkerOptions
 
 log = structlog.get_logger("busapp.manager")
 
@@ -111,8 +111,8 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOpt
         if ready_at is not None:
             service.ready_callback = _ready_setter(ready_at)
         if metrics:
-            from busapp import control
-            from busapp.metrics import WorkerMetrics
+            from busapp.entrypoints import control
+            from busapp.ops.metrics import WorkerMetrics
 
             service.make_worker().metrics = WorkerMetrics(control.service_name(service))
         service.run()
@@ -135,7 +135,7 @@ class ServiceManager:
     """Run ``process_count`` processes of ``service_class`` on one shared queue.
 
     Args:
-        service_class: a :class:`~busapp.service.CommissaireService` subclass.
+        service_class: a :class:`~busapp.runtime.service.CommissaireService` subclass.
         process_count: how many worker processes.
         exchange_name, connection_url, qkwargs: passed to each worker's constructor
             (``qkwargs`` only if its ``__init__`` takes it).
@@ -157,7 +157,7 @@ class ServiceManager:
     #: Consecutive deaths before ready of one slot after which the manager gives up.
     max_fast_failures: int = 5
     #: Serve Prometheus metrics of all workers on this port (None: no metrics; see
-    #: :mod:`busapp.metrics`), bound to ``metrics_host``.
+    #: :mod:`busapp.ops.metrics`), bound to ``metrics_host``.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
 
@@ -234,15 +234,15 @@ class ServiceManager:
         set-up)."""
         if self.metrics_port is None:
             return
-        from busapp.metrics import MetricsEndpoint
+        from busapp.ops.metrics import MetricsEndpoint
 
         self._metrics = MetricsEndpoint(self.metrics_port, self.metrics_host, self._service_name())
         self._metrics.start()
 
     def _service_name(self) -> str:
         """The name the workers answer ``busapp status`` by (see
-        :func:`busapp.control.service_name`): an App's name, else their first queue's name (as
-        CommissaireService sets it)."""
+        :func:`busapp.entrypoints.control.service_name`): an App's name, else their first
+        queue's name (as CommissaireService sets it)."""
         app = getattr(self.service_class, "app", None)
         if app is not None:
             return str(app.name)
@@ -318,8 +318,8 @@ class ServiceManager:
 
     def _forget_control_queue(self, pid: int) -> None:
         """Delete the dead worker's own control queue (``busapp status``), which Redis keeps."""
-        from busapp.bus import default_exchange
-        from busapp.control import forget_worker
+        from busapp.client.sync import default_exchange
+        from busapp.entrypoints.control import forget_worker
 
         if self.connection_url is None:  # resolved by run() before any worker starts
             return

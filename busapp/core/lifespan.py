@@ -23,10 +23,10 @@ from typing import Any
 import attrs
 import structlog
 
-from busapp import middleware
-from busapp.convert import unstructure
-from busapp.deps import Dependency, Resolver, call_with, check_consumer, override
-from busapp.dispatch import INJECTABLE, Handler
+from busapp.core import middleware
+from busapp.core.convert import unstructure
+from busapp.core.deps import Dependency, Resolver, call_with, check_consumer, override
+from busapp.core.dispatch import INJECTABLE, Handler
 
 log = structlog.get_logger("busapp.lifespan")
 
@@ -59,7 +59,7 @@ class Lifespan:
 
     Raises:
         ValueError: an override names no dependency, or the dependency graph or a hook's
-            parameters are wrong (see :func:`busapp.deps.plan`).
+            parameters are wrong (see :func:`busapp.core.deps.plan`).
     """
 
     def __init__(self, app: Any, overrides: Mapping[str, Any] | None = None) -> None:

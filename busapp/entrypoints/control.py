@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from busapp import wire
+from busapp.core import wire
 from busapp.errors import InvalidRequest, MethodNotFound, RequestTimeout
 from busapp.transport import is_redis, open_transport
 from busapp.transport.base import REPLY_PREFIX, Delivery, QueueSpec

@@ -26,7 +26,7 @@ from typing import Any
 
 import attrs
 
-from busapp.dispatch import INJECTABLE, run_coroutine
+from busapp.core.dispatch import INJECTABLE, run_coroutine
 
 #: The scopes a dependency may have.
 SCOPES = ("worker", "call")

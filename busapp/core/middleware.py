@@ -29,7 +29,7 @@ class Call:
             ``"event"`` (a storage event).
         method: the bus method's name, or the storage handler's function name.
         params: the wire params (list or dict); for an event ``{"event": ..., "model": ...}``.
-        message: the :class:`~busapp.serve.IncomingMessage` (routing key, headers, id...).
+        message: the :class:`~busapp.core.pipeline.IncomingMessage` (routing key, headers, id...).
     """
 
     kind: str

@@ -9,8 +9,8 @@
             client.call("add", "x", 2)
 
 Nothing here re-implements the bus: calls go through a real
-:class:`~busapp.bus.Client`, and each registered service is served by a real
-:class:`~busapp.worker.Worker` (the same serve path as on a broker: redelivery
+:class:`~busapp.client.sync.Client`, and each registered service is served by a real
+:class:`~busapp.runtime.worker.Worker` (the same serve path as on a broker: redelivery
 counting, JSON decoding, dispatch, reply publishing, ack, log context) over the
 in-memory transport (:mod:`busapp.transport.memory`), which delivers every message
 synchronously. So when a call returns, everything it caused has happened: handlers
@@ -41,11 +41,11 @@ from typing import Any
 
 import attrs
 
-from busapp import wire
-from busapp.bus import Client
-from busapp.serve import IncomingMessage, Subscription
+from busapp.core import wire
+from busapp.client.sync import Client
+from busapp.core.pipeline import IncomingMessage, Subscription
 from busapp.transport.memory import MemoryBroker, MemoryTransport, NoRouteError, topic_matches
-from busapp.worker import Worker
+from busapp.runtime.worker import Worker
 
 __all__ = ["HandlerError", "NoRouteError", "Published", "TestClient"]
 
@@ -103,7 +103,7 @@ class TestClient:
         #: The in-memory broker URL every service and client of this test client shares.
         self.url = f"memory://test-{uuid.uuid4().hex}"
         self.exchange = getattr(app, "exchange", None) or "commissaire"
-        #: The test's own bus client (a real :class:`~busapp.bus.Client`).
+        #: The test's own bus client (a real :class:`~busapp.client.sync.Client`).
         keyring = getattr(app, "keyring", None)
         if isinstance(key, str) and keyring is not None and key in keyring:
             key = keyring.key(key)

@@ -175,14 +175,14 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None,
     # Not cache=True: a frozen logger outlives any later configure (tests run commands
     # in-process), and the per-call line is cheap enough without it.
     configure_logging(log_level, log_format)
-    from busapp.locate import load_target
+    from busapp.cli.locate import load_target
 
     if reload:
         from busapp import _extras
 
         _usable(_extras.watchfiles)
     if metrics_port is not None:
-        from busapp import metrics
+        from busapp.ops import metrics
 
         _usable(metrics._client)
     loaded = load_target(target)
@@ -196,7 +196,7 @@ def run(target: str, workers: int, concurrency: int | None, broker: str | None,
             loaded.service_class.keyring = keys
     url = _resolve_broker(broker)
     if reload:
-        from busapp.reloader import run_with_reload
+        from busapp.cli.reload import run_with_reload
 
         options = {"workers": workers, "concurrency": concurrency, "exchange": exchange,
                    "graceful_timeout": graceful_timeout, "log_format": log_format,
@@ -228,8 +228,8 @@ def _resolve_broker(broker: str | None) -> str:
 
 
 def _serve(loaded: Any, url: str, **options: Any) -> None:
-    from busapp.manager import CrashLoopError, ServiceManager
-    from busapp.worker import WorkerOptions
+    from busapp.runtime.manager import CrashLoopError, ServiceManager
+    from busapp.runtime.worker import WorkerOptions
 
     try:
         # Always under a manager, even with one worker: a worker that dies is replaced,
@@ -298,7 +298,7 @@ def call(routing_key: str, params: tuple[str, ...], broker: str | None, exchange
 
 def _request(routing_key: str, body: Any, broker: str | None, exchange: str | None,
              timeout: float) -> dict:
-    from busapp.bus import Client
+    from busapp.client.sync import Client
 
     url = broker or _running_embedded()
     try:
@@ -336,7 +336,7 @@ def _running_embedded() -> str:
 
 
 def _describe_error(response: dict) -> str:
-    from busapp import wire
+    from busapp.core import wire
 
     exc = wire.error_from_response(response)
     if not isinstance(exc, RemoteProcedureCallError):  # pragma: no cover - malformed error
@@ -392,13 +392,13 @@ def parse_params(args: tuple[str, ...] | list[str]) -> list | dict | None:
                    "with JSON Schema of params and results.")
 def routes(target: str, fmt: str) -> None:
     """List the routing keys MODULE[:APP] serves, with functions, parameters and storage events."""
-    from busapp.locate import load_target
+    from busapp.cli.locate import load_target
 
     loaded = load_target(target)
     if fmt == "text":
         click.echo(route_table(loaded))
         return
-    from busapp import openrpc
+    from busapp.ops import openrpc
 
     source = loaded.app if loaded.app is not None else _describe_instance(loaded.service_class)
     document = openrpc.openrpc_document(source) if fmt == "openrpc" else openrpc.describe(source)
@@ -417,7 +417,7 @@ def _function_name(func: Any) -> str:
 
 
 def route_table(target: Any) -> str:
-    """The text ``busapp routes`` prints for ``target`` (a :class:`busapp.locate.Target`)."""
+    """The text ``busapp routes`` prints for ``target`` (a :class:`busapp.cli.locate.Target`)."""
     if target.app is not None:
         app = target.app
         lines = [f"App {app.name!r}: exchange {app.exchange!r}, queue {app.queue!r}, "
@@ -501,7 +501,7 @@ def storage(store: str | None, workers: int, broker: str | None, exchange: str |
     url = _resolve_broker(broker)
     log.info("starting storage service", store=mask_url(store) if store else "default",
              workers=workers, broker=mask_url(url), pid=os.getpid())
-    from busapp.locate import Target
+    from busapp.cli.locate import Target
 
     target = Target("storage", sys.modules[make_app.__module__], app, app.service_class,
                     Path.cwd())
@@ -546,8 +546,8 @@ def _gather(name: str | None, broker: str | None, exchange: str | None, timeout:
             local: bool, first: bool) -> list[dict]:
     import socket
 
-    from busapp import control
-    from busapp.bus import default_exchange
+    from busapp.entrypoints import control
+    from busapp.client.sync import default_exchange
 
     return control.gather(broker or _running_embedded(), default_exchange(exchange), name,
                           timeout=timeout, first=first,
@@ -574,7 +574,7 @@ def status(name: str | None, broker: str | None, exchange: str | None, timeout: 
     if as_json:
         click.echo(json.dumps(workers, indent=2))
     elif workers:
-        from busapp.control import FIELDS
+        from busapp.entrypoints.control import FIELDS
 
         rows = [tuple(str(w.get(f, "")) for f in FIELDS) for w in workers]
         click.echo("\n".join(_table(tuple(f.upper().replace("_", " ") for f in FIELDS), rows)))

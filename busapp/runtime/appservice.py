@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from busapp.bus import default_exchange
-from busapp.lifespan import Lifespan
-from busapp.service import CommissaireService, IncomingMessage
+from busapp.client.sync import default_exchange
+from busapp.core.lifespan import Lifespan
+from busapp.runtime.service import CommissaireService, IncomingMessage
 
 if TYPE_CHECKING:
-    from busapp.app import App, StorageHandler
+    from busapp.core.app import App, StorageHandler
 
 
 class AppService(CommissaireService):
@@ -39,7 +39,7 @@ class AppService(CommissaireService):
                 for name, handler in self.app.methods.items()}
 
     def _event_callback(self, entry: StorageHandler) -> Any:
-        from busapp.router import _event_key
+        from busapp.core.router import _event_key
         from busapp.storage.events import decode_event
 
         handler = self.lifespan.wrap(entry.handler, "event",

@@ -5,7 +5,7 @@ declared as *quorum* queues (``App(..., queue_type="quorum")`` or
 ``$BUSAPP_QUEUE_TYPE=quorum``): replicated over the cluster's nodes, so losing the node
 that leads one loses no message the broker confirmed. A quorum queue counts deliveries
 itself, so its ``x-delivery-limit`` is the poison bound, and it dead-letters to the same
-``<queue>.dead`` queue a classic queue's worker uses (see :mod:`busapp.redelivery`).
+``<queue>.dead`` queue a classic queue's worker uses (see :mod:`busapp.runtime.redelivery`).
 
 Reply queues stay classic, non-durable and auto-deleted: they are per client and
 short-lived, and a client whose node dies declares its reply queue again on another.

@@ -7,7 +7,7 @@ context (``request_id`` on every line) and each call the handler makes carries i
 in the same header, so the lines of one action can be found across services.
 
 Tracing. When OpenTelemetry is installed (``pip install 'busapp[otel]'``) and a
-tracer provider is configured, :meth:`busapp.bus.Client.request` makes a CLIENT span
+tracer provider is configured, :meth:`busapp.client.sync.Client.request` makes a CLIENT span
 and puts its W3C ``traceparent`` (and ``tracestate``) in the request's headers; the
 worker makes a SERVER span that continues it and is current while the handler runs,
 so calls the handler makes are its children. Without OpenTelemetry, or with no
@@ -50,7 +50,7 @@ def use_tracer_provider(provider: Any) -> None:
     Example::
 
         from opentelemetry.sdk.trace import TracerProvider
-        busapp.tracing.use_tracer_provider(TracerProvider())
+        busapp.core.tracing.use_tracer_provider(TracerProvider())
     """
     global _provider
     _provider = provider
