@@ -22,8 +22,15 @@ from __future__ import annotations
 
 import re
 
+from busapp import config
+
 #: The exchange Commissaire used, and busapp's default.
 DEFAULT_EXCHANGE = "commissaire"
+
+
+def default_exchange(name: str | None = None) -> str:
+    """``name``, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
+    return name or config.get("exchange")
 
 #: A method, event or App name: what may stand in one routing-key segment.
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")

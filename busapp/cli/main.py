@@ -229,7 +229,7 @@ def _resolve_broker(broker: str | None) -> str:
 
 def _serve(loaded: Any, url: str, **options: Any) -> None:
     from busapp.runtime.manager import CrashLoopError, ServiceManager
-    from busapp.runtime.worker import WorkerOptions
+    from busapp.core.options import WorkerOptions
 
     try:
         # Always under a manager, even with one worker: a worker that dies is replaced,

@@ -22,9 +22,9 @@ import weakref
 from typing import Any
 
 
-from busapp import config, security
+from busapp import security
 from busapp.core import tracing, wire
-from busapp.names import default_queue
+from busapp.names import default_exchange, default_queue
 from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout, Unauthorized
 from busapp.log import get_logger
 from busapp.core.pipeline import DEADLINE_HEADER
@@ -39,9 +39,6 @@ DEFAULT_TIMEOUT = 10.0
 __all__ = ["DEFAULT_TIMEOUT", "REPLY_PREFIX", "BusMixin", "Client", "default_exchange",
            "default_queue"]
 
-def default_exchange(name: str | None = None) -> str:
-    """``name``, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
-    return name or config.get("exchange")
 
 
 class _WaitHook(threading.local):

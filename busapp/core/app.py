@@ -7,50 +7,25 @@ subclass built on first use.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-import attrs
-
-from busapp.client.sync import default_exchange, default_queue
-from busapp.runtime.cluster import check_queue_type
+from busapp import names
 from busapp.core.dispatch import Handler
-from busapp.core.router import STORAGE_EVENTS as STORAGE_EVENTS  # re-exported
-from busapp.core.router import Scaffold, check_storage_subscription
+from busapp.core.options import check_queue_type
+from busapp.core.scaffold import STORAGE_EVENTS as STORAGE_EVENTS  # re-exported
+from busapp.core.scaffold import (
+    Scaffold,
+    StorageHandler,
+    check_method_name,
+    check_storage_subscription,
+)
 
 if TYPE_CHECKING:
     from busapp.runtime.appservice import AppService
     from busapp.testing.client import TestClient
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
-
-
-
-@attrs.define
-class StorageHandler:
-    """A function subscribed to storage change events."""
-
-    func: Callable[..., Any]
-    model: type | None
-    event: str
-    handler: Handler
-
-    @property
-    def model_name(self) -> str:
-        return self.model.__name__ if self.model is not None else "*"
-
-    @property
-    def binding_key(self) -> str:
-        return f"notify.storage.{self.model_name}.{self.event}"
-
-    def queue_name(self, app_queue: str) -> str:
-        model = self.model.__name__ if self.model is not None else "any"
-        event = self.event if self.event != "*" else "any"
-        return f"{app_queue}.notify.{model}.{event}.{self.func.__name__}"
-
 
 class App(Scaffold):
     """A bus service made of plain functions.
@@ -102,7 +77,7 @@ class App(Scaffold):
     @property
     def exchange(self) -> str:
         """The exchange given, else ``$BUSAPP_EXCHANGE``, else ``commissaire``."""
-        return default_exchange(self._exchange)
+        return names.default_exchange(self._exchange)
 
     @property
     def queue(self) -> str:
@@ -116,8 +91,8 @@ class App(Scaffold):
 
     def queue_for(self, exchange: str) -> str:
         """The RPC queue's name when serving on ``exchange``: the one given, else
-        :func:`busapp.client.sync.default_queue`."""
-        return self._queue or default_queue(self.name, exchange)
+        :func:`busapp.names.default_queue`."""
+        return self._queue or names.default_queue(self.name, exchange)
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} methods={sorted(self.methods)}>"
@@ -161,9 +136,7 @@ class App(Scaffold):
     def add_method(self, func: Callable[..., Any], name: str | None = None, *,
                    time_limit: float | None = None, allow: Any = None) -> None:
         """Register ``func`` as bus method ``name``; the imperative twin of :meth:`method`."""
-        name = name or getattr(func, "__name__", "")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ValueError(f"method name {name!r} must match [A-Za-z][A-Za-z0-9_]*")
+        name = check_method_name(name or getattr(func, "__name__", ""))
         if name in self.methods:
             raise ValueError(f"method {name!r} is already registered on App {self.name!r}")
         if time_limit is not None and not time_limit > 0:

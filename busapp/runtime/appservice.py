@@ -9,7 +9,8 @@ from busapp.core.lifespan import Lifespan
 from busapp.runtime.service import CommissaireService, IncomingMessage
 
 if TYPE_CHECKING:
-    from busapp.core.app import App, StorageHandler
+    from busapp.core.app import App
+    from busapp.core.scaffold import StorageHandler
 
 
 class AppService(CommissaireService):
@@ -39,11 +40,9 @@ class AppService(CommissaireService):
                 for name, handler in self.app.methods.items()}
 
     def _event_callback(self, entry: StorageHandler) -> Any:
-        from busapp.core.router import _event_key
         from busapp.storage.events import decode_event
 
-        handler = self.lifespan.wrap(entry.handler, "event",
-                                     _event_key(entry.func, entry.model, entry.event))
+        handler = self.lifespan.wrap(entry.handler, "event", entry.key)
 
         def on_event(body: Any, message: IncomingMessage) -> None:
             event, model = decode_event(body)

@@ -20,27 +20,12 @@ from __future__ import annotations
 
 import attrs
 
-from busapp import config
+from busapp import config, names
+from busapp.core.options import QUEUE_TYPES, check_queue_type
 from busapp.transport.base import QueueSpec
 
 __all__ = ["QUEUE_TYPES", "check_queue_type", "dead_letter_spec",
            "declared_as", "resolve_queue_type"]
-
-#: Queue types busapp declares (RabbitMQ's names; Redis has one kind of queue and ignores it).
-QUEUE_TYPES = ("classic", "quorum")
-
-
-def check_queue_type(value: str | None) -> str | None:
-    """``value`` if it is None or a known queue type.
-
-    Raises:
-        ValueError: an unknown queue type.
-    """
-    if value is not None and value not in QUEUE_TYPES:
-        msg = f"unknown queue type {value!r}; use one of {', '.join(QUEUE_TYPES)}"
-        raise ValueError(msg)
-    return value
-
 
 def resolve_queue_type(value: str | None = None) -> str:
     """``value``, else ``$BUSAPP_QUEUE_TYPE``, else ``classic`` (ValueError if unknown)."""
@@ -55,7 +40,7 @@ def resolve_queue_type(value: str | None = None) -> str:
 
 def dead_letter_name(queue: str) -> str:
     """The queue a message of ``queue`` that kept killing its workers is moved to."""
-    return f"{queue}.dead"
+    return names.dead_letter(queue)
 
 
 def declared_as(spec: QueueSpec, queue_type: str, max_deliveries: int) -> QueueSpec:

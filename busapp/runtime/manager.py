@@ -35,7 +35,7 @@ import structlog
 
 from busapp.errors import CrashLoopError
 from busapp.transport import mask_url, resolve_broker_url
-from busapp.runtime.worker import WorkerOptions
+from busapp.core.options import WorkerOptions
 
 log = structlog.get_logger("busapp.manager")
 

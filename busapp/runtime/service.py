@@ -25,7 +25,8 @@ from busapp.client.sync import BusMixin, Client, default_exchange, default_queue
 from busapp.core.pipeline import IncomingMessage, Subscription
 from busapp.transport import resolve_broker_url
 from busapp.transport.base import QueueSpec
-from busapp.runtime.worker import Worker, WorkerOptions
+from busapp.core.options import WorkerOptions
+from busapp.runtime.worker import Worker
 
 __all__ = ["CommissaireService", "IncomingMessage", "Subscription", "WorkerOptions"]
 

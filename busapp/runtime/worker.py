@@ -42,8 +42,8 @@ import structlog
 from busapp.entrypoints import control
 from busapp.core import tracing, wire
 from busapp.client.sync import WAIT_HOOK
+from busapp.core.options import WorkerOptions
 from busapp.runtime.cluster import (
-    check_queue_type,
     dead_letter_spec,
     declared_as,
     resolve_queue_type,
@@ -78,39 +78,6 @@ _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 #: What the caller of a request past its time limit got, as far as counting goes.
 _TIMED_OUT = {"error": {"code": -32603}}
-
-
-@attrs.define
-class WorkerOptions:
-    """How a worker runs; shared by ``App.run``, the CLI and ``ServiceManager``."""
-
-    #: Handlers running at once (a handler waiting on a bus call does not count).
-    concurrency: int = attrs.field(default=8, validator=attrs.validators.ge(1))
-    #: Seconds a stopping worker waits for its in-flight messages.
-    graceful_timeout: float = 30.0
-    #: Largest message body accepted, in bytes.
-    max_body: int = wire.DEFAULT_MAX_BODY
-    #: Deliveries of one message without an answer before it is dead-lettered.
-    max_deliveries: int = 3
-    #: Seconds between checks that an idle worker still receives.
-    watchdog_interval: float = 5.0
-    #: Seconds a handler runs in the receiving thread before a standby thread takes over.
-    handoff_after: float = 0.005
-    #: Seconds to keep trying to reach the broker at start-up (None: forever).
-    startup_timeout: float | None = None
-    #: Seconds a request's handler may run (None: no limit), unless its method sets its own
-    #: (``@app.method(time_limit=S)``); see :mod:`busapp.runtime.timelimit`.
-    time_limit: float | None = None
-    #: Seconds a handler past its time limit may take to stop before its worker exits.
-    time_limit_grace: float = 10.0
-    #: ``classic`` or ``quorum`` (RabbitMQ clusters, see :mod:`busapp.runtime.cluster`); None:
-    #: ``$BUSAPP_QUEUE_TYPE``, else classic.
-    queue_type: str | None = attrs.field(
-        default=None, validator=lambda _, __, value: check_queue_type(value))
-
-    def evolve(self, **changes: Any) -> WorkerOptions:
-        """A copy with the given (non-None) fields changed."""
-        return attrs.evolve(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 @attrs.define(eq=False)
