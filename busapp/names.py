@@ -122,6 +122,8 @@ def storage_queue(app_queue: str, model_name: str | None, event: str, func_name:
 
 #: Routing key every worker's control queue is bound to; ``<it>.<service>`` reaches one service.
 CONTROL_KEY = "busapp-control"
+#: The one control method (``rpc.*`` names are reserved by JSON-RPC 2.0 for such extensions).
+STATUS_METHOD = "rpc.status"
 #: Prefix of the workers' own control queues.
 CONTROL_PREFIX = "busapp.control."
 

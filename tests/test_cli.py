@@ -22,7 +22,7 @@ import click
 import pytest
 
 from busapp import Client
-from busapp.cli import parse_params
+from busapp.cli.call import parse_params
 from busapp.transport.embedded import broker_state, stop_embedded_broker
 from tests.test_embedded import live_pids_mentioning, wait_until
 

@@ -14,7 +14,9 @@ import pytest
 import busapp
 from busapp import App
 from busapp.core import wire
-from busapp.entrypoints.control import CONTROL_KEY, FIELDS, STATUS_METHOD, gather, routing_key
+from busapp.entrypoints.control import CONTROL_KEY, FIELDS, STATUS_METHOD
+from busapp.names import control_key as routing_key
+from busapp.ops.status import gather
 from busapp.errors import InternalError
 from busapp.transport.base import QueueSpec
 from busapp.transport.memory import MemoryTransport

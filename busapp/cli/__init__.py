@@ -1,7 +1,7 @@
-"""The ``busapp`` command (see :mod:`busapp.cli.main`)."""
+"""The ``busapp`` command (see :mod:`busapp.cli.main`); one module per command."""
 
 from __future__ import annotations
 
-from busapp.cli.main import cli, main, parse_params
+from busapp.cli.main import cli, main
 
-__all__ = ["cli", "main", "parse_params"]
+__all__ = ["cli", "main"]

@@ -10,7 +10,7 @@ starting with ``rpc.``: no user method can be named so, and the shared queues
 (bound to ``<service>.*``) never see a control key, so control messages never reach
 user handlers.
 
-:func:`gather` is the caller's side; :func:`answer` the worker's.
+:func:`busapp.ops.status.gather` is the caller's side; :func:`answer` the worker's.
 """
 
 from __future__ import annotations
@@ -19,23 +19,20 @@ import datetime
 import itertools
 import os
 import socket
-import time
-import uuid
 from typing import Any
 
 import structlog
 
+from busapp import names
 from busapp.core import wire
-from busapp.errors import InvalidRequest, MethodNotFound, RequestTimeout
+from busapp.errors import InvalidRequest, MethodNotFound
 from busapp.transport import is_redis, open_transport
-from busapp.transport.base import REPLY_PREFIX, Delivery, QueueSpec
+from busapp.transport.base import Delivery, QueueSpec
 
 log = structlog.get_logger("busapp.control")
 
-#: Routing key every worker's control queue is bound to; ``<it>.<service>`` reaches one service.
-CONTROL_KEY = "busapp-control"
-#: The one control method (``rpc.*`` names are reserved by JSON-RPC 2.0 for such extensions).
-STATUS_METHOD = "rpc.status"
+CONTROL_KEY = names.CONTROL_KEY
+STATUS_METHOD = names.STATUS_METHOD
 #: Fields of each worker's status, in the order ``busapp status`` shows them.
 FIELDS = ("service", "host", "pid", "started", "handled", "errors", "in_flight", "version")
 
@@ -55,9 +52,10 @@ def control_queue(service: str, pid: int | None = None, number: int | None = Non
     """A new worker's own control queue: named by host and pid, and a number after the first
     one in a process (a test client runs several workers in one)."""
     number = next(_numbers) if number is None else number
-    name = f"busapp.control.{service}.{socket.gethostname()}.{os.getpid() if pid is None else pid}"
-    return QueueSpec(name + (f".{number}" if number else ""),
-                     (CONTROL_KEY, f"{CONTROL_KEY}.{service}"), durable=False, auto_delete=True)
+    name = names.control_queue(service, socket.gethostname(), os.getpid() if pid is None else pid,
+                               number)
+    return QueueSpec(name, (names.control_key(), names.control_key(service)), durable=False,
+                     auto_delete=True)
 
 
 def forget_worker(url: str, exchange: str, service: str, pid: int) -> None:
@@ -82,11 +80,6 @@ def service_name(service: Any) -> str:
     the exchange, ``prod.simple``), else the service's queue name."""
     app = getattr(service, "app", None)
     return str(getattr(app, "name", None) or service.service_name)
-
-
-def routing_key(service: str | None) -> str:
-    """The key that reaches every worker of ``service`` (None: every worker on the exchange)."""
-    return f"{CONTROL_KEY}.{service}" if service else CONTROL_KEY
 
 
 def status_of(worker: Any) -> dict[str, Any]:
@@ -126,55 +119,3 @@ def answer(worker: Any, delivery: Delivery) -> None:
         return
     worker.service._bus_client().publish_reply(
         delivery.reply_to, response, delivery.correlation_id or request_id)
-
-
-def gather(url: str, exchange: str, service: str | None = None, *, timeout: float = 1.0,
-           first: bool = False, host: str | None = None) -> list[dict[str, Any]]:
-    """Ask every live worker (of ``service``, or all; on ``host``, or any) for its status.
-
-    Waits the whole ``timeout`` (there is no knowing how many will answer) unless
-    ``first``: then returns as soon as one answers.
-
-    Returns:
-        One status dict per worker that answered, sorted by service, host and pid.
-
-    Raises:
-        BrokerUnavailable: the broker cannot be reached.
-    """
-    replies: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
-    request_id = wire.new_id()
-    queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
-
-    def on_reply(delivery: Delivery) -> None:
-        try:
-            response = wire.parse_response(delivery.body)
-        except Exception:  # noqa: BLE001 - not an answer: ignore it
-            return
-        result = response.get("result")
-        if delivery.correlation_id == request_id and isinstance(result, dict) \
-                and (host is None or result.get("host") == host):
-            replies[(result.get("service"), result.get("host"), result.get("pid"))] = result
-
-    transport = open_transport(url)
-    transport.connect()
-    try:
-        transport.declare_queue("", QueueSpec(queue, durable=False, auto_delete=True))
-        transport.consume(queue, on_reply, no_ack=True)
-        transport.declare_exchange(exchange)
-        try:
-            transport.publish(
-                wire.dumps(wire.encode_request(STATUS_METHOD, None, request_id)).encode(),
-                exchange=exchange, routing_key=routing_key(service), reply_to=queue,
-                correlation_id=request_id, expiration=timeout)
-        except RequestTimeout:  # the in-memory bus says at once that no worker listens
-            return []
-        deadline = time.monotonic() + timeout
-        while not (first and replies):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            transport.drain(min(remaining, 0.1))
-    finally:
-        transport.close(delete_queue=queue)
-    return sorted(replies.values(), key=lambda r: (str(r.get("service")), str(r.get("host")),
-                                                   int(r.get("pid") or 0)))
