@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time, json
 from busapp.core import wire
-from busapp.security import Keyring, ReplayGuard, sign, signer, verify
+from busapp.runtime.gate import ReplayGuard
+from busapp.security import Keyring, sign, signer, verify
 kr = Keyring({"bench": "bench-secret-0123456789abcdef"})
 key = kr.key("bench")
 guard = ReplayGuard()

@@ -40,13 +40,11 @@ unsigned -32001.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import hmac
 import json
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -54,21 +52,19 @@ from typing import Any
 
 import structlog
 
-from busapp import config
-from busapp.errors import Forbidden, Refused, RemoteProcedureCallError, Unauthorized
-from busapp.core.pipeline import ROUTING_KEY_HEADER
+from busapp import config, names
+from busapp.errors import Refused, Unauthorized
 
 __all__ = [
-    "KEY_ENV", "KEY_HEADER", "KEYRING_ENV", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Gate",
-    "Keyring", "Refused", "ReplayGuard", "key_from_env", "parse_key", "sign", "signer",
-    "unsigned_refusal", "verify",
+    "KEY_ENV", "KEY_HEADER", "KEYRING_ENV", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Keyring",
+    "Refused", "key_from_env", "parse_key", "sign", "signer", "unsigned_refusal", "verify",
 ]
 
 log = structlog.get_logger("busapp.security")
 
-KEY_HEADER = "x-busapp-key"
-TIMESTAMP_HEADER = "x-busapp-ts"
-SIGNATURE_HEADER = "x-busapp-sig"
+KEY_HEADER = names.KEY_HEADER
+TIMESTAMP_HEADER = names.TIMESTAMP_HEADER
+SIGNATURE_HEADER = names.SIGNATURE_HEADER
 #: Every header signing adds (a re-signed message drops the old ones first).
 HEADERS = (KEY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
 #: ``id:secret``: the key a :class:`~busapp.client.sync.Client` signs with when none is passed.
@@ -210,51 +206,6 @@ def unsigned_refusal(headers: Mapping[str, Any], response: Mapping[str, Any]) ->
             and error.get("code") == Unauthorized.code and "result" not in response)
 
 
-class ReplayGuard:
-    """The signatures one worker has accepted within the replay window, bounded in size.
-
-    A replayed message has the very signature of the original (any change breaks it), so
-    the signature is its identity. When more than ``capacity`` are remembered the oldest
-    is forgotten and its timestamp becomes a floor: a message signed at or before it is
-    refused as too old, so forgetting never lets a replay through.
-    """
-
-    def __init__(self, window: float = DEFAULT_REPLAY_WINDOW,
-                 capacity: int = DEFAULT_REPLAY_MEMORY) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.window = window
-        self.capacity = capacity
-        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._floor = float("-inf")
-        self._lock = threading.Lock()
-
-    def first_time(self, headers: Mapping[str, Any], now: float | None = None, *,
-                   queue: str | None = None) -> bool:
-        """Remember a verified message taken from ``queue``; False if it was seen (or may
-        have been) before. (One event reaches each subscribing queue: not a replay.)"""
-        sig = f"{queue or ''}\0{headers[SIGNATURE_HEADER]}"
-        ts = float(headers[TIMESTAMP_HEADER])
-        now = time.time() if now is None else now
-        with self._lock:
-            seen = self._seen
-            while seen:  # expired entries: the window check refuses their replays anyway
-                oldest, stamp = next(iter(seen.items()))
-                if stamp >= now - self.window:
-                    break
-                del seen[oldest]
-            if ts <= self._floor or sig in seen:
-                return False
-            seen[sig] = ts
-            if len(seen) > self.capacity:
-                _, stamp = seen.popitem(last=False)
-                self._floor = max(self._floor, stamp)
-            return True
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
 class Keyring:
     """The keys a service accepts: ``{key id: secret}``.
 
@@ -375,58 +326,3 @@ def _parse_keyring(text: str, where: str) -> tuple[dict[str, str], str | None]:
     if not keys:
         raise ValueError(f"keyring {where!r} holds no keys (lines of id:secret)")
     return keys, own
-
-
-class Gate:
-    """One worker's check of each message against its service's keyring, before any parsing.
-
-    Args:
-        keyring: the service's keys.
-        handlers: ``{method name: Handler}``; a handler's ``allow`` limits its callers.
-    """
-
-    def __init__(self, keyring: Keyring, handlers: Mapping[str, Any]) -> None:
-        self.keyring = keyring
-        self.handlers = handlers
-        self.replays = ReplayGuard(keyring.replay_window, keyring.replay_memory)
-
-    def admit(self, delivery: Any, *, request: bool = True) -> str:
-        """The key id that signed ``delivery`` (a request, or an event when not ``request``).
-
-        Raises:
-            Refused: unsigned, unknown key, bad signature, stale, replayed, or (a request)
-                a key the method's ``allow`` leaves out. Logged at warning, with the key id.
-        """
-        headers = delivery.headers
-        original = headers.get(ROUTING_KEY_HEADER)
-        routing_key = original if isinstance(original, str) and original else delivery.routing_key
-        try:
-            key_id = verify(self.keyring, headers, delivery.body, routing_key, delivery.reply_to,
-                            delivery.correlation_id, window=self.keyring.replay_window)
-        except Unauthorized as exc:
-            raise self._refuse(exc, routing_key, signed_by(headers)) from None
-        if not self.replays.first_time(headers, queue=delivery.queue):
-            raise self._refuse(Unauthorized("replayed: this signed message was already taken",
-                                            data={"key": key_id}), routing_key, key_id,
-                               answer=False)
-        if request:
-            method = (routing_key or "").rsplit(".", 1)[-1]
-            allow = getattr(self.handlers.get(method), "allow", None)
-            if allow is not None and key_id not in allow:
-                raise self._refuse(Forbidden(f"key {key_id!r} may not call {method!r}",
-                                             data={"key": key_id, "method": method}),
-                                   routing_key, key_id, sign_with=self.keyring.key(key_id))
-        return key_id
-
-    def reply_key(self, key_id: str | None) -> Key | None:
-        """The key an answer to ``key_id``'s request is signed with (None: unsigned)."""
-        if key_id is None or key_id not in self.keyring:
-            return None
-        return self.keyring.key(key_id)
-
-    @staticmethod
-    def _refuse(error: RemoteProcedureCallError, routing_key: str | None, key_id: str | None,
-                **options: Any) -> Refused:
-        log.warning("message refused", reason=error.message, code=error.code, key=key_id,
-                    routing_key=routing_key)
-        return Refused(error, **options)

@@ -416,7 +416,7 @@ def test_client_prints_nothing_to_stdout_when_logging_is_not_configured():
     import subprocess
     import sys
 
-    code = ("from busapp.client import sync as bus\nfrom busapp.core import pipeline as serve\n"
+    code = ("from busapp.client import sync as bus\nfrom busapp.runtime import pipeline as serve\n"
             "from busapp.storage import client\n"
             "from busapp.transport import embedded\n"
             "for log in (bus.log, serve.log, client.log, embedded.log):\n"

@@ -20,11 +20,11 @@ from busapp.security import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     Keyring,
-    ReplayGuard,
     parse_key,
     sign,
     verify,
 )
+from busapp.runtime.gate import ReplayGuard
 from busapp.service import CommissaireService
 from busapp.transport.memory import MemoryTransport
 

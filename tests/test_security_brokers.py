@@ -20,7 +20,7 @@ from kombu import Connection, Exchange, Producer, Queue
 from busapp import App, Client
 from busapp.errors import BrokerUnavailable, Forbidden, RequestTimeout, Unauthorized
 from busapp.security import Keyring, sign
-from busapp.core.pipeline import DEADLINE_HEADER
+from busapp.names import DEADLINE_HEADER
 from tests._private_brokers import free_port
 from tests._services import running
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from busapp import App, Client
-from busapp.runtime.worker import Worker
+from busapp.runtime.pipeline import Pipeline
 from tests._services import run_app
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -99,15 +99,15 @@ def test_a_blocked_handler_does_not_hold_up_its_worker(request, broker: str, exc
 
 
 def test_test_client_calls_go_through_the_worker_serve(monkeypatch, unique: str) -> None:
-    """The test client's calls run Worker.serve, the function a broker worker runs per message."""
+    """The test client's calls run Pipeline.serve, what a broker worker runs per message."""
     served: list[str | None] = []
-    original = Worker.serve
+    original = Pipeline.serve
 
-    def spy(self: Worker, delivery) -> None:
+    def spy(self: Pipeline, delivery, **options) -> None:
         served.append(delivery.routing_key)
-        original(self, delivery)
+        original(self, delivery, **options)
 
-    monkeypatch.setattr(Worker, "serve", spy)
+    monkeypatch.setattr(Pipeline, "serve", spy)
     client = _nesting_app(f"spy{unique}").test_client()
     assert client.call("nest", 3) == 3
     assert served == [f"spy{unique}.nest"] * 3

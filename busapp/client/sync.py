@@ -24,10 +24,10 @@ from typing import Any
 
 from busapp import security
 from busapp.core import tracing, wire
+from busapp import names
 from busapp.names import default_exchange, default_queue
 from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout, Unauthorized
 from busapp.log import get_logger
-from busapp.core.pipeline import DEADLINE_HEADER
 from busapp.transport import mask_url, open_transport, resolve_broker_url, revive_if_embedded
 from busapp.transport.base import REPLY_PREFIX, Delivery, QueueSpec, Transport
 
@@ -220,7 +220,7 @@ class Client(BusMixin):
         hook = WAIT_HOOK.hook
         if hook is not None:
             hook.waiting()
-        headers = {DEADLINE_HEADER: round(time.time() + timeout, 3)}
+        headers = {names.DEADLINE_HEADER: round(time.time() + timeout, 3)}
         span = tracing.outgoing(routing_key, request_id, headers)  # request id, traceparent
         try:
             self._replies.ensure(deadline)

@@ -1,10 +1,18 @@
-"""One message in, one reply out: the step a worker runs per message. No I/O.
+"""The message pipeline's pure stages: what every message of every entrypoint kind passes.
 
-:func:`serve_request` and :func:`serve_event` are the same for every transport (a
-broker-fed worker and the in-memory test client run exactly these): they turn a
-:class:`~busapp.transport.base.Delivery` into an :class:`IncomingMessage`, run the
-handler through :func:`busapp.core.dispatch.process`, and return what to publish. The
-caller (:mod:`busapp.runtime.worker`) publishes and settles.
+A worker takes each message through five stages, in this order, in one place
+(:class:`busapp.runtime.pipeline.Pipeline`)::
+
+    screen   size, content type, compression, the caller's deadline, redelivery count
+    verify   signature bound to the delivered routing key, replay, allow lists, reply target
+    decode   the body's JSON (and the entrypoint's own shape of it)
+    run      the entrypoint's step, under the App's middleware and dependencies
+    reply    the answer (signed for the caller), then settle: ack, requeue or dead-letter
+
+What those stages decide without I/O lives here: the :class:`IncomingMessage` a handler's
+``message`` parameter receives, the :class:`Outcome` an entrypoint's run step returns,
+decoding, deadlines and the reply-target rule. The I/O (acks, publishes, the broker's
+replay memory) is the runtime's.
 """
 
 from __future__ import annotations
@@ -12,57 +20,44 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
-from collections.abc import Callable, Mapping
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from busapp import config
-from busapp.core import dispatch, wire
-from busapp.errors import ParseError, RemoteProcedureCallError
-from busapp.log import get_logger
-from busapp.transport.base import Delivery, is_reply_queue
+from busapp import config, names
+from busapp.core import wire
+from busapp.errors import ParseError
 
-log = get_logger("busapp.serve")
-
-#: Header carrying the routing key a re-published (redelivered) message was first sent with.
-ROUTING_KEY_HEADER = "x-busapp-routing-key"
-#: Header of a request: when its caller stops waiting (Unix time, seconds). A worker drops
-#: a request it takes after that instead of running it (callers' and workers' clocks are
-#: assumed in step, as NTP keeps them).
-DEADLINE_HEADER = "x-busapp-deadline"
-
-
-def expired_by(delivery: Delivery, now: float) -> float | None:
-    """Seconds since ``delivery``'s caller gave up, or None (no deadline, or not yet)."""
-    deadline = delivery.headers.get(DEADLINE_HEADER)
-    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
-        return None
-    late = now - deadline
-    return late if late > 0 else None
-
-def event_queue_expires() -> float | None:
-    """Seconds an event queue outlives its last consumer on RabbitMQ (None: forever).
-
-    Events keep coming to a queue whose App is gone; without an expiry they collect forever.
-    """
-    value = float(config.get("event_queue_expires"))
-    return value if value > 0 else None
-
+if TYPE_CHECKING:
+    from busapp.transport.base import Delivery
 
 #: The variable naming further queues (glob patterns) a service may send replies to.
 REPLY_TO_ENV = config.env_name("reply_to")
+
+#: How a message is settled once served.
+ACK, REQUEUE, DEAD = "ack", "requeue", "dead"
+
+
+def expired_by(delivery: Delivery, now: float | None = None) -> float | None:
+    """Seconds since ``delivery``'s caller gave up (its deadline header), or None (no
+    deadline, or not yet)."""
+    deadline = delivery.headers.get(names.DEADLINE_HEADER)
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+        return None
+    late = (time.time() if now is None else now) - deadline
+    return late if late > 0 else None
 
 
 def reply_target_allowed(reply_to: str) -> bool:
     """True if a service may publish a reply to the queue ``reply_to``.
 
-    Only callers' reply queues qualify (:func:`busapp.transport.base.is_reply_queue`), plus
-    the patterns of ``$BUSAPP_REPLY_TO``: a request naming any other queue (a service's
-    work queue, a Celery list, a Redis key of another type) as its ``reply_to`` would
-    otherwise make the service push its reply there.
+    Only callers' reply queues qualify (:func:`busapp.names.is_reply_queue`), plus the
+    patterns of ``$BUSAPP_REPLY_TO``: a message naming any other queue (a service's work
+    queue, a Celery list, a Redis key of another type) as its ``reply_to`` would otherwise
+    make the service push its answer there.
     """
-    if is_reply_queue(reply_to):
+    if names.is_reply_queue(reply_to):
         return True
     extra = config.get("reply_to")
     return bool(extra) and _extra_reply_targets(extra).match(reply_to) is not None
@@ -71,52 +66,6 @@ def reply_target_allowed(reply_to: str) -> bool:
 @functools.lru_cache(maxsize=8)
 def _extra_reply_targets(globs: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(fnmatch.translate(g) for g in globs) or r"(?!)")
-
-
-@attrs.define
-class IncomingMessage:
-    """What a handler's ``message`` parameter receives."""
-
-    body: Any
-    routing_key: str | None
-    headers: dict[str, Any]
-    reply_to: str | None
-    id: Any
-    correlation_id: str | None = None
-    raw: Any = attrs.field(default=None, repr=False)
-    #: The key id that signed it, verified (None when the service has no keyring).
-    caller: str | None = None
-
-    @classmethod
-    def from_delivery(cls, delivery: Delivery, max_body: int | None = None) -> IncomingMessage:
-        """Wrap a delivery; ``body`` is its JSON, or None if it is not acceptable JSON."""
-        try:
-            body = decode(delivery, max_body)
-        except RemoteProcedureCallError:  # refused (content type, size, compression, not JSON)
-            body = None
-        headers = delivery.headers
-        original = headers.get(ROUTING_KEY_HEADER)
-        return cls(
-            body=body,
-            routing_key=original if isinstance(original, str) and original
-            else delivery.routing_key,
-            headers=headers,
-            reply_to=delivery.reply_to,
-            id=wire.request_id_of(body),
-            correlation_id=delivery.correlation_id,
-            raw=delivery,
-        )
-
-
-@attrs.define
-class Subscription:
-    """A plain-JSON queue a service consumes besides its RPC queues (e.g. storage events)."""
-
-    binding_key: str
-    callback: Callable[[Any, IncomingMessage], Any]
-    queue_name: str
-    #: Seconds the queue outlives its last consumer (RabbitMQ ``x-expires``; None: forever).
-    expires: float | None = attrs.field(factory=event_queue_expires)
 
 
 def decode(delivery: Delivery, max_body: int | None) -> Any:
@@ -132,45 +81,68 @@ def decode(delivery: Delivery, max_body: int | None) -> Any:
     return wire.loads_body(delivery.body, delivery.content_type, max_body)
 
 
-def serve_request(
-    handlers: Mapping[str, dispatch.Handler],
-    info: IncomingMessage,
-    context: Mapping[str, Any],
-    *,
-    max_body: int | None,
-    on_error: Callable[[wire.Request | None, BaseException], None] | None = None,
-) -> tuple[dict[str, Any] | None, bytes | None]:
-    """Run the request in ``info``: the response to send and its JSON when already encoded;
-    (None, None) for a notification, or a request whose ``reply_to`` is not a reply queue
-    (dropped unrun, with a warning)."""
-    delivery: Delivery = info.raw
-    if info.reply_to and not reply_target_allowed(info.reply_to) and not _is_notification(info):
-        log.warning("request dropped: its reply_to is not a reply queue", reply_to=info.reply_to,
-                    hint=f"callers reply to busapp.reply.* or response-<uuid>; "
-                         f"${REPLY_TO_ENV} allows more")
-        return None, None
-    if isinstance(info.body, dict):  # already parsed by from_delivery: not twice
-        body: Any = info.body
-    elif delivery.compression:
-        body = b""  # refused below, before anything is inflated
+@attrs.define
+class IncomingMessage:
+    """What a handler's ``message`` parameter receives."""
+
+    body: Any
+    routing_key: str | None
+    headers: dict[str, Any]
+    reply_to: str | None
+    id: Any
+    correlation_id: str | None = None
+    raw: Any = attrs.field(default=None, repr=False)
+    #: The key id that signed it, verified (None when the service has no keyring).
+    caller: str | None = None
+    #: Why the body could not be decoded (None: it was, or it is not decoded yet).
+    problem: ParseError | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def from_delivery(cls, delivery: Delivery, max_body: int | None = None, *,
+                      routing_key: str | None = None,
+                      caller: str | None = None) -> IncomingMessage:
+        """Wrap a delivery; ``body`` is its JSON, or None when it is not acceptable JSON
+        (:attr:`problem` says why). ``routing_key``: the key it was sent with, when the
+        worker knows it better than the delivery (a re-published message)."""
+        problem = None
         try:
-            decode(delivery, max_body)
-        except ParseError as exc:
-            return wire.error_response(None, exc), None
-    else:
-        body = delivery.body
-    return dispatch.process_encoded(handlers, body, content_type=delivery.content_type,
-                                    routing_key=info.routing_key, context=context,
-                                    on_error=on_error, max_body=max_body)
+            body = decode(delivery, max_body)
+        except ParseError as exc:  # refused: content type, size, compression, not JSON
+            body, problem = None, exc
+        return cls(body=body, routing_key=routing_key or delivery.routing_key,
+                   headers=delivery.headers, reply_to=delivery.reply_to,
+                   id=wire.request_id_of(body), correlation_id=delivery.correlation_id,
+                   raw=delivery, caller=caller, problem=problem)
+
+    @property
+    def is_request(self) -> bool:
+        """True when an answer is owed: a JSON-RPC request with an id (not a notification),
+        or a body that could not be read at all (the refusal is the answer)."""
+        body = self.body
+        return not isinstance(body, dict) or "id" in body
 
 
-def _is_notification(info: IncomingMessage) -> bool:
-    return isinstance(info.body, dict) and "id" not in info.body
+@attrs.frozen
+class Outcome:
+    """What running one message came to: the answer to send, and how to settle it."""
+
+    #: The JSON-RPC response owed to the caller (None: nothing to send).
+    response: dict[str, Any] | None = None
+    #: ``response`` already encoded (encoding a result is how it is checked).
+    payload: bytes | None = None
+    #: :data:`ACK`, :data:`REQUEUE` or :data:`DEAD`.
+    settle: str = ACK
+    #: Seconds to wait before the message is delivered again (``settle == REQUEUE``).
+    delay: float = 0.0
+    #: The handler's exception, if it raised (for counters and logs).
+    error: BaseException | None = attrs.field(default=None, eq=False)
+
+    @property
+    def failed(self) -> bool:
+        """True when the caller gets an error, or the handler raised."""
+        return self.error is not None or (
+            self.response is not None and "error" in self.response)
 
 
-def serve_event(subscription: Subscription, info: IncomingMessage, max_body: int | None) -> None:
-    """Hand an event's JSON to its subscriber (raises what decoding or the subscriber raises)."""
-    body = info.body
-    if body is None:  # refused, or JSON null: decode raises the reason (or gives None)
-        body = decode(info.raw, max_body)
-    subscription.callback(body, info)
+#: The outcome of a message that owes nobody anything and is done with.
+DONE = Outcome()

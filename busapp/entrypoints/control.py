@@ -1,4 +1,4 @@
-"""Live workers answer for themselves: ``busapp status`` and ``busapp probe``.
+"""Control requests: live workers answer for themselves (``busapp status``, ``busapp probe``).
 
 Each worker consumes, besides its service's shared queue, a control queue of its own
 (non-durable, auto-deleted when the worker goes), bound to the exchange with two
@@ -10,7 +10,10 @@ starting with ``rpc.``: no user method can be named so, and the shared queues
 (bound to ``<service>.*``) never see a control key, so control messages never reach
 user handlers.
 
-:func:`busapp.ops.status.gather` is the caller's side; :func:`answer` the worker's.
+Control requests pass the worker's pipeline like every other message: they are
+answered only to reply queues, and a service with a keyring answers only requests
+signed by one of its keys, signed to that key; an unsigned one gets no answer at all.
+:func:`busapp.ops.status.gather` is the caller's side.
 """
 
 from __future__ import annotations
@@ -19,22 +22,23 @@ import datetime
 import itertools
 import os
 import socket
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
-
 from busapp import names
+from busapp._version import __version__
 from busapp.core import wire
-from busapp.errors import InvalidRequest, MethodNotFound
-from busapp.transport import is_redis, open_transport
-from busapp.transport.base import Delivery, QueueSpec
-
-log = structlog.get_logger("busapp.control")
+from busapp.core.pipeline import IncomingMessage, Outcome
+from busapp.entrypoints.base import ErrorHook
+from busapp.errors import InvalidRequest, MethodNotFound, RemoteProcedureCallError
+from busapp.transport.base import QueueSpec
 
 CONTROL_KEY = names.CONTROL_KEY
 STATUS_METHOD = names.STATUS_METHOD
 #: Fields of each worker's status, in the order ``busapp status`` shows them.
 FIELDS = ("service", "host", "pid", "started", "handled", "errors", "in_flight", "version")
+#: Largest control request read, in bytes.
+MAX_BODY = 65536
 
 _numbers = itertools.count()
 
@@ -44,7 +48,8 @@ def _restart_numbers() -> None:
     _numbers = itertools.count()
 
 
-# A forked worker process's first control queue is named by its pid alone (see forget_worker).
+# A forked worker process's first control queue is named by its pid alone (the manager
+# finds a dead worker's by its pid).
 os.register_at_fork(after_in_child=_restart_numbers)
 
 
@@ -58,23 +63,6 @@ def control_queue(service: str, pid: int | None = None, number: int | None = Non
                      auto_delete=True)
 
 
-def forget_worker(url: str, exchange: str, service: str, pid: int) -> None:
-    """Delete the control queue of worker ``pid`` (on this host), killed before it could.
-
-    RabbitMQ deletes an auto-delete queue when its consumer's connection dies; Redis
-    keeps the list and its bindings, and every later status broadcast would add to it.
-    """
-    if not is_redis(url):
-        return
-    spec = control_queue(service, pid, number=0)
-    transport = open_transport(url)
-    transport.connect()
-    try:
-        transport.declare_queue(exchange, spec)  # kombu unbinds only the bindings it declared
-    finally:
-        transport.close(delete_queue=spec.name)
-
-
 def service_name(service: Any) -> str:
     """The name ``busapp status NAME`` knows a service by: an App's name (its queue may carry
     the exchange, ``prod.simple``), else the service's queue name."""
@@ -82,40 +70,54 @@ def service_name(service: Any) -> str:
     return str(getattr(app, "name", None) or service.service_name)
 
 
-def status_of(worker: Any) -> dict[str, Any]:
-    """A worker's answer to ``rpc.status`` (see :data:`FIELDS`)."""
-    import busapp
-
-    started = datetime.datetime.fromtimestamp(worker.started_at, datetime.UTC)
-    return {
-        "service": service_name(worker.service),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "started": started.isoformat(timespec="seconds"),
-        "handled": worker.handled,
-        "errors": worker.errors,
-        "in_flight": worker.calls_in_flight,
-        "version": busapp.__version__,
-    }
+def status(service: str, started_at: float, handled: int, errors: int,
+           in_flight: int) -> dict[str, Any]:
+    """One worker's answer to ``rpc.status`` (see :data:`FIELDS`)."""
+    started = datetime.datetime.fromtimestamp(started_at, datetime.UTC)
+    return {"service": service, "host": socket.gethostname(), "pid": os.getpid(),
+            "started": started.isoformat(timespec="seconds"), "handled": handled,
+            "errors": errors, "in_flight": in_flight, "version": __version__}
 
 
-def answer(worker: Any, delivery: Delivery) -> None:
-    """Answer one control message on ``worker``'s behalf (the caller settles it)."""
-    request_id = None
-    try:
-        body = wire.loads_body(delivery.body, delivery.content_type, 65536)
-        request_id = wire.request_id_of(body)
-        method = body.get("method") if isinstance(body, dict) else None
-        if not isinstance(method, str):
-            raise InvalidRequest("a control message must be a JSON-RPC request")
-        if method != STATUS_METHOD:
-            raise MethodNotFound(f"no control method {method!r}; known: {STATUS_METHOD}")
-        response = wire.result_response(request_id, status_of(worker))
-    except Exception as exc:  # noqa: BLE001 - a bad control message gets an error, never a crash
-        response = wire.error_response(request_id, exc)
-    if delivery.reply_to is None:
-        if "error" in response:
-            log.warning("bad control message dropped", error=response["error"].get("message"))
-        return
-    worker.service._bus_client().publish_reply(
-        delivery.reply_to, response, delivery.correlation_id or request_id)
+class ControlEntrypoint:
+    """A worker's own control queue.
+
+    Args:
+        spec: the queue (see :func:`control_queue`).
+        report: gives this worker's status dict when asked.
+    """
+
+    kind = "control"
+    answers = True
+
+    def __init__(self, spec: QueueSpec, report: Callable[[], dict[str, Any]]) -> None:
+        self.spec = spec
+        self.report = report
+
+    def queue_specs(self) -> list[QueueSpec]:
+        return [self.spec]
+
+    def admit(self, caller: str, routing_key: str | None) -> RemoteProcedureCallError | None:
+        return None  # any key of the service's keyring may ask
+
+    def time_limit(self, message: IncomingMessage) -> float | None:
+        return None
+
+    def label(self, message: IncomingMessage) -> str | None:
+        return STATUS_METHOD
+
+    def run(self, message: IncomingMessage, context: Mapping[str, Any],
+            on_error: ErrorHook) -> Outcome:
+        try:
+            if message.problem is not None:
+                raise message.problem
+            body = message.body
+            method = body.get("method") if isinstance(body, dict) else None
+            if not isinstance(method, str):
+                raise InvalidRequest("a control message must be a JSON-RPC request")
+            if method != STATUS_METHOD:
+                raise MethodNotFound(f"no control method {method!r}; known: {STATUS_METHOD}")
+            response = wire.result_response(message.id, self.report())
+        except RemoteProcedureCallError as exc:
+            response = wire.error_response(message.id, exc)
+        return Outcome(response)

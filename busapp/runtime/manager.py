@@ -319,7 +319,7 @@ class ServiceManager:
     def _forget_control_queue(self, pid: int) -> None:
         """Delete the dead worker's own control queue (``busapp status``), which Redis keeps."""
         from busapp.client.sync import default_exchange
-        from busapp.entrypoints.control import forget_worker
+        from busapp.runtime.cleanup import forget_worker
 
         if self.connection_url is None:  # resolved by run() before any worker starts
             return

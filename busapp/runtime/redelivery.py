@@ -28,15 +28,15 @@ import hmac
 import os
 import secrets
 
-from busapp import config
-from busapp.runtime.cluster import dead_letter_name
+from busapp import config, names
 from busapp.errors import InternalError
-from busapp.core.pipeline import ROUTING_KEY_HEADER
+from busapp.runtime.cluster import dead_letter_name
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
-COUNT_HEADER = "x-busapp-deliveries"
+COUNT_HEADER = names.COUNT_HEADER
 #: The count's signature (see the module docstring).
-SIGNATURE_HEADER = "x-busapp-deliveries-sig"
+SIGNATURE_HEADER = names.COUNT_SIGNATURE_HEADER
+ROUTING_KEY_HEADER = names.ROUTING_KEY_HEADER
 #: The largest count a header may claim (a bigger or unparsable one counts as 1).
 _MAX_COUNT = 1000
 
@@ -97,6 +97,21 @@ def delivery_count(delivery: Delivery, routing_key: str | None = None) -> int:
     return count
 
 
+def republished_key(delivery: Delivery) -> str | None:
+    """The routing key ``delivery`` was first published with.
+
+    A re-published message travels to its queue directly, so the broker delivers it with
+    the queue's name; its ``x-busapp-routing-key`` header keeps the original key. The header
+    is believed only when a worker wrote it: when the delivery count it came with is signed
+    (:func:`delivery_count` of 2 or more). Anyone else's header is ignored, so a signature
+    made for one service's routing key never passes for another's.
+    """
+    original = delivery.headers.get(ROUTING_KEY_HEADER)
+    if isinstance(original, str) and original and delivery_count(delivery, original) >= 2:
+        return original
+    return delivery.routing_key
+
+
 def count_redelivery(delivery: Delivery, transport: Transport, max_deliveries: int,
                      declared: set[str]) -> tuple[int, str | None]:
     """Re-publish ``delivery`` with its count + 1, or dead-letter it; ack the old copy.
@@ -107,9 +122,7 @@ def count_redelivery(delivery: Delivery, transport: Transport, max_deliveries: i
     """
     queue = delivery.queue or ""
     headers = {k: v for k, v in delivery.headers.items() if k != "redelivered"}
-    routing_key = headers.get(ROUTING_KEY_HEADER) or delivery.routing_key
-    if not isinstance(routing_key, str):
-        routing_key = delivery.routing_key
+    routing_key = republished_key(delivery)
     counted = delivery.deliveries  # the broker's own count (quorum queue), if it keeps one
     count = counted if counted is not None else delivery_count(delivery, routing_key) + 1
     dead = dead_letter_name(queue) if count > max_deliveries else None

@@ -13,20 +13,22 @@ for Commissaire's import path.
 from __future__ import annotations
 
 import inspect
-import re
 import signal
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from busapp import names
 from busapp.core import dispatch
 from busapp.client.aio import AsyncBus
 from busapp.client.sync import BusMixin, Client, default_exchange, default_queue
-from busapp.core.pipeline import IncomingMessage, Subscription
+from busapp.core.pipeline import IncomingMessage
+from busapp.entrypoints.base import Entrypoint
+from busapp.entrypoints.storage_event import Subscription
 from busapp.transport import resolve_broker_url
 from busapp.transport.base import QueueSpec
 from busapp.core.options import WorkerOptions
-from busapp.runtime.worker import Worker
+from busapp.runtime.worker import Worker, rpc_entrypoints
 
 __all__ = ["CommissaireService", "IncomingMessage", "Subscription", "WorkerOptions"]
 
@@ -38,7 +40,6 @@ RESERVED_HOOKS = frozenset({
     "on_startup", "on_shutdown",  # busapp's lifespan hooks (see _lifespan_start)
 })
 
-_METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
 class CommissaireService(BusMixin):
     """Base class: each ``on_<name>(self, message, ...)`` a subclass defines is bus method ``name``.
@@ -121,7 +122,7 @@ class CommissaireService(BusMixin):
             for attr, value in vars(klass).items():
                 if attr.startswith("on_") and attr not in RESERVED_HOOKS and callable(value):
                     name = attr[3:]
-                    if _METHOD_NAME.match(name):
+                    if names.NAME.match(name):
                         found[name] = value
         return found
 
@@ -158,6 +159,10 @@ class CommissaireService(BusMixin):
                 auto_delete=bool(q.get("auto_delete", False)), expires=q.get("expires"),
                 arguments=q.get("queue_arguments")))
         return specs
+
+    def entrypoints(self, options: WorkerOptions) -> list[Entrypoint]:
+        """What a worker of this service consumes: its RPC methods and its subscriptions."""
+        return rpc_entrypoints(self, options)
 
     def _bus_client(self) -> Client:
         with self._client_lock:

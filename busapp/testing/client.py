@@ -43,9 +43,10 @@ import attrs
 
 from busapp.core import wire
 from busapp.client.sync import Client
-from busapp.core.pipeline import IncomingMessage, Subscription
+from busapp.core.pipeline import IncomingMessage
+from busapp.entrypoints.storage_event import Subscription
 from busapp.transport.memory import MemoryBroker, MemoryTransport, NoRouteError, topic_matches
-from busapp.runtime.worker import Worker
+from busapp.runtime.worker import Worker, rpc_entrypoints
 
 __all__ = ["HandlerError", "NoRouteError", "Published", "TestClient"]
 
@@ -310,8 +311,9 @@ class TestClient:
     # -- handler errors ---------------------------------------------------------
 
     def _on_handler_error(self, kind: str, info: IncomingMessage, request: Any,
-                          exc: BaseException, consumer: str) -> None:
+                          exc: BaseException) -> None:
         """The workers' error hook: causes for error replies, HandlerErrors for the rest."""
+        consumer = getattr(info.raw, "queue", None) or "?"
         if kind == "call" and request is not None and not request.is_notification:
             with self._lock:
                 if len(self._causes) > 1000:  # causes nobody asked for (nested calls)
@@ -393,6 +395,9 @@ class _Listener:
 
     def queue_specs(self) -> list[Any]:
         return []
+
+    def entrypoints(self, options: Any) -> list[Any]:
+        return rpc_entrypoints(self, options)
 
     def _bus_client(self) -> Client:
         return self._bus

@@ -1,0 +1,129 @@
+"""The verify stage: who signed a message, whether it was seen before, whether its key may.
+
+A worker whose service has a keyring checks every message, of every entrypoint kind,
+before its body is parsed (:class:`Gate`): the signature must be made by a key of the
+keyring, over the routing key the broker delivered the message with (or the one a
+worker's signed re-publish record names: :func:`busapp.runtime.redelivery.republished_key`),
+inside the replay window, and not seen before; then the entrypoint's allow list decides.
+A refusal is :class:`~busapp.errors.Refused`: the pipeline answers it (RPC: -32001 or
+-32002) or drops it unanswered (a replay, a control request: nobody proved who asks).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+
+
+from busapp.errors import Refused, RemoteProcedureCallError, Unauthorized
+from busapp.log import get_logger
+from busapp.security import (
+    DEFAULT_REPLAY_MEMORY,
+    DEFAULT_REPLAY_WINDOW,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Key,
+    Keyring,
+    signed_by,
+    verify,
+)
+
+log = get_logger("busapp.security")
+
+
+class ReplayGuard:
+    """The signatures one worker has accepted within the replay window, bounded in size.
+
+    A replayed message has the very signature of the original (any change breaks it), so
+    the signature is its identity. When more than ``capacity`` are remembered the oldest
+    is forgotten and its timestamp becomes a floor: a message signed at or before it is
+    refused as too old, so forgetting never lets a replay through.
+    """
+
+    def __init__(self, window: float = DEFAULT_REPLAY_WINDOW,
+                 capacity: int = DEFAULT_REPLAY_MEMORY) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.window = window
+        self.capacity = capacity
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._floor = float("-inf")
+        self._lock = threading.Lock()
+
+    def first_time(self, headers: Mapping[str, Any], now: float | None = None, *,
+                   queue: str | None = None) -> bool:
+        """Remember a verified message taken from ``queue``; False if it was seen (or may
+        have been) before. (One event reaches each subscribing queue: not a replay.)"""
+        sig = f"{queue or ''}\0{headers[SIGNATURE_HEADER]}"
+        ts = float(headers[TIMESTAMP_HEADER])
+        now = time.time() if now is None else now
+        with self._lock:
+            seen = self._seen
+            while seen:  # expired entries: the window check refuses their replays anyway
+                oldest, stamp = next(iter(seen.items()))
+                if stamp >= now - self.window:
+                    break
+                del seen[oldest]
+            if ts <= self._floor or sig in seen:
+                return False
+            seen[sig] = ts
+            if len(seen) > self.capacity:
+                _, stamp = seen.popitem(last=False)
+                self._floor = max(self._floor, stamp)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class Gate:
+    """One worker's check of each message against its service's keyring, before any parsing.
+
+    Args:
+        keyring: the service's keys.
+    """
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self.replays = ReplayGuard(keyring.replay_window, keyring.replay_memory)
+
+    def admit(self, delivery: Any, routing_key: str | None, entrypoint: Any) -> str:
+        """The key id that signed ``delivery`` for ``routing_key``.
+
+        Raises:
+            Refused: unsigned, unknown key, bad signature, stale, replayed, or a key the
+                entrypoint's allow list leaves out. Logged at warning, with the key id.
+        """
+        headers = delivery.headers
+        answer = entrypoint.kind != "control"  # an unproven control request gets nothing
+        try:
+            key_id = verify(self.keyring, headers, delivery.body, routing_key, delivery.reply_to,
+                            delivery.correlation_id, window=self.keyring.replay_window)
+        except Unauthorized as exc:
+            raise self._refuse(exc, routing_key, signed_by(headers), answer=answer) from None
+        if not self.replays.first_time(headers, queue=delivery.queue):
+            raise self._refuse(Unauthorized("replayed: this signed message was already taken",
+                                            data={"key": key_id}), routing_key, key_id,
+                               answer=False)
+        refusal = entrypoint.admit(key_id, routing_key)
+        if refusal is not None:
+            raise self._refuse(refusal, routing_key, key_id, sign_with=self.keyring.key(key_id))
+        return key_id
+
+    def reply_key(self, key_id: str | None) -> Key | None:
+        """The key an answer to ``key_id``'s message is signed with (None: unsigned)."""
+        if key_id is None or key_id not in self.keyring:
+            return None
+        return self.keyring.key(key_id)
+
+    @staticmethod
+    def _refuse(error: RemoteProcedureCallError, routing_key: str | None, key_id: str | None,
+                **options: Any) -> Refused:
+        log.warning("message refused", reason=error.message, code=error.code, key=key_id,
+                    routing_key=routing_key)
+        return Refused(error, **options)
+

@@ -1,0 +1,121 @@
+"""What a worker tells about each message it serves: counters, trace spans, log lines, metrics.
+
+The pipeline calls :meth:`Observer.begin` before a message's run step and
+:meth:`Observer.end` after its answer went out, for every entrypoint kind. The observer
+keeps the figures ``busapp status`` reports, continues the caller's trace
+(:mod:`busapp.core.tracing`), binds the log context (routing key, id, request id) for
+everything the handler logs, writes the per-call log line, and tells the metrics
+recorder it was handed, if any (``busapp run --metrics-port``: :mod:`busapp.ops.metrics`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Protocol
+
+import structlog
+
+from busapp.core import tracing
+from busapp.core.pipeline import IncomingMessage, Outcome
+from busapp.log import quiet
+
+log = structlog.get_logger("busapp.worker")
+
+#: This process's pid, for the per-call log line (kept up to date across forks: no syscall
+#: per call).
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+class Metrics(Protocol):
+    """What the observer tells a metrics recorder (:class:`busapp.ops.metrics.WorkerMetrics`)."""
+
+    def call_started(self) -> None: ...
+
+    def call_finished(self, method: str | None, ok: bool, seconds: float) -> None: ...
+
+    def redelivered(self, dead: bool) -> None: ...
+
+
+class Scope:
+    """One message being served: what :meth:`Observer.end` needs to close it."""
+
+    __slots__ = ("bound", "kind", "label", "started", "trace")
+
+    def __init__(self, kind: str, label: str | None, trace: tracing.Incoming, bound: Any) -> None:
+        self.kind, self.label, self.trace, self.bound = kind, label, trace, bound
+        self.started = time.perf_counter()
+
+
+class Observer:
+    """One worker's counters, and the hooks every served message passes through.
+
+    ``handled``, ``errors`` and ``in_flight`` count RPC calls (what ``busapp status``
+    shows); each is changed by one statement, which the GIL does not split, and read
+    without a lock.
+    """
+
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self.handled = 0
+        self.errors = 0
+        self.in_flight = 0
+        #: Records calls for Prometheus (``busapp run --metrics-port``), else None.
+        self.metrics: Metrics | None = None
+
+    def begin(self, kind: str, message: IncomingMessage, label: str | None) -> Scope:
+        """Enter ``message``'s context: its trace span and its log context."""
+        trace = tracing.incoming(message.headers, message.routing_key, message.correlation_id,
+                                 message.id)
+        bound = structlog.contextvars.bind_contextvars(
+            routing_key=message.routing_key, id=message.id, request_id=trace.request_id)
+        if kind == "call":
+            self.in_flight += 1
+            if self.metrics is not None:
+                self.metrics.call_started()
+        return Scope(kind, label, trace, bound)
+
+    def end(self, scope: Scope, message: IncomingMessage, outcome: Outcome | None,
+            known: bool) -> None:
+        """Leave ``message``'s context: count it, end its span, write its log line.
+
+        ``known``: its label is a name of this service (else metrics file it as unknown).
+        """
+        seconds = time.perf_counter() - scope.started
+        response = outcome.response if outcome is not None else None
+        error = response.get("error") if response is not None else None
+        failed = error is not None or (outcome is not None and outcome.error is not None)
+        try:
+            scope.trace.close(response)
+            if scope.kind == "call":
+                self.in_flight -= 1
+                self.handled += 1
+                if error is not None:
+                    self.errors += 1
+                if self.metrics is not None:
+                    self.metrics.call_finished(scope.label if known else None, error is None,
+                                               seconds)
+            if not quiet() and scope.kind != "control":
+                self._log_line(scope, message, response, error, failed, seconds)
+        finally:
+            structlog.contextvars.reset_contextvars(**scope.bound)
+
+    @staticmethod
+    def _log_line(scope: Scope, message: IncomingMessage, response: dict | None, error: Any,
+                  failed: bool, seconds: float) -> None:
+        outcome = "error" if failed else "ok" if response or scope.kind != "call" \
+            else "notification"
+        fields = {"method": scope.label, "outcome": outcome,
+                  "code": error.get("code") if isinstance(error, dict) else None,
+                  "duration_ms": round(seconds * 1000, 3), "pid": _PID[0],
+                  "correlation_id": message.correlation_id}
+        if scope.kind == "call":
+            log.info("call", **fields)
+        else:
+            log.info(scope.kind.replace("_", " "), **fields)
+
+    def redelivered(self, dead: bool) -> None:
+        """A redelivered message was counted (``dead``: and dead-lettered)."""
+        if self.metrics is not None:
+            self.metrics.redelivered(dead)
