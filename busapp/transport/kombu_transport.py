@@ -261,7 +261,7 @@ class KombuTransport:
                                        interval_step=0.2)
                 self._errors = tuple(dict.fromkeys(
                     _ERRORS + tuple(conn.connection_errors) + tuple(conn.channel_errors)))
-                self._channel = conn.channel()
+                self._channel = _raw_channel(conn)
             except BaseException:
                 _release(conn)
                 raise
@@ -333,7 +333,7 @@ class KombuTransport:
     def _reopen_channel(self) -> None:
         """A new channel after RabbitMQ closed this one over a refused operation."""
         with self._guard():
-            self._channel = self._conn.channel()
+            self._channel = _raw_channel(self._conn)
 
     @staticmethod
     def _kombu_queue(exchange: str, spec: QueueSpec) -> Any:
@@ -580,6 +580,18 @@ class KombuTransport:
             with contextlib.suppress(Exception):
                 channel.queue_delete(delete_queue)
         _release(conn)
+
+
+def _raw_channel(conn: Any) -> Any:
+    """A new channel of ``conn`` whose message bodies stay the bytes that crossed the wire.
+
+    py-amqp decodes a body by its ``content_encoding`` by default: busapp then re-encoded it
+    as UTF-8, changing the bytes of a body sent in any other encoding.
+    """
+    channel = conn.channel()
+    if hasattr(channel, "auto_decode"):  # py-amqp's; Redis channels hand over bytes as they are
+        channel.auto_decode = False
+    return channel
 
 
 def _broker_count(delivery: Delivery) -> int:

@@ -14,6 +14,11 @@ call when the call returns:
   order published (as from a broker queue, and deterministic);
 - a queue without a consumer keeps its messages until one consumes it.
 
+Settling follows the brokers: a delivery is unacknowledged until ``ack()``; ``requeue()``,
+or closing its transport, gives it back to its queue flagged ``redelivered``; and
+``set_prefetch(n)`` holds messages back while ``n`` are unacknowledged on the transport.
+An exchange exists once declared or bound to (a passive declare of another is False).
+
 As on a broker, a request (a message with ``reply_to``) that no queue is bound to raises
 :class:`~busapp.errors.NoRouteError` at once. Topic patterns follow AMQP: ``*`` is one word,
 ``#`` zero or more.
@@ -28,6 +33,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import attrs
 
 from busapp.errors import NoRouteError
 from busapp.transport.base import Delivery, QueueSpec
@@ -65,10 +72,16 @@ class _Queue:
         self.turn = itertools.count()
 
     def consumer(self) -> Callable[[Delivery], None] | None:
+        """The next consumer in turn with room for a message (see :attr:`_Consumer.full`)."""
         consumers = self.consumers
         if len(consumers) < 2:
-            return consumers[0] if consumers else None
-        return consumers[next(self.turn) % len(consumers)]
+            first = consumers[0] if consumers else None
+            return None if first is None or getattr(first, "full", False) else first
+        for _ in range(len(consumers)):
+            consumer = consumers[next(self.turn) % len(consumers)]
+            if not getattr(consumer, "full", False):
+                return consumer
+        return None
 
 
 class MemoryBroker:
@@ -96,6 +109,7 @@ class MemoryBroker:
         self.lock = threading.RLock()
         self.queues: dict[str, _Queue] = {}
         self.bindings: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
+        self.exchanges: set[str] = set()
         self._routes: dict[tuple[str, str], list[_Queue]] = {}
         self._local = threading.local()  # .frames: deliveries held back per message in hand
         #: Told of every publish: ``tap(exchange, routing_key, body, reply_to)`` (the test
@@ -112,6 +126,7 @@ class MemoryBroker:
     def bind(self, exchange: str, pattern: str, queue: str) -> None:
         with self.lock:
             self.queue(queue)
+            self.exchanges.add(exchange)
             if (pattern, queue) not in self.bindings[exchange]:
                 self.bindings[exchange].append((pattern, queue))
                 self._routes.clear()
@@ -145,6 +160,28 @@ class MemoryBroker:
         queue.waiting.append(delivery)
         self._pump(queue)
 
+    def give_back(self, deliveries: list[Delivery]) -> None:
+        """Put unacknowledged ``deliveries`` back at the head of their queues, in this order,
+        flagged redelivered (as a broker does on a requeue or a closed connection)."""
+        touched: dict[str, _Queue] = {}
+        for delivery in reversed(deliveries):
+            queue = self.queues.get(delivery.queue or "")
+            if queue is None:  # deleted since: the message went with it
+                continue
+            queue.waiting.appendleft(
+                attrs.evolve(delivery, redelivered=True, ack=None, requeue=None))
+            touched[queue.name] = queue
+        for queue in touched.values():
+            self.pump_soon(queue)
+
+    def pump_soon(self, queue: _Queue) -> None:
+        """Deliver ``queue``'s waiting messages: now, or after the message this thread handles."""
+        frames = getattr(self._local, "frames", None)
+        if frames:
+            frames[-1].append((queue, None))
+        else:
+            self._pump(queue)
+
     def _pump(self, queue: _Queue) -> None:
         """Deliver ``queue``'s waiting messages, oldest first, while it has a consumer."""
         while queue.waiting:
@@ -172,7 +209,8 @@ class MemoryBroker:
         # Everything the consumer published joins its queues first, then each is pumped:
         # so every queue sees its messages in the order they were published.
         for queue, later in held:
-            queue.waiting.append(later)
+            if later is not None:  # None: only pump (a message was given back, or acked)
+                queue.waiting.append(later)
         for queue in dict.fromkeys(q for q, _ in held):
             self._pump(queue)
 
@@ -180,6 +218,28 @@ class MemoryBroker:
         q = self.queue(queue)
         q.consumers.append(callback)
         self._pump(q)
+
+
+class _Consumer:
+    """A transport's consumer of one queue: what it hands over stays unacked until settled."""
+
+    __slots__ = ("transport", "callback", "no_ack")
+
+    def __init__(self, transport: MemoryTransport, callback: Callable[[Delivery], None],
+                 no_ack: bool) -> None:
+        self.transport = transport
+        self.callback = callback
+        self.no_ack = no_ack
+
+    @property
+    def full(self) -> bool:
+        """True while its transport's prefetch window is used up (no_ack: never)."""
+        return not self.no_ack and self.transport._window_full()
+
+    def __call__(self, delivery: Delivery) -> None:
+        if not self.no_ack:
+            self.transport._hold(delivery)
+        self.callback(delivery)
 
 
 class MemoryTransport:
@@ -191,13 +251,21 @@ class MemoryTransport:
     def __init__(self, url: str) -> None:
         self.url = url
         self.broker = MemoryBroker.named(url)
-        self._consumed: list[tuple[str, Callable[[Delivery], None]]] = []
+        self._consumed: list[tuple[str, _Consumer]] = []
+        #: Deliveries handed over and not yet settled, by tag, oldest first.
+        self._unacked: dict[int, Delivery] = {}
+        self._tags = itertools.count()
+        self._lock = threading.Lock()
+        self._prefetch = 0
 
     def connect(self) -> None:
         """Nothing to open."""
 
     def declare_exchange(self, exchange: str, *, passive: bool = False) -> bool:
-        """Exchanges exist as soon as something is bound to them."""
+        """Declare ``exchange``; passively, True only if it was declared or bound to before."""
+        if passive:
+            return exchange in self.broker.exchanges
+        self.broker.exchanges.add(exchange)
         return True
 
     def declare_queue(self, exchange: str, spec: QueueSpec) -> None:
@@ -229,18 +297,48 @@ class MemoryTransport:
 
     def consume(self, queue: str, callback: Callable[[Delivery], None], *,
                 no_ack: bool = False) -> None:
-        self._consumed.append((queue, callback))
-        self.broker.consume(queue, callback)
+        consumer = _Consumer(self, callback, no_ack)
+        self._consumed.append((queue, consumer))
+        self.broker.consume(queue, consumer)
 
     def cancel(self) -> None:
-        for queue, callback in self._consumed:
+        for queue, consumer in self._consumed:
             q = self.broker.queues.get(queue)
-            if q is not None and callback in q.consumers:
-                q.consumers.remove(callback)
+            if q is not None and consumer in q.consumers:
+                q.consumers.remove(consumer)
         self._consumed.clear()
 
     def set_prefetch(self, count: int) -> None:
-        """Delivery is synchronous: nothing is prefetched."""
+        """Hold messages back while ``count`` are unacknowledged here (0: no limit)."""
+        self._prefetch = count
+        self._pump_consumed()
+
+    def _window_full(self) -> bool:
+        return 0 < self._prefetch <= len(self._unacked)
+
+    def _hold(self, delivery: Delivery) -> None:
+        """Track ``delivery`` as unacked here until its ``ack()`` or ``requeue()``."""
+        with self._lock:
+            tag = next(self._tags)
+            self._unacked[tag] = delivery
+        delivery._ack = functools.partial(self._settle, tag, False)
+        delivery._requeue = functools.partial(self._settle, tag, True)
+
+    def _settle(self, tag: int, requeue: bool) -> None:
+        with self._lock:
+            delivery = self._unacked.pop(tag, None)
+        if delivery is None:
+            return  # settled before, or given back when this transport closed
+        if requeue:
+            self.broker.give_back([delivery])
+        elif self._prefetch:
+            self._pump_consumed()  # the window has room again
+
+    def _pump_consumed(self) -> None:
+        for name in dict.fromkeys(name for name, _ in self._consumed):
+            queue = self.broker.queues.get(name)
+            if queue is not None and queue.waiting:
+                self.broker.pump_soon(queue)
 
     def drain(self, timeout: float) -> bool:
         """Everything was delivered when it was published: just let the time pass (briefly)."""
@@ -256,6 +354,11 @@ class MemoryTransport:
         return {q for _, q in self.broker.bindings.get(exchange, ())}
 
     def close(self, *, delete_queue: str | None = None) -> None:
+        """Stop consuming and give back what was not acked (as a closed connection does)."""
         self.cancel()
+        with self._lock:
+            unacked = list(self._unacked.values())
+            self._unacked.clear()
+        self.broker.give_back(unacked)
         if delete_queue:
             self.broker.delete(delete_queue)

@@ -23,6 +23,10 @@ What changes, measured with py-spy on an echo RPC (see BENCHMARKS.md):
   round trip each as before, without the transaction's two extra commands. Nothing reads
   the pair in between: unacked messages are only restored once older than the visibility
   timeout.
+
+Routing follows RabbitMQ, where kombu's own differs: ``#`` in a binding matches zero or more
+words (kombu: one or more, so ``svc.#`` missed ``svc``), and an exchange this channel has not
+declared routes as a topic exchange (kombu: as a direct one, dropping what a pattern binds).
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ import kombu
 import structlog
 from kombu.transport import redis as _kredis
 from kombu.transport import virtual as _virtual
+from kombu.transport.virtual import exchange as _vexchange
 from kombu.utils import json as _kjson
 
 from busapp.errors import NoRouteError
 from busapp.transport.base import is_reply_queue
+from busapp.transport.memory import topic_matches
 
 __all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport", "Transport",
            "entry_problem"]
@@ -110,11 +116,28 @@ class Message(_virtual.Message):
         self.compression = compression
 
 
+class TopicExchange(_vexchange.TopicExchange):
+    """kombu's topic exchange, matching as RabbitMQ does: ``#`` is zero or more words.
+
+    Matched on each binding's key, not on the regex the binding process stored with it, so
+    a binding routes the same whichever kombu made it.
+    """
+
+    def lookup(self, table: Any, exchange: str, routing_key: str, default: Any) -> set[str]:
+        return {queue for key, _, queue in table if topic_matches(key, routing_key)}
+
+
 class Channel(_kredis.Channel):
     """kombu's Redis channel with one reused client and a short-lived binding cache."""
 
     QoS = QoS
     Message = Message
+    exchange_types = dict(_kredis.Channel.exchange_types, topic=TopicExchange)
+
+    def typeof(self, exchange: str, default: str = "topic") -> Any:
+        """The type of ``exchange``; one this channel has not declared is a topic exchange
+        (busapp declares no other kind; kombu's default, direct, ignores patterns)."""
+        return super().typeof(exchange, default)
 
     #: Seconds a topic/direct exchange's binding table is reused (0, the default: read it on
     #: every publish). Opt in with the ``binding_cache_ttl`` transport option or
