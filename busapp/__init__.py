@@ -5,7 +5,7 @@ from __future__ import annotations
 from busapp import errors
 from busapp._version import __version__
 from busapp.client.aio import AsyncClient
-from busapp.core.app import App
+from busapp.app import App
 from busapp.client.sync import Client
 from busapp.core.middleware import Call
 from busapp.core.router import Router

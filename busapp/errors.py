@@ -239,6 +239,17 @@ _BY_CODE: dict[int, type[RemoteProcedureCallError]] = {
 }
 
 
+def summary(cls: type[BaseException]) -> str:
+    """The first paragraph of ``cls``'s docstring, on one line (what the class stands for)."""
+    paragraph = (cls.__doc__ or cls.__name__).strip().split("\n\n")[0]
+    return " ".join(paragraph.replace("``", "").split())
+
+
+def wire_errors() -> list[type[RemoteProcedureCallError]]:
+    """The error classes of the wire's codes, by code (what error replies decode to)."""
+    return [_BY_CODE[code] for code in sorted(_BY_CODE, reverse=True)]
+
+
 def error_class_for(code: Any) -> type[RemoteProcedureCallError]:
     """Return the exception class for a JSON-RPC error ``code`` (the base class if unknown)."""
     try:

@@ -145,6 +145,11 @@ def control_queue(service: str, host: str, pid: int, number: int = 0) -> str:
 UNACKED_OWNER_PREFIX = "busapp.unacked."
 
 
+def unacked_owner(host: str, pid: int) -> str:
+    """What names worker process ``pid`` of ``host`` as the owner of its unacked messages."""
+    return f"{host}.{pid}"
+
+
 # -- message headers ---------------------------------------------------------------------
 
 #: Signed messages (busapp.security): the key id, the signing time, the HMAC.

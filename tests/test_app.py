@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import busapp
-from busapp.core.app import App
+from busapp import App
 from busapp.service import CommissaireService
 
 

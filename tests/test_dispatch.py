@@ -7,7 +7,7 @@ import json
 import pytest
 
 from busapp.core import dispatch
-from busapp.core.app import App
+from busapp import App
 from tests.apps import Point, make_app
 
 

@@ -20,6 +20,7 @@ import referencing.jsonschema
 
 from busapp import App
 from busapp.models import Host
+from busapp.errors import Forbidden
 from busapp.ops.openrpc import ERRORS, describe, openrpc_document
 from busapp.service import CommissaireService
 
@@ -138,10 +139,13 @@ def test_attrs_models_are_components_and_match_what_busapp_accepts() -> None:
 
 
 def test_every_method_lists_the_wire_error_codes() -> None:
-    """Each method refers to the error codes of the wire contract, defined once as components."""
+    """Each method refers to the error codes of the wire contract, read from the error classes
+    and defined once as components."""
     doc = openrpc_document(typed_app())
     codes = {e["code"] for e in doc["components"]["errors"].values()}
-    assert codes == {-32700, -32600, -32601, -32602, -32603, -20000}
+    assert codes == {-32700, -32600, -32601, -32602, -32603, -32001, -32002, -20000, -20001,
+                     -20002}
+    assert doc["components"]["errors"]["Forbidden"]["code"] == Forbidden.code
     for method in doc["methods"]:
         assert [e["$ref"].rsplit("/", 1)[1] for e in method["errors"]] == list(ERRORS)
 

@@ -17,15 +17,13 @@ import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import click
 
-from busapp.core.app import App
-
-if TYPE_CHECKING:
-    from busapp.runtime.service import CommissaireService
+from busapp.app import App
+from busapp.runtime.service import CommissaireService
 
 
 @attrs.define
@@ -167,8 +165,6 @@ def _by_name(module: ModuleType, attr: str) -> Any:
 
 
 def _is_service_class(obj: Any) -> bool:
-    from busapp.runtime.service import CommissaireService
-
     return (inspect.isclass(obj) and issubclass(obj, CommissaireService)
             and not obj.__dict__.get("_busapp_framework"))
 

@@ -117,8 +117,10 @@ def serve(loaded: Any, url: str, **options: Any) -> None:
             concurrency=options["concurrency"], graceful_timeout=options["graceful_timeout"],
             startup_timeout=options.get("startup_timeout"))
         manager.graceful_timeout = manager.options.graceful_timeout
-        manager.metrics_port = options.get("metrics_port")
-        manager.metrics_host = options.get("metrics_host") or manager.metrics_host
+        if options.get("metrics_port") is not None:
+            manager.metrics = metrics.MetricsEndpoint(
+                options["metrics_port"], options.get("metrics_host") or "127.0.0.1",
+                manager._service_name())
         manager.run()
     except CrashLoopError as exc:
         log.error("giving up", error=str(exc))

@@ -1,14 +1,15 @@
-"""The Flask-style front: plain functions registered on an :class:`App`.
+"""The Flask-style front: plain functions registered on an :class:`App`. No I/O.
 
-Registration does no I/O and imports no kombu; the generated
-:attr:`App.service_class` is a :class:`~busapp.runtime.service.CommissaireService`
-subclass built on first use.
+This is the App's registry: methods, storage handlers, hooks, dependencies, middleware,
+and the names its queues and routing keys get. What runs it (``service_class``,
+``run()``, ``test_client()``) is added by :class:`busapp.app.App`, the class users import
+as ``busapp.App``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from busapp import names
 from busapp.core.dispatch import Handler
@@ -21,14 +22,10 @@ from busapp.core.scaffold import (
     check_storage_subscription,
 )
 
-if TYPE_CHECKING:
-    from busapp.runtime.appservice import AppService
-    from busapp.testing.client import TestClient
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 class App(Scaffold):
-    """A bus service made of plain functions.
+    """A bus service made of plain functions (its registry; see :class:`busapp.app.App`).
 
     Args:
         name: the service name: queue ``name`` and routing keys ``name.<method>``.
@@ -72,7 +69,8 @@ class App(Scaffold):
         self.methods: dict[str, Handler] = {}
         #: Storage event subscriptions, filled by :meth:`on_storage_event`.
         self.storage_handlers: list[StorageHandler] = []
-        self._service_class: type[AppService] | None = None
+        #: The generated service class, once made (see :class:`busapp.app.App`).
+        self._service_class: Any = None
 
     @property
     def exchange(self) -> str:
@@ -189,50 +187,8 @@ class App(Scaffold):
         prefix = self.routing_key[:-2] if self.routing_key.endswith(".*") else self.name
         return f"{prefix}.{method}"
 
-    # -- running ---------------------------------------------------------------
-
-    @property
-    def service_class(self) -> type[AppService]:
-        """The :class:`~busapp.runtime.service.CommissaireService` subclass serving this App."""
-        if self._service_class is None:
-            from busapp.runtime.appservice import build_service_class
-
-            self._service_class = build_service_class(self)
-        return self._service_class
-
     def qkwargs(self, exchange: str | None = None) -> list[dict[str, Any]]:
         """The kombu queue arguments of the App's RPC queue on ``exchange``
         (default :attr:`exchange`)."""
         queue = self.queue_for(exchange or self.exchange)
         return [{"name": queue, "routing_key": self.routing_key}]
-
-    def run(self, broker_url: str | None = None, *, workers: int = 1,
-            concurrency: int | None = None, exchange: str | None = None,
-            graceful_timeout: float | None = None, options: Any = None) -> None:
-        """Serve until SIGINT/SIGTERM: in this process (``workers=1``) or under a ServiceManager.
-
-        ``options`` is a :class:`~busapp.runtime.worker.WorkerOptions`; ``concurrency`` and
-        ``graceful_timeout`` change single fields of it.
-        """
-        from busapp.runtime.manager import ServiceManager
-
-        exchange = exchange or self.exchange
-        options = (options or self.service_class.worker_options).evolve(
-            concurrency=concurrency, graceful_timeout=graceful_timeout)
-        if workers <= 1:
-            self.service_class(exchange, broker_url, self.qkwargs(exchange), options=options).run()
-            return
-        ServiceManager(self.service_class, workers, exchange, broker_url, self.qkwargs(exchange),
-                       options=options).run()
-
-    def test_client(self, *, dependencies: dict[str, Any] | None = None,
-                    key: Any = None) -> TestClient:
-        """An in-memory client calling this App with no broker (see :mod:`busapp.testing.client`).
-
-        ``dependencies`` replaces registered providers: ``{name: provider or value}``.
-        ``key``: sign the calls with this key: ``(id, secret)``, or the id of a key of the
-        App's keyring.
-        """
-        from busapp.testing.client import TestClient
-
-        return TestClient(self, dependencies=dependencies, key=key)

@@ -150,6 +150,10 @@ class MetricsEndpoint:
         self.port = self._server.server_port
         log.info("metrics served", url=f"http://{self.host}:{self.port}/metrics", dir=directory)
 
+    def recorder(self, service: str) -> WorkerMetrics:
+        """What one worker process of ``service`` records through (made in the worker)."""
+        return WorkerMetrics(service)
+
     def worker_died(self, pid: int) -> None:
         """Forget a dead worker's live gauges and count its restart."""
         from prometheus_client import multiprocess

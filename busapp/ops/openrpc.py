@@ -28,22 +28,20 @@ from typing import Any
 
 import attrs
 
+from busapp import errors
+from busapp._version import __version__
+from busapp.core.app import App
+
 #: attrs.Factory is a class at run time (typed as an overloaded function).
 _FACTORY: type = attrs.Factory  # type: ignore[assignment]
 
 #: The OpenRPC version of the documents made here.
 OPENRPC_VERSION = "1.3.2"
 
-#: The error codes of the wire contract (SPEC §4), as OpenRPC error components.
+#: The error codes of the wire, as OpenRPC error components: read from the error classes.
 ERRORS: dict[str, dict[str, Any]] = {
-    "ParseError": {"code": -32700, "message": "Parse error: the body is not JSON"},
-    "InvalidRequest": {"code": -32600, "message": "Invalid request: not a JSON-RPC request, "
-                       "or its method differs from the routing key"},
-    "MethodNotFound": {"code": -32601, "message": "Method not found"},
-    "InvalidParams": {"code": -32602, "message": "Invalid params"},
-    "InternalError": {"code": -32603, "message": "Internal error: the handler raised"},
-    "StorageLookupError": {"code": -20000, "message": "Storage lookup error: no such record"},
-}
+    cls.__name__: {"code": cls.code, "message": errors.summary(cls)}
+    for cls in errors.wire_errors()}
 
 _SIMPLE: dict[Any, dict[str, Any]] = {
     bool: {"type": "boolean"},
@@ -199,8 +197,6 @@ def method_object(name: str, handler: Any, schemas: Schemas, routing_key: str) -
 
 def _methods(source: Any) -> tuple[list[tuple[str, Any, str]], dict[str, Any]]:
     """``[(name, handler, routing key)]`` and the document's ``info``, for an App or a service."""
-    from busapp.core.app import App
-
     if isinstance(source, App):
         app = source
         methods = [(name, h, app.routing_key_for(name)) for name, h in sorted(app.methods.items())]
@@ -218,13 +214,11 @@ def _methods(source: Any) -> tuple[list[tuple[str, Any, str]], dict[str, Any]]:
 
 def openrpc_document(source: Any) -> dict[str, Any]:
     """The OpenRPC 1.3 document of ``source``: an :class:`~busapp.App`, or a service instance."""
-    import busapp
-
     methods, info = _methods(source)
     schemas = Schemas()
     doc: dict[str, Any] = {
         "openrpc": OPENRPC_VERSION,
-        "info": {**info, "version": busapp.__version__,
+        "info": {**info, "version": __version__,
                  "description": "JSON-RPC 2.0 over a message bus: publish the request on the "
                                 "topic exchange with the method's routing key "
                                 "(x-busapp-routing-key) and a reply_to queue."},

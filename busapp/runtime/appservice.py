@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from busapp.client.sync import default_exchange
 from busapp.core.lifespan import Lifespan
+from busapp.names import default_exchange
 from busapp.runtime.service import CommissaireService, IncomingMessage
+from busapp.storage.events import decode_event
 
 if TYPE_CHECKING:
     from busapp.core.app import App
@@ -40,8 +41,6 @@ class AppService(CommissaireService):
                 for name, handler in self.app.methods.items()}
 
     def _event_callback(self, entry: StorageHandler) -> Any:
-        from busapp.storage.events import decode_event
-
         handler = self.lifespan.wrap(entry.handler, "event", entry.key)
 
         def on_event(body: Any, message: IncomingMessage) -> None:

@@ -33,7 +33,10 @@ from typing import Any
 import attrs
 import structlog
 
-from busapp.errors import CrashLoopError
+from busapp.entrypoints import control
+from busapp.errors import BrokerUnavailable, CrashLoopError
+from busapp.names import default_exchange
+from busapp.runtime.cleanup import mark_worker_process, release_dead_worker
 from busapp.transport import mask_url, resolve_broker_url
 from busapp.core.options import WorkerOptions
 
@@ -95,32 +98,25 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOptions,
-                 parent_pid: int, ready_at: Any = None, metrics: bool = False) -> None:
+                 parent_pid: int, ready_at: Any = None, metrics: Any = None) -> None:
     """Entry point of a worker process; ``ready_at`` is its slot's shared readiness double;
-    ``metrics``: record Prometheus metrics (the manager serves them)."""
+    ``metrics``: the manager's metrics endpoint, if any (it gives each worker a recorder)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent(parent_pid)
-    from busapp.transport.kombu_transport import OWNER_ENV, worker_owner
-
-    os.environ[OWNER_ENV] = worker_owner(os.getpid())
+    mark_worker_process()
     structlog.contextvars.clear_contextvars()
     try:
         service = service_class(**kwargs)
         service.options = options
         if ready_at is not None:
             service.ready_callback = _ready_setter(ready_at)
-        if metrics:
-            from busapp.entrypoints import control
-            from busapp.ops.metrics import WorkerMetrics
-
-            service.make_worker().metrics = WorkerMetrics(control.service_name(service))
+        if metrics is not None:
+            service.make_worker().metrics = metrics.recorder(control.service_name(service))
         service.run()
     except BaseException as exc:  # noqa: BLE001 - report why before the process dies
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        from busapp.errors import BrokerUnavailable
-
         if isinstance(exc, BrokerUnavailable):  # --startup-timeout ran out: no bug to trace
             log.error("worker gave up: the broker could not be reached", pid=os.getpid(),
                       error=str(exc))
@@ -156,10 +152,10 @@ class ServiceManager:
     min_uptime: float = 5.0
     #: Consecutive deaths before ready of one slot after which the manager gives up.
     max_fast_failures: int = 5
-    #: Serve Prometheus metrics of all workers on this port (None: no metrics; see
-    #: :mod:`busapp.ops.metrics`), bound to ``metrics_host``.
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    #: Where the workers' metrics are served, summed (None: no metrics): an object with
+    #: ``start()``, ``recorder(service)``, ``worker_died(pid)`` and ``close()``, e.g.
+    #: :class:`busapp.ops.metrics.MetricsEndpoint`; started before the first worker.
+    metrics: Any = None
 
     def __init__(self, service_class: type, process_count: int, exchange_name: str | None = None,
                  connection_url: str | None = None, qkwargs: list[dict] | None = None,
@@ -179,7 +175,6 @@ class ServiceManager:
         self._stopping = threading.Event()
         self._slots: list[_Slot] = []
         self._ctx = multiprocessing.get_context("fork")
-        self._metrics: Any = None
 
     def _service_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.kwargs, exchange_name=self.exchange_name,
@@ -219,25 +214,15 @@ class ServiceManager:
                  service=self.service_class.__name__, broker=mask_url(self.connection_url))
         self._slots = [_Slot(i) for i in range(self.process_count)]
         try:
-            self._serve_metrics()
+            if self.metrics is not None:  # before the first fork: the workers inherit it
+                self.metrics.start()
             for slot in self._slots:
                 self._start(slot)
             self._supervise()
         finally:
             self._stop_all()
-            if self._metrics is not None:
-                self._metrics.close()
-                self._metrics = None
-
-    def _serve_metrics(self) -> None:
-        """Start the ``/metrics`` endpoint before the first fork (the workers inherit its
-        set-up)."""
-        if self.metrics_port is None:
-            return
-        from busapp.ops.metrics import MetricsEndpoint
-
-        self._metrics = MetricsEndpoint(self.metrics_port, self.metrics_host, self._service_name())
-        self._metrics.start()
+            if self.metrics is not None:
+                self.metrics.close()
 
     def _service_name(self) -> str:
         """The name the workers answer ``busapp status`` by (see
@@ -262,7 +247,7 @@ class ServiceManager:
         process = self._ctx.Process(
             target=_worker_main, name=f"busapp-worker-{slot.index}",
             args=(self.service_class, self._service_kwargs(), self._options(), os.getpid(),
-                  slot.ready_at, self._metrics is not None),
+                  slot.ready_at, self.metrics),
         )
         process.start()
         slot.process, slot.started, slot.restart_at = process, time.monotonic(), None
@@ -291,43 +276,16 @@ class ServiceManager:
             slot.fast_failures += 1
             slot.deaths += 1
             self._check_crash_loop(slot, code)
-        self._requeue_unacked(slot.process.pid)
-        self._forget_control_queue(slot.process.pid)
-        if self._metrics is not None:
-            self._metrics.worker_died(slot.process.pid)
+        if self.connection_url is not None:  # resolved by run() before any worker starts
+            release_dead_worker(self.connection_url, default_exchange(self.exchange_name),
+                                self._service_name(), slot.process.pid)
+        if self.metrics is not None:
+            self.metrics.worker_died(slot.process.pid)
         delay = backoff_delay(slot.deaths, self.max_backoff)
         slot.restart_at = now + delay
         log.warning("worker died; restarting", pid=slot.process.pid, slot=slot.index,
                     reason=_exit_reason(code), was_ready=bool(ready_at),
                     uptime_s=round(now - slot.started, 2), restart_in_s=delay)
-
-    def _requeue_unacked(self, pid: int) -> None:
-        """Give the dead worker's unacked messages back to their queues now (Redis)."""
-        from busapp.transport.kombu_transport import requeue_dead_worker
-
-        if self.connection_url is None:  # not run(): it resolves the URL before any worker
-            return
-        try:
-            count = requeue_dead_worker(self.connection_url, pid)
-        except Exception as exc:  # noqa: BLE001 - they come back after the visibility timeout
-            log.warning("could not requeue the dead worker's messages; they come back after "
-                        "the visibility timeout", pid=pid, error=str(exc))
-            return
-        if count:
-            log.info("dead worker's unacked messages requeued", pid=pid, messages=count)
-
-    def _forget_control_queue(self, pid: int) -> None:
-        """Delete the dead worker's own control queue (``busapp status``), which Redis keeps."""
-        from busapp.client.sync import default_exchange
-        from busapp.runtime.cleanup import forget_worker
-
-        if self.connection_url is None:  # resolved by run() before any worker starts
-            return
-        try:
-            forget_worker(self.connection_url, default_exchange(self.exchange_name),
-                          self._service_name(), pid)
-        except Exception as exc:  # noqa: BLE001 - a stale control queue only costs a little memory
-            log.warning("could not delete the dead worker's control queue", pid=pid, error=str(exc))
 
     def _check_crash_loop(self, slot: _Slot, code: int | None) -> None:
         """Give up when the slot's workers died ``max_fast_failures`` times in a row before

@@ -32,6 +32,7 @@ from busapp import config, names
 from busapp.errors import InternalError
 from busapp.runtime.cluster import dead_letter_name
 from busapp.transport.base import Delivery, QueueSpec, Transport
+from busapp.transport.embedded import _private_socket_dir
 
 COUNT_HEADER = names.COUNT_HEADER
 #: The count's signature (see the module docstring).
@@ -51,8 +52,6 @@ def delivery_key() -> bytes:
     env = config.get("delivery_key")
     if env:
         return env.encode()
-    from busapp.transport.embedded import _private_socket_dir
-
     path = _private_socket_dir() / "busapp-delivery.key"
     if not path.exists():
         draft = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")

@@ -25,6 +25,7 @@ from busapp.client.sync import BusMixin, Client, default_exchange, default_queue
 from busapp.core.pipeline import IncomingMessage
 from busapp.entrypoints.base import Entrypoint
 from busapp.entrypoints.storage_event import Subscription
+from busapp.storage.client import StorageClient
 from busapp.transport import resolve_broker_url
 from busapp.transport.base import QueueSpec
 from busapp.core.options import WorkerOptions
@@ -180,8 +181,6 @@ class CommissaireService(BusMixin):
     def _storage_client(self) -> Any:
         client = self._storage
         if client is None:
-            from busapp.storage.client import StorageClient
-
             client = self._storage = StorageClient(self)
         return client
 

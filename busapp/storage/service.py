@@ -42,7 +42,7 @@ from typing import Any
 import structlog
 
 from busapp import config
-from busapp.core.app import App
+from busapp.app import App
 from busapp.errors import Forbidden, InternalError, InvalidParams, StorageLookupError
 from busapp.models import (
     ListModel,

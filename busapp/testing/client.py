@@ -45,6 +45,9 @@ from busapp.core import wire
 from busapp.client.sync import Client
 from busapp.core.pipeline import IncomingMessage
 from busapp.entrypoints.storage_event import Subscription
+from busapp.storage.client import StorageClient
+from busapp.storage.service import make_app
+from busapp.transport.base import QueueSpec
 from busapp.transport.memory import MemoryBroker, MemoryTransport, NoRouteError, topic_matches
 from busapp.runtime.worker import Worker, rpc_entrypoints
 
@@ -125,8 +128,6 @@ class TestClient:
         MemoryBroker.named(self.url).taps.append(self._record)
         self.storage_app: Any = None
         if storage:
-            from busapp.storage.service import make_app
-
             self.storage_app = make_app("memory://", keyring=keyring)
             self.register(self.storage_app)
         options = {"dependencies": dependencies} if dependencies is not None else {}
@@ -303,8 +304,6 @@ class TestClient:
             raise RuntimeError("this TestClient has no storage service: "
                                "TestClient(app, storage=True)")
         if self._storage is None:
-            from busapp.storage.client import StorageClient
-
             self._storage = StorageClient(self)
         return self._storage
 
@@ -374,8 +373,6 @@ class TestClient:
 
 
 def _reply_spec(name: str) -> Any:
-    from busapp.transport.base import QueueSpec
-
     return QueueSpec(name, durable=False, auto_delete=True)
 
 

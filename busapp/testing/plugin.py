@@ -44,6 +44,8 @@ def busapp_app() -> Any:
 def busapp_client_factory() -> Iterator[Callable[..., Any]]:
     """``make(app=None, **options)``: a new TestClient (options as for TestClient), closed
     after the test."""
+    # Imported here: pytest loads this plugin in every project of the environment, and
+    # only a test that asks for the fixture should pay for importing busapp.
     from busapp.testing.client import TestClient
 
     made: list[TestClient] = []

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from busapp import config
+from busapp.transport.embedded import ensure_embedded_broker, revive_embedded
+from busapp.transport.memory import MemoryTransport
 
 if TYPE_CHECKING:
     from busapp.transport.base import Transport
@@ -23,8 +25,6 @@ def resolve_broker_url(url: str | None = None) -> str:
     env = config.get("broker_url")
     if env:
         return env
-    from busapp.transport.embedded import ensure_embedded_broker
-
     return ensure_embedded_broker()
 
 
@@ -86,8 +86,6 @@ def revive_if_embedded(url: str) -> bool:
     :func:`busapp.transport.embedded.revive_embedded`). False for any other URL."""
     if not url.startswith("redis+socket://"):
         return False
-    from busapp.transport.embedded import revive_embedded
-
     return revive_embedded(url)
 
 
@@ -106,9 +104,8 @@ def open_transport(url: str) -> Transport:
     if problem:
         raise ValueError(problem)
     if is_memory(url):
-        from busapp.transport.memory import MemoryTransport
-
         return MemoryTransport(url)
+    # Imported here: kombu loads only when a broker connection is made.
     from busapp.transport.kombu_transport import KombuTransport
 
     return KombuTransport(url)

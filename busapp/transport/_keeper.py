@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from busapp.transport.embedded import _idle_seconds
+
 #: Seconds between two looks at the server's clients.
 POLL = 0.5
 
@@ -167,8 +169,6 @@ class Keeper:
 
 
 def _idle_limit() -> float:
-    from busapp.transport.embedded import _idle_seconds
-
     return _idle_seconds()
 
 

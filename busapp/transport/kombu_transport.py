@@ -34,7 +34,7 @@ import kombu.messaging
 import kombu.transport.pyamqp
 from kombu import Connection, Exchange, Queue, binding  # resolves kombu's lazy names now
 
-from busapp import config
+from busapp import config, names
 from busapp.errors import AccessRefused, BrokerUnavailable, BusappError, NoRouteError
 from busapp.transport import is_redis, mask_url
 from busapp.transport import redis as _redis
@@ -74,15 +74,6 @@ def confirm_publish(url: str) -> bool:
     return ";" in url
 
 
-#: Environment variable naming this worker process as the owner of its unacked messages.
-OWNER_ENV = config.env_name("unacked_owner")
-
-
-def worker_owner(pid: int) -> str:
-    """The owner name of worker process ``pid`` on this host."""
-    return f"{socket.gethostname()}.{pid}"
-
-
 def requeue_dead_worker(url: str, pid: int) -> int:
     """Requeue at once what worker ``pid`` (dead) left unacked on Redis; how many (0 elsewhere:
     RabbitMQ requeues a dead connection's messages itself)."""
@@ -91,7 +82,7 @@ def requeue_dead_worker(url: str, pid: int) -> int:
     conn = kombu_connection(url)
     try:
         conn.ensure_connection(max_retries=1)
-        return _redis.requeue_owned(conn, worker_owner(pid))
+        return _redis.requeue_owned(conn, names.unacked_owner(socket.gethostname(), pid))
     finally:
         _release(conn)
 

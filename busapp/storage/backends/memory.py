@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from busapp.storage.backends import (
+from busapp.storage.backends.base import (
     CREATED,
     UNCHANGED,
     UPDATED,

@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from busapp import _extras
-from busapp.storage.backends import (
+from busapp.storage.backends.base import (
     CREATED,
     UNCHANGED,
     UPDATED,

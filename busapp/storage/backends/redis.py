@@ -24,7 +24,7 @@ import json
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from busapp.storage.backends import (
+from busapp.storage.backends.base import (
     CREATED,
     UNCHANGED,
     UPDATED,

@@ -15,7 +15,7 @@ import os
 import sqlite3
 from typing import Any
 
-from busapp.storage.backends import (
+from busapp.storage.backends.base import (
     CREATED,
     UNCHANGED,
     UPDATED,
