@@ -48,8 +48,8 @@ BINARY = b"\x00\xff\xfe binary \xe9\x80 not utf-8 \x00"
 CONSUMER = """
 import os, sys
 from busapp.transport import open_transport
-from busapp.transport.kombu_transport import OWNER_ENV, worker_owner
-os.environ[OWNER_ENV] = worker_owner(os.getpid())
+from busapp.runtime.cleanup import mark_worker_process
+mark_worker_process()
 transport = open_transport(sys.argv[1])
 transport.connect()
 got = []
