@@ -38,6 +38,7 @@ the page is skipped, or fails under ``BUSAPP_REQUIRE_SERVICES=1`` (as in CI).
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
 import re
@@ -311,7 +312,7 @@ def evaluate_bash(example: Example) -> None:
 
 
 _python = PythonEvaluator()
-_doctests = DocTestStringParser(DocTestEvaluator())
+_doctests = DocTestStringParser(DocTestEvaluator(doctest.ELLIPSIS))
 
 
 def evaluate_python(example: Example) -> None:
