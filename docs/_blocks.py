@@ -1,9 +1,10 @@
 """Every code block of README.md and docs/ runs as a test (collected by the root conftest.py).
 
-Each page runs in a fresh temporary directory, with the repository's ``examples/`` linked
-into it and ``.venv`` pointing at the environment running the tests, so it has its own
-embedded broker (``./.busapp/``) and the page's commands read as they do in a clone. The
-blocks of a page run in order and share one Python namespace:
+Each page runs in a fresh temporary directory (pytest's, kept for the last 3 runs), with
+the repository's ``examples/`` linked into it and ``.venv`` pointing at the environment
+running the tests, so it has its own embedded broker (``./.busapp/``) and the page's
+commands read as they do in a clone. The blocks of a page run in order and share one
+Python namespace:
 
 - ```` ```python ````: run in the page's namespace (a block starting with ``>>>`` is a
   doctest: its outputs are checked).
@@ -18,13 +19,14 @@ blocks of a page run in order and share one Python namespace:
   rest of the page, shell and Python blocks alike.
 - ```` ```bash ````: a script, run with ``bash -e`` in the page's directory; must exit 0.
 - Commands that serve until stopped (``busapp run ...``, ``busapp storage ...``) start in
-  the background, in a console or bash block alike; the page goes on once a worker logs
-  that it is ready, and they stop as Ctrl-C stops them (SIGINT) when the page ends, or
-  when the same command line is started again (the reader stopped and restarted it).
+  the background, in a console or bash block alike; the next block that is not one of them
+  waits until a worker of each has logged that it is ready. They stop as Ctrl-C stops them
+  (SIGINT) when the page ends, or when the same command line is started again (the reader
+  stopped and restarted it).
 - Data blocks (``text``, ``json``, ``yaml``, ``toml``, ``ini``, ``python-traceback``) are
   shown, not run; a ``json`` block must parse (one JSON value per line is accepted too).
 - ``<!-- skip: next "why" -->`` before a block: not run, reported as skipped with the
-  reason. Keep these few: a cluster, a web server, the test run itself.
+  reason. Keep these few: a cluster, an install into a new venv, the test run itself.
 - ``<!-- invisible-code-block: python ... -->``: set-up the reader does not need to see.
 - ``<!-- files-from: other.md -->``: the files the blocks of ``other.md`` write, written
   here first (a tutorial step goes on from the files of the step before).
@@ -47,7 +49,7 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -74,6 +76,14 @@ READY_TIMEOUT = 60.0
 #: Seconds any other command may take.
 COMMAND_TIMEOUT = 120.0
 PAGE_KEY = "__busapp_page__"
+#: Threads stopping the services of pages that have ended (see :meth:`Page.close`).
+STOPPING: list[threading.Thread] = []
+
+
+def finish_stopping() -> None:
+    """Wait until the services of every ended page have stopped (at the end of the run)."""
+    while STOPPING:
+        STOPPING.pop().join()
 
 
 # -- the page: working directory, environment, background services ------------------------
@@ -82,9 +92,9 @@ PAGE_KEY = "__busapp_page__"
 class Page:
     """The state one page's blocks share: its directory, its environment, what it started."""
 
-    def __init__(self, document: Document) -> None:
+    def __init__(self, document: Document, tmp: pytest.TempPathFactory) -> None:
         self.source = Path(document.path)
-        self.dir = Path(tempfile.mkdtemp(prefix=f"busapp-docs-{self.source.stem}-"))
+        self.dir = tmp.mktemp(f"docs-{self.source.stem}")
         (self.dir / "examples").symlink_to(ROOT / "examples")
         (self.dir / ".venv").symlink_to(Path(sys.prefix))
         self.saved_env = dict(os.environ)
@@ -93,6 +103,7 @@ class Page:
         self.saved_modules = set(sys.modules)
         self.exported: set[str] = set()
         self.services: dict[str, subprocess.Popen] = {}
+        self.starting: list[tuple[str, subprocess.Popen, Path]] = []
         self.served: list[tuple[str, str, str]] = []  # (command, broker URL, exchange)
         self._start()
 
@@ -129,23 +140,32 @@ class Page:
             os.environ["BUSAPP_EXCHANGE"] = f"docs-{uuid.uuid4().hex[:10]}"
 
     def serve(self, command: str) -> None:
-        """Start a serving command in the background; return once a worker is ready."""
+        """Start a serving command in the background (see :meth:`wait_ready`)."""
         if command in self.services:
             self._stop(self.services.pop(command))
         log_path = self.dir / f".service-{len(self.served)}.log"
-        log = open(log_path, "wb")  # noqa: SIM115 - the process writes it until it stops
-        process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.dir, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.dir,
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         self.services[command] = process
+        self.starting.append((command, process, log_path))
         self.served.append((command, os.environ.get("BUSAPP_BROKER_URL", ""),
                             os.environ.get("BUSAPP_EXCHANGE", "commissaire")))
+
+    def wait_ready(self) -> None:
+        """Return once a worker of every service started since the last call logged that it
+        is ready. Services started one after the other start together; the block after
+        them waits here."""
         deadline = time.monotonic() + READY_TIMEOUT
-        while b"worker ready" not in log_path.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = log_path.read_text(errors="replace")
-                raise AssertionError(f"{command!r} did not get ready (exit {process.poll()}):\n"
-                                     f"{output}")
-            time.sleep(0.05)
+        for command, process, log_path in self.starting:
+            while b"worker ready" not in log_path.read_bytes():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output = log_path.read_text(errors="replace")
+                    raise AssertionError(f"{command!r} did not get ready "
+                                         f"(exit {process.poll()}):\n{output}")
+                time.sleep(0.05)
+        self.starting.clear()
 
     @staticmethod
     def _stop(*processes: subprocess.Popen) -> None:
@@ -161,13 +181,22 @@ class Page:
                 process.wait(5)
 
     def close(self) -> None:
-        """Stop what the page started, delete its queues on servers, restore the process."""
-        self._stop(*self.services.values())
+        """Restore the test process; stop what the page started and delete its queues on
+        servers. Services on the embedded broker finish stopping in the background while
+        the next page runs (:func:`finish_stopping` waits for them)."""
         try:
-            self._delete_queues()
-            from busapp.transport.embedded import stop_embedded_broker
-
-            stop_embedded_broker(str(self.dir / ".busapp"))
+            if any(self._on_server(url) for _, url, _ in self.served):
+                self._stop(*self.services.values())
+                self._delete_queues()
+                self._stop_broker()
+            else:
+                for process in self.services.values():
+                    if process.poll() is None:
+                        os.killpg(process.pid, signal.SIGINT)
+                stopping = threading.Thread(target=self._stop_then_broker,
+                                            args=list(self.services.values()), daemon=True)
+                stopping.start()
+                STOPPING.append(stopping)
         finally:
             os.chdir(self.saved_cwd)
             os.environ.clear()
@@ -178,11 +207,25 @@ class Page:
                 if module_file.startswith(str(self.dir)):
                     del sys.modules[name]
 
+    def _stop_then_broker(self, *processes: subprocess.Popen) -> None:
+        self._stop(*processes)
+        self._stop_broker()
+
+    def _stop_broker(self) -> None:
+        from busapp.transport.embedded import stop_embedded_broker
+
+        # No waiting for its graceful stop: the server dies with its keeper.
+        stop_embedded_broker(str(self.dir / ".busapp"), timeout=0)
+
+    @staticmethod
+    def _on_server(url: str) -> bool:
+        return bool(url) and urlsplit(url.split(";")[0]).scheme not in ("memory", "redis+socket")
+
     def _delete_queues(self) -> None:
         from tests._services import delete_queues
 
         for command, url, exchange in self.served:
-            if not url or urlsplit(url.split(";")[0]).scheme in ("memory", "redis+socket"):
+            if not self._on_server(url):
                 continue
             delete_queues(url, exchange, *self._queues_of(command, exchange))
 
@@ -206,7 +249,7 @@ def page_of(example: Example) -> Page:
     """The page ``example`` belongs to (made at its first block)."""
     namespace = example.document.namespace
     if PAGE_KEY not in namespace:
-        namespace[PAGE_KEY] = Page(example.document)
+        namespace[PAGE_KEY] = Page(example.document, namespace["tmp_path_factory"])
     return namespace[PAGE_KEY]
 
 
@@ -275,6 +318,7 @@ def run_command(page: Page, command: str, expected: list[str] | None) -> None:
     if is_serving(command):
         page.serve(command)
         return
+    page.wait_ready()
     done = subprocess.run(["bash", "-c", command], cwd=page.dir, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=COMMAND_TIMEOUT)
     actual = done.stdout.splitlines()
@@ -316,13 +360,13 @@ _doctests = DocTestStringParser(DocTestEvaluator(doctest.ELLIPSIS))
 
 
 def evaluate_python(example: Example) -> None:
-    page_of(example)
+    page_of(example).wait_ready()
     _python(example)
 
 
 def evaluate_doctest(evaluator):
     def evaluate(example: Example):
-        page_of(example)
+        page_of(example).wait_ready()
         return evaluator(example)
 
     return evaluate
@@ -438,4 +482,5 @@ sybil = Sybil(
     patterns=["README.md", "docs/*.md", "docs/*/*.md"],
     excludes=["docs/README.md"],
     teardown=close_page,
+    fixtures=["tmp_path_factory"],
 )
