@@ -236,7 +236,7 @@ class Page:
 
             app = make_app("memory://")
         else:
-            from busapp.locate import load_target
+            from busapp.cli.locate import load_target
 
             app = load_target(words[2]).app
         if app is None:

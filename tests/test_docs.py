@@ -16,35 +16,31 @@ from sybil import Document
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 
-from busapp_envvars import VARIABLES  # noqa: E402
+from busapp_envvars import OTHER, TESTS, rows  # noqa: E402
 
 from docs import _blocks  # noqa: E402
 
 BUSAPP_NAME = re.compile(r"\bBUSAPP_[A-Z][A-Z0-9_]*[A-Z0-9]\b")
 
 
-def _names_in(*folders: str) -> set[str]:
+def _names_in(folder: str) -> set[str]:
     found: set[str] = set()
-    for folder in folders:
-        for path in (ROOT / folder).rglob("*.py"):
-            found |= set(BUSAPP_NAME.findall(path.read_text()))
+    for path in (ROOT / folder).rglob("*.py"):
+        found |= set(BUSAPP_NAME.findall(path.read_text()))
     return found
 
 
-def test_every_variable_the_package_reads_is_in_the_reference() -> None:
-    """Each BUSAPP_* name under busapp/ is a row of the environment reference, and each
-    row not for the test suite names a variable busapp/ mentions."""
-    documented = {v.name for v in VARIABLES if v.name.startswith("BUSAPP_")}
-    in_package = _names_in("busapp")
-    assert in_package - documented == set()
-    package_rows = {v.name for v in VARIABLES if v.group != "tests"}
-    assert {n for n in package_rows if n.startswith("BUSAPP_")} - in_package == set()
+def test_every_variable_the_package_names_is_in_the_reference() -> None:
+    """Each BUSAPP_* name under busapp/ is a row of the generated settings table."""
+    documented = {name.strip("`") for name, _, _ in rows("settings")}
+    assert _names_in("busapp") - documented == set()
 
 
-def test_the_test_suite_variables_in_the_reference_are_read_by_the_tests() -> None:
-    """Each row of the tests group names a variable tests/ reads."""
-    rows = {v.name for v in VARIABLES if v.group == "tests"}
-    assert rows - _names_in("tests") == set()
+def test_the_written_rows_name_variables_that_are_read() -> None:
+    """The test-suite rows name variables tests/ reads; the others, names busapp/ uses."""
+    assert {v.name for v in TESTS} - _names_in("tests") == set()
+    source = "".join(p.read_text() for p in (ROOT / "busapp").rglob("*.py"))
+    assert [v.name for v in OTHER if v.name not in source] == []
 
 
 def test_links_of_readme_and_docs_resolve() -> None:
@@ -56,6 +52,15 @@ def test_links_of_readme_and_docs_resolve() -> None:
             if "://" not in target and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert broken == []
+
+
+def test_files_the_pages_name_exist() -> None:
+    """Every examples/, tests/ or benchmarks/ file README.md and docs/ name exists."""
+    named = re.compile(r"\b(?:examples|tests|benchmarks)/[\w/]+\.py\b")
+    missing = {f"{page.relative_to(ROOT)}: {path}"
+               for page in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
+               for path in named.findall(page.read_text()) if not (ROOT / path).exists()}
+    assert missing == set()
 
 
 def _regions(text: str) -> list:
