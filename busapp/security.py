@@ -1,4 +1,4 @@
-"""Who may call what: keyrings, HMAC-SHA256 message signing, replay memory (SPEC §12).
+"""Who may call what: keyrings, HMAC-SHA256 message signing, replay memory.
 
 Broker credentials decide who may reach the broker; a keyring decides who may call which
 method. Off unless a keyring (service side) or a key (caller side) is given.

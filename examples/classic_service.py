@@ -1,7 +1,7 @@
-"""The seed document's class-based MyService, run under a ServiceManager of 3 processes.
+"""A Commissaire-style, class-based MyService, run under a ServiceManager of 3 processes.
 
-Only the import differs from "Writing a Commissaire Service":
-``commissaire_service.service`` -> ``busapp.service``.
+It is the example of Commissaire's "Writing a Commissaire Service"; only the import
+differs: ``commissaire_service.service`` -> ``busapp.service``.
 
 Run it:   python examples/classic_service.py [BROKER_URL]
           (no URL: $BUSAPP_BROKER_URL, else the embedded broker)

@@ -1,4 +1,4 @@
-"""The seed document's simpleservice, as a busapp App.
+"""A first busapp service: a few methods to call, time out on, and notify.
 
 Run it:   busapp run examples/simpleservice.py:app --workers 3
 Call it:  busapp call simple.add 1 2
@@ -6,9 +6,14 @@ Call it:  busapp call simple.add 1 2
 
 from __future__ import annotations
 
+import time
+
+import structlog
+
 from busapp import App
 
 app = App("simple")
+log = structlog.get_logger("simple")
 
 
 @app.method("add")
@@ -33,6 +38,19 @@ def ping() -> str:
 def echo(words):
     """Exposed as simple.echo. Takes one bus argument of words."""
     return words
+
+
+@app.method()
+def slow(seconds: float = 1.0) -> float:
+    """Exposed as simple.slow: answers after ``seconds`` (call it with a shorter timeout)."""
+    time.sleep(seconds)
+    return seconds
+
+
+@app.method("log")
+def log_text(text: str) -> None:
+    """Exposed as simple.log: writes ``text`` to the service's log (send it as a notification)."""
+    log.info("log", text=text)
 
 
 @app.method()

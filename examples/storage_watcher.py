@@ -1,9 +1,9 @@
-"""The seed document's storage example ("Storage Integration"), on busapp.
+"""Commissaire's storage example ("Storage Integration"), on busapp.
 
 A service that hears when a Host record is created, marks it as being
 investigated and saves the updated record. It is written twice:
 
-- ``WatcherService``: the seed's CommissaireService, unchanged but for imports
+- ``WatcherService``: the Commissaire-style service, unchanged but for imports
   (``StorageClient`` + ``register_callback`` + ``@NotifyCallback``);
 - ``app``: the same on busapp's App front (``@app.on_storage_event``).
 
@@ -28,7 +28,7 @@ from busapp.models import Host, formatted_dt
 from busapp.service import CommissaireService
 from busapp.storage import client
 
-#: Where the classic service takes requests (the seed's "queues.my_queue.*").
+#: Where the classic service takes requests.
 QUEUE_KWARGS = [{"name": "watcher", "routing_key": "watcher.*"}]
 
 

@@ -5,7 +5,7 @@ killed (a 3-node RabbitMQ cluster), or while the Redis master is killed and the
 Sentinels fail over to the replica. Every call ends ``ok``, with a typed busapp error, or
 ``hung`` (not back within its timeout + 5 s); a request is ``lost`` if the broker took it
 (its publish returned: confirmed on a multi-node RabbitMQ URL) and no handler ever ran it.
-The figures are printed (``-s``) and copied to RELIABILITY.md.
+The figures are printed (``-s``) and copied to docs/explanation/faults.md.
 
 Marked ``cluster`` (``pytest -m "not cluster"`` skips them; ``.ci/run`` runs them); the
 clusters are private (tests/_clusters.py) and thrown away after the module.
@@ -232,7 +232,7 @@ def test_sentinel_url_everywhere_then_failover(sentinels, tmp_path, unique, monk
     app = make_app(f"s{unique}", served)
     exchange = f"test-{unique}"
     url = sentinels.url
-    # Messages a worker had taken when its master died come back after this (see RELIABILITY.md).
+    # Messages a worker had taken when its master died come back after this (see docs/explanation/delivery.md).
     monkeypatch.setenv("BUSAPP_VISIBILITY_TIMEOUT", "5")
     with running(lambda: app.run(url, exchange=exchange, workers=2), ready=f"{app.name}.ping",
                  url=url, exchange=exchange), TallyingClient(url, exchange) as bus:

@@ -77,7 +77,7 @@ def keyring_option(func: Any) -> Any:
     return click.option("--keyring", metavar="FILE", envvar=KEYRING_ENV, show_envvar=True,
                         type=click.Path(dir_okay=False),
                         help="Keyring file (lines of id:secret): callers must sign with one "
-                             "of its keys. See README, 'Securing a deployment'.")(func)
+                             "of its keys. See the docs, 'Secure a deployment'.")(func)
 
 
 def load_keyring(path: str | None) -> Any:

@@ -233,8 +233,8 @@ class KombuTransport:
         except self._errors as exc:
             if _refusal(exc):
                 hint = ("check the user name and password in the URL" if "login" in str(exc).lower()
-                        else "grant this broker user the permission (see README, 'What callers "
-                             "can rely on')")
+                        else "grant this broker user the permission (the permissions each "
+                             "needs: docs, 'Delivery guarantees')")
                 raise AccessRefused(
                     f"broker at {mask_url(self.url)} refused access: {exc}; {hint}") from exc
             raise BrokerUnavailable(
