@@ -46,10 +46,11 @@ from busapp.client.sync import Client
 from busapp.core.pipeline import IncomingMessage
 from busapp.entrypoints.storage_event import Subscription
 from busapp.storage.client import StorageClient
+from busapp.testing.listener import Listener
 from busapp.storage.service import make_app
 from busapp.transport.base import QueueSpec
 from busapp.transport.memory import MemoryBroker, MemoryTransport, NoRouteError, topic_matches
-from busapp.runtime.worker import Worker, rpc_entrypoints
+from busapp.runtime.worker import Worker
 
 __all__ = ["HandlerError", "NoRouteError", "Published", "TestClient"]
 
@@ -185,7 +186,7 @@ class TestClient:
 
         Also what ``client.storage.register_callback(...)`` uses.
         """
-        listener = _Listener(self.service_name, self.url, self.exchange, self.bus)
+        listener = Listener(self.service_name, self.url, self.exchange, self.bus)
         listener.subscriptions.append(
             Subscription(binding_key, callback, queue_name or f"test.{binding_key}"))
         self._attach(listener)
@@ -374,30 +375,3 @@ class TestClient:
 
 def _reply_spec(name: str) -> Any:
     return QueueSpec(name, durable=False, auto_delete=True)
-
-
-class _Listener:
-    """A consumer with subscriptions only: what :meth:`TestClient.subscribe` registers."""
-
-    qkwargs: list[dict[str, Any]] = []
-    routing_keys: list[str] = []
-    handlers: dict[str, Any] = {}
-
-    def __init__(self, name: str, url: str, exchange: str, bus: Client) -> None:
-        self.service_name = name
-        self.connection_url = url
-        self.exchange_name = exchange
-        self.subscriptions: list[Subscription] = []
-        self._bus = bus
-
-    def queue_specs(self) -> list[Any]:
-        return []
-
-    def entrypoints(self, options: Any) -> list[Any]:
-        return rpc_entrypoints(self, options)
-
-    def _bus_client(self) -> Client:
-        return self._bus
-
-    def _context(self, info: IncomingMessage) -> dict[str, Any]:
-        return {"message": info, "bus": self._bus, "storage": None}
