@@ -33,10 +33,13 @@ Differences from a broker, all meant to make tests fail fast and clearly:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import contextvars
 import threading
 import uuid
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -108,6 +111,10 @@ class TestClient:
         if isinstance(key, str) and keyring is not None and key in keyring:
             key = keyring.key(key)
         self.bus = Client(self.url, self.exchange, key=key)
+        self._key = key
+        #: Clients no call is using now (:meth:`_calling`); :attr:`bus` is the first.
+        self._idle: collections.deque[Client] = collections.deque([self.bus])
+        self._extra: list[Client] = []  # made for threads calling at once; closed by close()
         #: Services served on this client, in registration order.
         self.services: list[Any] = []
         self.service_name = "test"
@@ -158,6 +165,8 @@ class TestClient:
             raise TypeError("register() takes an App or a CommissaireService subclass, "
                             f"got {target!r}")
         service = service_class(*args, **kwargs)
+        if getattr(service, "_client", True) is None:  # no client of its own yet
+            service._client = _ClientPerThread(service)
         self._check_queues(service)
         self._attach(service)
         return service
@@ -218,7 +227,8 @@ class TestClient:
             RequestTimeout: the handler took longer than ``timeout`` (as on a broker).
         """
         params = wire.params_from(args, kwargs)
-        response = self._run(self.bus.request, self.routing_key(method), params, timeout)
+        with self._calling() as bus:
+            response = self._run(bus.request, self.routing_key(method), params, timeout)
         error = wire.error_from_response(response)
         if error is not None:
             raise error from self._causes.pop(str(response.get("id")), None)
@@ -226,7 +236,8 @@ class TestClient:
 
     def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
         """Send a request and return the whole JSON-RPC response dict (Commissaire's form)."""
-        response = self._run(self.bus.request, self.routing_key(routing_key), params, timeout)
+        with self._calling() as bus:
+            response = self._run(bus.request, self.routing_key(routing_key), params, timeout)
         self._causes.pop(str(response.get("id")), None)
         return response
 
@@ -254,11 +265,33 @@ class TestClient:
 
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification; every consumer has handled it when this returns."""
-        self._run(self.bus.notify, self.routing_key(method), *args, **kwargs)
+        with self._calling() as bus:
+            self._run(bus.notify, self.routing_key(method), *args, **kwargs)
 
     def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """Publish a plain JSON message (e.g. a storage event) to every matching subscription."""
-        self._run(self.bus.publish, routing_key, body)
+        with self._calling() as bus:
+            self._run(bus.publish, routing_key, body)
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[Client]:
+        """A Client for one call: :attr:`bus` unless another thread's call is using it.
+
+        A Client publishes under a lock, and on the in-memory transport a publish runs the
+        whole call (handler, reply) before it returns: threads sharing one Client would
+        take turns, each waking the next. So a call takes an idle Client, and threads
+        calling at once get one each (made on first need, kept for the next call).
+        """
+        try:
+            bus = self._idle.pop()  # deque.pop/append are atomic: no lock to contend for
+        except IndexError:
+            bus = Client(self.url, self.exchange, key=self._key)
+            with self._lock:
+                self._extra.append(bus)
+        try:
+            yield bus
+        finally:
+            self._idle.append(bus)
 
     def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         token = _COLLECTOR.set([])
@@ -357,9 +390,17 @@ class TestClient:
                 self._workers.pop().detach()
             except Exception as exc:  # noqa: BLE001 - the other services still shut down
                 errors.append(exc)
+        for service in self.services:
+            client = getattr(service, "_client", None)
+            if isinstance(client, _ClientPerThread):
+                client.close()
         if self.storage_app is not None:
             self.storage_app.store.close()
         self.bus.close()
+        with self._lock:
+            extra, self._extra = self._extra, []
+        for bus in extra:
+            bus.close()
         MemoryBroker.forget(self.url)
         if errors:
             raise errors[0]
@@ -375,6 +416,46 @@ def _reply_spec(name: str) -> Any:
     from busapp.transport.base import QueueSpec
 
     return QueueSpec(name, durable=False, auto_delete=True)
+
+
+class _ClientPerThread:
+    """A service's bus Client on the test bus: a real :class:`~busapp.bus.Client` per thread.
+
+    The worker replies through its service's Client, and handlers call through it, each
+    publish under that Client's lock; on the in-memory transport a call publishes from
+    the caller's thread, so threads calling one service at once would all queue for that
+    lock (and a nested call holds it for the whole call). With a Client per thread they
+    do not. A thread's Client is closed when the thread ends (its garbage) or by
+    :meth:`close`.
+    """
+
+    def __init__(self, service: Any) -> None:
+        self._service = service
+        self._local = threading.local()
+        self._all: weakref.WeakSet[Client] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def _client(self) -> Client:
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            service = self._service
+            keyring = service.keyring  # the key CommissaireService._bus_client signs with
+            own = keyring.own_key(service.service_name) if keyring is not None else None
+            client = self._local.client = Client(service.connection_url, service.exchange_name,
+                                                 key=own)
+            with self._lock:
+                self._all.add(client)
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client(), name)
+
+    def close(self) -> None:
+        """Close every thread's Client."""
+        with self._lock:
+            clients = list(self._all)
+        for client in clients:
+            client.close()
 
 
 class _Listener:
