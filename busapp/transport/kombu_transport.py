@@ -53,7 +53,11 @@ def transport_options(url: str) -> dict[str, Any]:
             "unacked_mutex_expire": 10,
             # Scan for expired unacked messages every 2nd idle poll, not every 10th.
             "unacked_restore_throttle": 2,
-            # Off unless asked for: see busapp.transport.redis.Channel.binding_cache_ttl.
+            # Bindings are read again only when Redis says they changed (0: on every
+            # publish): see busapp.transport.redis.Channel.binding_tracking.
+            "binding_tracking": os.environ.get("BUSAPP_BINDING_TRACKING", "1").strip().lower()
+            not in ("0", "false", "no", "off"),
+            # Without tracking, off unless asked for: see Channel.binding_cache_ttl.
             "binding_cache_ttl": float(os.environ.get("BUSAPP_BINDING_CACHE_TTL", "0")),
             # Set in worker processes by the manager (see busapp.transport.redis.QoS).
             "unacked_owner": os.environ.get(OWNER_ENV) or None,
