@@ -10,8 +10,8 @@ the same answer, at the cost of the bindings that could match:
 - a binding key without wildcards is a dict entry;
 - a key with ``*`` but no ``#`` can only match routing keys of as many words: such keys
   are grouped by word count and first word (``None`` when that word is a wildcard);
-- a key with ``#`` can only match routing keys that start with its first word: grouped
-  by it (or ``None``);
+- a key with ``#`` can only match routing keys that start with its first word (the regex
+  starts with that word and a dot): grouped by it (or ``None``);
 - what the index cannot place is matched as kombu matches it, by its stored regex: a
   member whose regex is not the one kombu makes of its key (written by another kombu
   version, or bound while the exchange was declared direct), a key with a ``*`` inside
@@ -79,6 +79,9 @@ class BindingIndex:
         #: matched by regex whatever the routing key
         self._other: list[_Matcher] = []
         self._memo: dict[str, frozenset[str]] = {}
+        #: whether kombu's ``*`` is one word, as the grouping by word count assumes (kombu
+        #: 5.3's ``.*?[^.]`` spans dots: its ``*`` keys are then grouped by first word only)
+        self._star_is_a_word = pattern_of is not None and pattern_of("*") == r"^[^\.]+$"
         #: a row that is not ``(key, regex, queue)``: kombu's lookup fails on it, so does ours
         self._malformed = any(len(row) != 3 for row in self.rows)
         if not self._malformed:
@@ -102,7 +105,7 @@ class BindingIndex:
         else:
             first = words[0] if words[0] not in ("*", "#") else None
             matcher = (_regex(pattern), queue)
-            if "#" in wild:
+            if "#" in wild or not self._star_is_a_word:
                 self._hash.setdefault(first, []).append(matcher)
             else:
                 self._star.setdefault((len(words), first), []).append(matcher)
