@@ -16,7 +16,11 @@ kombu, as other processes would). Columns:
   on every publish: what a server without client tracking gets);
 - ``raw kombu, stock``: ``benchmarks/rawkombu.py``'s client on kombu's own Redis transport
   (regex scan of the whole table on every publish), calling its own raw server;
-- ``--baseline REF``: busapp's client as of git ``REF`` too, calling the same server.
+- ``--baseline REF``: busapp's client as of git ``REF`` too, calling the same server;
+
+and, measured in this process after each pass (no broker round trip, so no noise from
+other load on the machine), the CPU a routing lookup costs (``Channel._lookup``: what a
+publish does to find its queues) with busapp's channel, watch on and off, and kombu's.
 
 The 1,000 other bindings are a mix like a busy exchange's: 400 other services
 (``svcN.*``), 300 event subscriptions (``notify.storage.KindN.created``-like and
@@ -122,6 +126,39 @@ class As:
         return getattr(self._server, name)
 
 
+def lookup_cost(url: str, exchange: str, routing_key: str, seconds: float = 0.5
+                ) -> dict[str, float]:
+    """CPU µs of one routing lookup (what a publish does to find its queues), in this process:
+    busapp's Redis channel with the watch on and off, and kombu's stock channel."""
+    from kombu import Connection, Exchange
+
+    from busapp.transport.kombu_transport import kombu_connection
+
+    out = {}
+    for name, conn in (
+            ("busapp", kombu_connection(url)),
+            ("busapp, watch off", Connection(url, transport_options={"binding_tracking": False},
+                                             transport=_busapp_transport())),
+            ("raw kombu, stock", Connection(url))):
+        with conn:
+            channel = conn.default_channel
+            Exchange(exchange, type="topic", durable=True)(channel).declare()
+            channel._lookup(exchange, routing_key)
+            count, started = 0, time.process_time()
+            while time.process_time() - started < seconds:
+                for _ in range(100):
+                    channel._lookup(exchange, routing_key)
+                count += 100
+            out[name] = (time.process_time() - started) / count * 1e6
+    return out
+
+
+def _busapp_transport() -> Any:
+    from busapp.transport.redis import Transport
+
+    return Transport
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--redis-url", default=rpc.DEFAULT_URLS["redis"])
@@ -149,6 +186,7 @@ def main() -> int:
     if a.baseline:
         clients[f"busapp {a.baseline}"] = (As(servers["busapp"], "base"), {})
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    lookups: dict[tuple[str, int], list[float]] = {}
     started = time.monotonic()
     try:
         for server in servers.values():
@@ -163,6 +201,9 @@ def main() -> int:
                     with environment(env):  # the client processes inherit it
                         fig = rpc.measure(server, 1, 1, a.seconds, broker, a.warmup)
                     runs.setdefault((name, count), []).append(fig)
+                for name, cost in lookup_cost(url, exchange, f"{servers['busapp'].name}.echo"
+                                              ).items():
+                    lookups.setdefault((name, count), []).append(cost)
     finally:
         others.close()
         for server in servers.values():
@@ -175,14 +216,16 @@ def main() -> int:
           f"{time.monotonic() - started:.0f}s in all")
     print()
     print("| client | other bindings | calls/s | client CPU µs/call | server CPU µs/call "
-          "| calls/s 1,000 / 0 |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| calls/s 1,000 / 0 | routing lookup CPU µs |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name in clients:
         for count in (0, OTHERS):
             f = med[(name, count)]
             ratio = f["calls_s"] / med[(name, 0)]["calls_s"] if count else None
+            lookup = lookups.get((name, count))
             print(f"| {name} | {count:,} | {f['calls_s']:,.0f} | {f['cpu_client'] * 1000:,.0f} "
-                  f"| {f['cpu_server'] * 1000:,.0f} | {'' if ratio is None else f'{ratio:.2f}'} |")
+                  f"| {f['cpu_server'] * 1000:,.0f} | {'' if ratio is None else f'{ratio:.2f}'} "
+                  f"| {'' if not lookup else f'{statistics.median(lookup):,.1f}'} |")
     ratio = med[("busapp", OTHERS)]["calls_s"] / med[("busapp", 0)]["calls_s"]
     print()
     print(f"- busapp with {OTHERS:,} other bindings: {ratio:.2f}x the calls/s of none "
