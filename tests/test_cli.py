@@ -526,11 +526,19 @@ def test_parse_params_rejects_a_mix() -> None:
 
 def test_run_gives_up_after_the_startup_timeout(project: Project) -> None:
     """`busapp run --startup-timeout` against a broker that is not there: says once that it
-    retries for that long, then exits 1 (without it, it keeps trying)."""
+    retries for that long, then exits 1 with one error line, without restarting the worker
+    (without it, it keeps trying)."""
+    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "busapp", "run", str(project.module), "--broker",
          "redis://127.0.0.1:1/0", "--startup-timeout", "0.5", "--log-format", "console"],
         cwd=project.root, capture_output=True, text=True, timeout=120)
+    output = result.stderr + result.stdout
+    print(f"\n[figure] --startup-timeout 0.5: exit {result.returncode} after "
+          f"{time.monotonic() - started:.1f}s")
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "retrying for 0.5s" in result.stderr + result.stdout
+    assert output.count("retrying for 0.5s") == 1
+    assert output.count("worker started") == 1, output  # no restarts before giving up
+    assert "connection lost" not in output  # no connection was ever made
+    assert output.count("Error: no worker could reach the broker") == 1
     assert "Traceback" not in result.stderr

@@ -240,22 +240,42 @@ def _restart_delays(manager: ServiceManager, deaths: int) -> list[float]:
     return delays[:deaths]
 
 
-def test_backoff_grows_for_consecutive_deaths_of_ready_workers(redis_url):
-    """Ready workers dying at once: back-off 0.5, 1, 2, then capped; never a crash loop."""
+def test_ready_workers_dying_at_once_are_replaced_without_backoff(redis_url):
+    """Ready workers dying as soon as they are ready: each is started again within the
+    slot's restart rate (4 a second), never after a growing back-off; never a crash loop."""
     manager = ServiceManager(_ReadyThenExit, 1, "x", redis_url, None)
-    manager.max_backoff, manager.min_uptime, manager.max_fast_failures = 2.0, 60.0, 2
-    assert _restart_delays(manager, 5) == [0.5, 1.0, 2.0, 2.0, 2.0]
+    manager.max_backoff, manager.max_fast_failures = 30.0, 2
+    delays = _restart_delays(manager, 6)
+    assert len(delays) == 6
+    assert max(delays) <= 1 / manager.restarts_per_second, delays
 
 
 class _ReadyForAWhile(_ReadyThenExit):
     uptime = 0.4
 
 
-def test_backoff_resets_after_a_worker_stayed_up(redis_url):
-    """A worker that stayed up min_uptime after ready resets its slot's back-off to 0.5 s."""
+def test_worker_that_was_ready_is_replaced_at_once(redis_url):
+    """A ready worker that stayed up longer than the restart interval is replaced with no
+    wait at all, every time."""
     manager = ServiceManager(_ReadyForAWhile, 1, "x", redis_url, None)
-    manager.max_backoff, manager.min_uptime = 8.0, 0.2
-    assert _restart_delays(manager, 3) == [0.5, 0.5, 0.5]
+    assert _restart_delays(manager, 3) == [0.0, 0.0, 0.0]
+
+
+class _NeverReady:
+    """A stand-in worker that dies before it is ever ready (a start-up bug)."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def run(self):
+        os._exit(1)
+
+
+def test_backoff_grows_for_workers_that_never_became_ready(redis_url):
+    """Workers dying before ready wait 0.5, 1, 2 s... (a start-up bug is not retried hot)."""
+    manager = ServiceManager(_NeverReady, 1, "x", redis_url, None)
+    manager.max_fast_failures = 10
+    assert _restart_delays(manager, 3) == [0.5, 1.0, 2.0]
 
 
 def test_backoff_delay_doubles_up_to_the_cap():

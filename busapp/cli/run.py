@@ -23,7 +23,7 @@ from busapp.cli.options import (
 )
 from busapp.cli.reload import run_with_reload
 from busapp.core.options import WorkerOptions
-from busapp.errors import CrashLoopError
+from busapp.errors import BrokerUnavailable, CrashLoopError
 from busapp.log import configure_logging
 from busapp.ops import metrics
 from busapp.runtime.manager import ServiceManager
@@ -125,6 +125,8 @@ def serve(loaded: Any, url: str, **options: Any) -> None:
     except CrashLoopError as exc:
         log.error("giving up", error=str(exc))
         raise RunFailed(f"{exc}; fix the error and run again") from None
+    except BrokerUnavailable as exc:  # a worker gave up (--startup-timeout): said once, here
+        raise RunFailed(str(exc)) from None
     except OSError as exc:  # the metrics port is taken, or not ours to bind
         raise RunFailed(f"cannot serve metrics on {options.get('metrics_host')}:"
                         f"{options.get('metrics_port')}: {exc}") from None

@@ -1,9 +1,12 @@
 """ServiceManager: run N worker processes of a service and keep them alive.
 
 Workers are forked (the service class and its arguments are never pickled),
-share the service's named queue, and are replaced when they die, with an
-exponential back-off per slot that is reset once a worker has stayed up a
-while. SIGINT/SIGTERM stops them gracefully.
+share the service's named queue, and are replaced when they die. A worker that
+had become ready is replaced at once (at most :attr:`ServiceManager.restarts_per_second`
+times a second per slot, to protect the machine): a poison request or a kill must
+never leave the service short of workers. Only a worker that dies before it was
+ever ready waits, with a back-off that doubles per such death (a start-up bug, or a
+broker that cannot be reached). SIGINT/SIGTERM stops them gracefully.
 
 Readiness crosses the fork through one shared double per started worker: the
 manager sets ``service.ready_callback`` before ``service.run()``, and the
@@ -15,7 +18,10 @@ would leave the lock held and hang the manager.
 Only a worker that dies *before it was ever ready* counts toward a crash loop:
 after ``max_fast_failures`` such deaths in a row the manager gives up with
 :class:`CrashLoopError` instead of spinning on a start-up bug. A worker that
-was ready and then died (OOM kill, segfault, kill -9) is replaced forever.
+was ready and then died (OOM kill, segfault, kill -9, a poison request) is replaced
+forever. A worker that gave up reaching the broker (``--startup-timeout``) exits with
+:data:`EXIT_BROKER_UNREACHABLE`; the manager then stops at once with
+:class:`~busapp.errors.BrokerUnavailable` rather than start it again.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from busapp.entrypoints import control
 from busapp.errors import BrokerUnavailable, CrashLoopError
 from busapp.names import default_exchange
 from busapp.runtime.cleanup import mark_worker_process, release_dead_worker
-from busapp.transport import mask_url, resolve_broker_url
+from busapp.transport import mask_url, preload, resolve_broker_url
 from busapp.core.options import WorkerOptions
 
 log = structlog.get_logger("busapp.manager")
@@ -52,16 +58,32 @@ class _Slot:
     started: float = 0.0
     #: Shared double: monotonic time the current worker became ready, 0.0 until then.
     ready_at: Any = None
-    #: Consecutive deaths before ready (the crash-loop count).
+    #: Consecutive deaths before ready (the crash-loop count, and what sets the back-off).
     fast_failures: int = 0
-    #: Consecutive deaths of any kind, reset by a worker that stayed up ``min_uptime``.
-    deaths: int = 0
     restart_at: float | None = None
 
 
+#: Exit status of a worker that gave up reaching the broker (``startup_timeout``).
+EXIT_BROKER_UNREACHABLE = 3
+
+
 def backoff_delay(deaths: int, cap: float) -> float:
-    """Seconds to wait before restarting after ``deaths`` consecutive deaths: 0.5, 1, 2, ... cap."""
+    """Seconds to wait before restarting after ``deaths`` consecutive deaths before ready:
+    0.5, 1, 2, ... cap."""
     return min(0.5 * 2 ** max(deaths - 1, 0), cap)
+
+
+def restart_delay(slot: _Slot, now: float, was_ready: bool, cap: float,
+                  restarts_per_second: float) -> float:
+    """Seconds before ``slot``'s dead worker is started again.
+
+    A worker that had become ready: none, except to keep the slot under
+    ``restarts_per_second`` starts. One that never was: :func:`backoff_delay` of the
+    slot's deaths before ready.
+    """
+    if not was_ready:
+        return backoff_delay(slot.fast_failures, cap)
+    return max(0.0, slot.started + 1.0 / restarts_per_second - now)
 
 
 def _ready_setter(ready_at: Any) -> Any:
@@ -117,14 +139,14 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOpt
     except BaseException as exc:  # noqa: BLE001 - report why before the process dies
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        if isinstance(exc, BrokerUnavailable):  # --startup-timeout ran out: no bug to trace
-            log.error("worker gave up: the broker could not be reached", pid=os.getpid(),
-                      error=str(exc))
+        status = 1
+        if isinstance(exc, BrokerUnavailable) and options.startup_timeout is not None:
+            status = EXIT_BROKER_UNREACHABLE  # it gave up: the manager says so, once
         else:
             log.error("worker failed", pid=os.getpid(), exc_info=exc)
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(1)
+        os._exit(status)
 
 
 class ServiceManager:
@@ -138,7 +160,7 @@ class ServiceManager:
         **kwargs: further constructor arguments.
 
     Attributes set before :meth:`run` tune it: ``graceful_timeout``,
-    ``concurrency`` (applied to each worker), ``max_backoff``, ``min_uptime``,
+    ``concurrency`` (applied to each worker), ``max_backoff``, ``restarts_per_second``,
     ``max_fast_failures``.
     """
 
@@ -146,10 +168,11 @@ class ServiceManager:
     graceful_timeout: float = 30.0
     #: Handler threads per worker (None: the service's own default).
     concurrency: int | None = None
-    #: Longest wait before restarting a dead worker.
+    #: Longest wait before restarting a worker that died before it was ever ready.
     max_backoff: float = 30.0
-    #: A worker that stays up this long after it was ready resets its slot's back-off.
-    min_uptime: float = 5.0
+    #: Most starts a second of one slot's workers (a worker that had been ready is
+    #: otherwise replaced at once).
+    restarts_per_second: float = 4.0
     #: Consecutive deaths before ready of one slot after which the manager gives up.
     max_fast_failures: int = 5
     #: Where the workers' metrics are served, summed (None: no metrics): an object with
@@ -208,6 +231,7 @@ class ServiceManager:
             CrashLoopError: a worker died ``max_fast_failures`` times in a row before it was ready.
         """
         self.connection_url = resolve_broker_url(self.connection_url)
+        preload(self.connection_url)  # once here, not in every worker it starts
         self._stopping.clear()
         self._install_signal_handlers()
         log.info("manager starting", pid=os.getpid(), workers=self.process_count,
@@ -271,21 +295,30 @@ class ServiceManager:
         ready_at = slot.ready_at.value
         if ready_at:
             slot.fast_failures = 0
-            slot.deaths = 1 if now - ready_at >= self.min_uptime else slot.deaths + 1
         else:
             slot.fast_failures += 1
-            slot.deaths += 1
+            self._check_unreachable(code)
             self._check_crash_loop(slot, code)
         if self.connection_url is not None:  # resolved by run() before any worker starts
             release_dead_worker(self.connection_url, default_exchange(self.exchange_name),
                                 self._service_name(), slot.process.pid)
         if self.metrics is not None:
             self.metrics.worker_died(slot.process.pid)
-        delay = backoff_delay(slot.deaths, self.max_backoff)
+        delay = restart_delay(slot, now, bool(ready_at), self.max_backoff,
+                              self.restarts_per_second)
         slot.restart_at = now + delay
         log.warning("worker died; restarting", pid=slot.process.pid, slot=slot.index,
                     reason=_exit_reason(code), was_ready=bool(ready_at),
-                    uptime_s=round(now - slot.started, 2), restart_in_s=delay)
+                    uptime_s=round(now - slot.started, 2), restart_in_s=round(delay, 3))
+
+    def _check_unreachable(self, code: int | None) -> None:
+        """Stop at once when a worker gave up reaching the broker (``startup_timeout``): a
+        new worker would only wait as long again."""
+        if code == EXIT_BROKER_UNREACHABLE:
+            timeout = self._options().startup_timeout
+            raise BrokerUnavailable(
+                f"no worker could reach the broker at {mask_url(self.connection_url)} within "
+                f"{timeout:g}s of starting; check the broker URL and that the broker runs")
 
     def _check_crash_loop(self, slot: _Slot, code: int | None) -> None:
         """Give up when the slot's workers died ``max_fast_failures`` times in a row before

@@ -73,6 +73,7 @@ class Worker:
         self._control = control.control_queue(control.service_name(service))
         self._dead_declared: set[str] = set()
         self._ever_ready = False
+        self._said_unreachable = False
         self._stalled_checks = 0
         self._pipelines = self._make_pipelines()
 
@@ -217,10 +218,14 @@ class Worker:
             log.info("worker stopped", pid=os.getpid(), service=self.service.service_name)
 
     def _supervise(self) -> None:
-        """Connect and serve; after a broker fault, reconnect with a short back-off."""
+        """Connect and serve; after a broker fault, reconnect with a short back-off.
+
+        Before the worker was ever ready, ``startup_timeout`` bounds the tries: the
+        BrokerUnavailable of the last one is raised once it has passed.
+        """
         backoff = 0.5
-        started = time.monotonic()
-        said_retrying = False
+        give_up_at = None if self.options.startup_timeout is None \
+            else time.monotonic() + self.options.startup_timeout
         while not self.stopping.is_set():
             consuming = [False]
             try:
@@ -230,26 +235,35 @@ class Worker:
             except BrokerUnavailable as exc:
                 if self.stopping.is_set():
                     break
-                timeout = self.options.startup_timeout
-                if not self._ever_ready and timeout is not None \
-                        and time.monotonic() - started > timeout:
-                    raise
                 if consuming[0]:
                     backoff = 0.5  # it was up and consuming: the next fault starts afresh
-                url = mask_url(self.service.connection_url)
-                if not self._ever_ready and not said_retrying:
-                    said_retrying = True
-                    log.warning("cannot reach the broker; retrying "
-                                + ("forever" if timeout is None else f"for {timeout:g}s")
-                                + " (busapp run --startup-timeout S sets how long)", broker=url)
-                log.warning("broker connection lost; reconnecting", error=str(exc),
-                            retry_in=backoff, broker=url)
+                wait = self._retry_in(exc, backoff, None if self._ever_ready else give_up_at)
                 if revive_if_embedded(self.service.connection_url):
                     continue  # the embedded broker was gone and is back: at once
-                self.stopping.wait(backoff)
+                self.stopping.wait(wait)
                 # At most 2 s: a broker back after a restart (RabbitMQ takes 5-7 s to start)
                 # is served within 2 s, not after a back-off grown to 10 s.
                 backoff = min(backoff * 2, 2.0)
+
+    def _retry_in(self, exc: BrokerUnavailable, backoff: float, give_up_at: float | None) -> float:
+        """Seconds before the next try after ``exc`` (logged); raises it past ``give_up_at``."""
+        url = mask_url(self.service.connection_url)
+        if self._ever_ready:
+            log.warning("broker connection lost; reconnecting", error=str(exc),
+                        retry_in=backoff, broker=url)
+            return backoff
+        if give_up_at is not None and time.monotonic() >= give_up_at:
+            raise exc
+        if not self._said_unreachable:  # once: the broker was never reached, nothing was lost
+            self._said_unreachable = True
+            timeout = self.options.startup_timeout
+            log.warning("cannot reach the broker; retrying "
+                        + ("forever" if timeout is None else f"for {timeout:g}s")
+                        + " (busapp run --startup-timeout S sets how long)", error=str(exc),
+                        broker=url)
+        if give_up_at is None:
+            return backoff
+        return max(0.0, min(backoff, give_up_at - time.monotonic()))
 
     def _connect_and_serve(self, consuming: list[bool]) -> None:
         transport = open_transport(self.service.connection_url)
@@ -265,8 +279,8 @@ class Worker:
             self.service._bus_client()
             self._stalled_checks = 0
             consuming[0] = True
+            self._announce_ready()  # before the first message: one could kill the worker
             lanes.open()
-            self._announce_ready()
             fatal = lanes.wait_closed()
             if fatal is not None:
                 raise fatal
