@@ -419,6 +419,65 @@ def test_notification_handler_error_fails_the_test() -> None:
         app.test_client().notify("boom")
 
 
+def _blocking_app(release: threading.Event, finished: threading.Event) -> App:
+    """An App whose ``wait`` blocks until ``release`` is set, then sets ``finished``; its
+    ``notify_later`` does the same, then notifies ``boom``, whose handler raises."""
+    app = App("blocking")
+
+    @app.method()
+    def wait() -> str:
+        release.wait(10)
+        finished.set()
+        return "done"
+
+    @app.method()
+    def notify_later(bus) -> None:
+        release.wait(10)
+        bus.notify("blocking.boom")
+        finished.set()
+
+    @app.method()
+    def boom() -> None:
+        raise ZeroDivisionError("after the caller gave up")
+
+    return app
+
+
+def test_call_timeout_ends_the_wait_while_the_handler_runs() -> None:
+    """call(..., timeout=0.3) raises RequestTimeout at the timeout, while its handler is still
+    blocked (before, the test waited for the handler to return)."""
+    release, finished = threading.Event(), threading.Event()
+    client = _blocking_app(release, finished).test_client()
+    try:
+        with pytest.raises(RequestTimeout, match="within 0.3s"):
+            client.call("wait", timeout=0.3)
+        assert not finished.is_set()  # the handler had not returned when the call ended
+    finally:
+        release.set()
+    assert finished.wait(5)
+    assert client.call("wait", timeout=5) == "done"
+
+
+def test_handler_error_after_a_call_timed_out_fails_the_next_call() -> None:
+    """An exception a timed-out call's handler causes later (a notification's handler) is
+    raised by the test's next call, not lost."""
+    release, finished = threading.Event(), threading.Event()
+    client = _blocking_app(release, finished).test_client()
+    with pytest.raises(RequestTimeout):
+        client.call("notify_later", timeout=0.2)
+    release.set()
+    assert finished.wait(5)
+    with pytest.raises(ZeroDivisionError, match="after the caller gave up"):
+        client.call("wait", timeout=5)
+
+
+def test_call_with_timeout_keeps_the_handlers_exception_as_cause(client: TestClient) -> None:
+    """A call given a timeout still raises the typed error caused by the handler's own one."""
+    with pytest.raises(InternalError) as info:
+        client.call("fail", timeout=5)
+    assert isinstance(info.value.__cause__, NotImplementedError)
+
+
 @pytest.mark.parametrize(("pattern", "key", "expected"), [
     ("simple.*", "simple.add", True),
     ("simple.*", "simple.a.b", False),

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextvars
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,7 +46,8 @@ from busapp.client.sync import Client
 from busapp.core.pipeline import IncomingMessage
 from busapp.entrypoints.storage_event import Subscription
 from busapp.storage.client import StorageClient
-from busapp.testing.support import ClientPerThread, HandlerError, Listener, Published
+from busapp.testing.support import COLLECTOR as _COLLECTOR
+from busapp.testing.support import Bounded, ClientPerThread, HandlerError, Listener, Published
 from busapp.storage.service import make_app
 from busapp.transport.base import QueueSpec
 from busapp.transport.memory import MemoryBroker, MemoryTransport, NoRouteError, topic_matches
@@ -55,9 +55,6 @@ from busapp.runtime.worker import Worker
 
 __all__ = ["HandlerError", "NoRouteError", "Published", "TestClient"]
 
-#: Handler errors raised under the test's current top-level call (None outside one).
-_COLLECTOR: contextvars.ContextVar[list[HandlerError] | None] = contextvars.ContextVar(
-    "busapp_testing_collector", default=None)
 
 
 class TestClient:
@@ -203,11 +200,12 @@ class TestClient:
             RemoteProcedureCallError: the subclass chosen by the error reply's code, with
                 the handler's own exception as its ``__cause__``.
             NoRouteError: no registered service consumes the routing key.
-            RequestTimeout: the handler took longer than ``timeout`` (as on a broker).
+            RequestTimeout: no reply within ``timeout`` seconds, raised at the timeout (the
+                handler, run in a thread of its own, goes on; no ``timeout``: 10 s, checked
+                once the handler returned)
         """
-        params = wire.params_from(args, kwargs)
-        with self._calling() as bus:
-            response = self._run(bus.request, self.routing_key(method), params, timeout)
+        response = self._request(self.routing_key(method), wire.params_from(args, kwargs),
+                                 timeout)
         error = wire.error_from_response(response)
         if error is not None:
             raise error from self._causes.pop(str(response.get("id")), None)
@@ -215,10 +213,16 @@ class TestClient:
 
     def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
         """Send a request and return the whole JSON-RPC response dict (Commissaire's form)."""
-        with self._calling() as bus:
-            response = self._run(bus.request, self.routing_key(routing_key), params, timeout)
+        response = self._request(self.routing_key(routing_key), params, timeout)
         self._causes.pop(str(response.get("id")), None)
         return response
+
+    def _request(self, routing_key: str, params: Any, timeout: float | None) -> dict:
+        """One request, served in memory; given up after ``timeout`` if one is given."""
+        if timeout is None:
+            with self._calling() as bus:
+                return self._run(bus.request, routing_key, params, timeout)
+        return Bounded(self, routing_key, params, float(timeout)).response()
 
     def request_raw(self, routing_key: str, body: bytes | str, *,
                     content_type: str = "application/json") -> dict | None:
