@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from busapp import config, names
-from busapp.core import wire
+from busapp.core import compression, wire
 from busapp.errors import ParseError
 
 if TYPE_CHECKING:
@@ -69,16 +69,18 @@ def _extra_reply_targets(globs: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def decode(delivery: Delivery, max_body: int | None) -> Any:
-    """The JSON a delivery carries. Size, content type and compression are checked first.
+    """The JSON a delivery carries. Size, content type and compression are checked first; a
+    compressed body is inflated no further than ``max_body`` (:mod:`busapp.core.compression`).
 
     Raises:
-        ParseError: compressed, too large, a foreign content type, or not JSON.
+        ParseError: too large (inflated or not), an unknown or corrupt compression, a foreign
+            content type, or not JSON.
     """
+    body = delivery.body
     if delivery.compression:
-        raise ParseError(f"compressed messages ({delivery.compression}) are not accepted; "
-                         "send plain application/json",
-                         data={"compression": str(delivery.compression)})
-    return wire.loads_body(delivery.body, delivery.content_type, max_body)
+        limit = wire.DEFAULT_MAX_BODY if max_body is None else max_body
+        body = compression.inflate(body, delivery.compression, limit)
+    return wire.loads_body(body, delivery.content_type, max_body)
 
 
 @attrs.define
