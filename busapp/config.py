@@ -108,6 +108,10 @@ class Settings:
     event_queue_expires: float = setting(
         7 * 24 * 3600.0, _seconds, "Seconds an event queue outlives its last consumer on "
         "RabbitMQ (0: forever).")
+    own_queue_ttl: float = setting(
+        30.0, _seconds, "Seconds a worker's own queues (control, broadcast events) outlive it "
+        "when it could not remove them (killed with its manager): on Redis its heartbeat's "
+        "expiry, on RabbitMQ the queues' x-expires.")
     visibility_timeout: float = setting(
         60.0, _seconds, "Redis: seconds before an unacknowledged message of a vanished "
         "consumer is delivered again.")

@@ -16,6 +16,13 @@ Queues::
     <queue>.dead                            messages dead-lettered from <queue>
     busapp.reply.<hex>                      a caller's reply queue (response-<uuid>: Commissaire's)
     busapp.control.<service>.<host>.<pid>   one worker's control queue
+
+Redis keys::
+
+    busapp.unacked.<host>.<pid>             delivery tags a worker process holds unacked
+    busapp.owners                           workers owning queues of their own
+    busapp.owned.<host>.<pid>.<n>           one worker's own queues (queue -> exchange)
+    busapp.alive.<host>.<pid>.<n>           its heartbeat: expires unless it lives
 """
 
 from __future__ import annotations
@@ -148,6 +155,25 @@ UNACKED_OWNER_PREFIX = "busapp.unacked."
 def unacked_owner(host: str, pid: int) -> str:
     """What names worker process ``pid`` of ``host`` as the owner of its unacked messages."""
     return f"{host}.{pid}"
+
+
+#: Redis: the set of every worker that owns queues of its own (control, broadcast events).
+OWNERS_KEY = "busapp.owners"
+#: Redis: ``<it><owner>``, a hash of the owner's own queues (queue -> exchange).
+OWNED_PREFIX = "busapp.owned."
+#: Redis: ``<it><owner>``, the owner's heartbeat (a key with an expiry, refreshed while it lives).
+ALIVE_PREFIX = "busapp.alive."
+
+
+def queue_owner(host: str, pid: int, number: int = 0) -> str:
+    """What names one worker (``number`` of process ``pid`` of ``host``) as the owner of its
+    own queues (``<host>.<pid>.<number>``: a process may run several workers)."""
+    return f"{host}.{pid}.{number}"
+
+
+def queue_owners_of(host: str, pid: int) -> str:
+    """The prefix of the owner names of every worker of process ``pid`` of ``host``."""
+    return f"{host}.{pid}."
 
 
 # -- message headers ---------------------------------------------------------------------

@@ -95,7 +95,9 @@ def kill_storm(bus: Client, name: str, seconds: float, every: float) -> int:
 
 
 def run_service(url: str, exchange: str, name: str, workers: int = WORKERS):
-    """Start ``busapp run --workers`` of a test App; its manager process."""
+    """Start ``app.run(workers=...)`` of a test App (2 or more: under a manager), wait until
+    every worker serves; its manager process."""
+    assert workers > 1, "one worker runs in-process, without a manager"
     proc = _start_manager(url, exchange, name, workers)
     wait_until_served(url, exchange, f"{name}.ping")
     wait_all_serving(url, exchange, name, proc.pid, workers)

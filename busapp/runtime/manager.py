@@ -42,7 +42,7 @@ import structlog
 from busapp.entrypoints import control
 from busapp.errors import BrokerUnavailable, CrashLoopError
 from busapp.names import default_exchange
-from busapp.runtime.cleanup import mark_worker_process, release_dead_worker
+from busapp.runtime.cleanup import mark_worker_process, release_dead_worker, sweep
 from busapp.transport import mask_url, preload, resolve_broker_url
 from busapp.core.options import WorkerOptions
 
@@ -242,6 +242,7 @@ class ServiceManager:
                 self.metrics.start()
             for slot in self._slots:
                 self._start(slot)
+            sweep(self.connection_url)  # what workers killed with their manager left (Redis)
             self._supervise()
         finally:
             self._stop_all()

@@ -29,6 +29,7 @@ from busapp.entrypoints.rpc import RpcEntrypoint
 from busapp.entrypoints.storage_event import SubscriptionEntrypoint
 from busapp.log import get_logger
 from busapp.errors import BrokerUnavailable, RemoteProcedureCallError, Resubscribe
+from busapp.runtime.cleanup import Keeper, as_own_queue, is_own_queue
 from busapp.runtime.cluster import dead_letter_spec, declared_as, resolve_queue_type
 from busapp.runtime.gate import Gate
 from busapp.runtime.lanes import Lanes
@@ -98,7 +99,9 @@ class Worker:
         consumers = []
         for pipeline in dict.fromkeys(self._pipelines.values()):
             for spec in pipeline.entrypoint.queue_specs():
-                if pipeline.entrypoint.kind != "control":
+                if is_own_queue(spec):  # this worker's alone: classic, gone with it
+                    spec = as_own_queue(spec, self.service.connection_url)
+                else:
                     spec = declared_as(spec, queue_type, self.options.max_deliveries)
                 consumers.append((spec, pipeline))
         return consumers
@@ -206,16 +209,24 @@ class Worker:
                           service=self.service.service_name)
             raise
         self.lanes.start_monitor()
+        keeper = Keeper(self.service.connection_url, self._own_queues())
+        keeper.start()  # before they are declared: registered, they cannot be left behind
         try:
             self._supervise()
         finally:
             self.stop()
+            keeper.stop()  # deletes them, with their bindings
             try:
                 self._lifespan("stop")  # after the last in-flight message
             except Exception:  # noqa: BLE001 - the worker still stops
                 log.exception("shut-down failed", pid=os.getpid(),
                               service=self.service.service_name)
             log.info("worker stopped", pid=os.getpid(), service=self.service.service_name)
+
+    def _own_queues(self) -> dict[str, str]:
+        """This worker's own queues (see :mod:`busapp.runtime.cleanup`): ``{name: exchange}``."""
+        return {spec.name: self.service.exchange_name for spec, _ in self._consumers()
+                if is_own_queue(spec)}
 
     def _supervise(self) -> None:
         """Connect and serve; after a broker fault, reconnect with a short back-off.
