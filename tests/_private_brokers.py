@@ -188,3 +188,16 @@ def private_rabbitmq(tmp_path):
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture(scope="session", params=["redis", "rabbitmq"])
+def private_broker(request, tmp_path_factory):
+    """A private Redis, then a private RabbitMQ node, each shared by every test of the session
+    that asks for it (such tests kill workers, never the broker; registered in conftest.py)."""
+    workdir = tmp_path_factory.mktemp(f"private-{request.param}")
+    server = PrivateRedis(workdir) if request.param == "redis" else PrivateRabbitMQ(workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

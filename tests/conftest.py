@@ -16,6 +16,8 @@ import uuid
 
 import pytest
 
+from tests._private_brokers import private_broker  # noqa: F401 - a session fixture
+
 REDIS_URL = os.environ.get("BUSAPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("BUSAPP_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 PG_URL = os.environ.get("BUSAPP_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")

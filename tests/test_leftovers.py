@@ -18,7 +18,7 @@ import pytest
 
 from tests._private_brokers import PrivateRabbitMQ, PrivateRedis
 from tests.test_reliability import _stop
-from tests.test_storms import private_broker, run_service, worker_pids  # noqa: F401 - fixture
+from tests.test_storms import run_service, worker_pids
 
 WORKERS = 2
 #: A short heartbeat expiry, so the sweep of a run killed whole is seen within the test.
@@ -56,7 +56,7 @@ def wait_for(condition, deadline: float = 15.0) -> None:
         time.sleep(0.1)
 
 
-def test_a_stopped_run_leaves_no_binding(private_broker, unique, monkeypatch):  # noqa: F811
+def test_a_stopped_run_leaves_no_binding(private_broker, unique, monkeypatch):
     """busapp run --workers 2 stopped by SIGTERM (exit 0): its workers' control queues and
     their 4 bindings are gone; the service's queue stays bound."""
     url, name, exchange = private_broker.url, f"g{unique}", f"test-{unique}"
@@ -69,7 +69,7 @@ def test_a_stopped_run_leaves_no_binding(private_broker, unique, monkeypatch):  
     assert bindings(private_broker, exchange) == [b for b in running if b not in own(running)]
 
 
-def test_a_killed_worker_leaves_no_binding(private_broker, unique):  # noqa: F811
+def test_a_killed_worker_leaves_no_binding(private_broker, unique):
     """kill -9 of a worker: its manager (Redis) or the broker (RabbitMQ) removes its own
     queues; the bindings are those of the live workers."""
     url, name, exchange = private_broker.url, f"w{unique}", f"test-{unique}"
@@ -84,7 +84,7 @@ def test_a_killed_worker_leaves_no_binding(private_broker, unique):  # noqa: F81
         _stop(proc)
 
 
-def test_a_killed_manager_leaves_no_binding(private_broker, unique):  # noqa: F811
+def test_a_killed_manager_leaves_no_binding(private_broker, unique):
     """kill -9 of busapp run's manager: its workers get SIGTERM from the kernel and remove
     their own queues as they stop."""
     url, name, exchange = private_broker.url, f"m{unique}", f"test-{unique}"
@@ -96,7 +96,7 @@ def test_a_killed_manager_leaves_no_binding(private_broker, unique):  # noqa: F8
     wait_for(lambda: own(bindings(private_broker, exchange)) == [])
 
 
-def test_a_run_killed_whole_is_swept_by_the_next(private_broker, unique, monkeypatch):  # noqa: F811
+def test_a_run_killed_whole_is_swept_by_the_next(private_broker, unique, monkeypatch):
     """kill -9 of the manager and its workers at once: nothing removes their own queues
     then (Redis), so the next manager does once their heartbeat expired; RabbitMQ deletes
     them as their connections die."""
@@ -116,7 +116,7 @@ def test_a_run_killed_whole_is_swept_by_the_next(private_broker, unique, monkeyp
 
 
 @pytest.mark.parametrize("private_broker", ["redis"], indirect=True)
-def test_live_workers_sweep_what_the_dead_left(private_broker, unique, monkeypatch):  # noqa: F811
+def test_live_workers_sweep_what_the_dead_left(private_broker, unique, monkeypatch):
     """With no new manager starting, a live worker sweeps the own queues of a run killed
     whole within about two heartbeat expiries (Redis)."""
     monkeypatch.setenv("BUSAPP_OWN_QUEUE_TTL", TTL)

@@ -15,28 +15,13 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from busapp import Client
 from busapp.errors import BusappError, InternalError
 from busapp.ops.status import gather
-from tests._private_brokers import PrivateRabbitMQ, PrivateRedis
 from tests._services import wait_until_served
 from tests.test_reliability import _start_manager, _stop
 
 WORKERS = 2
-
-
-@pytest.fixture(scope="module", params=["redis", "rabbitmq"])
-def private_broker(request, tmp_path_factory):
-    """A private Redis, then a private RabbitMQ node, each shared by this module's tests."""
-    workdir = tmp_path_factory.mktemp(f"private-{request.param}")
-    server = PrivateRedis(workdir) if request.param == "redis" else PrivateRabbitMQ(workdir)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 def poison(bus: Client, name: str, timeout: float = 20.0) -> tuple[str, float]:
