@@ -16,6 +16,11 @@ Queues::
     <queue>.dead                            messages dead-lettered from <queue>
     busapp.reply.<hex>                      a caller's reply queue (response-<uuid>: Commissaire's)
     busapp.control.<service>.<host>.<pid>   one worker's control queue
+
+Redis keys (besides kombu's)::
+
+    busapp.unacked.<host>.<pid>             the messages one worker holds unacknowledged
+    busapp.replay.<queue>.<signature>       a signed message a worker took (replay memory)
 """
 
 from __future__ import annotations
@@ -143,6 +148,14 @@ def control_queue(service: str, host: str, pid: int, number: int = 0) -> str:
 
 #: Redis sets naming the unacknowledged messages of one worker process.
 UNACKED_OWNER_PREFIX = "busapp.unacked."
+#: Redis keys recording which signed messages a service's workers took (replay memory).
+REPLAY_PREFIX = "busapp.replay."
+
+
+def replay_claim(queue: str, signature: str) -> str:
+    """The key claiming the signed message ``signature`` taken from ``queue``: one per queue,
+    since one event signed once reaches every subscribing queue."""
+    return f"{REPLAY_PREFIX}{queue}.{signature}"
 
 
 def unacked_owner(host: str, pid: int) -> str:

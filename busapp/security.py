@@ -8,8 +8,21 @@ A signed message carries three headers::
     x-busapp-key   the key id (never the secret)
     x-busapp-ts    Unix time of signing, as text ("1712345678.123")
     x-busapp-sig   hex HMAC-SHA256, keyed by the secret, over
-                   "busapp-v1", key id, ts, routing key, reply_to, correlation id
-                   (NUL-separated) and then the body bytes
+                   "busapp-v2", key id, ts, routing key, reply_to, correlation id,
+                   the covered headers (NUL-separated) and then the body bytes
+
+The covered headers (:data:`COVERED_HEADERS`) are those that change what the receiver
+does with a message: its deadline (``x-busapp-deadline``, after which a worker drops it),
+``compression``, the request id and the trace context; with them, the content type.
+They are encoded canonically: the content type, then ``name=value`` for each covered
+header present, in the order of :data:`COVERED_HEADERS`, values as JSON (a float as its
+``repr``), joined by newlines. So a captured request cannot be re-published with its
+deadline stripped or moved. Headers written on the way are not covered: a worker's
+re-publish record (``x-busapp-routing-key`` with the delivery count signed by the
+delivery key, :mod:`busapp.runtime.redelivery`) is checked on its own, and broker headers
+(``redelivered``, ``x-delivery-count``, ``x-death``) change nothing a gate relies on.
+A signature of the earlier ``busapp-v1`` format (no covered headers) is refused, with
+a message saying to upgrade the sender.
 
 What signs what:
 
@@ -18,9 +31,12 @@ What signs what:
   forged into its reply queue never reaches the caller). The one exception is an
   unsigned -32001 (Unauthorized) reply: a service that cannot verify the caller cannot
   sign for it either; such a reply can only refuse, never carry a result;
-- a service with a keyring verifies every request before parsing it; it answers with
-  the key the request was signed with, and signs its own calls and the storage events
-  it publishes with its own key (:attr:`Keyring.own`);
+- a service with a keyring verifies every message before parsing it, control requests
+  (``busapp status``) included; it answers with the key the request was signed with and
+  no other (an unsigned request gets an unsigned -32001, an unsigned control request
+  nothing), and signs its own calls and the storage events it publishes with its own key
+  (:attr:`Keyring.own`). A worker never signs an answer with its own key: that key would
+  make it an oracle for forged replies to its own calls;
 - a subscriber with a keyring drops storage events not signed by a key of its keyring.
 
 Secrets are compared with :func:`hmac.compare_digest`, never logged, never sent.
@@ -44,6 +60,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import stat
 import time
 from collections.abc import Iterable, Mapping
@@ -56,8 +73,9 @@ from busapp import config, names
 from busapp.errors import Refused, Unauthorized
 
 __all__ = [
-    "KEY_ENV", "KEY_HEADER", "KEYRING_ENV", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Keyring",
-    "Refused", "key_from_env", "parse_key", "sign", "signer", "unsigned_refusal", "verify",
+    "CONTENT_TYPE", "COVERED_HEADERS", "KEY_ENV", "KEY_HEADER", "KEYRING_ENV", "SIGNATURE_HEADER",
+    "TIMESTAMP_HEADER", "Keyring", "Refused", "covered", "key_from_env", "parse_key", "sign",
+    "signer", "unsigned_refusal", "verify",
 ]
 
 log = structlog.get_logger("busapp.security")
@@ -76,7 +94,16 @@ DEFAULT_REPLAY_WINDOW = 60.0
 #: Signatures a worker remembers at most (see :class:`ReplayGuard`).
 DEFAULT_REPLAY_MEMORY = 100_000
 
-_VERSION = b"busapp-v1"
+_VERSION = b"busapp-v2"
+_VERSION_1 = b"busapp-v1"
+
+#: Headers a signature covers besides its own (see the module docstring), in MAC order.
+COVERED_HEADERS = (names.DEADLINE_HEADER, "compression", names.REQUEST_ID_HEADER,
+                   "traceparent", "tracestate", "baggage")
+#: The content type busapp publishes with (and signs, unless told otherwise).
+CONTENT_TYPE = "application/json"
+
+_quote = json.encoder.encode_basestring_ascii
 
 #: A signing key: ``(key id, secret)``.
 Key = tuple[str, bytes]
@@ -126,34 +153,65 @@ def key_from_env() -> Key | None:
         raise ValueError(f"${KEY_ENV}: {exc}") from None
 
 
+def _canonical(value: Any) -> str:
+    """One covered header's value, encoded so that no two values share an encoding."""
+    kind = type(value)
+    if kind is str:
+        return _quote(value)
+    if kind is float:
+        return repr(value)
+    if kind is int:
+        return str(value)
+    return "~" + json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def covered(headers: Mapping[str, Any] | None, content_type: str | None) -> bytes:
+    """The canonical encoding of what a signature covers besides the message's fields."""
+    parts = [_quote(content_type or "")]
+    if headers:
+        for name in COVERED_HEADERS:
+            if name in headers:
+                parts.append(f"{name}={_canonical(headers[name])}")
+    return "\n".join(parts).encode()
+
+
 def _mac(secret: bytes, key_id: str, ts: str, body: bytes, routing_key: str | None,
-         reply_to: str | None, correlation_id: str | None) -> str:
-    head = b"\0".join((_VERSION, key_id.encode(), ts.encode(), (routing_key or "").encode(),
-                       (reply_to or "").encode(), (correlation_id or "").encode()))
-    return hmac.digest(secret, head + b"\0" + body, hashlib.sha256).hex()
+         reply_to: str | None, correlation_id: str | None, extra: bytes | None) -> str:
+    """The v2 MAC (``extra``: :func:`covered`), or v1's when ``extra`` is None."""
+    fields = [_VERSION if extra is not None else _VERSION_1, key_id.encode(), ts.encode(),
+              (routing_key or "").encode(), (reply_to or "").encode(),
+              (correlation_id or "").encode()]
+    if extra is not None:
+        fields.append(extra)
+    return hmac.digest(secret, b"\0".join(fields) + b"\0" + body, hashlib.sha256).hex()
 
 
 def sign(key: Key, body: bytes, routing_key: str | None, reply_to: str | None = None,
-         correlation_id: str | None = None, ts: float | None = None) -> dict[str, str]:
+         correlation_id: str | None = None, ts: float | None = None, *,
+         headers: Mapping[str, Any] | None = None,
+         content_type: str | None = CONTENT_TYPE) -> dict[str, str]:
     """The headers that sign one message with ``key`` (add them to the message's own).
 
     ``routing_key`` is the key the message is published with (for a reply: the reply
-    queue's name). ``ts`` defaults to now.
+    queue's name); ``headers`` are the message's other headers (the covered ones are
+    signed) and ``content_type`` its content type. ``ts`` defaults to now.
     """
     key_id, secret = key
     stamp = f"{time.time() if ts is None else ts:.3f}"
     return {KEY_HEADER: key_id, TIMESTAMP_HEADER: stamp,
             SIGNATURE_HEADER: _mac(secret, key_id, stamp, body, routing_key, reply_to,
-                                   correlation_id)}
+                                   correlation_id, covered(headers, content_type))}
 
 
 def signer(key: Key | None, body: bytes, routing_key: str | None, reply_to: str | None,
-           correlation_id: str | None, headers: dict[str, Any] | None) -> dict[str, Any] | None:
+           correlation_id: str | None, headers: dict[str, Any] | None,
+           content_type: str | None = CONTENT_TYPE) -> dict[str, Any] | None:
     """``headers`` with the signature of ``key`` added (as is when ``key`` is None)."""
     if key is None:
         return headers
     signed = {k: v for k, v in (headers or {}).items() if k not in HEADERS}
-    signed.update(sign(key, body, routing_key, reply_to, correlation_id))
+    signed.update(sign(key, body, routing_key, reply_to, correlation_id, headers=signed,
+                       content_type=content_type))
     return signed
 
 
@@ -166,12 +224,15 @@ def signed_by(headers: Mapping[str, Any]) -> str | None:
 def verify(secrets: Mapping[str, bytes] | Keyring, headers: Mapping[str, Any], body: bytes,
            routing_key: str | None, reply_to: str | None = None,
            correlation_id: str | None = None, *, now: float | None = None,
-           window: float = DEFAULT_REPLAY_WINDOW) -> str:
-    """Check a message's signature; return its key id.
+           window: float = DEFAULT_REPLAY_WINDOW,
+           content_type: str | None = CONTENT_TYPE) -> str:
+    """Check a message's signature (over its covered headers and ``content_type`` too);
+    return its key id.
 
     Raises:
-        Unauthorized: unsigned, an unknown key id, a wrong signature, or a timestamp
-            outside ``window`` seconds of ``now`` (the reason is in the message).
+        Unauthorized: unsigned, an unknown key id, a wrong signature (or one in the older
+            v1 format), or a timestamp outside ``window`` seconds of ``now`` (the reason
+            is in the message).
     """
     key_id, stamp, sig = (headers.get(h) for h in HEADERS)
     if key_id is None and sig is None:
@@ -184,7 +245,12 @@ def verify(secrets: Mapping[str, bytes] | Keyring, headers: Mapping[str, Any], b
     if secret is None:
         raise Unauthorized(f"unknown key {key_id!r}", data={"key": key_id})
     if not hmac.compare_digest(sig, _mac(secret, key_id, stamp, body, routing_key, reply_to,
-                                         correlation_id)):
+                                         correlation_id, covered(headers, content_type))):
+        if hmac.compare_digest(sig, _mac(secret, key_id, stamp, body, routing_key, reply_to,
+                                          correlation_id, None)):
+            raise Unauthorized(f"key {key_id!r} signed in the busapp-v1 format, which leaves "
+                               "the deadline unsigned and is refused; upgrade busapp where "
+                               "this message comes from", data={"key": key_id})
         raise Unauthorized(f"bad signature for key {key_id!r}", data={"key": key_id})
     try:
         age = (time.time() if now is None else now) - float(stamp)
@@ -271,8 +337,12 @@ class Keyring:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **options: Any) -> Keyring:
         """Load a keyring file: JSON ``{"keys": {id: secret}, "own": id}`` or ``{id: secret}``,
-        or text lines ``id:secret`` (a line starting with ``#`` is a comment; ``own=id`` names
-        the own key).
+        or text lines ``id:secret`` (``own=id`` names the own key).
+
+        In the text form, ``#`` at the start of a line, or after a space or tab, starts a
+        comment that runs to the end of the line: ``ops: 9a1e...   # operators' tooling``
+        holds the secret ``9a1e...``. A ``#`` inside a secret (``ops:a#b``) is part of it;
+        a secret cannot hold whitespace followed by ``#``.
 
         A file that others than its owner may read is loaded with a warning.
 
@@ -298,6 +368,10 @@ class Keyring:
         return cls.from_file(path, **options) if path else None
 
 
+#: Where a comment starts on a keyring line: whitespace, then ``#``.
+_INLINE_COMMENT = re.compile(r"\s#")
+
+
 def _parse_keyring(text: str, where: str) -> tuple[dict[str, str], str | None]:
     if text.lstrip().startswith("{"):
         try:
@@ -313,8 +387,8 @@ def _parse_keyring(text: str, where: str) -> tuple[dict[str, str], str | None]:
     keys: dict[str, str] = {}
     own = None
     for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):  # a secret may hold '#': whole-line comments only
+        line = _INLINE_COMMENT.split(line, 1)[0].strip()
+        if not line or line.startswith("#"):
             continue
         if line.startswith("own="):
             own = line[4:].strip()

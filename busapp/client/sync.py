@@ -290,8 +290,9 @@ class Client(BusMixin):
         """Add the signature headers to ``props`` (with this client's key by default)."""
         key = self.key if sign_key == "own" else sign_key
         if key is not None:
-            props["headers"] = security.signer(key, payload, routing_key, props.get("reply_to"),
-                                               props.get("correlation_id"), props.get("headers"))
+            props["headers"] = security.signer(
+                key, payload, routing_key, props.get("reply_to"), props.get("correlation_id"),
+                props.get("headers"), props.get("content_type", security.CONTENT_TYPE))
 
     def _publish(self, body: Any, routing_key: str, *, exchange: str, sign_key: Any = "own",
                  **props: Any) -> None:
@@ -391,8 +392,8 @@ class Client(BusMixin):
         if secrets is None:
             return None
         try:
-            security.verify(secrets, delivery.headers, delivery.body,
-                            self.reply_queue, None, delivery.correlation_id)
+            security.verify(secrets, delivery.headers, delivery.body, self.reply_queue, None,
+                            delivery.correlation_id, content_type=delivery.content_type)
         except Unauthorized as exc:
             return exc.message
         return None

@@ -30,6 +30,7 @@ from busapp.core.pipeline import IncomingMessage, Outcome, expired_by, reply_tar
 from busapp.entrypoints.base import Entrypoint, ErrorHook
 from busapp.log import get_logger
 from busapp.errors import BrokerUnavailable, InvalidRequest, ParseError, Refused
+from busapp.runtime.gate import RefusalLog
 from busapp.runtime.observe import Observer
 from busapp.runtime.redelivery import count_redelivery, poison_error, republished_key
 from busapp.runtime.timelimit import TimeLimits, Watched, any_limit
@@ -68,6 +69,8 @@ class Pipeline:
         self.entrypoint = entrypoint
         self.host = host
         self.max_body = getattr(entrypoint, "max_body", None) or host.options.max_body
+        #: Logs messages dropped for their reply_to, one line per interval in a flood.
+        self._dropped = RefusalLog(logger=log)
 
     # -- screen ------------------------------------------------------------------------------
 
@@ -177,10 +180,10 @@ class Pipeline:
         if not reply_to or not self.entrypoint.answers or reply_target_allowed(reply_to) \
                 or not message.is_request:
             return True
-        log.warning("message dropped unrun: its reply_to is not a reply queue",
-                    reply_to=reply_to, kind=self.entrypoint.kind,
-                    hint="callers reply to busapp.reply.* or response-<uuid>; "
-                         "$BUSAPP_REPLY_TO allows more")
+        self._dropped("message dropped unrun: its reply_to is not a reply queue",
+                      reply_to=reply_to, kind=self.entrypoint.kind,
+                      hint="callers reply to busapp.reply.* or response-<uuid>; "
+                           "$BUSAPP_REPLY_TO allows more")
         return False
 
     def _refuse(self, delivery: Delivery, refused: Refused) -> None:

@@ -65,8 +65,9 @@ class Worker:
         #: handlers in the caller's thread, which must never be interrupted).
         self.time_limits: TimeLimits | None = None
         keyring = getattr(service, "keyring", None)
-        #: Checks signatures and allow lists when the service has a keyring.
-        self.gate: Gate | None = Gate(keyring) if keyring is not None else None
+        #: Checks signatures and allow lists when the service has a keyring; its replay
+        #: memory is shared through the broker where the broker can keep it.
+        self.gate: Gate | None = None if keyring is None else Gate(keyring, claim=self._claim)
         #: Counters for ``busapp status``, trace spans, log lines, metrics.
         self.observer = Observer()
         self.lanes = Lanes(self)
@@ -133,8 +134,14 @@ class Worker:
 
     def publish_reply(self, reply_to: str, response: dict | bytes, correlation_id: Any,
                       key: Any) -> None:
-        signing = {} if self.gate is None else {"key": key}
-        self.service._bus_client().publish_reply(reply_to, response, correlation_id, **signing)
+        # Signed with ``key`` (the verified caller's) or not at all, never with the service's
+        # own key: an answer signed with it would pass for the answer to one of its own calls.
+        self.service._bus_client().publish_reply(reply_to, response, correlation_id, key=key)
+
+    def _claim(self, key: str, ttl: float) -> bool | None:
+        """The gate's broker-held replay memory: set ``key`` unless set (None: cannot)."""
+        transport = self.transport
+        return None if transport is None else transport.claim(key, ttl)
 
     def settle(self, delivery: Delivery) -> None:
         self.lanes.settle(delivery)

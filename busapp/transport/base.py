@@ -138,5 +138,12 @@ class Transport(Protocol):
     def bound_queues(self, exchange: str) -> set[str] | None:
         """Queues bound to ``exchange`` as the broker sees it now, or None if unknowable."""
 
+    def claim(self, key: str, ttl: float) -> bool | None:
+        """Set ``key`` on the broker for ``ttl`` seconds unless it is set: True if this call
+        set it, False if it was there; None if this broker keeps no such keys (RabbitMQ).
+
+        The workers of a service share their replay memory this way (busapp.runtime.gate).
+        """
+
     def close(self, *, delete_queue: str | None = None) -> None:
         """Close the connection (deleting ``delete_queue`` first, best effort)."""

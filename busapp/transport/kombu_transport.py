@@ -562,6 +562,16 @@ class KombuTransport:
         with self._guard():
             return {q for _, _, q in self.channel.get_table(exchange)}
 
+    def claim(self, key: str, ttl: float) -> bool | None:
+        """``SET key <owner> NX PX ttl`` on Redis (the owner, ``<host>.<pid>`` of a managed
+        worker, lets its manager release the claims of a worker that died mid-message: see
+        :func:`busapp.transport.redis.release_claims`); None on RabbitMQ."""
+        if not self.redis:
+            return None
+        owner = config.get("unacked_owner") or "-"
+        with self._guard(), self.channel.conn_or_acquire() as client:
+            return bool(client.set(key, owner, nx=True, px=max(1, int(ttl * 1000))))
+
     def close(self, *, delete_queue: str | None = None) -> None:
         conn, self._conn, channel, self._channel = self._conn, None, self._channel, None
         self._checked = None

@@ -145,6 +145,21 @@ class MemoryBroker:
         #: Told of every publish: ``tap(exchange, routing_key, body, reply_to)`` (the test
         #: client records notifications and events with one).
         self.taps: list[Callable[[str, str, bytes, str | None], None]] = []
+        #: ``{key: monotonic expiry}``: the keys :meth:`claim` set (a Redis broker's SET NX PX).
+        self.claims: dict[str, float] = {}
+
+    def claim(self, key: str, ttl: float) -> bool:
+        """Set ``key`` for ``ttl`` seconds unless it is set (True if this call set it)."""
+        now = time.monotonic()
+        with self.lock:
+            claims = self.claims
+            if len(claims) > 4096:  # forget the expired ones now and then
+                for old in [k for k, until in claims.items() if until <= now]:
+                    del claims[old]
+            if claims.get(key, 0.0) > now:
+                return False
+            claims[key] = now + ttl
+            return True
 
     def queue(self, name: str) -> _Queue:
         with self.lock:
@@ -401,6 +416,10 @@ class MemoryTransport:
 
     def bound_queues(self, exchange: str) -> set[str] | None:
         return {q for _, q in self.broker.bindings.get(exchange, ())}
+
+    def claim(self, key: str, ttl: float) -> bool:
+        """Kept by the broker of this URL, as a Redis broker keeps it."""
+        return self.broker.claim(key, ttl)
 
     def close(self, *, delete_queue: str | None = None) -> None:
         """Stop consuming and give back what was not acked (as a closed connection does)."""

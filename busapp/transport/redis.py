@@ -50,6 +50,7 @@ from kombu.transport import virtual as _virtual
 from kombu.transport.virtual import exchange as _vexchange
 from kombu.utils import json as _kjson
 
+from busapp import names
 from busapp.errors import NoRouteError
 from busapp.transport._bindings import BindingIndex
 from busapp.transport._tracking import BindingWatcher
@@ -482,21 +483,56 @@ def requeue_owned(connection: Any, owner: str) -> int:
     """Requeue every message the (dead) worker ``owner`` left unacked; how many.
 
     Each goes back to its queue flagged redelivered, as after the visibility timeout (so
-    poison messages are still counted). Call it only once the worker is gone.
+    poison messages are still counted), after the replay claims the worker made on it are
+    released (so a signed request it died on runs again). Call it only once the worker is
+    gone.
     """
     channel = connection.default_channel
     key = OWNER_PREFIX + owner
     tags = [_kredis.bytes_to_str(tag) for tag in channel.client.smembers(key)]
     for tag in tags:
         record = channel.client.hget(channel.unacked_key, tag)
-        exchange = _kjson.loads(_kredis.bytes_to_str(record))[1] if record else ""
+        entry = _kjson.loads(_kredis.bytes_to_str(record)) if record else None
+        exchange = entry[1] if entry else ""
         if exchange and exchange not in channel.state.exchanges:
             # kombu routes through an exchange it has not seen declared as "direct", which
             # would match none of a topic exchange's bindings and drop the message.
             kombu.Exchange(exchange, type="topic", durable=True)(channel).declare()
+        if entry:
+            release_claims(channel, owner, *entry)
         channel.qos.restore_by_tag(tag, leftmost=True)
     channel.client.delete(key)
     return len(tags)
+
+
+def release_claims(channel: Any, owner: str, payload: Any, exchange: str,
+                   routing_key: str) -> None:
+    """Delete the replay claims (:meth:`busapp.transport.kombu_transport.KombuTransport.claim`)
+    worker ``owner`` made on the message ``payload``, published to ``exchange`` with
+    ``routing_key``: it died before serving it, and its copy must be served once more.
+
+    Only claims holding ``owner`` go: one event reaches several queues, and the claims of
+    the other queues' workers stand.
+    """
+    headers = payload.get("headers") if isinstance(payload, dict) else None
+    signature = headers.get(names.SIGNATURE_HEADER) if isinstance(headers, dict) else None
+    if not isinstance(signature, str):
+        return
+    if exchange:
+        try:
+            queues = channel.typeof(exchange).lookup(channel.get_table(exchange), exchange,
+                                                     routing_key, None) or []
+        except KeyError:
+            queues = []
+    else:
+        queues = [routing_key]
+    keys = [names.replay_claim(queue, signature) for queue in queues]
+    if not keys:
+        return
+    held = channel.client.mget(keys)
+    mine = [k for k, value in zip(keys, held, strict=True) if value == owner.encode()]
+    if mine:
+        channel.client.delete(*mine)
 
 
 class Transport(_kredis.Transport):
