@@ -2,8 +2,10 @@
 
 RabbitMQ gives a dead connection's unacknowledged messages back and deletes its
 auto-delete queues itself. Redis does neither: a worker's unacked messages wait for the
-visibility timeout, and its control queue (with its bindings) stays. The manager calls
-:func:`release_dead_worker` when one of its workers dies.
+visibility timeout, and its control queue (with its bindings) stays; with a keyring, the
+replay claims it made on the messages it held (:mod:`busapp.runtime.gate`) would also
+refuse their redelivered copies, so they are released as those messages are requeued.
+The manager calls :func:`release_dead_worker` when one of its workers dies.
 """
 
 from __future__ import annotations
