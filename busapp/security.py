@@ -56,6 +56,7 @@ unsigned -32001.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -165,14 +166,24 @@ def _canonical(value: Any) -> str:
     return "~" + json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
 
 
+@functools.lru_cache(maxsize=32)
+def _content_type_part(content_type: str | None) -> bytes:
+    return _quote(content_type or "").encode()
+
+
+_COVERED_PREFIXES = tuple((name, f"{name}=".encode()) for name in COVERED_HEADERS)
+
+
 def covered(headers: Mapping[str, Any] | None, content_type: str | None) -> bytes:
     """The canonical encoding of what a signature covers besides the message's fields."""
-    parts = [_quote(content_type or "")]
-    if headers:
-        for name in COVERED_HEADERS:
-            if name in headers:
-                parts.append(f"{name}={_canonical(headers[name])}")
-    return "\n".join(parts).encode()
+    head = _content_type_part(content_type)
+    if not headers:
+        return head
+    parts = [head]
+    for name, prefix in _COVERED_PREFIXES:
+        if name in headers:
+            parts.append(prefix + _canonical(headers[name]).encode())
+    return b"\n".join(parts)
 
 
 def _mac(secret: bytes, key_id: str, ts: str, body: bytes, routing_key: str | None,
