@@ -121,7 +121,8 @@ class Pipeline:
 
     def serve(self, delivery: Delivery, *, screened: bool = False) -> None:
         """Serve one message: answer it if owed, then settle it. Never raises (except
-        BrokerUnavailable while counting a redelivery).
+        BrokerUnavailable while counting a redelivery, or claiming it in the broker's replay
+        memory: it stays unsettled and comes back).
 
         ``screened``: the receiving thread already ran :meth:`screen`.
         """
