@@ -36,7 +36,8 @@ import structlog
 
 from busapp import names
 from busapp.core import wire
-from busapp.client.sync import DEFAULT_TIMEOUT, WAIT_HOOK, Client, reply_key
+from busapp.client.replies import reply_key
+from busapp.client.sync import DEFAULT_TIMEOUT, WAIT_HOOK, Client
 from busapp.errors import BrokerUnavailable, RequestTimeout
 from busapp.transport import is_memory, mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
