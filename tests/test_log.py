@@ -18,6 +18,8 @@ import structlog
 from busapp import App, Client
 from busapp.errors import InternalError, RequestTimeout
 from busapp.log import choose_format, configure_logging
+from busapp.models import Host
+from busapp.testing import TestClient
 
 
 class Unrenderable:
@@ -224,3 +226,58 @@ def test_each_line_is_one_write(out: io.StringIO) -> None:
     structlog.get_logger("busapp.service").info("worker ready", pid=1)
     logging.getLogger("kombu.test").warning("lost")
     assert len(stream.writes) == 2 and all(w.endswith("}\n") for w in stream.writes)
+
+
+def _call_lines(logs: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    return [(line["log_level"], line["outcome"], line["code"]) for line in logs
+            if line["event"] == "call"]
+
+
+@pytest.mark.parametrize("method, params, code", [("nope", {}, -32601), ("add", {"x": "a"}, -32602),
+                                                  ("boom", {}, -32603)])
+def test_a_failed_notification_is_a_warning_with_its_code(method: str, params: dict, code: int) -> None:
+    """A notification to an unknown method, with bad params, or whose handler raised is logged at
+    warning with outcome "error" and its code: nobody else hears of the failure."""
+    app = App(f"n{uuid.uuid4().hex[:8]}")
+
+    @app.method()
+    def add(x: int) -> int:
+        return x
+
+    @app.method()
+    def boom() -> None:
+        raise ZeroDivisionError("boom")
+
+    client = TestClient(app, raise_handler_errors=False)
+    with structlog.testing.capture_logs() as logs:
+        client.bus.notify(f"{app.name}.{method}", **params)
+    assert _call_lines(logs) == [("warning", "error", code)]
+
+
+def test_a_notification_that_succeeds_stays_an_info_line() -> None:
+    """A notification served without error is logged at info with outcome "notification"."""
+    app = App(f"n{uuid.uuid4().hex[:8]}")
+
+    @app.method()
+    def add(x: int) -> int:
+        return x
+
+    client = app.test_client()
+    with structlog.testing.capture_logs() as logs:
+        client.bus.notify(f"{app.name}.add", x=1)
+    assert _call_lines(logs) == [("info", "notification", None)]
+
+
+def test_a_failed_storage_event_is_a_warning_with_its_code() -> None:
+    """A storage-event handler that raises is logged at warning with code -32603, not as a success."""
+    app = App(f"n{uuid.uuid4().hex[:8]}")
+
+    @app.on_storage_event(Host, "created")
+    def created(event: str, model: Host) -> None:
+        raise RuntimeError("no")
+
+    client = TestClient(app, raise_handler_errors=False)
+    with structlog.testing.capture_logs() as logs:
+        client.storage.save(Host.new(address="10.1.1.1"))
+    [line] = [line for line in logs if line["event"] == "storage event"]
+    assert (line["log_level"], line["outcome"], line["code"]) == ("warning", "error", -32603)

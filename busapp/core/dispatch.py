@@ -264,9 +264,14 @@ def process_encoded(
     context: Mapping[str, Any],
     on_error: Callable[[Request | None, BaseException], None] | None = None,
     max_body: int | None = None,
+    on_unanswered: Callable[[BaseException], None] | None = None,
 ) -> tuple[dict[str, Any] | None, bytes | None]:
     """:func:`process`, and the response's JSON encoding (encoded once: the check that a
-    result is JSON serialisable is the encoding that goes on the wire)."""
+    result is JSON serialisable is the encoding that goes on the wire).
+
+    ``on_unanswered`` is told why a notification failed (no such method, bad params, the
+    handler raised): it gets no response, so this is the only trace of the failure.
+    """
     request: wire.Request | None = None
     request_id = None
     payload: bytes | None = None
@@ -300,10 +305,12 @@ def process_encoded(
                 data={"exception": type(exc).__name__},
             ) from None
     except Exception as exc:  # noqa: BLE001 - the whole point is that nothing escapes
+        if request is not None and request.is_notification:
+            if on_unanswered is not None:
+                on_unanswered(exc)
+            return None, None
         response = wire.error_response(request_id if request is None else request.id, exc)
         payload = None
-    if request is not None and request.is_notification:
-        return None, None
     return response, payload
 
 

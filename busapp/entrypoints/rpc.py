@@ -75,8 +75,12 @@ class RpcEntrypoint:
             failure.append(exc)
             on_error(self.kind, message, request, exc)
 
+        def unanswered(exc: BaseException) -> None:  # a notification's: logged as its outcome
+            if not failure:
+                failure.append(exc)
+
         response, payload = dispatch.process_encoded(
             self.handlers, body, content_type=delivery.content_type,
             routing_key=message.routing_key, context=context, on_error=failed,
-            max_body=self.max_body)
+            max_body=self.max_body, on_unanswered=unanswered)
         return Outcome(response, payload, error=failure[0] if failure else None)
