@@ -60,6 +60,18 @@ def load_target(spec: str) -> Target:
     return Target(spec, module, None, obj, root)
 
 
+def import_module(spec: str) -> ModuleType:
+    """Import the dotted module (or file path) ``spec`` as ``busapp run`` does: the current
+    directory is searched too.
+
+    Raises:
+        click.UsageError: the module is missing (one line) or raised while importing (its
+            traceback is printed first).
+    """
+    name, _ = _prepare_import(spec)
+    return _import(name, spec)
+
+
 def _is_path(text: str) -> bool:
     return text.endswith(".py") or os.sep in text or "/" in text or os.path.exists(text)
 
