@@ -129,3 +129,16 @@ def test_two_apps_of_one_name_are_a_usage_error(project: Project) -> None:
     ''')
     result = project.cli("run", f"{module}:orders", "again.py")
     assert result.returncode == 2 and "would share one queue" in result.stderr
+
+
+def test_each_app_lists_what_it_serves_once(project: Project) -> None:
+    """With two Apps and --workers 2, one worker of each App logs the start-up banner (its
+    methods), the others do not repeat it."""
+    module = write_two_apps(project)
+    running = project.run(module, "--workers", "2")
+    running.wait_ready(4)
+    unique = project.name[1:]
+    banners = {e["service"]: e["serves"] for e in running.events("worker ready") if "serves" in e}
+    assert banners == {f"o{unique}": {"methods": [f"o{unique}.pid()"]},
+                       f"i{unique}": {"methods": [f"i{unique}.pid_of_inventory()"]}}
+    assert len([e for e in running.events("worker ready") if "serves" in e]) == 2

@@ -40,6 +40,14 @@ class RpcEntrypoint:
     def queue_specs(self) -> list[QueueSpec]:
         return list(self.specs)
 
+    def describe(self) -> list[str]:
+        """``service.method(params)`` for each method, as the start-up banner lists them."""
+        binding = self.specs[0].binding_keys[0] if self.specs and self.specs[0].binding_keys \
+            else ""
+        prefix = binding[:-2] if binding.endswith(".*") else binding.rsplit(".", 1)[0]
+        return [f"{prefix}.{name}({', '.join(handler.describe_params())})"
+                for name, handler in sorted(self.handlers.items())]
+
     def admit(self, caller: str, routing_key: str | None) -> RemoteProcedureCallError | None:
         method = names.method_of(routing_key) or ""
         allow = getattr(self.handlers.get(method), "allow", None)

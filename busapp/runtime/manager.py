@@ -105,9 +105,11 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOptions,
-                 parent_pid: int, ready_at: Any = None, metrics: Any = None) -> None:
+                 parent_pid: int, ready_at: Any = None, metrics: Any = None,
+                 banner: bool = True) -> None:
     """Entry point of a worker process; ``ready_at`` is its slot's shared readiness double;
-    ``metrics``: the manager's metrics endpoint, if any (it gives each worker a recorder)."""
+    ``metrics``: the manager's metrics endpoint, if any (it gives each worker a recorder);
+    ``banner``: list what it serves when ready (the first worker of each service does)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent(parent_pid)
@@ -116,6 +118,7 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOpt
     try:
         service = service_class(**kwargs)
         service.options = options
+        service.show_banner = banner
         if ready_at is not None:
             service.ready_callback = _ready_setter(ready_at)
         if metrics is not None:
@@ -270,11 +273,12 @@ class ServiceManager:
 
     def _start(self, slot: _Slot) -> None:
         spec = slot.owner
+        banner = slot.index == 0 and slot.process is None  # once per service, not per restart
         slot.ready_at = self._ctx.RawValue("d", 0.0)
         process = self._ctx.Process(
             target=_worker_main, name=f"busapp-worker-{slot.index}",
             args=(spec.service_class, spec._service_kwargs(), spec._options(), os.getpid(),
-                  slot.ready_at, self.metrics),
+                  slot.ready_at, self.metrics, banner),
         )
         process.start()
         slot.process, slot.started, slot.restart_at = process, time.monotonic(), None
@@ -332,6 +336,9 @@ class ServiceManager:
 
     def _stop_all(self) -> None:
         live = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
+        if live:
+            log.info("stopping workers", workers=len(live),
+                     graceful_timeout=max(spec.graceful_timeout for spec in self.managed))
         for process in live:
             try:
                 os.kill(process.pid, signal.SIGTERM)
