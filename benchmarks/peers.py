@@ -23,11 +23,14 @@ nothing per call at its default level; ``BENCH_PEERS_FS_LOG=1`` keeps FastStream
 INFO lines per message, here written to a file), which costs it roughly 0.2-0.3 ms of server CPU
 per call. Nameko logs nothing per call by default.
 
-The peers are never dependencies of busapp: install them in a venv of their own::
+The peers are never dependencies of busapp: they live in a venv of their own, by default
+``.venv-peers/`` in the repository (git ignores it; ``$BUSAPP_PEERS_VENV`` or ``--venv``
+name another place), built from ``benchmarks/requirements-peers.txt`` on first use and
+rebuilt when that file changes (:func:`ensure_venv`; pip needs to reach PyPI once)::
 
-    python3 -m venv /work/peers-venv
-    /work/peers-venv/bin/pip install -r benchmarks/requirements-peers.txt
-    python benchmarks/peers.py --python /work/peers-venv/bin/python [--broker redis|amqp|all] [--quick]
+    .venv/bin/python benchmarks/peers.py [--broker redis|amqp|all] [--quick]  # makes the venv
+    .venv/bin/python benchmarks/rpc.py --peers       # busapp, raw kombu and the peers alternating
+    python benchmarks/peers.py --python /path/to/venv/bin/python               # a venv of your own
 
 This file's orchestration uses the standard library only, so any Python can run it (busapp's venv
 included) and import :func:`run_peers`; the servers and clients run as subprocesses under
@@ -50,6 +53,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+#: The peers' requirements and, unless $BUSAPP_PEERS_VENV says otherwise, their venv.
+REQUIREMENTS = HERE / "requirements-peers.txt"
+DEFAULT_VENV = HERE.parent / ".venv-peers"
+VENV_ENV = "BUSAPP_PEERS_VENV"
 PAYLOAD = {"data": "a" * 53}
 assert len(json.dumps(PAYLOAD, separators=(",", ":"))) == 64
 
@@ -65,6 +72,32 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 FS_LOG_ENV = "BENCH_PEERS_FS_LOG"
 #: What a server worker prints once it consumes.
 READY = "PEERS-READY"
+
+
+# ---------------------------------------------------------------------------------------------
+# the peers' venv
+
+
+def ensure_venv(venv: str | Path | None = None) -> str:
+    """The python of the peers' venv at ``venv`` (default ``$BUSAPP_PEERS_VENV``, else
+    ``.venv-peers/`` in the repository), made with pip from :data:`REQUIREMENTS` if it is
+    missing or was made from another version of that file."""
+    import hashlib
+
+    path = Path(venv or os.environ.get(VENV_ENV) or DEFAULT_VENV)
+    python = path / "bin" / "python"
+    stamp = path / ".requirements-sha256"
+    wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
+        return str(python)
+    print(f"# peers: building {path} from {REQUIREMENTS.name} (pip, a minute or two)",
+          file=sys.stderr, flush=True)
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    subprocess.run([base, "-m", "venv", "--clear", str(path)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REQUIREMENTS)],
+                   check=True)
+    stamp.write_text(wanted + "\n")
+    return str(python)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,8 +661,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="benchmarks/peers.py",
         description="FastStream and Nameko on the echo RPC of rpc.py: latency, throughput, CPU.",
     )
-    p.add_argument("--python", default=sys.executable,
-                   help="python of the peers' venv (default: this one)")
+    p.add_argument("--python", default=None,
+                   help="python of a venv with the peers (default: build or find --venv)")
+    p.add_argument("--venv", default=None,
+                   help=f"the peers' venv to build or find (default ${VENV_ENV}, else "
+                        f"{DEFAULT_VENV.name}/ in the repository)")
     p.add_argument("--broker", choices=("redis", "amqp", "all"), default="all")
     p.add_argument("--quick", action="store_true", help="1 pass, 1.5 s windows")
     p.add_argument("--repeat", type=int, default=None, help="passes per figure (3)")
@@ -638,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amqp-url", default=DEFAULT_URLS["amqp"])
     p.add_argument("-v", "--verbose", action="store_true", help="print every pass on stderr")
     a = p.parse_args(argv)
+    a.python = a.python or ensure_venv(a.venv)
     brokers = ["redis", "amqp"] if a.broker == "all" else [a.broker]
     started = time.monotonic()
     rows = run_peers(a.python, brokers, a.quick, urls={"redis": a.redis_url, "amqp": a.amqp_url},

@@ -3,7 +3,10 @@
 Run:  .venv/bin/python benchmarks/testclient.py [--seconds 2] [--threads 4]
 
 Each call is the full production path: JSON encode, dispatch.process (parse,
-bind, convert, call, unstructure), JSON reply, decode. Prints a table.
+bind, convert, call, unstructure), JSON reply, decode. Prints a table of the cases on
+one thread, then the same client called from 1 and from ``--threads`` threads at once
+(passes alternating, medians), with the ratio: the target is >= 0.9 (threads must not
+make the client slower in all; the GIL keeps them from making it faster).
 """
 
 from __future__ import annotations
@@ -102,16 +105,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="for the threaded row")
     args = parser.parse_args()
     client = make_app().test_client()
-    rows = list(cases(client).items())
-    rows.append((f"add(1, 2) x {args.threads} threads", cases(client)["add(1, 2)"]))
     print(f"{'case':<32} {'calls/s':>10} {'calls/CPU-s':>12} {'CPU us/call':>12}")
-    for name, func in rows:
+    for name, func in cases(client).items():
         func()  # warm up (first-call caches)
-        threads = args.threads if "threads" in name else 1
-        runs = [rate(func, args.seconds, threads) for _ in range(args.passes)]
+        runs = [rate(func, args.seconds) for _ in range(args.passes)]
         wall = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
         print(f"{name:<32} {wall:>10,.0f} {cpu:>12,.0f} {1e6 / cpu:>12.1f}")
+    print()
+    n = args.threads
+    print(f"{'one client, threads at once':<32} {'1 thread':>10} {f'{n} threads':>12} "
+          f"{f'{n}/1':>6}   (calls/s, all threads together)")
+    for name in ("ping()", "add(1, 2)", "relay -> add (nested call)"):
+        func = cases(client)[name]
+        one: list[float] = []
+        many: list[float] = []
+        for _ in range(args.passes):  # alternating, so drift on the machine hits both alike
+            one.append(rate(func, args.seconds, 1)[0])
+            many.append(rate(func, args.seconds, n)[0])
+        a, b = statistics.median(one), statistics.median(many)
+        print(f"{name:<32} {a:>10,.0f} {b:>12,.0f} {b / a:>6.2f}")
 
 
 if __name__ == "__main__":

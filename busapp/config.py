@@ -111,9 +111,12 @@ class Settings:
     visibility_timeout: float = setting(
         60.0, _seconds, "Redis: seconds before an unacknowledged message of a vanished "
         "consumer is delivered again.")
+    binding_tracking: bool = setting(
+        True, _flag, "Redis: 0 to read an exchange's bindings on every publish instead of "
+        "keeping them until Redis reports a change (client tracking, Redis 6 or later).")
     binding_cache_ttl: float = setting(
-        0.0, _seconds, "Redis: seconds a publisher may reuse an exchange's bindings without "
-        "reading them again (0: read them on every publish).")
+        0.0, _seconds, "Redis, with binding_tracking off or unavailable: seconds a publisher "
+        "may reuse an exchange's bindings without reading them again (0: every publish).")
     replica_wait_ms: int = setting(
         500, _whole, "sentinel:// only: milliseconds a publish waits for a replica to have it.")
     confirm_publish: bool | None = setting(

@@ -13,7 +13,7 @@ import pytest
 from kombu import Connection
 
 from busapp.errors import BrokerUnavailable
-from busapp.transport import embedded
+from busapp.transport import embedded, embedded_state
 from busapp.transport.embedded import (
     broker_state,
     ensure_embedded_broker,
@@ -115,7 +115,7 @@ def test_server_dies_with_its_keeper(state_dir: Path) -> None:
     ensure_embedded_broker(str(state_dir))
     state = broker_state(str(state_dir))
     os.kill(state["pid"], signal.SIGKILL)
-    assert wait_until(lambda: not embedded._pid_alive(state["redis_pid"]))
+    assert wait_until(lambda: not embedded_state._pid_alive(state["redis_pid"]))
 
 
 def test_stale_state_after_kill9_is_replaced(state_dir: Path) -> None:
@@ -157,7 +157,7 @@ def test_stop_removes_everything(state_dir: Path) -> None:
     ensure_embedded_broker(str(state_dir))
     state = broker_state(str(state_dir))
     assert stop_embedded_broker(str(state_dir)) is True
-    assert not embedded._pid_alive(state["pid"]) and not embedded._pid_alive(state["redis_pid"])
+    assert not embedded_state._pid_alive(state["pid"]) and not embedded_state._pid_alive(state["redis_pid"])
     assert not (state_dir / "broker.json").exists()
     assert stop_embedded_broker(str(state_dir)) is False
 
@@ -193,11 +193,11 @@ def test_long_directory_gets_a_short_socket(tmp_path: Path) -> None:
     try:
         url = ensure_embedded_broker(str(deep))
         server = broker_state(str(deep))["redis_pid"]
-        assert len(url) - len("redis+socket://") <= embedded.MAX_SOCKET_PATH
+        assert len(url) - len("redis+socket://") <= embedded_state.MAX_SOCKET_PATH
         assert roundtrip(url) == {"hello": "world"}
     finally:
         stop_embedded_broker(str(deep))
-    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path)) and not embedded._pid_alive(server))
+    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path)) and not embedded_state._pid_alive(server))
 
 
 # -- revival after the keeper was killed ---------------------------------------------------
@@ -207,8 +207,8 @@ def _kill_keeper(state_dir: Path) -> dict:
     """kill -9 the keeper (its server follows); wait until both are gone; return the old state."""
     old = broker_state(str(state_dir))
     os.kill(old["pid"], signal.SIGKILL)
-    assert wait_until(lambda: not embedded._pid_alive(old["pid"])
-                      and not embedded._pid_alive(old["redis_pid"]))
+    assert wait_until(lambda: not embedded_state._pid_alive(old["pid"])
+                      and not embedded_state._pid_alive(old["redis_pid"]))
     return old
 
 

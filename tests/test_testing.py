@@ -205,6 +205,62 @@ def test_several_threads_share_one_client(client: TestClient) -> None:
     assert results == {n: [n + i for i in range(50)] for n in range(8)}
 
 
+def test_calls_from_two_threads_are_handled_at_once() -> None:
+    """Two threads' calls run their handlers side by side (neither waits for the other's call)."""
+    app = App("meet")
+    both = threading.Barrier(2, timeout=5)
+
+    @app.method()
+    def meet() -> bool:
+        both.wait()  # returns only once the other thread's handler is here too
+        return True
+
+    client = app.test_client()
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(client.call("meet")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True, True]
+
+
+def test_nested_calls_from_two_threads_are_handled_at_once() -> None:
+    """Handlers of two threads' calls each make a call through the service's bus, side by side."""
+    app = App("nest")
+    both = threading.Barrier(2, timeout=5)
+
+    @app.method()
+    def inner() -> bool:
+        both.wait()
+        return True
+
+    @app.method()
+    def outer(bus) -> bool:
+        return bus.call("nest.inner")
+
+    client = app.test_client()
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(client.call("outer")))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True, True]
+
+
+def test_one_thread_calls_through_client_bus(client: TestClient) -> None:
+    """Calls from one thread at a time all go through ``client.bus`` (no other Client is made)."""
+    from busapp.transport.memory import MemoryBroker
+
+    for i in range(3):
+        assert client.call("add", i, 1) == i + 1
+    replies = [q for q in MemoryBroker.named(client.url).queues if q.startswith("busapp.reply.")]
+    assert replies == [client.bus.reply_queue]
+
+
 def test_short_name_without_an_app_is_refused() -> None:
     """A client with no app asks for a full routing key."""
     with pytest.raises(ValueError, match="full routing key"):

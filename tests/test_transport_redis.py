@@ -10,6 +10,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from busapp.transport.kombu_transport import kombu_connection as connect
 from busapp.transport import redis as busapp_redis
+from tests._private_brokers import private_redis  # noqa: F401
 
 
 @pytest.fixture
@@ -92,16 +93,21 @@ def test_interoperates_with_plain_kombu(redis_url, names):
         assert message.payload == {"n": 2}
 
 
-def test_binding_cache_is_off_by_default(redis_url):
-    """Without the option, every publish reads the bindings (no missed subscriber, ever)."""
+def test_binding_watch_is_on_and_ttl_cache_off_by_default(redis_url):
+    """By default bindings are kept until Redis says they changed; the TTL cache is off."""
     with connect(redis_url) as conn:
+        assert conn.default_channel.binding_tracking is True
         assert conn.default_channel.binding_cache_ttl == 0
+
+
+#: The TTL cache alone: what a channel does on a server without client tracking.
+UNTRACKED = {"binding_tracking": False}
 
 
 def test_binding_cache_sees_a_new_queue_at_once(redis_url, names):
     """A routing key that matched nothing in the cached table makes the channel read the bindings again."""
     cached = Connection(redis_url, transport=busapp_redis.Transport,
-                        transport_options={"binding_cache_ttl": 60})
+                        transport_options={"binding_cache_ttl": 60, **UNTRACKED})
     with cached as publisher, Connection(redis_url) as other:
         exchange = _topic(publisher, names["exchange"])
         _bind(other, names["exchange"], names["q1"], "one.*")
@@ -114,26 +120,22 @@ def test_binding_cache_sees_a_new_queue_at_once(redis_url, names):
         assert [m.payload for m in _get(other, names["q1"])] == [{"n": 1}]
 
 
-def test_binding_cache_reads_the_table_once_per_ttl(redis_url, names, monkeypatch):
-    """Within the TTL, publishes reuse the table; with binding_cache_ttl=0 every publish reads it."""
+def test_binding_cache_reads_the_table_once_per_ttl(private_redis, names):  # noqa: F811
+    """Without the watch, publishes reuse the table for the TTL; with TTL 0 each one reads it."""
     for ttl, expected in ((60.0, 1), (0, 5)):
-        conn = Connection(redis_url, transport=busapp_redis.Transport,
-                          transport_options={"binding_cache_ttl": ttl})
+        conn = Connection(private_redis.url, transport=busapp_redis.Transport,
+                          transport_options={"binding_cache_ttl": ttl, **UNTRACKED})
         with conn:
             _bind(conn, names["exchange"], names["q1"], "svc.*")
             channel = conn.default_channel
-            reads = []
-            original = busapp_redis._kredis.Channel.get_table
-            monkeypatch.setattr(busapp_redis._kredis.Channel, "get_table",
-                                lambda self, ex: reads.append(ex) or original(self, ex))
-            channel._tables.clear()
             producer = Producer(channel)
+            exchange = _topic(conn, names["exchange"])
+            before = _smembers_calls(private_redis.url)
             for i in range(5):
-                producer.publish({"i": i}, exchange=_topic(conn, names["exchange"]),
-                                 routing_key="svc.a", serializer="json")
-            monkeypatch.undo()
-            assert len(reads) == expected
-            assert len(_get(conn, names["q1"], timeout=1)) >= 1
+                producer.publish({"i": i}, exchange=exchange, routing_key="svc.a",
+                                 serializer="json")
+            assert _smembers_calls(private_redis.url) - before == expected
+            assert len(_all(conn, names["q1"])) == 5
 
 
 def test_unacked_message_is_restored_after_visibility_timeout(redis_url, names):
@@ -205,3 +207,141 @@ def test_event_publish_reaches_a_subscriber_bound_a_moment_ago(redis_url, names,
         _bind(other, names["exchange"], names["q2"], "notify.storage.Host.created")  # new one
         bus.publish("notify.storage.Host.created", {"n": 2})
         assert [m.payload for m in _get(other, names["q2"])] == [{"n": 2}]
+
+
+# -- bindings: indexed, read again only when Redis says they changed --------------------
+
+
+def _plain_kombu(redis_url: str, code: str) -> None:
+    """Run ``code`` (kombu, with ``conn`` connected to ``redis_url``) in another process."""
+    import subprocess
+    import sys
+
+    script = ("from kombu import Connection, Exchange, Queue\n"
+              f"with Connection({redis_url!r}) as conn:\n"
+              + "".join(f"    {line}\n" for line in code.strip().splitlines()))
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def _bind_elsewhere(redis_url: str, exchange: str, queue: str, key: str) -> None:
+    _plain_kombu(redis_url, f"Queue({queue!r}, Exchange({exchange!r}, type='topic', durable=True), "
+                            f"routing_key={key!r}, durable=True)(conn.default_channel).declare()")
+
+
+def _all(conn: Connection, queue: str) -> list:
+    """Every message waiting on ``queue`` (``_get`` takes one drain's worth)."""
+    got: list = []
+    while True:
+        more = _get(conn, queue, timeout=0.5)
+        if not more:
+            return got
+        got += more
+
+
+def _smembers_calls(url: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("commandstats").get("cmdstat_smembers", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+def test_bindings_are_read_again_only_after_they_change(private_redis, names):  # noqa: F811
+    """Publishes reuse the bindings until another connection binds a queue; the next reads them."""
+    with connect(private_redis.url) as ours, Connection(private_redis.url) as other:
+        _bind(other, names["exchange"], names["q1"], "svc.*")
+        producer = Producer(ours.default_channel)
+        exchange = _topic(ours, names["exchange"])
+        before = _smembers_calls(private_redis.url)
+        for i in range(5):
+            producer.publish({"i": i}, exchange=exchange, routing_key="svc.a", serializer="json")
+        assert _smembers_calls(private_redis.url) - before == 1
+        _bind(other, names["exchange"], names["q2"], "svc.a")
+        producer.publish({"i": 5}, exchange=exchange, routing_key="svc.a", serializer="json")
+        assert _smembers_calls(private_redis.url) - before == 2
+        assert [m.payload for m in _get(other, names["q2"])] == [{"i": 5}]
+
+
+def test_a_queue_bound_by_another_process_gets_the_next_request(redis_url, names):
+    """A plain-kombu process binds a second queue to a routed key: the next publish reaches it."""
+    with connect(redis_url) as ours:
+        _bind(ours, names["exchange"], names["q1"], "svc.*")
+        producer = Producer(ours.default_channel)
+        exchange = _topic(ours, names["exchange"])
+        producer.publish({"n": 1}, exchange=exchange, routing_key="svc.a", serializer="json")
+        _bind_elsewhere(redis_url, names["exchange"], names["q2"], "svc.a")
+        producer.publish({"n": 2}, exchange=exchange, routing_key="svc.a", serializer="json")
+        assert [m.payload for m in _get(ours, names["q2"])] == [{"n": 2}]
+        assert [m.payload for m in _all(ours, names["q1"])] == [{"n": 1}, {"n": 2}]
+
+
+def test_a_queue_deleted_by_another_process_gets_no_more_messages(redis_url, names):
+    """After a plain-kombu process deletes a bound queue, publishes stop recreating its list."""
+    import redis
+
+    with connect(redis_url) as ours:
+        _bind(ours, names["exchange"], names["q1"], "svc.*")
+        _bind(ours, names["exchange"], names["q2"], "svc.*")
+        producer = Producer(ours.default_channel)
+        exchange = _topic(ours, names["exchange"])
+        producer.publish({"n": 1}, exchange=exchange, routing_key="svc.a", serializer="json")
+        _plain_kombu(redis_url, (  # kombu unbinds only the bindings it declared itself
+            f"Queue({names['q2']!r}, Exchange({names['exchange']!r}, type='topic', durable=True),"
+            f" routing_key='svc.*', durable=True)(conn.default_channel).declare()\n"
+            f"conn.default_channel.queue_delete({names['q2']!r})"))
+        producer.publish({"n": 2}, exchange=exchange, routing_key="svc.a", serializer="json")
+        client = redis.Redis.from_url(redis_url)
+        try:
+            assert not client.exists(names["q2"])
+        finally:
+            client.close()
+        assert [m.payload for m in _all(ours, names["q1"])] == [{"n": 1}, {"n": 2}]
+
+
+def test_without_client_tracking_every_publish_reads_the_bindings(tmp_path, names):
+    """A server refusing CLIENT TRACKING: publishes still route, reading the bindings each time."""
+    from tests._private_brokers import PrivateRedis
+
+    server = PrivateRedis(tmp_path)
+    server.cmd += ["--rename-command", "CLIENT", ""]  # no CLIENT command at all  # private
+    server.start()
+    try:
+        with connect(server.url) as ours:
+            _bind(ours, names["exchange"], names["q1"], "svc.*")
+            producer = Producer(ours.default_channel)
+            exchange = _topic(ours, names["exchange"])
+            before = _smembers_calls(server.url)
+            for i in range(3):
+                producer.publish({"i": i}, exchange=exchange, routing_key="svc.a",
+                                 serializer="json")
+            assert _smembers_calls(server.url) - before == 3
+            assert ours.default_channel.binding_tracking is False
+            assert len(_all(ours, names["q1"])) == 3
+    finally:
+        server.stop()
+
+
+def test_a_lost_watch_connection_is_replaced(redis_url, names):
+    """When the watch connection dies, publishes read the bindings, then a new watch starts."""
+    import redis
+
+    with connect(redis_url) as ours, Connection(redis_url) as other:
+        channel = ours.default_channel
+        channel.WATCHER_RETRY = 0.0  # open the new one at the next publish
+        _bind(other, names["exchange"], names["q1"], "svc.*")
+        producer = Producer(channel)
+        exchange = _topic(ours, names["exchange"])
+        producer.publish({"n": 1}, exchange=exchange, routing_key="svc.a", serializer="json")
+        lost = channel._watcher
+        admin = redis.Redis.from_url(redis_url)
+        try:  # only this test's own watch connection
+            admin.client_kill_filter(_id=lost.client_id)
+        finally:
+            admin.close()
+        _bind(other, names["exchange"], names["q2"], "svc.a")
+        producer.publish({"n": 2}, exchange=exchange, routing_key="svc.a", serializer="json")
+        producer.publish({"n": 3}, exchange=exchange, routing_key="svc.a", serializer="json")
+        assert channel._watcher is not None and channel._watcher is not lost
+        assert [m.payload for m in _all(other, names["q2"])] == [{"n": 2}, {"n": 3}]

@@ -32,7 +32,7 @@ from busapp import config, names
 from busapp.errors import InternalError
 from busapp.runtime.cluster import dead_letter_name
 from busapp.transport.base import Delivery, QueueSpec, Transport
-from busapp.transport.embedded import _private_socket_dir
+from busapp.transport.embedded_state import _private_socket_dir
 
 COUNT_HEADER = names.COUNT_HEADER
 #: The count's signature (see the module docstring).

@@ -3,6 +3,7 @@ and the pytest plugin's fixtures (:mod:`busapp.testing.plugin`)."""
 
 from __future__ import annotations
 
-from busapp.testing.client import HandlerError, NoRouteError, Published, TestClient
+from busapp.testing.client import NoRouteError, TestClient
+from busapp.testing.support import HandlerError, Published
 
 __all__ = ["HandlerError", "NoRouteError", "Published", "TestClient"]

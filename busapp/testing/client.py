@@ -33,20 +33,21 @@ Differences from a broker, all meant to make tests fail fast and clearly:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import contextvars
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import attrs
 
 from busapp.core import wire
 from busapp.client.sync import Client
 from busapp.core.pipeline import IncomingMessage
 from busapp.entrypoints.storage_event import Subscription
 from busapp.storage.client import StorageClient
-from busapp.testing.listener import Listener
+from busapp.testing.support import ClientPerThread, HandlerError, Listener, Published
 from busapp.storage.service import make_app
 from busapp.transport.base import QueueSpec
 from busapp.transport.memory import MemoryBroker, MemoryTransport, NoRouteError, topic_matches
@@ -57,28 +58,6 @@ __all__ = ["HandlerError", "NoRouteError", "Published", "TestClient"]
 #: Handler errors raised under the test's current top-level call (None outside one).
 _COLLECTOR: contextvars.ContextVar[list[HandlerError] | None] = contextvars.ContextVar(
     "busapp_testing_collector", default=None)
-
-
-@attrs.frozen
-class Published:
-    """One message published on the test bus: a notification or a plain message.
-
-    ``kind`` is ``"notify"`` (JSON-RPC notification) or ``"publish"`` (plain
-    JSON such as a storage event); ``body`` is the decoded JSON body.
-    """
-
-    routing_key: str
-    body: Any
-    kind: str
-
-
-@attrs.frozen
-class HandlerError:
-    """An exception raised by a handler that had no caller to answer (event or notification)."""
-
-    routing_key: str
-    consumer: str
-    exception: BaseException
 
 
 class TestClient:
@@ -113,6 +92,10 @@ class TestClient:
         if isinstance(key, str) and keyring is not None and key in keyring:
             key = keyring.key(key)
         self.bus = Client(self.url, self.exchange, key=key)
+        self._key = key
+        #: Clients no call is using now (:meth:`_calling`); :attr:`bus` is the first.
+        self._idle: collections.deque[Client] = collections.deque([self.bus])
+        self._extra: list[Client] = []  # made for threads calling at once; closed by close()
         #: Services served on this client, in registration order.
         self.services: list[Any] = []
         self.service_name = "test"
@@ -161,6 +144,8 @@ class TestClient:
             raise TypeError("register() takes an App or a CommissaireService subclass, "
                             f"got {target!r}")
         service = service_class(*args, **kwargs)
+        if getattr(service, "_client", True) is None:  # no client of its own yet
+            service._client = ClientPerThread(service)
         self._check_queues(service)
         self._attach(service)
         return service
@@ -221,7 +206,8 @@ class TestClient:
             RequestTimeout: the handler took longer than ``timeout`` (as on a broker).
         """
         params = wire.params_from(args, kwargs)
-        response = self._run(self.bus.request, self.routing_key(method), params, timeout)
+        with self._calling() as bus:
+            response = self._run(bus.request, self.routing_key(method), params, timeout)
         error = wire.error_from_response(response)
         if error is not None:
             raise error from self._causes.pop(str(response.get("id")), None)
@@ -229,7 +215,8 @@ class TestClient:
 
     def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
         """Send a request and return the whole JSON-RPC response dict (Commissaire's form)."""
-        response = self._run(self.bus.request, self.routing_key(routing_key), params, timeout)
+        with self._calling() as bus:
+            response = self._run(bus.request, self.routing_key(routing_key), params, timeout)
         self._causes.pop(str(response.get("id")), None)
         return response
 
@@ -257,11 +244,33 @@ class TestClient:
 
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification; every consumer has handled it when this returns."""
-        self._run(self.bus.notify, self.routing_key(method), *args, **kwargs)
+        with self._calling() as bus:
+            self._run(bus.notify, self.routing_key(method), *args, **kwargs)
 
     def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """Publish a plain JSON message (e.g. a storage event) to every matching subscription."""
-        self._run(self.bus.publish, routing_key, body)
+        with self._calling() as bus:
+            self._run(bus.publish, routing_key, body)
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[Client]:
+        """A Client for one call: :attr:`bus` unless another thread's call is using it.
+
+        A Client publishes under a lock, and on the in-memory transport a publish runs the
+        whole call (handler, reply) before it returns: threads sharing one Client would
+        take turns, each waking the next. So a call takes an idle Client, and threads
+        calling at once get one each (made on first need, kept for the next call).
+        """
+        try:
+            bus = self._idle.pop()  # deque.pop/append are atomic: no lock to contend for
+        except IndexError:
+            bus = Client(self.url, self.exchange, key=self._key)
+            with self._lock:
+                self._extra.append(bus)
+        try:
+            yield bus
+        finally:
+            self._idle.append(bus)
 
     def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         token = _COLLECTOR.set([])
@@ -359,9 +368,17 @@ class TestClient:
                 self._workers.pop().detach()
             except Exception as exc:  # noqa: BLE001 - the other services still shut down
                 errors.append(exc)
+        for service in self.services:
+            client = getattr(service, "_client", None)
+            if isinstance(client, ClientPerThread):
+                client.close()
         if self.storage_app is not None:
             self.storage_app.store.close()
         self.bus.close()
+        with self._lock:
+            extra, self._extra = self._extra, []
+        for bus in extra:
+            bus.close()
         MemoryBroker.forget(self.url)
         if errors:
             raise errors[0]

@@ -54,7 +54,10 @@ def transport_options(url: str) -> dict[str, Any]:
             "unacked_mutex_expire": 10,
             # Scan for expired unacked messages every 2nd idle poll, not every 10th.
             "unacked_restore_throttle": 2,
-            # Off unless asked for: see busapp.transport.redis.Channel.binding_cache_ttl.
+            # Bindings are read again only when Redis says they changed (0: on every
+            # publish): see busapp.transport.redis.Channel.binding_tracking.
+            "binding_tracking": config.get("binding_tracking"),
+            # Without tracking, off unless asked for: see Channel.binding_cache_ttl.
             "binding_cache_ttl": config.get("binding_cache_ttl"),
             # Set in worker processes by the manager (see busapp.transport.redis.QoS).
             "unacked_owner": config.get("unacked_owner"),

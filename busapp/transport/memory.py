@@ -68,7 +68,7 @@ class _Queue:
     def __init__(self, name: str) -> None:
         self.name = name
         self.consumers: list[Callable[[Delivery], None]] = []
-        self.waiting: collections.deque[Delivery] = collections.deque()
+        self.waiting: collections.deque[_Waiting] = collections.deque()
         self.turn = itertools.count()
 
     def consumer(self) -> Callable[[Delivery], None] | None:
@@ -82,6 +82,36 @@ class _Queue:
             if not getattr(consumer, "full", False):
                 return consumer
         return None
+
+
+class _Waiting:
+    """A message in a queue's backlog, and whether its delivery is over."""
+
+    __slots__ = ("delivery", "done", "event")
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.done = False
+        self.event: threading.Event | None = None
+
+    def finish(self) -> None:
+        """Its consumer has returned (and what that published has been delivered)."""
+        self.done = True  # before reading the event: see wait_if_taken
+        event = self.event
+        if event is not None:
+            event.set()
+
+    def wait_if_taken(self, queue: _Queue) -> None:
+        """Wait until the delivery is over if another thread took it from ``queue``.
+
+        So a publish returns after its message was handled even when another thread's pump
+        took it first. A message still in the backlog (no consumer yet) is not waited for.
+        """
+        if self.done or self in queue.waiting:
+            return
+        self.event = event = threading.Event()  # before reading done: see finish
+        if not self.done:
+            event.wait()
 
 
 class MemoryBroker:
@@ -152,13 +182,23 @@ class MemoryBroker:
         return route
 
     def put(self, queue: _Queue, delivery: Delivery) -> None:
-        """Queue ``delivery``: delivered now, or after the message this thread is handling."""
+        """Queue ``delivery``: delivered now, or after the message this thread is handling.
+
+        Delivered now, it has been handled when this returns, whichever thread handled it.
+        """
         frames = getattr(self._local, "frames", None)
         if frames and delivery.reply_to is None:
             frames[-1].append((queue, delivery))  # handled after the message in hand
             return
-        queue.waiting.append(delivery)
+        if not queue.waiting:
+            consumer = queue.consumer()
+            if consumer is not None:  # nothing older waits: no need to queue it
+                self._deliver(consumer, delivery)
+                return
+        item = _Waiting(delivery)
+        queue.waiting.append(item)
         self._pump(queue)
+        item.wait_if_taken(queue)
 
     def give_back(self, deliveries: list[Delivery]) -> None:
         """Put unacknowledged ``deliveries`` back at the head of their queues, in this order,
@@ -169,7 +209,7 @@ class MemoryBroker:
             if queue is None:  # deleted since: the message went with it
                 continue
             queue.waiting.appendleft(
-                attrs.evolve(delivery, redelivered=True, ack=None, requeue=None))
+                _Waiting(attrs.evolve(delivery, redelivered=True, ack=None, requeue=None)))
             touched[queue.name] = queue
         for queue in touched.values():
             self.pump_soon(queue)
@@ -183,16 +223,22 @@ class MemoryBroker:
             self._pump(queue)
 
     def _pump(self, queue: _Queue) -> None:
-        """Deliver ``queue``'s waiting messages, oldest first, while it has a consumer."""
+        """Deliver ``queue``'s waiting messages, oldest first, while it has a consumer.
+
+        Threads may pump one queue at once: a message goes to whichever takes it first.
+        """
         while queue.waiting:
             consumer = queue.consumer()
             if consumer is None:
                 return
             try:
-                delivery = queue.waiting.popleft()
+                item = queue.waiting.popleft()
             except IndexError:  # another thread took it
                 return
-            self._deliver(consumer, delivery)
+            try:
+                self._deliver(consumer, item.delivery)
+            finally:
+                item.finish()
 
     def _deliver(self, consumer: Callable[[Delivery], None], delivery: Delivery) -> None:
         frames = getattr(self._local, "frames", None)
@@ -208,11 +254,14 @@ class MemoryBroker:
             return
         # Everything the consumer published joins its queues first, then each is pumped:
         # so every queue sees its messages in the order they were published.
-        for queue, later in held:
-            if later is not None:  # None: only pump (a message was given back, or acked)
-                queue.waiting.append(later)
+        # None: only pump (a message was given back, or acked).
+        items = [(queue, _Waiting(later)) for queue, later in held if later is not None]
+        for queue, item in items:
+            queue.waiting.append(item)
         for queue in dict.fromkeys(q for q, _ in held):
             self._pump(queue)
+        for queue, item in items:
+            item.wait_if_taken(queue)
 
     def consume(self, queue: str, callback: Callable[[Delivery], None]) -> None:
         q = self.queue(queue)

@@ -10,14 +10,19 @@ What changes, measured with py-spy on an echo RPC (see BENCHMARKS.md):
   callbacks each time. A channel here keeps one (it is thread-safe: every command takes a
   connection from the channel's pool) and makes a new one only when the pool is replaced.
 - kombu reads the topic exchange's bindings (``SMEMBERS _kombu.binding.<exchange>``) on
-  every publish: one extra round trip per request. A channel here keeps each exchange's
-  table for ``binding_cache_ttl`` seconds (transport option, default 0 = off, because a
-  queue bound elsewhere can miss messages behind it; :meth:`Channel.forget_bindings` skips
-  it for one publish, as event publishes do) and, when on, reads it again at once when a
-  routing key matches nothing in the cached table, or when this channel binds or deletes a
-  queue. So a service that just started gets its first request; what the cache can delay,
-  by at most the TTL, is a *further* queue bound elsewhere to keys that already match (it
-  misses messages published in that window), and the removal of a binding deleted elsewhere.
+  every publish, and matches every one with a regex: one extra round trip per request, and
+  a cost that grows with the exchange (1,000 other bindings made a call 0.36x as fast). A
+  channel here keeps each exchange's bindings indexed by the shape of their keys
+  (:mod:`busapp.transport._bindings`: the same answer as kombu's, at the cost of the
+  bindings that could match) and reads them again only when Redis says the set changed
+  (:mod:`busapp.transport._tracking`: client-side caching in broadcast mode, one extra
+  connection per publishing channel), whichever process changed it. A request sees the
+  change as soon as its message has arrived (at once on loopback); an event publish
+  (:meth:`Channel.forget_bindings`) waits for a ``PING``'s answer first, so a queue bound
+  a moment ago anywhere gets it. A routing key that matches nothing makes a request read
+  the bindings themselves before it is refused. On a server without client tracking
+  every publish reads the bindings, as in kombu, unless ``binding_cache_ttl`` (transport
+  option, default 0 = off) lets requests reuse them that long.
 - kombu's ack emulation (``ZADD``+``HSET`` on delivery, ``ZREM``+``HDEL`` on ack) runs each
   pair in a ``MULTI``/``EXEC`` transaction. Here the pairs are sent as plain pipelines, one
   round trip each as before, without the transaction's two extra commands. Nothing reads
@@ -46,6 +51,8 @@ from kombu.transport.virtual import exchange as _vexchange
 from kombu.utils import json as _kjson
 
 from busapp.errors import NoRouteError
+from busapp.transport._bindings import BindingIndex
+from busapp.transport._tracking import BindingWatcher
 from busapp.transport.base import is_reply_queue
 from busapp.transport.memory import topic_matches
 
@@ -127,8 +134,24 @@ class TopicExchange(_vexchange.TopicExchange):
         return {queue for key, _, queue in table if topic_matches(key, routing_key)}
 
 
+class _Table:
+    """An exchange's bindings as a channel read them, and what says they are still current."""
+
+    __slots__ = ("index", "members", "topic", "watcher", "generation", "expires", "just_read")
+
+    def __init__(self, index: BindingIndex, members: frozenset[bytes], topic: bool,
+                 watcher: BindingWatcher | None, generation: Any, expires: float) -> None:
+        self.index = index
+        self.members = members  # as SMEMBERS returned them
+        self.topic = topic
+        self.watcher = watcher        # current while its generation of the key is unchanged
+        self.generation = generation
+        self.expires = expires        # without a watcher: current until then (the TTL, or 0)
+        self.just_read = True
+
+
 class Channel(_kredis.Channel):
-    """kombu's Redis channel with one reused client and a short-lived binding cache."""
+    """kombu's Redis channel with one reused client and indexed, watched bindings."""
 
     QoS = QoS
     Message = Message
@@ -139,16 +162,21 @@ class Channel(_kredis.Channel):
         (busapp declares no other kind; kombu's default, direct, ignores patterns)."""
         return super().typeof(exchange, default)
 
-    #: Seconds a topic/direct exchange's binding table is reused (0, the default: read it on
-    #: every publish). Opt in with the ``binding_cache_ttl`` transport option or
-    #: ``$BUSAPP_BINDING_CACHE_TTL``: it saves a round trip per request, but a queue bound
-    #: elsewhere to keys that an older binding (even a stale one) already matches misses up
-    #: to that long of requests.
+    #: Keep each exchange's bindings until Redis says they changed (transport option
+    #: ``binding_tracking``; see :mod:`busapp.transport._tracking`). Off, or on a server
+    #: without client tracking, every publish reads them (or see :attr:`binding_cache_ttl`).
+    binding_tracking: bool = True
+
+    #: Without the binding watch only: seconds a topic/direct exchange's bindings are reused
+    #: (0, the default: read them on every publish). Opt in with the ``binding_cache_ttl``
+    #: transport option or ``$BUSAPP_BINDING_CACHE_TTL``: it saves a round trip per request,
+    #: but a queue bound elsewhere to keys that an older binding (even a stale one) already
+    #: matches misses up to that long of requests.
     binding_cache_ttl: float = 0.0
 
     # kombu leaves it unannotated, so mypy takes the base's tuple for a fixed-length one
     from_transport_options = _kredis.Channel.from_transport_options + (  # type: ignore[assignment]
-        "binding_cache_ttl", "max_entry_bytes", "unacked_owner")
+        "binding_cache_ttl", "binding_tracking", "max_entry_bytes", "unacked_owner")
 
     #: ``<host>.<pid>`` of the worker process consuming on this channel (see :class:`QoS`).
     unacked_owner: str | None = None
@@ -160,7 +188,12 @@ class Channel(_kredis.Channel):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_client: Any = None
-        self._tables: dict[str, tuple[float, Any]] = {}
+        #: exchange -> its bindings as last read (see :meth:`_current_bindings`)
+        self._tables: dict[str, _Table] = {}
+        #: exchanges whose next publish must see every binding change made before it
+        self._fresh: set[str] = set()
+        self._watcher: BindingWatcher | None = None
+        self._watcher_retry = 0.0  # monotonic time before which no watcher is opened again
         super().__init__(*args, **kwargs)
 
     # -- one client per pool -------------------------------------------------------------
@@ -176,34 +209,96 @@ class Channel(_kredis.Channel):
 
     def _disconnect_pools(self) -> None:
         self._sync_client = None
+        self._drop_watcher()
         super()._disconnect_pools()
 
-    # -- the binding cache ---------------------------------------------------------------
+    # -- bindings: indexed, read again only after a change ---------------------------------
 
-    def get_table(self, exchange: str) -> Any:
-        ttl = self.binding_cache_ttl
-        if not ttl:
-            return super().get_table(exchange)
-        now = monotonic()
-        cached = self._tables.get(exchange)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        table = super().get_table(exchange)
-        self._tables[exchange] = (now + ttl, table)
+    def _route(self, exchange: str, routing_key: str, topic: bool) -> frozenset[str]:
+        """The queues bound to ``routing_key`` on ``exchange`` (a topic or direct one)."""
+        fresh = exchange in self._fresh
+        self._fresh.discard(exchange)
+        table = self._current_bindings(exchange, topic, fresh)
+        found = table.index.lookup(routing_key)
+        if not found and not fresh and not table.just_read:
+            # A request for a service that just started: read the bindings themselves
+            # before calling it unroutable (its invalidation may still be on the way).
+            table = self._read_bindings(exchange, topic, self._watcher)
+            found = table.index.lookup(routing_key)
+        return found
+
+    def _current_bindings(self, exchange: str, topic: bool, fresh: bool) -> _Table:
+        """``exchange``'s bindings, read again only if they may have changed since.
+
+        ``fresh``: every change made before this call must be seen (an event publish).
+        """
+        watcher = self._binding_watcher()
+        if watcher is not None:
+            try:
+                watcher.sync() if fresh else watcher.poll()
+            except Exception as exc:  # noqa: BLE001 - read the table itself from now on
+                self._drop_watcher(exc)
+                watcher = None
+        table = self._tables.get(exchange)
+        if table is not None and table.topic == topic:
+            if watcher is not None and table.watcher is watcher:
+                if table.generation == watcher.generation(self.keyprefix_queue % exchange):
+                    table.just_read = False
+                    return table
+            elif watcher is None and not fresh and table.expires > monotonic():
+                table.just_read = False
+                return table
+        return self._read_bindings(exchange, topic, watcher)
+
+    def _read_bindings(self, exchange: str, topic: bool, watcher: Any) -> _Table:
+        key = self.keyprefix_queue % exchange
+        generation = watcher.generation(key) if watcher is not None else None
+        with self.conn_or_acquire() as client:  # after noting the generation
+            members = frozenset(client.smembers(key))
+        old = self._tables.get(exchange)
+        if old is not None and old.members == members and old.topic == topic:
+            index = old.index  # unchanged (a publish without the watch reads every time)
+        else:  # the rows kombu's get_table makes of them
+            rows = [tuple(_kredis.bytes_to_str(m).split(self.sep)) for m in members]
+            index = BindingIndex(rows, topic)
+        table = _Table(index, members, topic, watcher, generation,
+                       monotonic() + self.binding_cache_ttl)
+        self._tables[exchange] = table
         return table
 
-    def _lookup_cached(self, exchange: str, routing_key: str, default: Any = None) -> Any:
-        if exchange and self.binding_cache_ttl and exchange in self._tables:
-            try:
-                found = self.typeof(exchange).lookup(
-                    self.get_table(exchange), exchange, routing_key, default)
-            except KeyError:
-                found = None
-            if found:
-                return found
-            # Nothing matched the cached table: a queue may have been bound since. Look again.
-            self._tables.pop(exchange, None)
-        return super()._lookup(exchange, routing_key, default)
+    def _binding_watcher(self) -> BindingWatcher | None:
+        watcher = self._watcher
+        if watcher is not None:
+            if watcher.usable:
+                return watcher
+            self._watcher = None  # a forked child: the socket is the parent's
+        if not self.binding_tracking or monotonic() < self._watcher_retry:
+            return None
+        try:
+            watcher = BindingWatcher.start(self.pool)
+        except Exception as exc:  # noqa: BLE001 - try again later; read tables meanwhile
+            self._watcher_retry = monotonic() + self.WATCHER_RETRY
+            _log.debug("could not open the binding watch connection", error=str(exc))
+            return None
+        if watcher is None:  # the server cannot track keys: never ask again
+            self.binding_tracking = False
+            _log.info("Redis has no client tracking (CLIENT TRACKING, Redis >= 6): each "
+                      "publish reads its exchange's bindings")
+        self._watcher = watcher
+        return watcher
+
+    def _drop_watcher(self, exc: BaseException | None = None) -> None:
+        watcher, self._watcher = self._watcher, None
+        self._tables.clear()
+        if watcher is not None:
+            watcher.close()
+        if exc is not None:
+            self._watcher_retry = monotonic() + self.WATCHER_RETRY
+            _log.warning("binding watch connection failed; reading bindings on each publish "
+                         "until it is open again", error=str(exc) or type(exc).__name__)
+
+    #: Seconds before a lost binding watch connection is opened again.
+    WATCHER_RETRY = 1.0
 
     def publish_request(self, message: Any, exchange: str, routing_key: str) -> None:
         """Publish a request; raise :class:`~busapp.errors.NoRouteError` if no queue is bound
@@ -217,10 +312,15 @@ class Channel(_kredis.Channel):
     _must_route = False
 
     def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
-        found = self._lookup_cached(exchange, routing_key, default)
+        kind = self.typeof(exchange).type if exchange else None
+        if kind not in ("topic", "direct"):  # the anonymous exchange, fanout: kombu's way
+            return super()._lookup(exchange, routing_key, default)
+        found = self._route(exchange, routing_key, kind == "topic")
         if not found and self._must_route:
             raise NoRouteError(f"no queue is bound to {routing_key!r} on exchange {exchange!r}: "
                                f"no service consumes it")
+        if not found and (default if default is not None else self.deadletter_queue):
+            return super()._lookup(exchange, routing_key, default)  # kombu's dead-letter path
         return found
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
@@ -232,13 +332,14 @@ class Channel(_kredis.Channel):
         super()._delete(queue, *args, **kwargs)
 
     def forget_bindings(self, exchange: str) -> None:
-        """Read ``exchange``'s bindings afresh on the next publish.
+        """Have the next publish on ``exchange`` see every binding change made before it.
 
         For fan-out publishes (storage events): a subscriber that bound its queue a
-        moment ago must get the next event, even when older subscribers' bindings
-        already match the key and so would not trigger a fresh read.
+        moment ago, in any process, must get the next event. With the binding watch on,
+        this costs the next publish one ``PING`` (:meth:`BindingWatcher.sync`), not a
+        read of the whole table.
         """
-        self._tables.pop(exchange, None)
+        self._fresh.add(exchange)
 
     # -- entries that are not kombu messages ---------------------------------------------
 

@@ -136,7 +136,7 @@ def _bus_url(request: pytest.FixtureRequest, kind: str, token: str) -> str:
 def _clean_redis(bus: Bus) -> None:
     import redis
 
-    from busapp.transport.embedded import _socket_of_url
+    from busapp.transport.embedded_state import _socket_of_url
 
     socket_path = _socket_of_url(bus.url)
     client = (redis.Redis(unix_socket_path=str(socket_path)) if socket_path
