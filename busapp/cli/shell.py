@@ -105,5 +105,17 @@ def _interact(namespace: dict[str, Any], banner: str, plain: bool) -> None:
             click.echo(banner, err=True)
             ipython.start_ipython(argv=["--no-banner"], user_ns=namespace)
             return
-    sys.ps1, sys.ps2 = ">>> ", "... "
-    code.interact(banner=banner, local=namespace, exitmsg="")
+    if sys.stdin.isatty():
+        sys.ps1, sys.ps2 = ">>> ", "... "
+        code.interact(banner=banner, local=namespace, exitmsg="")
+    else:  # lines piped in (a script, a test): just their output
+        sys.ps1 = sys.ps2 = ""
+        _Piped(namespace).interact(banner=banner, exitmsg="")
+
+
+class _Piped(code.InteractiveConsole):
+    """Python's shell fed by a pipe: no prompts, and no newline after the last line."""
+
+    def write(self, data: str) -> None:
+        if data != "\n":  # what interact() writes at the end of input, for a terminal
+            super().write(data)
