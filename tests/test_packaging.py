@@ -46,7 +46,7 @@ def test_reload_without_watchfiles_names_the_extra(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "watchfiles", None)
     with pytest.raises(MissingExtra, match=r"^busapp run --reload needs watchfiles: "
                                            r"pip install 'busapp\[reload\]'"):
-        run_with_reload("nothing:app", ROOT, "memory://", {})
+        run_with_reload(["nothing:app"], [ROOT], "memory://", {})
 
 
 def test_a_missing_module_gives_the_plain_line(monkeypatch: pytest.MonkeyPatch) -> None:

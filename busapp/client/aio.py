@@ -35,9 +35,9 @@ from typing import Any
 import structlog
 
 from busapp import names
-from busapp.core import wire
 from busapp.client.replies import reply_key
 from busapp.client.sync import DEFAULT_TIMEOUT, WAIT_HOOK, Client
+from busapp.core import tracing, wire
 from busapp.errors import BrokerUnavailable, RequestTimeout
 from busapp.transport import is_memory, mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
@@ -136,11 +136,11 @@ class AsyncClient:
         """Send a notification (no id, no reply); returns once it is published."""
         method = wire.call_method(routing_key)
         params = wire.params_from(args, kwargs, single_container=True)
-        await self._publish(wire.encode_request(method, params), routing_key)
+        await self._publish(wire.encode_request(method, params), routing_key, **tracing.carried())
 
     async def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """Publish a plain JSON body on the exchange (e.g. a storage event)."""
-        await self._publish(body, routing_key, persistent=persistent)
+        await self._publish(body, routing_key, persistent=persistent, **tracing.carried())
 
     async def _publish(self, body: Any, routing_key: str, **props: Any) -> None:
         self._check_open()

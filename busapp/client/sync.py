@@ -216,7 +216,8 @@ class Client(BusMixin):
         """Send a notification: the service handles it and sends no reply."""
         method = wire.call_method(routing_key)
         params = wire.params_from(args, kwargs, single_container=True)
-        self._publish(wire.encode_request(method, params), routing_key, exchange=self.exchange_name)
+        self._publish(wire.encode_request(method, params), routing_key, exchange=self.exchange_name,
+                      **tracing.carried())
 
     def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """Publish a plain JSON body on the exchange (e.g. a storage event) to every subscriber.
@@ -224,7 +225,8 @@ class Client(BusMixin):
         Unlike a request, this reads the exchange's bindings afresh (busapp's Redis
         transport can cache them briefly), so a subscriber bound a moment ago is not missed.
         """
-        self._publish(body, routing_key, exchange=self.exchange_name, persistent=persistent)
+        self._publish(body, routing_key, exchange=self.exchange_name, persistent=persistent,
+                      **tracing.carried())
 
     def publish_reply(self, reply_to: str, response: dict | bytes, correlation_id: Any = None,
                       *, key: Any = "own") -> None:

@@ -97,14 +97,14 @@ class Router(Scaffold):
     def register_on(self, target: Any) -> None:
         """Add everything recorded here to ``target`` (an App); see :meth:`Scaffold.include`."""
         self._check_clashes(target)
+        for dep in self.dependencies.values():  # first: the handlers below may take them
+            target.add_dependency(dep.provider, dep.name, scope=dep.scope)
         for name, (func, options) in self.methods.items():
             target.add_method(func, name, **options)
             self._scope_middleware(target, ("call", name))
         for func, model, event in self.storage_handlers:
             target.add_storage_handler(func, model, event)
             self._scope_middleware(target, event_key(func, model, event))
-        for dep in self.dependencies.values():
-            target.add_dependency(dep.provider, dep.name, scope=dep.scope)
         target.startup_hooks.extend(self.startup_hooks)
         target.shutdown_hooks.extend(self.shutdown_hooks)
 

@@ -154,12 +154,13 @@ class MetricsEndpoint:
         """What one worker process of ``service`` records through (made in the worker)."""
         return WorkerMetrics(service)
 
-    def worker_died(self, pid: int) -> None:
-        """Forget a dead worker's live gauges and count its restart."""
+    def worker_died(self, pid: int, service: str | None = None) -> None:
+        """Forget a dead worker's live gauges and count its restart (``service``: the one it
+        served, default :attr:`service`)."""
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, self.directory)
-        _metrics()["restarts"].labels(self.service).inc()
+        _metrics()["restarts"].labels(service or self.service).inc()
 
     def close(self) -> None:
         """Stop serving and remove the directory (if this endpoint made it)."""

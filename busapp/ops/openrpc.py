@@ -3,10 +3,13 @@
 OpenRPC is the schema standard made for JSON-RPC. The document lists each method
 with its params and result as JSON Schema (draft 7, which OpenRPC 1.3 uses), built
 from the handler's type hints: ``int``, ``float``, ``str``, ``bool``, ``None``,
-``list[X]``, ``dict[str, X]``, ``tuple[...]``, ``X | None`` / ``Optional[X]``,
-``Literal``, enums, dates, and attrs classes (busapp models among them) as schema
-components referenced by ``$ref``; parameter defaults become ``default``. Every
-method lists the error codes of the wire contract. No I/O.
+``list[X]``, ``set[X]``, ``dict[str, X]``, ``tuple[...]``, unions and ``Optional[X]``,
+``Literal``, enums, dates and times, UUID, Decimal, bytes, and attrs classes (busapp
+models among them) as schema components referenced by ``$ref``; parameter defaults
+become ``default``. Every method lists the error codes of the wire contract. No I/O.
+
+Each schema says what :mod:`busapp.core.convert` accepts and returns for that type
+(a test generates values from every schema of a wide App and round-trips them).
 
 No library is used for the mapping: the ones that generate JSON Schema from type
 hints know dataclasses or their own models, not attrs classes, and this one follows
@@ -21,6 +24,7 @@ import decimal
 import enum
 import inspect
 import json
+import pathlib
 import types
 import typing
 import uuid
@@ -48,7 +52,6 @@ _SIMPLE: dict[Any, dict[str, Any]] = {
     int: {"type": "integer"},
     float: {"type": "number"},
     str: {"type": "string"},
-    bytes: {"type": "string"},
     type(None): {"type": "null"},
     list: {"type": "array"},
     dict: {"type": "object"},
@@ -56,7 +59,10 @@ _SIMPLE: dict[Any, dict[str, Any]] = {
     datetime.date: {"type": "string", "format": "date"},
     datetime.time: {"type": "string", "format": "time"},
     uuid.UUID: {"type": "string", "format": "uuid"},
-    decimal.Decimal: {"type": "string"},
+    decimal.Decimal: {"type": "string", "format": "decimal",
+                      "pattern": r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$"},
+    bytes: {"type": "string", "contentEncoding": "base64"},
+    pathlib.Path: {"type": "string"},
 }
 _ARRAYS = (list, set, frozenset, collections.abc.Sequence, collections.abc.Set,
            collections.abc.MutableSequence, collections.abc.Iterable)
@@ -94,7 +100,10 @@ class Schemas:
                 schema["uniqueItems"] = True
             return schema
         if origin in _MAPPINGS:
-            return {"type": "object", "additionalProperties": self.of(args[1]) if args else {}}
+            schema = {"type": "object", "additionalProperties": self.of(args[1]) if args else {}}
+            if args and args[0] not in (str, Any):  # keys that are strings of a kind
+                schema["propertyNames"] = self.of(args[0])
+            return schema
         if isinstance(hint, type):
             return self._of_class(hint)
         return {}
@@ -128,6 +137,8 @@ class Schemas:
             key = field.alias or field.name
             declared = field.type if isinstance(field.type, type) else Any
             prop = self.of(hints.get(field.name, declared))
+            if field.name == getattr(cls, "_primary_key", None):  # a model's key: non-empty
+                prop = dict(prop, minLength=1)
             if field.default is attrs.NOTHING:
                 required.append(key)
             elif not isinstance(field.default, _FACTORY) and _jsonable(field.default):

@@ -48,6 +48,7 @@ class AppService(CommissaireService):
             context = self._context(message)
             handler.call({"event": event, "model": model}, context)
 
+        on_event.__name__ = entry.handler.name  # what log lines and the banner call it
         return on_event
 
     def _lifespan_start(self) -> None:

@@ -364,6 +364,10 @@ class Lanes:
         try:
             transport.cancel()
             deadline = time.monotonic() + graceful_timeout
+            if self.in_flight > 0:  # say why stopping takes a while
+                log.info(f"waiting for {self.in_flight} in-flight message"
+                         f"{'s' if self.in_flight > 1 else ''} (up to {graceful_timeout:g} s)",
+                         in_flight=self.in_flight, graceful_timeout=graceful_timeout)
             while True:
                 while self.inbox:
                     self.inbox.popleft().requeue()

@@ -18,6 +18,7 @@ import structlog
 
 from busapp.core import tracing
 from busapp.core.pipeline import IncomingMessage, Outcome
+from busapp.errors import InternalError
 from busapp.log import quiet
 
 log = structlog.get_logger("busapp.worker")
@@ -85,35 +86,37 @@ class Observer:
         seconds = time.perf_counter() - scope.started
         response = outcome.response if outcome is not None else None
         error = response.get("error") if response is not None else None
-        failed = error is not None or (outcome is not None and outcome.error is not None)
+        code = error.get("code") if isinstance(error, dict) else None
+        if outcome is not None and outcome.error is not None and code is None:
+            code = getattr(outcome.error, "code", InternalError.code)  # nobody was answered
+        failed = code is not None
         try:
             scope.trace.close(response)
             if scope.kind == "call":
                 self.in_flight -= 1
                 self.handled += 1
-                if error is not None:
+                if failed:
                     self.errors += 1
                 if self.metrics is not None:
-                    self.metrics.call_finished(scope.label if known else None, error is None,
+                    self.metrics.call_finished(scope.label if known else None, not failed,
                                                seconds)
             if not quiet() and scope.kind != "control":
-                self._log_line(scope, message, response, error, failed, seconds)
+                self._log_line(scope, message, response, code, seconds)
         finally:
             structlog.contextvars.reset_contextvars(**scope.bound)
 
     @staticmethod
-    def _log_line(scope: Scope, message: IncomingMessage, response: dict | None, error: Any,
-                  failed: bool, seconds: float) -> None:
-        outcome = "error" if failed else "ok" if response or scope.kind != "call" \
+    def _log_line(scope: Scope, message: IncomingMessage, response: dict | None,
+                  code: int | None, seconds: float) -> None:
+        """One line per message: info, or warning when it failed and nobody was answered
+        (a notification, an event): that line is the only trace of the failure."""
+        outcome = "error" if code is not None else "ok" if response or scope.kind != "call" \
             else "notification"
-        fields = {"method": scope.label, "outcome": outcome,
-                  "code": error.get("code") if isinstance(error, dict) else None,
+        fields = {"method": scope.label, "outcome": outcome, "code": code,
                   "duration_ms": round(seconds * 1000, 3), "pid": _PID[0],
                   "correlation_id": message.correlation_id}
-        if scope.kind == "call":
-            log.info("call", **fields)
-        else:
-            log.info(scope.kind.replace("_", " "), **fields)
+        write = log.warning if code is not None and response is None else log.info
+        write("call" if scope.kind == "call" else scope.kind.replace("_", " "), **fields)
 
     def redelivered(self, dead: bool) -> None:
         """A redelivered message was counted (``dead``: and dead-lettered)."""

@@ -42,6 +42,9 @@ log = get_logger("busapp.worker")
 
 __all__ = ["Worker", "WorkerOptions"]
 
+#: The banner's section for each entrypoint kind (others: the kind, plural).
+_SECTIONS = {"call": "methods", "storage_event": "storage events"}
+
 
 class Worker:
     """Serves one service's queues on one broker connection (see the module docstring).
@@ -59,6 +62,9 @@ class Worker:
         self.on_handler_error: Callable[..., None] = self._log_handler_error
         #: Called once, when the worker first consumes (the manager's readiness signal).
         self.ready_callback: Callable[[], None] | None = None
+        #: List what it serves when it is first ready (the manager asks one worker of each
+        #: service to; see :meth:`banner`).
+        self.show_banner = bool(getattr(service, "show_banner", True))
         self.stopping = threading.Event()
         self.transport: Transport | None = None
         #: Watches time-limited handlers (only under :meth:`run`: the test client runs
@@ -290,9 +296,30 @@ class Worker:
         service = self.service
         keys = [binding for spec, pipeline in self._consumers()
                 if pipeline.entrypoint.kind != "control" for binding in spec.binding_keys]
+        banner = {"serves": self.banner()} if self.show_banner else {}
+        self.show_banner = False  # once: not again after a reconnection
         log.info("worker ready", pid=os.getpid(), service=service.service_name,
                  routing_keys=keys, exchange=service.exchange_name,
-                 broker=mask_url(service.connection_url), concurrency=self.options.concurrency)
+                 broker=mask_url(service.connection_url), concurrency=self.options.concurrency,
+                 **banner)
+
+    def banner(self) -> dict[str, list[str]]:
+        """What this worker serves, by kind: ``{"methods": [...], "storage events": [...]}``.
+
+        Read from its entrypoints (each one's ``describe()``, else its binding keys), so a
+        new kind of entrypoint is listed with no change here.
+        """
+        sections: dict[str, list[str]] = {}
+        for pipeline in dict.fromkeys(self._pipelines.values()):
+            entrypoint = pipeline.entrypoint
+            if entrypoint.kind == "control":
+                continue
+            describe = getattr(entrypoint, "describe", None)
+            lines = describe() if describe is not None else [
+                key for spec in entrypoint.queue_specs() for key in spec.binding_keys]
+            title = _SECTIONS.get(entrypoint.kind, entrypoint.kind.replace("_", " ") + "s")
+            sections.setdefault(title, []).extend(lines)
+        return sections
 
     def watchdog(self, in_flight: int) -> None:
         """Re-subscribe if this worker is idle while its queues are unbound or hold messages."""
