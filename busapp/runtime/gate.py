@@ -21,6 +21,7 @@ from typing import Any
 
 from busapp.errors import Refused, RemoteProcedureCallError, Unauthorized
 from busapp.log import get_logger
+from busapp.runtime.redelivery import retry_count
 from busapp.security import (
     DEFAULT_REPLAY_MEMORY,
     DEFAULT_REPLAY_WINDOW,
@@ -105,7 +106,11 @@ class Gate:
                             delivery.correlation_id, window=self.keyring.replay_window)
         except Unauthorized as exc:
             raise self._refuse(exc, routing_key, signed_by(headers), answer=answer) from None
-        if not self.replays.first_time(headers, queue=delivery.queue):
+        # A retried event's copies share its body and ids: each retry (counted by a worker,
+        # signed with the delivery key) is a message of its own, not a replay.
+        retried = retry_count(delivery, routing_key)
+        scope = f"{delivery.queue}#{retried}" if retried else delivery.queue
+        if not self.replays.first_time(headers, queue=scope):
             raise self._refuse(Unauthorized("replayed: this signed message was already taken",
                                             data={"key": key_id}), routing_key, key_id,
                                answer=False)

@@ -233,6 +233,15 @@ class ServiceManager:
             return str(app.name)
         return str((self.qkwargs or [{}])[0].get("name") or self.service_class.__name__.lower())
 
+    def _leftovers(self, pid: int) -> tuple[list[Any], str | None]:
+        """Worker ``pid``'s own queues and its App's timer lease (an App's service class says
+        which; another service has none)."""
+        leftovers = getattr(self.service_class, "leftovers", None)
+        queue = (self.qkwargs or [{}])[0].get("name")
+        if leftovers is None or not queue:
+            return [], None
+        return leftovers(str(queue), pid)
+
     def stop(self) -> None:
         """Ask :meth:`run` to stop all workers gracefully and return."""
         self._stopping.set()
@@ -277,8 +286,9 @@ class ServiceManager:
             slot.deaths += 1
             self._check_crash_loop(slot, code)
         if self.connection_url is not None:  # resolved by run() before any worker starts
+            own, lease = self._leftovers(slot.process.pid)
             release_dead_worker(self.connection_url, default_exchange(self.exchange_name),
-                                self._service_name(), slot.process.pid)
+                                self._service_name(), slot.process.pid, own, lease)
         if self.metrics is not None:
             self.metrics.worker_died(slot.process.pid)
         delay = backoff_delay(slot.deaths, self.max_backoff)

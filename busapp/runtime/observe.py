@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from busapp.core import tracing
-from busapp.core.pipeline import IncomingMessage, Outcome
+from busapp.core.pipeline import DEAD, REQUEUE, IncomingMessage, Outcome
 from busapp.log import quiet
 
 log = structlog.get_logger("busapp.worker")
@@ -36,6 +36,10 @@ class Metrics(Protocol):
     def call_finished(self, method: str | None, ok: bool, seconds: float) -> None: ...
 
     def redelivered(self, dead: bool) -> None: ...
+
+    def event_finished(self, handler: str | None, outcome: str, seconds: float) -> None: ...
+
+    def timer_finished(self, timer: str | None, ok: bool, seconds: float) -> None: ...
 
 
 class Scope:
@@ -96,16 +100,27 @@ class Observer:
                 if self.metrics is not None:
                     self.metrics.call_finished(scope.label if known else None, error is None,
                                                seconds)
+            elif self.metrics is not None and scope.kind in ("event", "timer"):
+                self._count(scope, outcome, failed, seconds)
             if not quiet() and scope.kind != "control":
-                self._log_line(scope, message, response, error, failed, seconds)
+                self._log_line(scope, message, response, error, failed, seconds, outcome)
         finally:
             structlog.contextvars.reset_contextvars(**scope.bound)
 
+    def _count(self, scope: Scope, outcome: Outcome | None, failed: bool, seconds: float) -> None:
+        assert self.metrics is not None
+        if scope.kind == "timer":
+            self.metrics.timer_finished(scope.label, not failed, seconds)
+        else:
+            self.metrics.event_finished(scope.label, settled(outcome, failed), seconds)
+
     @staticmethod
     def _log_line(scope: Scope, message: IncomingMessage, response: dict | None, error: Any,
-                  failed: bool, seconds: float) -> None:
+                  failed: bool, seconds: float, result: Outcome | None = None) -> None:
         outcome = "error" if failed else "ok" if response or scope.kind != "call" \
             else "notification"
+        if scope.kind == "event":
+            outcome = settled(result, failed)
         fields = {"method": scope.label, "outcome": outcome,
                   "code": error.get("code") if isinstance(error, dict) else None,
                   "duration_ms": round(seconds * 1000, 3), "pid": _PID[0],
@@ -119,3 +134,12 @@ class Observer:
         """A redelivered message was counted (``dead``: and dead-lettered)."""
         if self.metrics is not None:
             self.metrics.redelivered(dead)
+
+
+def settled(outcome: Outcome | None, failed: bool) -> str:
+    """How an event ended: ``ok``, ``retried`` (sent again later) or ``dead_lettered``."""
+    if outcome is not None and outcome.settle == REQUEUE:
+        return "retried"
+    if outcome is not None and outcome.settle == DEAD:
+        return "dead_lettered"
+    return "error" if failed else "ok"

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from busapp import names
 from busapp.core.options import WorkerOptions
-from busapp.core.pipeline import IncomingMessage
+from busapp.core.pipeline import REQUEUE, IncomingMessage, Outcome
 from busapp.entrypoints import control
 from busapp.entrypoints.base import Entrypoint
 from busapp.entrypoints.control import ControlEntrypoint
@@ -29,18 +30,29 @@ from busapp.entrypoints.rpc import RpcEntrypoint
 from busapp.entrypoints.storage_event import SubscriptionEntrypoint
 from busapp.log import get_logger
 from busapp.errors import BrokerUnavailable, RemoteProcedureCallError, Resubscribe
-from busapp.runtime.cluster import dead_letter_spec, declared_as, resolve_queue_type
+from busapp.runtime.cleanup import forget_own_queues
+from busapp.runtime.cluster import (
+    dead_letter_name,
+    dead_letter_spec,
+    declared_as,
+    resolve_queue_type,
+)
 from busapp.runtime.gate import Gate
 from busapp.runtime.lanes import Lanes
 from busapp.runtime.observe import Observer
 from busapp.runtime.pipeline import Pipeline
+from busapp.runtime.retry import Resender
 from busapp.runtime.timelimit import TimeLimits
+from busapp.runtime.timers import TimerScheduler
 from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
 log = get_logger("busapp.worker")
 
 __all__ = ["Worker", "WorkerOptions"]
+
+#: Seconds between two moves of due delayed messages back onto their queues (Redis).
+SWEEP_EVERY = 0.5
 
 
 class Worker:
@@ -74,7 +86,17 @@ class Worker:
         self._dead_declared: set[str] = set()
         self._ever_ready = False
         self._stalled_checks = 0
+        #: Pipelines of the entrypoints whose messages are made here: ``{timer name: Pipeline}``.
+        self.timer_pipelines: dict[str, Pipeline] = {}
         self._pipelines = self._make_pipelines()
+        #: Publishes the copies of messages to be sent again later or dead-lettered.
+        self.resender = Resender(service.connection_url,
+                                 self.gate.reply_key if self.gate is not None else None)
+        #: Runs the service's timers when this worker holds their lease (under :meth:`run`).
+        self.timers: TimerScheduler | None = None
+        self._delayed_queues = [spec.name for spec, pipeline in self._consumers()
+                                if getattr(pipeline.entrypoint, "requeues_later", False)]
+        self._next_sweep = 0.0
 
     # -- entrypoints and their queues ---------------------------------------------------------
 
@@ -87,7 +109,10 @@ class Worker:
         pipelines = {}
         for entrypoint in self._entrypoints():
             pipeline = Pipeline(entrypoint, self)
-            for spec in entrypoint.queue_specs():
+            specs = entrypoint.queue_specs()
+            if not specs and entrypoint.kind == "timer":
+                self.timer_pipelines[str(getattr(entrypoint, "name", ""))] = pipeline
+            for spec in specs:
                 pipelines[spec.name] = pipeline
         return pipelines
 
@@ -97,7 +122,7 @@ class Worker:
         consumers = []
         for pipeline in dict.fromkeys(self._pipelines.values()):
             for spec in pipeline.entrypoint.queue_specs():
-                if pipeline.entrypoint.kind != "control":
+                if not spec.auto_delete:  # a worker's own queue stays classic
                     spec = declared_as(spec, queue_type, self.options.max_deliveries)
                 consumers.append((spec, pipeline))
         return consumers
@@ -123,8 +148,17 @@ class Worker:
             if dead is not None:  # before its queue: the broker dead-letters into it
                 transport.declare_queue("", dead)
                 self._dead_declared.add(dead.name)
+            dead_queue = getattr(pipeline.entrypoint, "dead_letter_queue", None)
+            if dead_queue is not None and dead_queue not in self._dead_declared:
+                # Where the pipeline puts what it gives up on (a publish to a queue that does
+                # not exist is dropped), of the type the broker's own would be.
+                quorum = resolve_queue_type(self.options.queue_type) == "quorum"
+                transport.declare_queue("", QueueSpec(dead_queue, arguments={
+                    "x-queue-type": "quorum"} if quorum else None))
+                self._dead_declared.add(dead_queue)
             transport.declare_queue(exchange, spec)
-            transport.consume(spec.name, on_delivery or pipeline.serve)
+            callback: Callable[[Delivery], Any] = on_delivery or pipeline.serve
+            transport.consume(spec.name, callback)
 
     # -- what the pipelines ask of their worker ------------------------------------------------
 
@@ -136,20 +170,47 @@ class Worker:
         signing = {} if self.gate is None else {"key": key}
         self.service._bus_client().publish_reply(reply_to, response, correlation_id, **signing)
 
-    def settle(self, delivery: Delivery) -> None:
-        self.lanes.settle(delivery)
+    def settle(self, delivery: Delivery, *, requeue: bool = False) -> None:
+        self.lanes.settle(delivery, requeue=requeue)
+
+    def resend(self, message: IncomingMessage, outcome: Outcome) -> None:
+        if outcome.settle == REQUEUE:
+            self.resender.later(message, outcome.delay)
+        else:
+            queue = outcome.dead_letter_queue or dead_letter_name(message.raw.queue or "")
+            self.resender.dead(message, queue, outcome.error)
+
+    def sweep_due(self) -> None:
+        """Put the due delayed messages of this worker's queues back (Redis; twice a second
+        at most, from the thread holding the receiving role)."""
+        if not self._delayed_queues:
+            return
+        now = time.monotonic()
+        if now >= self._next_sweep and self.transport is not None:
+            self._next_sweep = now + SWEEP_EVERY
+            self.transport.move_due(self._delayed_queues)
 
     def declared_dead_letters(self) -> set[str]:
         return self._dead_declared
 
     def _status(self) -> dict[str, Any]:
         observer = self.observer
-        return control.status(control.service_name(self.service), observer.started_at,
-                              observer.handled, observer.errors, observer.in_flight)
+        status = control.status(control.service_name(self.service), observer.started_at,
+                                observer.handled, observer.errors, observer.in_flight)
+        if self.timers is not None:
+            status["timers"] = self.timers.report()
+        return status
 
     def _log_handler_error(self, kind: str, message: IncomingMessage, request: Any,
                            exc: BaseException) -> None:
-        if kind != "call":
+        if kind == "event":
+            log.error("event handler failed; event dead-lettered",
+                      routing_key=message.routing_key, queue=message.raw.queue,
+                      retries=message.retries, exc_info=exc)
+        elif kind == "timer":
+            log.error("timer failed; it runs again at its next tick",
+                      routing_key=message.routing_key, exc_info=exc)
+        elif kind != "call":
             log.error(f"{kind.replace('_', ' ')} handler failed; message dropped",
                       routing_key=message.routing_key, queue=message.raw.queue, exc_info=exc)
         elif isinstance(exc, RemoteProcedureCallError):
@@ -174,7 +235,29 @@ class Worker:
         raise)."""
         if self.transport is not None:
             self.transport.cancel()
+        self.resender.close()
         self._lifespan("stop")
+
+    def tick(self, name: str) -> Outcome | None:
+        """Run one tick of timer ``name`` now, through its pipeline (the test client's
+        ``client.tick``); what it came to.
+
+        Raises:
+            KeyError: the service has no timer ``name``.
+        """
+        pipeline = self.timer_pipelines.get(name)
+        if pipeline is None:
+            known = ", ".join(sorted(self.timer_pipelines)) or "none"
+            raise KeyError(f"no timer {name!r} on {self.service.service_name!r}; known: {known}")
+        entrypoint: Any = pipeline.entrypoint
+        return pipeline.serve(entrypoint.tick(time.time(), key=self._tick_key()))
+
+    def _tick_key(self) -> Any:
+        """The key this worker's ticks are signed with: its keyring's own, else its first."""
+        if self.gate is None:
+            return None
+        keyring = self.gate.keyring
+        return keyring.own_key(self.service.service_name) or keyring.key(keyring.ids[0])
 
     def _lifespan(self, phase: str) -> None:
         """Run the service's start-up or shut-down hooks (``_lifespan_start``/``_stop``), if any."""
@@ -205,16 +288,30 @@ class Worker:
                           service=self.service.service_name)
             raise
         self.lanes.start_monitor()
+        self._start_timers()
         try:
             self._supervise()
         finally:
             self.stop()
+            if self.timers is not None:
+                self.timers.stop(self.options.graceful_timeout)
+            self.resender.close()
+            forget_own_queues(self.service.connection_url, self.service.exchange_name,
+                              [spec for spec, _ in self._consumers() if spec.auto_delete])
             try:
                 self._lifespan("stop")  # after the last in-flight message
             except Exception:  # noqa: BLE001 - the worker still stops
                 log.exception("shut-down failed", pid=os.getpid(),
                               service=self.service.service_name)
             log.info("worker stopped", pid=os.getpid(), service=self.service.service_name)
+
+    def _start_timers(self) -> None:
+        if self.timer_pipelines and self.timers is None:
+            lease = names.timer_lease(self.service.service_name)
+            self.timers = TimerScheduler(self.service.connection_url, lease,
+                                         self.timer_pipelines, self._tick_key())
+        if self.timers is not None:
+            self.timers.start()
 
     def _supervise(self) -> None:
         """Connect and serve; after a broker fault, reconnect with a short back-off."""
