@@ -161,7 +161,7 @@ def test_only_the_lease_holder_runs_the_ticks() -> None:
     """Two schedulers of one App: each tick runs once, by the one holding the lease."""
     runs: list = []
     app, url = clock_app(0.2, runs), f"memory://timers-{uuid.uuid4().hex}"
-    (first, w1), (second, w2) = scheduler(app, url), scheduler(app, url)
+    (first, _), (second, _) = scheduler(app, url), scheduler(app, url)
     first.start()
     second.start()
     time.sleep(1.3)
@@ -202,7 +202,7 @@ def test_a_run_longer_than_the_interval_delays_the_next_tick() -> None:
     sched.stop(5)
     starts = [start for _, start, _ in runs]
     assert len(starts) >= 2
-    assert all(b - a >= 0.5 for a, b in zip(starts, starts[1:]))
+    assert all(b - a >= 0.5 for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_eager_timer_runs_when_taken_over() -> None:
