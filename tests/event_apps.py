@@ -94,3 +94,26 @@ clock.add_method(ping)
 @clock.timer(every=1)
 def beat() -> None:
     record("beat", f"{time.time():.3f}")
+
+
+bench = App("bench")
+bench.add_method(ping)
+
+
+@bench.method()
+def echo(data: str) -> str:
+    return data
+
+
+@bench.method()
+def sink(n: int, last: int) -> None:
+    """A notification's handler: records when the last one of a run arrives."""
+    if n == last:
+        record("sink", f"{time.time():.6f}")
+
+
+@bench.on_event("bench.tick")
+def sink_event(n: int, last: int) -> None:
+    """An event's handler: records when the last one of a run arrives."""
+    if n == last:
+        record("sink-event", f"{time.time():.6f}")
