@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from busapp import Client  # noqa: E402
+from busapp.ops.status import gather  # noqa: E402
 from busapp.transport.embedded import ensure_embedded_broker, stop_embedded_broker  # noqa: E402
 from tests import event_apps  # noqa: E402
 from tests._services import delete_queues  # noqa: E402
@@ -86,12 +87,10 @@ def read(directory: Path, file: str) -> list[tuple[int, str]]:
 
 
 def wait_workers(runs: list[Run], count: int, url: str, exchange: str) -> None:
-    """Until ``count`` workers of ``runs`` are up and one answers a call."""
-    deadline = time.monotonic() + 60
-    while sum(len(r.worker_pids()) for r in runs) < count:
+    """Until ``count`` workers answer ``busapp status`` (so each consumes its queues)."""
+    deadline = time.monotonic() + 90
+    while len(gather(url, exchange, timeout=1.0)) < count:
         assert time.monotonic() < deadline, "workers did not start"
-        time.sleep(0.1)
-    time.sleep(2.0)  # every worker consuming (they log nothing below warning)
 
 
 def queues_of(exchange: str, *apps: str) -> list[str]:
@@ -122,7 +121,8 @@ def delivery(url: str, events: int, workers: int) -> dict:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (
                 len({w for _, w in read(directory, "billing")}) >= events
-                and len({w for _, w in read(directory, "shipping")}) >= events):
+                and len({w for _, w in read(directory, "shipping")}) >= events
+                and len(set(read(directory, "shipping-broadcast"))) >= workers * events):
             time.sleep(0.2)
         time.sleep(1.0)
         figures = {}

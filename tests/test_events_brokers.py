@@ -199,3 +199,31 @@ def test_timer_runs_once_per_tick_across_two_runs_and_a_kill(runs: Runs) -> None
     assert min(gaps) > 0.9, "a tick ran twice"
     assert after and after[0] - killed < 2.0
     assert len({pid for pid, _ in beats}) >= 2  # another worker took over
+
+
+def _bound(url: str, exchange: str) -> set[str]:
+    transport = open_transport(url)
+    transport.connect()
+    try:
+        return transport.bound_queues(exchange) or set()
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_broadcast_queues_go_with_their_workers_on_redis(runs: Runs) -> None:
+    """On Redis, a killed worker's broadcast queue is deleted by its manager, and a stopped
+    worker deletes its own (RabbitMQ deletes auto-delete queues itself)."""
+    proc = runs.start("shipping", 2)
+    runs.wait_ready(2)
+    pattern = f"{runs.exchange}.shipping.event.orders.placed.forget."
+    own = {q for q in _bound(runs.url, runs.exchange) if q.startswith(pattern)}
+    assert len(own) == 2
+    victim = int(next(iter(own)).rsplit(".", 1)[-1])
+    os.kill(victim, signal.SIGKILL)
+    assert until(lambda: not any(q.endswith(f".{victim}")
+                                 for q in _bound(runs.url, runs.exchange)), timeout=10)
+    runs.wait_ready(3)  # the manager's new worker
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    assert not {q for q in _bound(runs.url, runs.exchange) if q.startswith(pattern)}

@@ -119,6 +119,12 @@ class Gate:
             raise self._refuse(refusal, routing_key, key_id, sign_with=self.keyring.key(key_id))
         return key_id
 
+    def own_key(self, service: str) -> Key:
+        """The key what a worker makes itself (a timer's tick) is signed with: the keyring's
+        own (or the one named like ``service``), else its first."""
+        keyring = self.keyring
+        return keyring.own_key(service) or keyring.key(keyring.ids[0])
+
     def reply_key(self, key_id: str | None) -> Key | None:
         """The key an answer to ``key_id``'s message is signed with (None: unsigned)."""
         if key_id is None or key_id not in self.keyring:

@@ -18,6 +18,7 @@ import structlog
 
 from busapp.core import tracing
 from busapp.core.pipeline import DEAD, REQUEUE, IncomingMessage, Outcome
+from busapp.errors import RemoteProcedureCallError
 from busapp.log import quiet
 
 log = structlog.get_logger("busapp.worker")
@@ -143,3 +144,22 @@ def settled(outcome: Outcome | None, failed: bool) -> str:
     if outcome is not None and outcome.settle == DEAD:
         return "dead_lettered"
     return "error" if failed else "ok"
+
+
+def log_handler_error(kind: str, message: IncomingMessage, request: Any,
+                      exc: BaseException) -> None:
+    """A worker's default error hook: one line for a handler's exception, by kind."""
+    if kind == "event":
+        log.error("event handler failed; event dead-lettered", routing_key=message.routing_key,
+                  queue=message.raw.queue, retries=message.retries, exc_info=exc)
+    elif kind == "timer":
+        log.error("timer failed; it runs again at its next tick",
+                  routing_key=message.routing_key, exc_info=exc)
+    elif kind != "call":
+        log.error(f"{kind.replace('_', ' ')} handler failed; message dropped",
+                  routing_key=message.routing_key, queue=message.raw.queue, exc_info=exc)
+    elif isinstance(exc, RemoteProcedureCallError):
+        log.info("handler returned an error", method=request.method if request else None,
+                 code=exc.code, error=exc.message)
+    else:
+        log.error("handler raised", method=request.method if request else None, exc_info=exc)

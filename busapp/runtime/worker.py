@@ -29,17 +29,18 @@ from busapp.entrypoints.control import ControlEntrypoint
 from busapp.entrypoints.rpc import RpcEntrypoint
 from busapp.entrypoints.storage_event import SubscriptionEntrypoint
 from busapp.log import get_logger
-from busapp.errors import BrokerUnavailable, RemoteProcedureCallError, Resubscribe
+from busapp.errors import BrokerUnavailable, Resubscribe
 from busapp.runtime.cleanup import forget_own_queues
 from busapp.runtime.cluster import (
     dead_letter_name,
+    dead_letter_queue,
     dead_letter_spec,
     declared_as,
     resolve_queue_type,
 )
 from busapp.runtime.gate import Gate
 from busapp.runtime.lanes import Lanes
-from busapp.runtime.observe import Observer
+from busapp.runtime.observe import Observer, log_handler_error
 from busapp.runtime.pipeline import Pipeline
 from busapp.runtime.retry import Resender
 from busapp.runtime.timelimit import TimeLimits
@@ -68,7 +69,7 @@ class Worker:
         self.service = service
         self.options = options or WorkerOptions()
         #: Told of a handler's exception: ``(kind, message, request or None, exception)``.
-        self.on_handler_error: Callable[..., None] = self._log_handler_error
+        self.on_handler_error: Callable[..., None] = log_handler_error
         #: Called once, when the worker first consumes (the manager's readiness signal).
         self.ready_callback: Callable[[], None] | None = None
         self.stopping = threading.Event()
@@ -150,11 +151,8 @@ class Worker:
                 self._dead_declared.add(dead.name)
             dead_queue = getattr(pipeline.entrypoint, "dead_letter_queue", None)
             if dead_queue is not None and dead_queue not in self._dead_declared:
-                # Where the pipeline puts what it gives up on (a publish to a queue that does
-                # not exist is dropped), of the type the broker's own would be.
-                quorum = resolve_queue_type(self.options.queue_type) == "quorum"
-                transport.declare_queue("", QueueSpec(dead_queue, arguments={
-                    "x-queue-type": "quorum"} if quorum else None))
+                # The pipeline publishes to it (a publish to a missing queue is dropped).
+                transport.declare_queue("", dead_letter_queue(dead_queue, self.options.queue_type))
                 self._dead_declared.add(dead_queue)
             transport.declare_queue(exchange, spec)
             callback: Callable[[Delivery], Any] = on_delivery or pipeline.serve
@@ -201,25 +199,6 @@ class Worker:
             status["timers"] = self.timers.report()
         return status
 
-    def _log_handler_error(self, kind: str, message: IncomingMessage, request: Any,
-                           exc: BaseException) -> None:
-        if kind == "event":
-            log.error("event handler failed; event dead-lettered",
-                      routing_key=message.routing_key, queue=message.raw.queue,
-                      retries=message.retries, exc_info=exc)
-        elif kind == "timer":
-            log.error("timer failed; it runs again at its next tick",
-                      routing_key=message.routing_key, exc_info=exc)
-        elif kind != "call":
-            log.error(f"{kind.replace('_', ' ')} handler failed; message dropped",
-                      routing_key=message.routing_key, queue=message.raw.queue, exc_info=exc)
-        elif isinstance(exc, RemoteProcedureCallError):
-            log.info("handler returned an error", method=request.method if request else None,
-                     code=exc.code, error=exc.message)
-        else:
-            log.error("handler raised", method=request.method if request else None,
-                      exc_info=exc)
-
     # -- the in-memory transport ---------------------------------------------------------------
 
     def attach(self) -> None:
@@ -239,12 +218,8 @@ class Worker:
         self._lifespan("stop")
 
     def tick(self, name: str) -> Outcome | None:
-        """Run one tick of timer ``name`` now, through its pipeline (the test client's
-        ``client.tick``); what it came to.
-
-        Raises:
-            KeyError: the service has no timer ``name``.
-        """
+        """Run one tick of timer ``name`` now, through its pipeline (``client.tick``); what it
+        came to (KeyError: the service has no timer ``name``)."""
         pipeline = self.timer_pipelines.get(name)
         if pipeline is None:
             known = ", ".join(sorted(self.timer_pipelines)) or "none"
@@ -253,11 +228,7 @@ class Worker:
         return pipeline.serve(entrypoint.tick(time.time(), key=self._tick_key()))
 
     def _tick_key(self) -> Any:
-        """The key this worker's ticks are signed with: its keyring's own, else its first."""
-        if self.gate is None:
-            return None
-        keyring = self.gate.keyring
-        return keyring.own_key(self.service.service_name) or keyring.key(keyring.ids[0])
+        return None if self.gate is None else self.gate.own_key(self.service.service_name)
 
     def _lifespan(self, phase: str) -> None:
         """Run the service's start-up or shut-down hooks (``_lifespan_start``/``_stop``), if any."""
