@@ -77,10 +77,13 @@ def test_core_install_leaves_optional_dependencies_to_extras() -> None:
     config = _setup_cfg()
     core = _names(config["options"]["install_requires"])
     extras = {name: _names(value) for name, value in config["options.extras_require"].items()}
-    assert not core & {"psycopg", "watchfiles", "prometheus_client", "opentelemetry-api"}
+    assert not core & {"psycopg", "watchfiles", "prometheus_client", "opentelemetry-api",
+                       "croniter"}
     assert extras["postgres"] == {"psycopg"} and extras["reload"] == {"watchfiles"}
     assert extras["prometheus"] == {"prometheus_client"} and extras["otel"] == {"opentelemetry-api"}
-    assert extras["all"] == set().union(*(extras[e] for e in ("postgres", "reload", "prometheus", "otel")))
+    assert extras["cron"] == {"croniter"}
+    assert extras["all"] == set().union(*(extras[e] for e in ("postgres", "reload", "prometheus",
+                                                               "otel", "cron")))
     assert {"psycopg", "watchfiles", "pytest"} <= extras["test"]
 
 

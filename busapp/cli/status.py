@@ -77,10 +77,33 @@ def status(name: str | None, broker: str | None, exchange: str | None, key: Any,
     elif workers:
         rows = [tuple(str(w.get(f, "")) for f in FIELDS) for w in workers]
         click.echo("\n".join(table(tuple(f.upper().replace("_", " ") for f in FIELDS), rows)))
+        timers = timer_rows(workers)
+        if timers:
+            click.echo("")
+            click.echo("\n".join(table(("SERVICE", "TIMER", "SCHEDULE", "LAST RUN", "OUTCOME",
+                                         "NEXT RUN", "RUN BY"), timers)))
     else:
         hint = "" if key else " (a service with a keyring answers only signed requests: --key)"
         click.echo(f"no worker{' of ' + repr(name) if name else ''} answered within "
                    f"{timeout:g}s{hint}", err=True)
+
+
+def timer_rows(workers: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per timer of the services that answered: its last run (by any worker), and
+    its next one with the worker that holds the timers (``-`` when none does now)."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for worker in workers:
+        for name, timer in (worker.get("timers") or {}).items():
+            row = merged.setdefault((str(worker.get("service")), name), {
+                "schedule": timer.get("schedule"), "last": None, "outcome": None,
+                "next": timer.get("next"), "by": "-"})
+            if timer.get("last") and (row["last"] is None or timer["last"] > row["last"]):
+                row["last"], row["outcome"] = timer["last"], timer.get("outcome")
+            if timer.get("holder"):
+                row["next"] = timer.get("next")
+                row["by"] = f"{worker.get('host')}:{worker.get('pid')}"
+    return [(service, name, str(r["schedule"]), r["last"] or "-", r["outcome"] or "-",
+             r["next"] or "-", r["by"]) for (service, name), r in sorted(merged.items())]
 
 
 @click.command()

@@ -37,7 +37,7 @@ import structlog
 from busapp import names
 from busapp.client.replies import reply_key
 from busapp.client.sync import DEFAULT_TIMEOUT, WAIT_HOOK, Client
-from busapp.core import tracing, wire
+from busapp.core import events, tracing, wire
 from busapp.errors import BrokerUnavailable, RequestTimeout
 from busapp.transport import is_memory, mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
@@ -141,6 +141,24 @@ class AsyncClient:
     async def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """Publish a plain JSON body on the exchange (e.g. a storage event)."""
         await self._publish(body, routing_key, persistent=persistent, **tracing.carried())
+
+    async def emit(self, name: str, /, **payload: Any) -> str:
+        """Publish event ``name`` to every App subscribed to it; return its id (see
+        :meth:`busapp.Client.emit`)."""
+        routing_key, body, event_id = events.event_message(name, payload)
+        headers: dict[str, Any] = {}
+        span = tracing.outgoing(routing_key, event_id, headers)
+        failed: BaseException | None = None
+        try:
+            await self._publish(body, routing_key, headers=headers, correlation_id=event_id,
+                                persistent=True)
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            if span is not None:
+                tracing.end_outgoing(span, None, failed)
+        return event_id
 
     async def _publish(self, body: Any, routing_key: str, **props: Any) -> None:
         self._check_open()
@@ -387,6 +405,10 @@ class AsyncBus:
     async def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """:meth:`AsyncClient.publish`."""
         await self.client().publish(routing_key, body, persistent=persistent)
+
+    async def emit(self, name: str, /, **payload: Any) -> str:
+        """:meth:`AsyncClient.emit`."""
+        return await self.client().emit(name, **payload)
 
     def close(self) -> None:
         """Close the AsyncClient, if one was made."""

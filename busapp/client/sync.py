@@ -32,7 +32,7 @@ from busapp.client.replies import (
     reply_key,
     reply_queue_spec,
 )
-from busapp.core import tracing, wire
+from busapp.core import events, tracing, wire
 from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout
 from busapp.log import get_logger
 from busapp.names import default_exchange, default_queue
@@ -93,6 +93,11 @@ class BusMixin:
     def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """Publish a plain JSON message (not JSON-RPC) on the exchange."""
         self._bus_client().publish(routing_key, body, persistent=persistent)
+
+    def emit(self, name: str, /, **payload: Any) -> str:
+        """Publish event ``name`` to every App subscribed to it; its id (see
+        :meth:`Client.emit`)."""
+        return self._bus_client().emit(name, **payload)
 
 
 
@@ -227,6 +232,32 @@ class Client(BusMixin):
         """
         self._publish(body, routing_key, exchange=self.exchange_name, persistent=persistent,
                       **tracing.carried())
+
+    def emit(self, name: str, /, **payload: Any) -> str:
+        """Publish event ``name`` (``"<source>.<event>"``) with ``payload``, a JSON object of
+        the keywords, to every App subscribed to it; return the event's id.
+
+        With no subscriber the event is dropped, without error. Published persistent, signed
+        with this client's key, with the request id of the call it is made in.
+
+        Raises:
+            ValueError: ``name`` is not ``"<source>.<event>"``.
+            BrokerUnavailable: the broker cannot be reached.
+        """
+        routing_key, body, event_id = events.event_message(name, payload)
+        headers: dict[str, Any] = {}
+        span = tracing.outgoing(routing_key, event_id, headers)
+        failed: BaseException | None = None
+        try:
+            self._publish(body, routing_key, exchange=self.exchange_name, headers=headers,
+                          correlation_id=event_id, persistent=True)
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            if span is not None:
+                tracing.end_outgoing(span, None, failed)
+        return event_id
 
     def publish_reply(self, reply_to: str, response: dict | bytes, correlation_id: Any = None,
                       *, key: Any = "own") -> None:

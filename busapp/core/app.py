@@ -51,9 +51,10 @@ class App(Scaffold):
     def __init__(self, name: str, *, exchange: str | None = None, queue: str | None = None,
                  routing_key: str | None = None, max_body: int | None = None,
                  keyring: Any = None, queue_type: str | None = None) -> None:
-        if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name:
-            raise ValueError("App name must be a non-empty string without '.', '*' or '#': "
-                             f"{name!r}")
+        if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name \
+                or name.startswith("busapp-"):
+            raise ValueError("App name must be a non-empty string without '.', '*' or '#', "
+                             f"not starting with 'busapp-' (busapp's own keys do): {name!r}")
         self.name = name
         self._exchange = exchange
         self._queue = queue
@@ -94,6 +95,9 @@ class App(Scaffold):
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} methods={sorted(self.methods)}>"
+
+    def _registered(self) -> None:
+        self._service_class = None
 
     # -- registration --------------------------------------------------------
 

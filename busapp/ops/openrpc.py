@@ -235,8 +235,42 @@ def openrpc_document(source: Any) -> dict[str, Any]:
                                 "(x-busapp-routing-key) and a reply_to queue."},
         "methods": [method_object(name, h, schemas, key) for name, h, key in methods],
     }
+    if isinstance(source, App) and source.event_handlers:
+        doc["x-busapp-events"] = [event_object(h, schemas) for h in source.event_handlers]
+    if isinstance(source, App) and source.timers:
+        doc["x-busapp-timers"] = [timer_object(t) for _, t in sorted(source.timers.items())]
     doc["components"] = {"schemas": schemas.components, "errors": dict(ERRORS)}
     return doc
+
+
+def event_object(entry: Any, schemas: Schemas) -> dict[str, Any]:
+    """An event handler as ``x-busapp-events`` lists it: its pattern, binding, delivery and
+    the payload it reads as a JSON Schema object (keys it does not declare are ignored)."""
+    handler = entry.handler
+    properties = {p.name: {**schemas.of(handler.hints.get(p.name, Any)),
+                           **({"default": p.default} if p.default is not inspect.Parameter.empty
+                              and _jsonable(p.default) else {})}
+                  for p in handler.params}
+    required = [p.name for p in handler.params if p.default is inspect.Parameter.empty]
+    payload: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        payload["required"] = required
+    described: dict[str, Any] = {
+        "pattern": entry.pattern, "x-busapp-binding": entry.binding_key,
+        "function": _function_name(entry.func), "broadcast": entry.broadcast,
+        "retries": entry.retries, "payload": payload}
+    summary, _ = _summary(entry.func)
+    if summary:
+        described["summary"] = summary
+    return described
+
+
+def timer_object(timer: Any) -> dict[str, Any]:
+    """A timer as ``x-busapp-timers`` lists it."""
+    schedule = timer.schedule
+    when = {"every": schedule.every} if schedule.every is not None else {"cron": schedule.cron}
+    return {"name": timer.name, "function": _function_name(timer.func), **when,
+            "eager": timer.eager}
 
 
 def describe(source: Any) -> dict[str, Any]:
@@ -263,6 +297,10 @@ def describe(source: Any) -> dict[str, Any]:
     for handler_entry in getattr(source, "storage_handlers", ()):
         out["storage_events"].append({"binding": handler_entry.binding_key,
                                       "function": _function_name(handler_entry.func)})
+    if isinstance(source, App):
+        schemas = Schemas()
+        out["events"] = [event_object(h, schemas) for h in source.event_handlers]
+        out["timers"] = [timer_object(t) for _, t in sorted(source.timers.items())]
     return out
 
 

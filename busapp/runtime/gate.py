@@ -32,6 +32,7 @@ from typing import Any
 from busapp import names
 from busapp.errors import Refused, RemoteProcedureCallError, Unauthorized
 from busapp.log import get_logger
+from busapp.runtime.redelivery import retry_count
 from busapp.security import (
     DEFAULT_REPLAY_MEMORY,
     DEFAULT_REPLAY_WINDOW,
@@ -165,8 +166,12 @@ class Gate:
                             content_type=delivery.content_type)
         except Unauthorized as exc:
             raise self._refuse(exc, routing_key, signed_by(headers), answer=answer) from None
-        # A worker's own control queue: its own memory is the whole memory.
-        if not self._first_time(delivery, shared=entrypoint.kind != "control"):
+        # A retried event's copies share its body and ids: each retry (counted by a worker,
+        # signed with the delivery key) is a message of its own, not a replay. A worker's own
+        # control queue: its own memory is the whole memory.
+        retried = retry_count(delivery, routing_key)
+        scope = f"{delivery.queue}#{retried}" if retried else delivery.queue
+        if not self._first_time(delivery, scope, shared=entrypoint.kind != "control"):
             raise self._refuse(Unauthorized("replayed: this signed message was already taken",
                                             data={"key": key_id}), routing_key, key_id,
                                answer=False)
@@ -175,9 +180,10 @@ class Gate:
             raise self._refuse(refusal, routing_key, key_id, sign_with=self.keyring.key(key_id))
         return key_id
 
-    def _first_time(self, delivery: Any, shared: bool) -> bool:
-        """Remember a verified message: in this worker first (cheap), then in the broker."""
-        headers, queue = delivery.headers, delivery.queue
+    def _first_time(self, delivery: Any, queue: str | None, shared: bool) -> bool:
+        """Remember a verified message taken from ``queue``: in this worker first (cheap),
+        then in the broker."""
+        headers = delivery.headers
         if not self.replays.first_time(headers, queue=queue):
             return False
         if not shared or self.claim is None:
@@ -197,6 +203,12 @@ class Gate:
         if isinstance(deadline, (int, float)) and not isinstance(deadline, bool):
             end = min(end, float(deadline))
         return max(end - (time.time() if now is None else now), 0.0) + CLAIM_MARGIN
+
+    def own_key(self, service: str) -> Key:
+        """The key what a worker makes itself (a timer's tick) is signed with: the keyring's
+        own (or the one named like ``service``), else its first."""
+        keyring = self.keyring
+        return keyring.own_key(service) or keyring.key(keyring.ids[0])
 
     def reply_key(self, key_id: str | None) -> Key | None:
         """The key an answer to ``key_id``'s message is signed with (None: unsigned)."""

@@ -262,6 +262,15 @@ class ServiceManager:
             return str(app.name)
         return str((self.qkwargs or [{}])[0].get("name") or self.service_class.__name__.lower())
 
+    def _leftovers(self, pid: int) -> tuple[list[Any], str | None]:
+        """Worker ``pid``'s own queues and its App's timer lease (an App's service class says
+        which; another service has none)."""
+        leftovers = getattr(self.service_class, "leftovers", None)
+        queue = (self.qkwargs or [{}])[0].get("name")
+        if leftovers is None or not queue:
+            return [], None
+        return leftovers(str(queue), pid)
+
     def stop(self) -> None:
         """Ask :meth:`run` to stop all workers gracefully and return."""
         self._stopping.set()
@@ -313,8 +322,9 @@ class ServiceManager:
             self._check_crash_loop(slot, code)
         spec = slot.owner
         if spec.connection_url is not None:  # resolved by run() before any worker starts
+            own, lease = spec._leftovers(slot.process.pid)
             release_dead_worker(spec.connection_url, default_exchange(spec.exchange_name),
-                                spec._service_name(), slot.process.pid)
+                                spec._service_name(), slot.process.pid, own, lease)
         if self.metrics is not None:
             self.metrics.worker_died(slot.process.pid, spec._service_name())
         delay = backoff_delay(slot.deaths, self.max_backoff)

@@ -20,21 +20,31 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from busapp import names
 from busapp.core.options import WorkerOptions
-from busapp.core.pipeline import IncomingMessage
+from busapp.core.pipeline import REQUEUE, IncomingMessage, Outcome
 from busapp.entrypoints import control
 from busapp.entrypoints.base import Entrypoint
 from busapp.entrypoints.control import ControlEntrypoint
 from busapp.entrypoints.rpc import RpcEntrypoint
 from busapp.entrypoints.storage_event import SubscriptionEntrypoint
 from busapp.log import get_logger
-from busapp.errors import BrokerUnavailable, RemoteProcedureCallError, Resubscribe
-from busapp.runtime.cluster import dead_letter_spec, declared_as, resolve_queue_type
+from busapp.errors import BrokerUnavailable, Resubscribe
+from busapp.runtime.cleanup import forget_own_queues
+from busapp.runtime.cluster import (
+    dead_letter_name,
+    dead_letter_queue,
+    dead_letter_spec,
+    declared_as,
+    resolve_queue_type,
+)
 from busapp.runtime.gate import Gate
 from busapp.runtime.lanes import Lanes
-from busapp.runtime.observe import Observer
+from busapp.runtime.observe import Observer, log_handler_error
 from busapp.runtime.pipeline import Pipeline
+from busapp.runtime.retry import Resender
 from busapp.runtime.timelimit import TimeLimits
+from busapp.runtime.timers import TimerScheduler
 from busapp.transport import mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
@@ -43,7 +53,11 @@ log = get_logger("busapp.worker")
 __all__ = ["Worker", "WorkerOptions"]
 
 #: The banner's section for each entrypoint kind (others: the kind, plural).
-_SECTIONS = {"call": "methods", "storage_event": "storage events"}
+_SECTIONS = {"call": "methods", "storage_event": "storage events", "event": "events",
+             "timer": "timers"}
+
+#: Seconds between two moves of due delayed messages back onto their queues (Redis).
+SWEEP_EVERY = 0.5
 
 
 class Worker:
@@ -59,7 +73,7 @@ class Worker:
         self.service = service
         self.options = options or WorkerOptions()
         #: Told of a handler's exception: ``(kind, message, request or None, exception)``.
-        self.on_handler_error: Callable[..., None] = self._log_handler_error
+        self.on_handler_error: Callable[..., None] = log_handler_error
         #: Called once, when the worker first consumes (the manager's readiness signal).
         self.ready_callback: Callable[[], None] | None = None
         #: List what it serves when it is first ready (the manager asks one worker of each
@@ -81,7 +95,17 @@ class Worker:
         self._dead_declared: set[str] = set()
         self._ever_ready = False
         self._stalled_checks = 0
+        #: Pipelines of the entrypoints whose messages are made here: ``{timer name: Pipeline}``.
+        self.timer_pipelines: dict[str, Pipeline] = {}
         self._pipelines = self._make_pipelines()
+        #: Publishes the copies of messages to be sent again later or dead-lettered.
+        self.resender = Resender(service.connection_url,
+                                 self.gate.reply_key if self.gate is not None else None)
+        #: Runs the service's timers when this worker holds their lease (under :meth:`run`).
+        self.timers: TimerScheduler | None = None
+        self._delayed_queues = [spec.name for spec, pipeline in self._consumers()
+                                if getattr(pipeline.entrypoint, "requeues_later", False)]
+        self._next_sweep = 0.0
 
     # -- entrypoints and their queues ---------------------------------------------------------
 
@@ -94,7 +118,10 @@ class Worker:
         pipelines = {}
         for entrypoint in self._entrypoints():
             pipeline = Pipeline(entrypoint, self)
-            for spec in entrypoint.queue_specs():
+            specs = entrypoint.queue_specs()
+            if not specs and entrypoint.kind == "timer":
+                self.timer_pipelines[str(getattr(entrypoint, "name", ""))] = pipeline
+            for spec in specs:
                 pipelines[spec.name] = pipeline
         return pipelines
 
@@ -104,7 +131,7 @@ class Worker:
         consumers = []
         for pipeline in dict.fromkeys(self._pipelines.values()):
             for spec in pipeline.entrypoint.queue_specs():
-                if pipeline.entrypoint.kind != "control":
+                if not spec.auto_delete:  # a worker's own queue stays classic
                     spec = declared_as(spec, queue_type, self.options.max_deliveries)
                 consumers.append((spec, pipeline))
         return consumers
@@ -130,8 +157,14 @@ class Worker:
             if dead is not None:  # before its queue: the broker dead-letters into it
                 transport.declare_queue("", dead)
                 self._dead_declared.add(dead.name)
+            dead_queue = getattr(pipeline.entrypoint, "dead_letter_queue", None)
+            if dead_queue is not None and dead_queue not in self._dead_declared:
+                # The pipeline publishes to it (a publish to a missing queue is dropped).
+                transport.declare_queue("", dead_letter_queue(dead_queue, self.options.queue_type))
+                self._dead_declared.add(dead_queue)
             transport.declare_queue(exchange, spec)
-            transport.consume(spec.name, on_delivery or pipeline.serve)
+            callback: Callable[[Delivery], Any] = on_delivery or pipeline.serve
+            transport.consume(spec.name, callback)
 
     # -- what the pipelines ask of their worker ------------------------------------------------
 
@@ -149,28 +182,36 @@ class Worker:
         transport = self.transport
         return None if transport is None else transport.claim(key, ttl)
 
-    def settle(self, delivery: Delivery) -> None:
-        self.lanes.settle(delivery)
+    def settle(self, delivery: Delivery, *, requeue: bool = False) -> None:
+        self.lanes.settle(delivery, requeue=requeue)
+
+    def resend(self, message: IncomingMessage, outcome: Outcome) -> None:
+        if outcome.settle == REQUEUE:
+            self.resender.later(message, outcome.delay)
+        else:
+            queue = outcome.dead_letter_queue or dead_letter_name(message.raw.queue or "")
+            self.resender.dead(message, queue, outcome.error)
+
+    def sweep_due(self) -> None:
+        """Put the due delayed messages of this worker's queues back (Redis; twice a second
+        at most, from the thread holding the receiving role)."""
+        if not self._delayed_queues:
+            return
+        now = time.monotonic()
+        if now >= self._next_sweep and self.transport is not None:
+            self._next_sweep = now + SWEEP_EVERY
+            self.transport.move_due(self._delayed_queues)
 
     def declared_dead_letters(self) -> set[str]:
         return self._dead_declared
 
     def _status(self) -> dict[str, Any]:
         observer = self.observer
-        return control.status(control.service_name(self.service), observer.started_at,
-                              observer.handled, observer.errors, observer.in_flight)
-
-    def _log_handler_error(self, kind: str, message: IncomingMessage, request: Any,
-                           exc: BaseException) -> None:
-        if kind != "call":
-            log.error(f"{kind.replace('_', ' ')} handler failed; message dropped",
-                      routing_key=message.routing_key, queue=message.raw.queue, exc_info=exc)
-        elif isinstance(exc, RemoteProcedureCallError):
-            log.info("handler returned an error", method=request.method if request else None,
-                     code=exc.code, error=exc.message)
-        else:
-            log.error("handler raised", method=request.method if request else None,
-                      exc_info=exc)
+        status = control.status(control.service_name(self.service), observer.started_at,
+                                observer.handled, observer.errors, observer.in_flight)
+        if self.timers is not None:
+            status["timers"] = self.timers.report()
+        return status
 
     # -- the in-memory transport ---------------------------------------------------------------
 
@@ -187,7 +228,21 @@ class Worker:
         raise)."""
         if self.transport is not None:
             self.transport.cancel()
+        self.resender.close()
         self._lifespan("stop")
+
+    def tick(self, name: str) -> Outcome | None:
+        """Run one tick of timer ``name`` now, through its pipeline (``client.tick``); what it
+        came to (KeyError: the service has no timer ``name``)."""
+        pipeline = self.timer_pipelines.get(name)
+        if pipeline is None:
+            known = ", ".join(sorted(self.timer_pipelines)) or "none"
+            raise KeyError(f"no timer {name!r} on {self.service.service_name!r}; known: {known}")
+        entrypoint: Any = pipeline.entrypoint
+        return pipeline.serve(entrypoint.tick(time.time(), key=self._tick_key()))
+
+    def _tick_key(self) -> Any:
+        return None if self.gate is None else self.gate.own_key(self.service.service_name)
 
     def _lifespan(self, phase: str) -> None:
         """Run the service's start-up or shut-down hooks (``_lifespan_start``/``_stop``), if any."""
@@ -218,16 +273,30 @@ class Worker:
                           service=self.service.service_name)
             raise
         self.lanes.start_monitor()
+        self._start_timers()
         try:
             self._supervise()
         finally:
             self.stop()
+            if self.timers is not None:
+                self.timers.stop(self.options.graceful_timeout)
+            self.resender.close()
+            forget_own_queues(self.service.connection_url, self.service.exchange_name,
+                              [spec for spec, _ in self._consumers() if spec.auto_delete])
             try:
                 self._lifespan("stop")  # after the last in-flight message
             except Exception:  # noqa: BLE001 - the worker still stops
                 log.exception("shut-down failed", pid=os.getpid(),
                               service=self.service.service_name)
             log.info("worker stopped", pid=os.getpid(), service=self.service.service_name)
+
+    def _start_timers(self) -> None:
+        if self.timer_pipelines and self.timers is None:
+            lease = names.timer_lease(self.service.service_name)
+            self.timers = TimerScheduler(self.service.connection_url, lease,
+                                         self.timer_pipelines, self._tick_key())
+        if self.timers is not None:
+            self.timers.start()
 
     def _supervise(self) -> None:
         """Connect and serve; after a broker fault, reconnect with a short back-off."""

@@ -15,7 +15,9 @@ counting, JSON decoding, dispatch, reply publishing, ack, log context) over the
 in-memory transport (:mod:`busapp.transport.memory`), which delivers every message
 synchronously. So when a call returns, everything it caused has happened: handlers
 that call ``bus.call(...)`` reach the registered services, and every matching
-``on_storage_event`` handler (or ``register_callback`` callback) has run.
+``on_storage_event`` handler (or ``register_callback`` callback) and ``on_event``
+handler has run. The test client runs no clock: an event handler's retries run at once,
+and a timer runs when the test says so (``client.tick(name)``).
 ``client.storage`` is a :class:`~busapp.storage.client.StorageClient` over an
 in-memory storage service.
 
@@ -109,7 +111,9 @@ class TestClient:
         self._raw_replies: dict[str, dict] = {}
         self._raw_queue = f"busapp.reply.test-raw-{uuid.uuid4().hex}"
         self._workers: list[Worker] = []
-        MemoryBroker.named(self.url).taps.append(self._record)
+        broker = MemoryBroker.named(self.url)
+        broker.taps.append(self._record)
+        broker.delays.instant = True  # no clock: an event's retry is run at once
         self.storage_app: Any = None
         if storage:
             self.storage_app = make_app("memory://", keyring=keyring)
@@ -271,6 +275,40 @@ class TestClient:
             yield bus
         finally:
             self._idle.append(bus)
+
+    def emit(self, name: str, /, **payload: Any) -> str:
+        """Emit event ``name`` (see :meth:`busapp.Client.emit`); every matching handler of the
+        registered Apps has run when this returns, its retries included (at once: the test
+        client runs no clock). A handler that fails on its last retry raises here, as the
+        event is dead-lettered; its id."""
+        return self._run(self.bus.emit, name, **payload)
+
+    def tick(self, name: str) -> None:
+        """Run one tick of timer ``name`` of a registered App (on the serve path: middleware,
+        dependencies, log line) and return when it has finished; a timer that raises raises
+        here.
+
+        Raises:
+            KeyError: no registered App has a timer ``name``.
+        """
+        for worker in self._workers:
+            if name in worker.timer_pipelines:
+                self._run(worker.tick, name)
+                return
+        known = sorted(t for w in self._workers for t in w.timer_pipelines)
+        raise KeyError(f"no timer {name!r} on the registered Apps; known: "
+                       f"{', '.join(known) or 'none'}")
+
+    def dead_letters(self, queue: str | None = None) -> list[Any]:
+        """The bodies waiting in dead-letter queues (``<queue>.dead``; ``queue``: that one only),
+        oldest first."""
+        broker = MemoryBroker.named(self.url)
+        found = []
+        for name, waiting in list(broker.queues.items()):
+            if name.endswith(".dead") and (queue is None or name == queue):
+                found += [wire.loads_body(w.delivery.body, w.delivery.content_type, None)
+                          for w in waiting.waiting]
+        return found
 
     def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         token = _COLLECTOR.set([])

@@ -95,6 +95,9 @@ class Transport(Protocol):
     #: Largest body to receive, set before :meth:`connect` (None: no limit). A transport
     #: that must read a message whole before busapp sees it refuses bigger ones unread.
     max_body: int | None
+    #: RabbitMQ: seconds between heartbeats, set before :meth:`connect` (None: none), so the
+    #: broker finds a vanished peer (what ends a lease when its holder's host goes away).
+    heartbeat: float | None
 
     def connect(self) -> None:
         """Open the connection (raises BrokerUnavailable)."""
@@ -114,6 +117,36 @@ class Transport(Protocol):
                 correlation_id: str | None = None, expiration: float | None = None,
                 persistent: bool = False, content_type: str = "application/json") -> None:
         """Publish one JSON message (``exchange=""``: straight to the queue ``routing_key``)."""
+
+    def publish_delayed(self, body: bytes, *, queue: str, delay: float,
+                        headers: dict[str, Any] | None = None, correlation_id: str | None = None,
+                        content_type: str = "application/json") -> None:
+        """Publish one persistent message straight to ``queue``, to arrive ``delay`` seconds
+        from now; it waits on the broker (not in this process), so it arrives even if the
+        publisher dies meanwhile. It arrives with ``queue`` as its routing key.
+
+        RabbitMQ holds it in a queue of that delay (``<queue>.delay.<ms>``, a queue-level
+        TTL, then dead-lettered back to ``queue``); Redis in a sorted set, moved back by
+        :meth:`move_due`, which some consumer of ``queue`` must call now and then.
+        """
+
+    def move_due(self, queues: list[str]) -> int:
+        """Put the delayed messages of ``queues`` that are due back on their queues (Redis;
+        elsewhere nothing to do); how many."""
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take the lease ``name`` for ``owner``, or keep it if ``owner`` holds it; True if
+        ``owner`` holds it now.
+
+        A lease is held until :meth:`release_lease`, until this connection closes (RabbitMQ:
+        an exclusive queue of that name; the broker deletes it with the connection), or
+        (Redis: a key set with ``NX PX``) until ``ttl`` seconds pass without its holder
+        calling this again. Call it every ``ttl / 3`` seconds to keep a lease.
+        """
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease ``name`` up if ``owner`` holds it, or (a process prefix,
+        ``<host>.<pid>``) any owner ``<owner>.<more>`` does."""
 
     def consume(self, queue: str, callback: Callable[[Delivery], None], *,
                 no_ack: bool = False) -> None:

@@ -36,6 +36,7 @@ from kombu import Connection, Exchange, Queue, binding  # resolves kombu's lazy 
 
 from busapp import config, names
 from busapp.errors import AccessRefused, BrokerUnavailable, BusappError, NoRouteError
+from busapp.transport import amqp as _amqp
 from busapp.transport import is_redis, mask_url
 from busapp.transport import redis as _redis
 from busapp.transport.base import Delivery, QueueSpec
@@ -90,7 +91,7 @@ def requeue_dead_worker(url: str, pid: int) -> int:
         _release(conn)
 
 
-def kombu_connection(url: str, max_body: int | None = None) -> Any:
+def kombu_connection(url: str, max_body: int | None = None, heartbeat: float | None = None) -> Any:
     """A new, not yet connected, kombu Connection for ``url``.
 
     ``max_body``: a Redis queue entry too big to hold a body of that size is moved aside
@@ -106,7 +107,10 @@ def kombu_connection(url: str, max_body: int | None = None) -> Any:
     options.update(query_options)
     if max_body is not None and is_redis(url):
         options["max_entry_bytes"] = max_body * 4 // 3 + _ENVELOPE_BYTES  # base64 + envelope
-    return cls(url, transport_options=options, connect_timeout=5, **tls_defaults(url))
+    extra = tls_defaults(url)
+    if heartbeat and not is_redis(url):
+        extra["heartbeat"] = heartbeat
+    return cls(url, transport_options=options, connect_timeout=5, **extra)
 
 
 #: Transport options a broker URL may carry in its query (``sentinel://...?master_name=NAME``).
@@ -224,6 +228,11 @@ class KombuTransport:
         self._consumer_qos = False
         #: Largest body this connection will receive (set before connect; None: no limit).
         self.max_body: int | None = None
+        #: RabbitMQ: seconds between heartbeats (set before connect; None: none).
+        self.heartbeat: float | None = None
+        #: RabbitMQ: when each delay queue is to be declared again; the leases held here.
+        self._delays: dict[str, float] = {}
+        self._leases: _amqp.Leases | None = None
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -248,7 +257,7 @@ class KombuTransport:
 
     def connect(self) -> None:
         with self._guard():
-            conn = kombu_connection(self.url, self.max_body)
+            conn = kombu_connection(self.url, self.max_body, self.heartbeat)
             try:
                 # One try at each node the URL lists (kombu moves on to the next on failure).
                 conn.ensure_connection(max_retries=max(1, len(conn.alt)), interval_start=0,
@@ -409,6 +418,46 @@ class KombuTransport:
                 lambda exc, exchange, routing_key, message: self._returned.append(routing_key))
             self._checked = checked
         return checked
+
+    # -- delayed messages and leases (the broker's part: busapp.transport.redis, .amqp) -------
+
+    def publish_delayed(self, body: bytes, *, queue: str, delay: float,
+                        headers: dict[str, Any] | None = None, correlation_id: str | None = None,
+                        content_type: str = "application/json") -> None:
+        properties: dict[str, Any] = {"delivery_mode": 2}
+        if correlation_id is not None:
+            properties["correlation_id"] = correlation_id
+        delay_ms = max(1, int(delay * 1000))
+        with self._guard():
+            channel = self.channel
+            message = channel.prepare_message(body, 0, content_type, "utf-8", headers or {},
+                                              properties)
+            if self.redis:
+                _redis.publish_delayed(channel, message, queue, delay_ms)
+            else:
+                _amqp.publish_delayed(channel, self._delays, message, queue, delay_ms)
+
+    def move_due(self, queues: list[str]) -> int:
+        if not self.redis or not queues:
+            return 0  # RabbitMQ moves them itself
+        with self._guard():
+            return _redis.move_due(self.channel, queues)
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        with self._guard():
+            if self.redis:
+                return _redis.acquire_lease(self.channel, name, owner, int(ttl * 1000))
+            if self._leases is None:
+                self.channel  # noqa: B018 - connects if not yet connected
+                self._leases = _amqp.Leases(self._conn.connection)
+            return self._leases.acquire(name, owner)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        with self._guard():
+            if self.redis:
+                _redis.release_lease(self.channel, name, owner)
+            elif self._leases is not None:
+                self._leases.release(name, owner)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -575,6 +624,8 @@ class KombuTransport:
     def close(self, *, delete_queue: str | None = None) -> None:
         conn, self._conn, channel, self._channel = self._conn, None, self._channel, None
         self._checked = None
+        self._leases = None
+        self._delays.clear()
         self._routed.clear()
         self._tags.clear()
         self._consumers.clear()

@@ -17,6 +17,9 @@ call when the call returns:
 Settling follows the brokers: a delivery is unacknowledged until ``ack()``; ``requeue()``,
 or closing its transport, gives it back to its queue flagged ``redelivered``; and
 ``set_prefetch(n)`` holds messages back while ``n`` are unacknowledged on the transport.
+A delayed message waits in the broker until ``move_due`` finds it due (as on Redis), or
+goes at once where the test client says so (``instant_delays``); a lease ends when its
+holder's transport closes (as on RabbitMQ) or its time runs out (as on Redis).
 An exchange exists once declared or bound to (a passive declare of another is False).
 
 As on a broker, a request (a message with ``reply_to``) that no queue is bound to raises
@@ -38,6 +41,7 @@ import attrs
 
 from busapp.errors import NoRouteError
 from busapp.transport.base import Delivery, QueueSpec
+from busapp.transport.memory_time import Delays, Leases
 
 
 #: NoRouteError is re-exported: it was defined here before the brokers raised it too.
@@ -147,6 +151,10 @@ class MemoryBroker:
         self.taps: list[Callable[[str, str, bytes, str | None], None]] = []
         #: ``{key: monotonic expiry}``: the keys :meth:`claim` set (a Redis broker's SET NX PX).
         self.claims: dict[str, float] = {}
+        #: Delayed messages (``instant``: delivered at once; the test client runs no clock).
+        self.delays = Delays(self)
+        #: Leases, ended by their TTL or their holder's closing.
+        self.leases = Leases()
 
     def claim(self, key: str, ttl: float) -> bool:
         """Set ``key`` for ``ttl`` seconds unless it is set (True if this call set it)."""
@@ -311,6 +319,7 @@ class MemoryTransport:
 
     concurrent_ack = True
     max_body: int | None = None  # the worker checks sizes: nothing is read twice here
+    heartbeat: float | None = None  # nothing to watch in process
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -354,10 +363,26 @@ class MemoryTransport:
 
     def _no_route(self, exchange: str, routing_key: str) -> str:
         bound = sorted({p for p, _ in self.broker.bindings.get(exchange, ())
-                        if not p.startswith(("notify.", "busapp-control"))})
+                        if not p.startswith(("notify.", "busapp-control", "busapp-event."))})
         return (f"no service on the test bus consumes {routing_key!r}; "
                 f"bindings: {', '.join(bound) or 'none'}; "
                 f"register the service with client.register(...)")
+
+    def publish_delayed(self, body: bytes, *, queue: str, delay: float,
+                        headers: dict[str, Any] | None = None, correlation_id: str | None = None,
+                        content_type: str = "application/json") -> None:
+        delivery = Delivery(body, content_type, dict(headers) if headers else {}, queue, None,
+                            correlation_id, queue=queue)
+        self.broker.delays.add(delivery, delay)
+
+    def move_due(self, queues: list[str]) -> int:
+        return self.broker.delays.move_due(queues)
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        return self.broker.leases.acquire(name, owner, ttl, self)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self.broker.leases.release(name, owner)
 
     def consume(self, queue: str, callback: Callable[[Delivery], None], *,
                 no_ack: bool = False) -> None:
@@ -428,5 +453,6 @@ class MemoryTransport:
             unacked = list(self._unacked.values())
             self._unacked.clear()
         self.broker.give_back(unacked)
+        self.broker.leases.drop(self)  # as a broker does a closed connection's
         if delete_queue:
             self.broker.delete(delete_queue)

@@ -54,11 +54,12 @@ from busapp import names
 from busapp.errors import NoRouteError
 from busapp.transport._bindings import BindingIndex
 from busapp.transport._tracking import BindingWatcher
+from busapp.names import delayed_set
 from busapp.transport.base import is_reply_queue
 from busapp.transport.memory import topic_matches
 
 __all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport", "Transport",
-           "entry_problem"]
+           "acquire_lease", "entry_problem", "move_due", "publish_delayed", "release_lease"]
 
 _log = structlog.get_logger("busapp.transport")
 
@@ -533,6 +534,86 @@ def release_claims(channel: Any, owner: str, payload: Any, exchange: str,
     mine = [k for k, value in zip(keys, held, strict=True) if value == owner.encode()]
     if mine:
         channel.client.delete(*mine)
+
+# -- delayed messages and leases --------------------------------------------------------
+
+#: Adds ARGV[1] (a kombu message) to the sorted set KEYS[1], due ARGV[2] ms from now by the
+#: server's clock (so the hosts' clocks do not matter).
+_DELAY = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
+"""
+
+#: Moves the due members of the sorted set KEYS[1] (at most ARGV[1]) onto the list KEYS[2],
+#: the tail of the queue; their number. Atomic: a message is never on both, nor lost between.
+_MOVE_DUE = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, message in ipairs(due) do
+    redis.call('LPUSH', KEYS[2], message)
+    redis.call('ZREM', KEYS[1], message)
+end
+return #due
+"""
+
+#: Takes the lease KEYS[1] for ARGV[1] for ARGV[2] ms, or extends it if ARGV[1] holds it.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+elseif holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+"""
+
+#: Deletes the lease KEYS[1] if ARGV[1] holds it, or an owner ``ARGV[1].<more>`` does.
+_RELEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and (holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '.') then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+#: The scripts above as redis-py ``Script`` objects (EVALSHA; loaded again where missing).
+_SCRIPTS: dict[str, Any] = {}
+
+
+def _run(channel: Any, source: str, keys: list[str], args: list[Any]) -> Any:
+    # A client of the pool, not ``channel.client``: its connection may be waiting in BRPOP.
+    with channel.conn_or_acquire() as client:
+        script = _SCRIPTS.get(source)
+        if script is None:
+            script = _SCRIPTS[source] = client.register_script(source)
+        return script(keys=keys, args=args, client=client)
+
+
+def publish_delayed(channel: Any, message: Any, queue: str, delay_ms: int) -> None:
+    """Hold ``message`` (from ``channel.prepare_message``) for ``delay_ms``, then put it on
+    ``queue`` (by :func:`move_due`), as a publish to the default exchange would."""
+    channel._inplace_augment_message(message, "", queue)
+    _run(channel, _DELAY, [delayed_set(queue)], [_kjson.dumps(message), delay_ms])
+
+
+def move_due(channel: Any, queues: list[str], limit: int = 100) -> int:
+    """Move the due delayed messages of ``queues`` onto them; how many."""
+    return sum(int(_run(channel, _MOVE_DUE, [delayed_set(q), channel._q_for_pri(q, 0)], [limit]))
+               for q in queues)
+
+
+def acquire_lease(channel: Any, name: str, owner: str, ttl_ms: int) -> bool:
+    """See :meth:`busapp.transport.base.Transport.acquire_lease`."""
+    return bool(_run(channel, _ACQUIRE, [name], [owner, max(1, ttl_ms)]))
+
+
+def release_lease(channel: Any, name: str, owner: str) -> None:
+    """See :meth:`busapp.transport.base.Transport.release_lease`."""
+    _run(channel, _RELEASE, [name], [owner])
 
 
 class Transport(_kredis.Transport):
