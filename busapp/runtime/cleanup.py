@@ -65,7 +65,7 @@ def _requeue_unacked(url: str, pid: int) -> int:
     if not is_redis(url):
         return 0  # RabbitMQ requeues a dead connection's messages itself
     # Imported here: kombu loads only in a manager that has a worker to clean up after.
-    from busapp.transport.kombu_transport import requeue_dead_worker
+    from busapp.transport.kombu_setup import requeue_dead_worker
 
     return requeue_dead_worker(url, pid)
 

@@ -13,6 +13,7 @@ which callers serialise themselves. Broker failures surface as
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -180,3 +181,21 @@ class Transport(Protocol):
 
     def close(self, *, delete_queue: str | None = None) -> None:
         """Close the connection (deleting ``delete_queue`` first, best effort)."""
+
+
+@functools.lru_cache(maxsize=8192)
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """True if ``routing_key`` matches the binding ``pattern`` (``*`` one word, ``#`` zero
+    or more)."""
+    return _match(tuple(pattern.split(".")), tuple(routing_key.split(".")))
+
+
+def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _match(rest, words[1:])

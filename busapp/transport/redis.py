@@ -36,7 +36,6 @@ declared routes as a topic exchange (kombu: as a direct one, dropping what a pat
 
 from __future__ import annotations
 
-import binascii
 import json
 import threading
 from contextlib import contextmanager
@@ -51,21 +50,18 @@ from kombu.transport.virtual import exchange as _vexchange
 from kombu.utils import json as _kjson
 
 from busapp import names
-from busapp.errors import NoRouteError
-from busapp.transport._bindings import BindingIndex
 from busapp.transport._tracking import BindingWatcher
-from busapp.names import delayed_set
-from busapp.transport.base import is_reply_queue
-from busapp.transport.memory import topic_matches
+from busapp.transport import redis_state as _state
+from busapp.transport.redis_routing import BindingRouting
+from busapp.transport.base import is_reply_queue, topic_matches
 
-__all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport", "Transport",
-           "acquire_lease", "entry_problem", "move_due", "publish_delayed", "release_lease"]
+__all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport", "Transport"]
 
 _log = structlog.get_logger("busapp.transport")
 
 
 #: Set of the delivery tags a worker holds unacked: ``OWNER_PREFIX + <owner>``.
-OWNER_PREFIX = "busapp.unacked."
+OWNER_PREFIX = names.UNACKED_OWNER_PREFIX
 
 
 class QoS(_kredis.QoS):
@@ -136,23 +132,7 @@ class TopicExchange(_vexchange.TopicExchange):
         return {queue for key, _, queue in table if topic_matches(key, routing_key)}
 
 
-class _Table:
-    """An exchange's bindings as a channel read them, and what says they are still current."""
-
-    __slots__ = ("index", "members", "topic", "watcher", "generation", "expires", "just_read")
-
-    def __init__(self, index: BindingIndex, members: frozenset[bytes], topic: bool,
-                 watcher: BindingWatcher | None, generation: Any, expires: float) -> None:
-        self.index = index
-        self.members = members  # as SMEMBERS returned them
-        self.topic = topic
-        self.watcher = watcher        # current while its generation of the key is unchanged
-        self.generation = generation
-        self.expires = expires        # without a watcher: current until then (the TTL, or 0)
-        self.just_read = True
-
-
-class Channel(_kredis.Channel):
+class Channel(BindingRouting):
     """kombu's Redis channel with one reused client and indexed, watched bindings."""
 
     QoS = QoS
@@ -191,7 +171,7 @@ class Channel(_kredis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_client: Any = None
         #: exchange -> its bindings as last read (see :meth:`_current_bindings`)
-        self._tables: dict[str, _Table] = {}
+        self._tables: dict[str, Any] = {}
         #: exchanges whose next publish must see every binding change made before it
         self._fresh: set[str] = set()
         self._watcher: BindingWatcher | None = None
@@ -213,135 +193,6 @@ class Channel(_kredis.Channel):
         self._sync_client = None
         self._drop_watcher()
         super()._disconnect_pools()
-
-    # -- bindings: indexed, read again only after a change ---------------------------------
-
-    def _route(self, exchange: str, routing_key: str, topic: bool) -> frozenset[str]:
-        """The queues bound to ``routing_key`` on ``exchange`` (a topic or direct one)."""
-        fresh = exchange in self._fresh
-        self._fresh.discard(exchange)
-        table = self._current_bindings(exchange, topic, fresh)
-        found = table.index.lookup(routing_key)
-        if not found and not fresh and not table.just_read:
-            # A request for a service that just started: read the bindings themselves
-            # before calling it unroutable (its invalidation may still be on the way).
-            table = self._read_bindings(exchange, topic, self._watcher)
-            found = table.index.lookup(routing_key)
-        return found
-
-    def _current_bindings(self, exchange: str, topic: bool, fresh: bool) -> _Table:
-        """``exchange``'s bindings, read again only if they may have changed since.
-
-        ``fresh``: every change made before this call must be seen (an event publish).
-        """
-        watcher = self._binding_watcher()
-        if watcher is not None:
-            try:
-                watcher.sync() if fresh else watcher.poll()
-            except Exception as exc:  # noqa: BLE001 - read the table itself from now on
-                self._drop_watcher(exc)
-                watcher = None
-        table = self._tables.get(exchange)
-        if table is not None and table.topic == topic:
-            if watcher is not None and table.watcher is watcher:
-                if table.generation == watcher.generation(self.keyprefix_queue % exchange):
-                    table.just_read = False
-                    return table
-            elif watcher is None and not fresh and table.expires > monotonic():
-                table.just_read = False
-                return table
-        return self._read_bindings(exchange, topic, watcher)
-
-    def _read_bindings(self, exchange: str, topic: bool, watcher: Any) -> _Table:
-        key = self.keyprefix_queue % exchange
-        generation = watcher.generation(key) if watcher is not None else None
-        with self.conn_or_acquire() as client:  # after noting the generation
-            members = frozenset(client.smembers(key))
-        old = self._tables.get(exchange)
-        if old is not None and old.members == members and old.topic == topic:
-            index = old.index  # unchanged (a publish without the watch reads every time)
-        else:  # the rows kombu's get_table makes of them
-            rows = [tuple(_kredis.bytes_to_str(m).split(self.sep)) for m in members]
-            index = BindingIndex(rows, topic)
-        table = _Table(index, members, topic, watcher, generation,
-                       monotonic() + self.binding_cache_ttl)
-        self._tables[exchange] = table
-        return table
-
-    def _binding_watcher(self) -> BindingWatcher | None:
-        watcher = self._watcher
-        if watcher is not None:
-            if watcher.usable:
-                return watcher
-            self._watcher = None  # a forked child: the socket is the parent's
-        if not self.binding_tracking or monotonic() < self._watcher_retry:
-            return None
-        try:
-            watcher = BindingWatcher.start(self.pool)
-        except Exception as exc:  # noqa: BLE001 - try again later; read tables meanwhile
-            self._watcher_retry = monotonic() + self.WATCHER_RETRY
-            _log.debug("could not open the binding watch connection", error=str(exc))
-            return None
-        if watcher is None:  # the server cannot track keys: never ask again
-            self.binding_tracking = False
-            _log.info("Redis has no client tracking (CLIENT TRACKING, Redis >= 6): each "
-                      "publish reads its exchange's bindings")
-        self._watcher = watcher
-        return watcher
-
-    def _drop_watcher(self, exc: BaseException | None = None) -> None:
-        watcher, self._watcher = self._watcher, None
-        self._tables.clear()
-        if watcher is not None:
-            watcher.close()
-        if exc is not None:
-            self._watcher_retry = monotonic() + self.WATCHER_RETRY
-            _log.warning("binding watch connection failed; reading bindings on each publish "
-                         "until it is open again", error=str(exc) or type(exc).__name__)
-
-    #: Seconds before a lost binding watch connection is opened again.
-    WATCHER_RETRY = 1.0
-
-    def publish_request(self, message: Any, exchange: str, routing_key: str) -> None:
-        """Publish a request; raise :class:`~busapp.errors.NoRouteError` if no queue is bound
-        to ``routing_key`` (kombu would drop it silently, and its caller would time out)."""
-        self._must_route = True
-        try:
-            self.basic_publish(message, exchange=exchange, routing_key=routing_key)
-        finally:
-            self._must_route = False
-
-    _must_route = False
-
-    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
-        kind = self.typeof(exchange).type if exchange else None
-        if kind not in ("topic", "direct"):  # the anonymous exchange, fanout: kombu's way
-            return super()._lookup(exchange, routing_key, default)
-        found = self._route(exchange, routing_key, kind == "topic")
-        if not found and self._must_route:
-            raise NoRouteError(f"no queue is bound to {routing_key!r} on exchange {exchange!r}: "
-                               f"no service consumes it")
-        if not found and (default if default is not None else self.deadletter_queue):
-            return super()._lookup(exchange, routing_key, default)  # kombu's dead-letter path
-        return found
-
-    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
-        self._tables.pop(exchange, None)
-        super()._queue_bind(exchange, routing_key, pattern, queue)
-
-    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
-        self._tables.clear()
-        super()._delete(queue, *args, **kwargs)
-
-    def forget_bindings(self, exchange: str) -> None:
-        """Have the next publish on ``exchange`` see every binding change made before it.
-
-        For fan-out publishes (storage events): a subscriber that bound its queue a
-        moment ago, in any process, must get the next event. With the binding watch on,
-        this costs the next publish one ``PING`` (:meth:`BindingWatcher.sync`), not a
-        read of the whole table.
-        """
-        self._fresh.add(exchange)
 
     # -- entries that are not kombu messages ---------------------------------------------
 
@@ -412,7 +263,7 @@ class Channel(_kredis.Channel):
             payload = json.loads(item)
         except ValueError as exc:
             return None, f"not JSON: {exc}"
-        return payload, entry_problem(payload)
+        return payload, _state.entry_problem(payload)
 
     def _move_aside(self, queue: str, item: bytes, problem: str) -> None:
         dead = f"{queue}.dead"
@@ -449,171 +300,7 @@ def _orphan(key: str, item: bytes) -> None:
         _ORPHANS.append((key, item))
 
 
-def entry_problem(payload: Any) -> str | None:
-    """Why ``payload`` (a decoded Redis queue entry) is not a message kombu can take, or None.
-
-    Checks what kombu's message and ack emulation index without a guard: the envelope's
-    types, the delivery tag and info, and that a base64 body decodes.
-    """
-    if not isinstance(payload, dict):
-        return "not a kombu message envelope (a JSON object)"
-    props = payload.get("properties")
-    if not isinstance(props, dict) or not isinstance(props.get("delivery_tag"), str):
-        return "no properties.delivery_tag"
-    info = props.get("delivery_info")
-    if not isinstance(info, dict) or not all(
-            isinstance(info.get(k), str) for k in ("exchange", "routing_key")):
-        return "no properties.delivery_info with exchange and routing_key"
-    if not isinstance(payload.get("headers") or {}, dict):
-        return "headers is not an object"
-    for key in ("content-type", "content-encoding"):
-        if not isinstance(payload.get(key) or "", str):
-            return f"{key} is not a string"
-    body = payload.get("body")
-    if body is not None and not isinstance(body, str):
-        return "body is not a string"
-    if body and props.get("body_encoding") == "base64":
-        try:
-            binascii.a2b_base64(body.encode("ascii"))  # as kombu will decode it
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            return f"body is not base64: {exc}"
-    return None
-
-
-def requeue_owned(connection: Any, owner: str) -> int:
-    """Requeue every message the (dead) worker ``owner`` left unacked; how many.
-
-    Each goes back to its queue flagged redelivered, as after the visibility timeout (so
-    poison messages are still counted), after the replay claims the worker made on it are
-    released (so a signed request it died on runs again). Call it only once the worker is
-    gone.
-    """
-    channel = connection.default_channel
-    key = OWNER_PREFIX + owner
-    tags = [_kredis.bytes_to_str(tag) for tag in channel.client.smembers(key)]
-    for tag in tags:
-        record = channel.client.hget(channel.unacked_key, tag)
-        entry = _kjson.loads(_kredis.bytes_to_str(record)) if record else None
-        exchange = entry[1] if entry else ""
-        if exchange and exchange not in channel.state.exchanges:
-            # kombu routes through an exchange it has not seen declared as "direct", which
-            # would match none of a topic exchange's bindings and drop the message.
-            kombu.Exchange(exchange, type="topic", durable=True)(channel).declare()
-        if entry:
-            release_claims(channel, owner, *entry)
-        channel.qos.restore_by_tag(tag, leftmost=True)
-    channel.client.delete(key)
-    return len(tags)
-
-
-def release_claims(channel: Any, owner: str, payload: Any, exchange: str,
-                   routing_key: str) -> None:
-    """Delete the replay claims (:meth:`busapp.transport.kombu_transport.KombuTransport.claim`)
-    worker ``owner`` made on the message ``payload``, published to ``exchange`` with
-    ``routing_key``: it died before serving it, and its copy must be served once more.
-
-    Only claims holding ``owner`` go: one event reaches several queues, and the claims of
-    the other queues' workers stand.
-    """
-    headers = payload.get("headers") if isinstance(payload, dict) else None
-    signature = headers.get(names.SIGNATURE_HEADER) if isinstance(headers, dict) else None
-    if not isinstance(signature, str):
-        return
-    if exchange:
-        try:
-            queues = channel.typeof(exchange).lookup(channel.get_table(exchange), exchange,
-                                                     routing_key, None) or []
-        except KeyError:
-            queues = []
-    else:
-        queues = [routing_key]
-    keys = [names.replay_claim(queue, signature) for queue in queues]
-    if not keys:
-        return
-    held = channel.client.mget(keys)
-    mine = [k for k, value in zip(keys, held, strict=True) if value == owner.encode()]
-    if mine:
-        channel.client.delete(*mine)
-
 # -- delayed messages and leases --------------------------------------------------------
-
-#: Adds ARGV[1] (a kombu message) to the sorted set KEYS[1], due ARGV[2] ms from now by the
-#: server's clock (so the hosts' clocks do not matter).
-_DELAY = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[1])
-"""
-
-#: Moves the due members of the sorted set KEYS[1] (at most ARGV[1]) onto the list KEYS[2],
-#: the tail of the queue; their number. Atomic: a message is never on both, nor lost between.
-_MOVE_DUE = """
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms, 'LIMIT', 0, tonumber(ARGV[1]))
-for _, message in ipairs(due) do
-    redis.call('LPUSH', KEYS[2], message)
-    redis.call('ZREM', KEYS[1], message)
-end
-return #due
-"""
-
-#: Takes the lease KEYS[1] for ARGV[1] for ARGV[2] ms, or extends it if ARGV[1] holds it.
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if not holder then
-    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return 1
-elseif holder == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return 1
-end
-return 0
-"""
-
-#: Deletes the lease KEYS[1] if ARGV[1] holds it, or an owner ``ARGV[1].<more>`` does.
-_RELEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and (holder == ARGV[1] or string.sub(holder, 1, #ARGV[1] + 1) == ARGV[1] .. '.') then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-#: The scripts above as redis-py ``Script`` objects (EVALSHA; loaded again where missing).
-_SCRIPTS: dict[str, Any] = {}
-
-
-def _run(channel: Any, source: str, keys: list[str], args: list[Any]) -> Any:
-    # A client of the pool, not ``channel.client``: its connection may be waiting in BRPOP.
-    with channel.conn_or_acquire() as client:
-        script = _SCRIPTS.get(source)
-        if script is None:
-            script = _SCRIPTS[source] = client.register_script(source)
-        return script(keys=keys, args=args, client=client)
-
-
-def publish_delayed(channel: Any, message: Any, queue: str, delay_ms: int) -> None:
-    """Hold ``message`` (from ``channel.prepare_message``) for ``delay_ms``, then put it on
-    ``queue`` (by :func:`move_due`), as a publish to the default exchange would."""
-    channel._inplace_augment_message(message, "", queue)
-    _run(channel, _DELAY, [delayed_set(queue)], [_kjson.dumps(message), delay_ms])
-
-
-def move_due(channel: Any, queues: list[str], limit: int = 100) -> int:
-    """Move the due delayed messages of ``queues`` onto them; how many."""
-    return sum(int(_run(channel, _MOVE_DUE, [delayed_set(q), channel._q_for_pri(q, 0)], [limit]))
-               for q in queues)
-
-
-def acquire_lease(channel: Any, name: str, owner: str, ttl_ms: int) -> bool:
-    """See :meth:`busapp.transport.base.Transport.acquire_lease`."""
-    return bool(_run(channel, _ACQUIRE, [name], [owner, max(1, ttl_ms)]))
-
-
-def release_lease(channel: Any, name: str, owner: str) -> None:
-    """See :meth:`busapp.transport.base.Transport.release_lease`."""
-    _run(channel, _RELEASE, [name], [owner])
 
 
 class Transport(_kredis.Transport):

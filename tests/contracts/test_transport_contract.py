@@ -22,7 +22,7 @@ from busapp import names
 from busapp.errors import BrokerUnavailable, NoRouteError
 from busapp.transport import open_transport
 from busapp.transport.base import QueueSpec
-from busapp.transport.kombu_transport import requeue_dead_worker
+from busapp.transport.kombu_setup import requeue_dead_worker
 from tests._private_brokers import free_port
 from tests.contracts.conftest import Bus, consumed, depth_becomes, drain_for, drain_until
 
