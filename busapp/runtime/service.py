@@ -20,7 +20,7 @@ from typing import Any
 
 from busapp import names
 from busapp.core import dispatch
-from busapp.client.aio import AsyncBus
+from busapp.client.async_bus import AsyncBus
 from busapp.client.sync import BusMixin, Client, default_exchange, default_queue
 from busapp.core.pipeline import IncomingMessage
 from busapp.entrypoints.base import Entrypoint

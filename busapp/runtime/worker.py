@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from busapp import names
 from busapp.core.options import WorkerOptions
 from busapp.core.pipeline import REQUEUE, IncomingMessage, Outcome
 from busapp.entrypoints import control
@@ -29,7 +28,6 @@ from busapp.entrypoints.control import ControlEntrypoint
 from busapp.entrypoints.rpc import RpcEntrypoint
 from busapp.entrypoints.storage_event import SubscriptionEntrypoint
 from busapp.log import get_logger
-from busapp.errors import BrokerUnavailable, Resubscribe
 from busapp.runtime.cleanup import forget_own_queues
 from busapp.runtime.cluster import (
     dead_letter_name,
@@ -43,18 +41,16 @@ from busapp.runtime.lanes import Lanes
 from busapp.runtime.observe import Observer, log_handler_error
 from busapp.runtime.pipeline import Pipeline
 from busapp.runtime.retry import Resender
+from busapp.runtime.supervisor import Supervisor
 from busapp.runtime.timelimit import TimeLimits
 from busapp.runtime.timers import TimerScheduler
-from busapp.transport import mask_url, open_transport, revive_if_embedded
+from busapp.transport import open_transport
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
 log = get_logger("busapp.worker")
 
 __all__ = ["Worker", "WorkerOptions"]
 
-#: The banner's section for each entrypoint kind (others: the kind, plural).
-_SECTIONS = {"call": "methods", "storage_event": "storage events", "event": "events",
-             "timer": "timers"}
 
 #: Seconds between two moves of due delayed messages back onto their queues (Redis).
 SWEEP_EVERY = 0.5
@@ -93,8 +89,8 @@ class Worker:
         self.lanes = Lanes(self)
         self._control = control.control_queue(control.service_name(service))
         self._dead_declared: set[str] = set()
-        self._ever_ready = False
-        self._stalled_checks = 0
+        #: Connects, subscribes and reconnects (under :meth:`run`).
+        self.supervisor = Supervisor(self)
         #: Pipelines of the entrypoints whose messages are made here: ``{timer name: Pipeline}``.
         self.timer_pipelines: dict[str, Pipeline] = {}
         self._pipelines = self._make_pipelines()
@@ -273,9 +269,9 @@ class Worker:
                           service=self.service.service_name)
             raise
         self.lanes.start_monitor()
-        self._start_timers()
+        self.supervisor.start_timers()
         try:
-            self._supervise()
+            self.supervisor.supervise()
         finally:
             self.stop()
             if self.timers is not None:
@@ -290,128 +286,9 @@ class Worker:
                               service=self.service.service_name)
             log.info("worker stopped", pid=os.getpid(), service=self.service.service_name)
 
-    def _start_timers(self) -> None:
-        if self.timer_pipelines and self.timers is None:
-            lease = names.timer_lease(self.service.service_name)
-            self.timers = TimerScheduler(self.service.connection_url, lease,
-                                         self.timer_pipelines, self._tick_key())
-        if self.timers is not None:
-            self.timers.start()
-
-    def _supervise(self) -> None:
-        """Connect and serve; after a broker fault, reconnect with a short back-off."""
-        backoff = 0.5
-        started = time.monotonic()
-        said_retrying = False
-        while not self.stopping.is_set():
-            consuming = [False]
-            try:
-                self._connect_and_serve(consuming)
-            except Resubscribe:
-                continue
-            except BrokerUnavailable as exc:
-                if self.stopping.is_set():
-                    break
-                timeout = self.options.startup_timeout
-                if not self._ever_ready and timeout is not None \
-                        and time.monotonic() - started > timeout:
-                    raise
-                if consuming[0]:
-                    backoff = 0.5  # it was up and consuming: the next fault starts afresh
-                url = mask_url(self.service.connection_url)
-                if not self._ever_ready and not said_retrying:
-                    said_retrying = True
-                    log.warning("cannot reach the broker; retrying "
-                                + ("forever" if timeout is None else f"for {timeout:g}s")
-                                + " (busapp run --startup-timeout S sets how long)", broker=url)
-                log.warning("broker connection lost; reconnecting", error=str(exc),
-                            retry_in=backoff, broker=url)
-                if revive_if_embedded(self.service.connection_url):
-                    continue  # the embedded broker was gone and is back: at once
-                self.stopping.wait(backoff)
-                # At most 2 s: a broker back after a restart (RabbitMQ takes 5-7 s to start)
-                # is served within 2 s, not after a back-off grown to 10 s.
-                backoff = min(backoff * 2, 2.0)
-
-    def _connect_and_serve(self, consuming: list[bool]) -> None:
-        transport = open_transport(self.service.connection_url)
-        transport.max_body = self.options.max_body
-        lanes = self.lanes
-        try:
-            transport.connect()
-            self.transport = transport
-            lanes.reset()
-            # Messages may arrive while the later queues are still being consumed (each
-            # consume waits for the broker's answer): they wait in the inbox, kept.
-            self._subscribe(transport, lanes.inbox.append)
-            self.service._bus_client()
-            self._stalled_checks = 0
-            consuming[0] = True
-            lanes.open()
-            self._announce_ready()
-            fatal = lanes.wait_closed()
-            if fatal is not None:
-                raise fatal
-            lanes.drain(self.options.graceful_timeout)
-        finally:
-            lanes.close()
-            transport.close()
-
-    def _announce_ready(self) -> None:
-        if not self._ever_ready:
-            self._ever_ready = True
-            if self.ready_callback is not None:
-                self.ready_callback()
-        service = self.service
-        keys = [binding for spec, pipeline in self._consumers()
-                if pipeline.entrypoint.kind != "control" for binding in spec.binding_keys]
-        banner = {"serves": self.banner()} if self.show_banner else {}
-        self.show_banner = False  # once: not again after a reconnection
-        log.info("worker ready", pid=os.getpid(), service=service.service_name,
-                 routing_keys=keys, exchange=service.exchange_name,
-                 broker=mask_url(service.connection_url), concurrency=self.options.concurrency,
-                 **banner)
-
-    def banner(self) -> dict[str, list[str]]:
-        """What this worker serves, by kind: ``{"methods": [...], "storage events": [...]}``.
-
-        Read from its entrypoints (each one's ``describe()``, else its binding keys), so a
-        new kind of entrypoint is listed with no change here.
-        """
-        sections: dict[str, list[str]] = {}
-        for pipeline in dict.fromkeys(self._pipelines.values()):
-            entrypoint = pipeline.entrypoint
-            if entrypoint.kind == "control":
-                continue
-            describe = getattr(entrypoint, "describe", None)
-            lines = describe() if describe is not None else [
-                key for spec in entrypoint.queue_specs() for key in spec.binding_keys]
-            title = _SECTIONS.get(entrypoint.kind, entrypoint.kind.replace("_", " ") + "s")
-            sections.setdefault(title, []).extend(lines)
-        return sections
-
     def watchdog(self, in_flight: int) -> None:
-        """Re-subscribe if this worker is idle while its queues are unbound or hold messages."""
-        now = time.monotonic()
-        lanes = self.lanes
-        if in_flight or now - lanes.last_receive < self.options.watchdog_interval:
-            return
-        lanes.last_receive = now
-        transport = self.transport
-        assert transport is not None
-        names = [spec.name for spec, _ in self._consumers()]
-        bound = transport.bound_queues(self.service.exchange_name)
-        if bound is not None:
-            missing = [n for n in names if n not in bound]
-            if missing:
-                log.warning("queue binding lost on the broker; re-subscribing", queues=missing)
-                raise Resubscribe(f"bindings of {missing} are gone")
-        waiting = sum(transport.queue_depth(n) for n in names)
-        self._stalled_checks = self._stalled_checks + 1 if waiting else 0
-        if self._stalled_checks >= 2:
-            log.warning("consumer stalled: messages wait but none arrive; re-subscribing",
-                        waiting=waiting, service=self.service.service_name)
-            raise Resubscribe(f"{waiting} messages waiting on an idle worker")
+        """See :meth:`busapp.runtime.supervisor.Supervisor.watchdog` (the lanes call it)."""
+        self.supervisor.watchdog(in_flight)
 
     # -- figures of ``busapp status`` ------------------------------------------------------------
 
