@@ -132,7 +132,7 @@ def lookup_cost(url: str, exchange: str, routing_key: str, seconds: float = 0.5
     busapp's Redis channel with the watch on and off, and kombu's stock channel."""
     from kombu import Connection, Exchange
 
-    from busapp.transport.kombu_transport import kombu_connection
+    from busapp.transport.kombu_setup import kombu_connection
 
     out = {}
     for name, conn in (

@@ -192,12 +192,17 @@ def _raw_transport(url: str, stock: bool) -> None:
 
 #: Set by ``--sign``: busapp's server and clients use a keyring (every call signed, verified).
 SIGN_ENV = "BUSAPP_BENCH_SIGN"
+#: Set by ``--sign-baseline``: the baseline signs too (its busapp must have busapp.security).
+SIGN_BASE_ENV = "BUSAPP_BENCH_SIGN_BASELINE"
 SIGN_KEYS = {"bench": "bench-secret-0123456789abcdef"}
 
 
 def _signing(impl: str) -> bool:
-    """Whether this busapp server or client signs (never the baseline: it may predate keys)."""
-    return impl == "busapp" and os.environ.get(SIGN_ENV) == "1"
+    """Whether this busapp server or client signs (the baseline only with --sign-baseline:
+    it may predate keys)."""
+    if os.environ.get(SIGN_ENV) != "1":
+        return False
+    return impl == "busapp" or (impl == "base" and os.environ.get(SIGN_BASE_ENV) == "1")
 
 
 def _serve_main(argv: list[str]) -> None:
@@ -776,10 +781,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sign", action="store_true",
                    help="busapp server and clients use a keyring: every request and reply "
                         "signed and verified (HMAC-SHA256, busapp.security)")
+    p.add_argument("--sign-baseline", action="store_true",
+                   help="with --sign and --baseline: the baseline signs too (signing cost "
+                        "before and after a change, in one run)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every pass on stderr")
     args = p.parse_args(argv)
     if args.sign:
         os.environ[SIGN_ENV] = "1"  # the server and client processes inherit it
+    if args.sign_baseline:
+        os.environ[SIGN_BASE_ENV] = "1"
     args.workers = [int(w) for w in args.workers.split(",")]
     quick = args.quick
     args.duration = args.duration or (0.5 if quick else 3.0)
@@ -829,6 +839,9 @@ def main(argv: list[str] | None = None) -> int:
         import peers
 
         print(f"peers: {peers.peer_versions(args.peers_python)} (FastStream's access log off)")
+    if args.sign:
+        print("busapp calls signed and verified (--sign)"
+              + ("; the baseline's too" if args.sign_baseline and args.baseline else ""))
     print(f"busapp vs raw kombu, echo RPC, 64-byte JSON payload; {os.cpu_count()} CPUs; "
           f"medians of {args.repeat} pass(es); windows {args.seq_duration:g}s sequential, "
           f"{args.duration:g}s throughput; {elapsed:.0f}s in all")

@@ -6,6 +6,12 @@ per-message context with :mod:`structlog.contextvars`; only
 wants busapp's format) calls ``structlog.configure``. Log lines go to
 stderr, so a command's stdout stays its result.
 
+Two formats. ``json`` (the default off a terminal): one JSON object per line with every
+field, for machines. ``console`` (on a terminal): :class:`ConsoleLines`, for people::
+
+    12:30:05.123 info    call method=add outcome=ok duration_ms=0.41 pid=4242
+                              routing_key=simple.add id=3f0c...    (one line)
+
 Example::
 
     from busapp.log import configure_logging
@@ -14,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any, TextIO
@@ -88,20 +95,80 @@ def _isatty(stream: TextIO | None) -> bool:
 def _renderer(fmt: str, file: TextIO | None) -> Any:
     if fmt == "json":
         return structlog.processors.JSONRenderer()
-    return structlog.dev.ConsoleRenderer(colors=_isatty(file))
+    return ConsoleLines(colors=_isatty(file))
+
+
+#: Fields a console line shows first, after the event, in this order.
+FIRST = ("method", "outcome", "duration_ms", "code")
+#: Fields a console line leaves out when they repeat ``id`` (a call's own ids).
+SAME_AS_ID = ("correlation_id", "request_id")
+#: The field a console line shows as a banner below it: ``{section: [entries]}``.
+BANNER = "serves"
+_STYLE = {"debug": "\x1b[2m", "info": "\x1b[32m", "warning": "\x1b[33m",
+          "error": "\x1b[31;1m", "critical": "\x1b[31;1m"}
+_DIM, _BRIGHT, _RESET = "\x1b[2m", "\x1b[1m", "\x1b[0m"
+
+
+class ConsoleLines:
+    """The console renderer: time, level, event, then ``method outcome duration_ms code``,
+    then the other fields in the order they were bound; fields that are None, busapp's
+    logger name and ids that repeat ``id`` are left out. A ``serves`` field (the start-up
+    banner of a worker) is shown below the line, one entry per line, like Celery's
+    ``[tasks]``; an exception's traceback too.
+    """
+
+    def __init__(self, colors: bool = False) -> None:
+        self.colors = colors
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> str:
+        fields = {k: v for k, v in event_dict.items() if v is not None and k[:1] != "_"}
+        when = str(fields.pop("timestamp", ""))
+        level = str(fields.pop("level", method_name))
+        event = str(fields.pop("event", ""))
+        banner = fields.pop(BANNER, None)
+        trace = fields.pop("exception", None)
+        if str(fields.get("logger", "")).startswith("busapp"):
+            del fields["logger"]
+        for key in SAME_AS_ID:
+            if key in fields and fields[key] == fields.get("id"):
+                del fields[key]
+        ordered = [(k, fields.pop(k)) for k in FIRST if k in fields] + list(fields.items())
+        if banner:
+            ordered = [(k, v) for k, v in ordered if k != "routing_keys"]  # the banner says it
+        line = " ".join(filter(None, (self._paint(when[11:23] or when, _DIM),
+                                      self._paint(f"{level:<7}", _STYLE.get(level, "")),
+                                      self._paint(event, _BRIGHT),
+                                      " ".join(f"{k}={_text(v)}" for k, v in ordered))))
+        if isinstance(banner, dict):
+            for section, entries in banner.items():
+                line += f"\n  [{section}]" + "".join(f"\n    . {e}" for e in entries)
+        return line + (f"\n{trace}" if trace else "")
+
+    def _paint(self, text: str, style: str) -> str:
+        return f"{style}{text}{_RESET}" if self.colors and style else text
+
+
+def _text(value: Any) -> str:
+    """A field's value as a console line shows it: bare when it reads unambiguously."""
+    if isinstance(value, str):
+        return value if value and not any(c.isspace() or c in "\"='" for c in value) \
+            else json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _processors(fmt: str, file: TextIO | None) -> list[Any]:
-    shared: list[Any] = [
+    return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         add_logger_name,
+        # The console shows the local time of day (the renderer cuts it from ISO text).
         structlog.processors.TimeStamper(fmt="iso", utc=fmt == "json"),
         structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        _renderer(fmt, file),
     ]
-    if fmt == "json":
-        shared.append(structlog.processors.format_exc_info)
-    return shared + [_renderer(fmt, file)]
 
 
 class _StderrLogger:
@@ -193,8 +260,7 @@ def _route_stdlib(level: int, fmt: str, file: TextIO | None) -> None:
             structlog.processors.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=fmt == "json"),
-            (structlog.processors.format_exc_info if fmt == "json"
-             else structlog.processors.StackInfoRenderer()),
+            structlog.processors.format_exc_info,
         ],
     )
     handler = logging.StreamHandler(file or sys.stderr)

@@ -8,18 +8,25 @@ Routing keys::
     <service>.<method>                      a JSON-RPC request (binding <service>.*)
     notify.storage.<Model>.<event>          a storage change (created, updated, deleted)
     busapp-control[.<service>]              a control request (busapp status, probe)
+    busapp-event.<source>.<event>           an event between services (bus.emit)
 
 Queues::
 
     <service> / <exchange>.<service>        a service's RPC queue (shared by its workers)
     <queue>.notify.<Model>.<event>.<func>   a storage-event subscription of an App
+    <queue>.event.<pattern>.<func>          an event handler of an App (shared by its workers)
+    <that>.<host>.<pid>                     a broadcast event handler's queue in one worker
     <queue>.dead                            messages dead-lettered from <queue>
+    <queue>.delay.<ms>                      RabbitMQ: messages waiting <ms> to go back to <queue>
+    <queue>.delayed                         Redis: a sorted set of messages due back on <queue>
     busapp.reply.<hex>                      a caller's reply queue (response-<uuid>: Commissaire's)
     busapp.control.<service>.<host>.<pid>   one worker's control queue
+    busapp.timers.<queue>                   the timer lease of the App serving <queue>
 
-Redis keys::
+Redis keys (besides kombu's)::
 
-    busapp.unacked.<host>.<pid>             delivery tags a worker process holds unacked
+    busapp.unacked.<host>.<pid>             the messages one worker holds unacknowledged
+    busapp.replay.<queue>.<signature>       a signed message a worker took (replay memory)
     busapp.owners                           workers owning queues of their own
     busapp.owned.<host>.<pid>.<n>           one worker's own queues (queue -> exchange)
     busapp.alive.<host>.<pid>.<n>           its heartbeat: expires unless it lives
@@ -125,6 +132,73 @@ def storage_queue(app_queue: str, model_name: str | None, event: str, func_name:
     return f"{app_queue}.notify.{model_name or 'any'}.{event}.{func_name}"
 
 
+# -- events between services --------------------------------------------------------------
+
+#: Routing-key prefix of every event (``bus.emit``). No App can be named so (``-`` is not
+#: in a name), so no RPC binding ``<service>.*`` matches an event, nor does a storage one.
+EVENT_PREFIX = "busapp-event"
+#: The word a topic pattern uses for one word (``*``) and for any number of them (``#``).
+WILDCARDS = ("*", "#")
+
+
+def event_key(name: str) -> str:
+    """The routing key of event ``name`` (``<source>.<event>``): ``busapp-event.<name>``."""
+    return f"{EVENT_PREFIX}.{name}"
+
+
+def event_binding(pattern: str) -> str:
+    """The binding key of an event handler of ``pattern`` (a name, ``orders.*``, ``#``)."""
+    return f"{EVENT_PREFIX}.{pattern}"
+
+
+def event_of(routing_key: str | None) -> str | None:
+    """The event name a routing key carries (None: not an event's key)."""
+    if not routing_key or not routing_key.startswith(EVENT_PREFIX + "."):
+        return None
+    return routing_key[len(EVENT_PREFIX) + 1:] or None
+
+
+def event_queue(app_queue: str, pattern: str, func_name: str) -> str:
+    """The queue of one event handler of an App, shared by its workers."""
+    return f"{app_queue}.event.{pattern}.{func_name}"
+
+
+def broadcast_queue(handler_queue: str, host: str, pid: int, number: int = 0) -> str:
+    """One worker's own queue of a broadcast event handler (a number after the first one in
+    a process, as :func:`control_queue`)."""
+    name = f"{handler_queue}.{host}.{pid}"
+    return f"{name}.{number}" if number else name
+
+
+def delay_queue(queue: str, delay_ms: int) -> str:
+    """RabbitMQ: where messages wait ``delay_ms`` before they go back to ``queue``."""
+    return f"{queue}.delay.{delay_ms}"
+
+
+def delayed_set(queue: str) -> str:
+    """Redis: the sorted set of messages due back on ``queue`` (score: due time, ms)."""
+    return f"{queue}.delayed"
+
+
+# -- timers ------------------------------------------------------------------------------
+
+#: Prefix of the timer leases: one per App, held by the worker that runs its ticks.
+TIMER_LEASE_PREFIX = "busapp.timers."
+#: Routing-key prefix of a timer tick (made in the worker that runs it; never published).
+TIMER_PREFIX = "busapp-timer"
+
+
+def timer_lease(app_queue: str) -> str:
+    """The lease of the timers of the App serving ``app_queue`` (its queue names it, exchange
+    included, so two deployments on one broker never share one)."""
+    return TIMER_LEASE_PREFIX + app_queue
+
+
+def timer_key(service: str, timer: str) -> str:
+    """The routing key a tick of ``timer`` is made with: ``busapp-timer.<service>.<timer>``."""
+    return f"{TIMER_PREFIX}.{service}.{timer}"
+
+
 # -- control (busapp status, probe) ------------------------------------------------------
 
 #: Routing key every worker's control queue is bound to; ``<it>.<service>`` reaches one service.
@@ -150,6 +224,14 @@ def control_queue(service: str, host: str, pid: int, number: int = 0) -> str:
 
 #: Redis sets naming the unacknowledged messages of one worker process.
 UNACKED_OWNER_PREFIX = "busapp.unacked."
+#: Redis keys recording which signed messages a service's workers took (replay memory).
+REPLAY_PREFIX = "busapp.replay."
+
+
+def replay_claim(queue: str, signature: str) -> str:
+    """The key claiming the signed message ``signature`` taken from ``queue``: one per queue,
+    since one event signed once reaches every subscribing queue."""
+    return f"{REPLAY_PREFIX}{queue}.{signature}"
 
 
 def unacked_owner(host: str, pid: int) -> str:
@@ -191,3 +273,9 @@ COUNT_HEADER = "x-busapp-deliveries"
 COUNT_SIGNATURE_HEADER = "x-busapp-deliveries-sig"
 #: The request id a call carries through every service it reaches (busapp.ops.tracing).
 REQUEST_ID_HEADER = "x-busapp-request-id"
+#: Times an event's handler failed and the event was sent again, and that count's signature
+#: (busapp.runtime.retry).
+RETRIES_HEADER = "x-busapp-retries"
+RETRIES_SIGNATURE_HEADER = "x-busapp-retries-sig"
+#: Why a message was dead-lettered (one line: the exception class and message).
+ERROR_HEADER = "x-busapp-error"

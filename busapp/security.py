@@ -3,207 +3,59 @@
 Broker credentials decide who may reach the broker; a keyring decides who may call which
 method. Off unless a keyring (service side) or a key (caller side) is given.
 
-A signed message carries three headers::
-
-    x-busapp-key   the key id (never the secret)
-    x-busapp-ts    Unix time of signing, as text ("1712345678.123")
-    x-busapp-sig   hex HMAC-SHA256, keyed by the secret, over
-                   "busapp-v1", key id, ts, routing key, reply_to, correlation id
-                   (NUL-separated) and then the body bytes
-
-What signs what:
-
-- a :class:`~busapp.client.sync.Client` with ``key=(id, secret)`` signs its requests and
-  notifications with it, and drops any reply not signed with that same key (so a reply
-  forged into its reply queue never reaches the caller). The one exception is an
-  unsigned -32001 (Unauthorized) reply: a service that cannot verify the caller cannot
-  sign for it either; such a reply can only refuse, never carry a result;
-- a service with a keyring verifies every request before parsing it; it answers with
-  the key the request was signed with, and signs its own calls and the storage events
-  it publishes with its own key (:attr:`Keyring.own`);
-- a subscriber with a keyring drops storage events not signed by a key of its keyring.
-
-Secrets are compared with :func:`hmac.compare_digest`, never logged, never sent.
-
-The helpers here are pure functions (no I/O), for every client (the blocking
-:class:`~busapp.client.sync.Client`, an asyncio one) and the worker alike::
-
-    headers = sign(("frontend", b"s3cret"), body, "billing.quote", reply_to, cid)
-    key_id = verify(keyring, headers, body, "billing.quote", reply_to, cid)  # or Unauthorized
-
-A client (blocking or asyncio) does what :class:`~busapp.client.sync.Client` does: pass every
-outgoing message through :func:`signer`; check each reply with ``verify({id: secret},
-headers, body, <its reply queue>, None, correlation_id)`` before parsing it, and drop it
-on :class:`~busapp.errors.Unauthorized` unless :func:`unsigned_refusal` says it is an
-unsigned -32001.
+:class:`Keyring` is the keys a service accepts; signing and verifying are
+:mod:`busapp.core.signing`'s (re-exported here), which says what a signature covers and
+what signs what. Replay memory and the gate a worker checks each message with are
+:mod:`busapp.runtime.gate`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
+import re
 import stat
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from busapp import config, names
-from busapp.errors import Refused, Unauthorized
+from busapp import config
+from busapp.core.signing import (
+    CONTENT_TYPE,
+    COVERED_HEADERS,
+    DEFAULT_REPLAY_MEMORY,
+    DEFAULT_REPLAY_WINDOW,
+    HEADERS,
+    KEY_ENV,
+    KEY_HEADER,
+    KEYRING_ENV,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Key,
+    KeyLike,
+    _check_id,
+    _secret_bytes,
+    covered,
+    key_from_env,
+    parse_key,
+    sign,
+    signed_by,
+    signer,
+    unsigned_refusal,
+    verify,
+)
+from busapp.errors import Refused
 
 __all__ = [
-    "KEY_ENV", "KEY_HEADER", "KEYRING_ENV", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Keyring",
-    "Refused", "key_from_env", "parse_key", "sign", "signer", "unsigned_refusal", "verify",
+    "CONTENT_TYPE", "COVERED_HEADERS", "DEFAULT_REPLAY_MEMORY", "DEFAULT_REPLAY_WINDOW", "HEADERS",
+    "KEY_ENV", "KEY_HEADER", "KEYRING_ENV", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "Key",
+    "KeyLike", "Keyring", "Refused", "covered", "key_from_env", "parse_key", "sign",
+    "signed_by", "signer", "unsigned_refusal", "verify",
 ]
 
 log = structlog.get_logger("busapp.security")
-
-KEY_HEADER = names.KEY_HEADER
-TIMESTAMP_HEADER = names.TIMESTAMP_HEADER
-SIGNATURE_HEADER = names.SIGNATURE_HEADER
-#: Every header signing adds (a re-signed message drops the old ones first).
-HEADERS = (KEY_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER)
-#: ``id:secret``: the key a :class:`~busapp.client.sync.Client` signs with when none is passed.
-KEY_ENV = config.env_name("key")
-#: Path of the keyring file ``busapp run`` and ``busapp storage`` load when no --keyring is given.
-KEYRING_ENV = config.env_name("keyring")
-#: Seconds a signed message stays acceptable (clocks are assumed in step, as NTP keeps them).
-DEFAULT_REPLAY_WINDOW = 60.0
-#: Signatures a worker remembers at most (see :class:`ReplayGuard`).
-DEFAULT_REPLAY_MEMORY = 100_000
-
-_VERSION = b"busapp-v1"
-
-#: A signing key: ``(key id, secret)``.
-Key = tuple[str, bytes]
-KeyLike = tuple[str, str | bytes] | str
-
-
-def _secret_bytes(key_id: str, secret: str | bytes) -> bytes:
-    if isinstance(secret, str):
-        secret = secret.encode()
-    if not isinstance(secret, bytes) or not secret:
-        raise ValueError(f"the secret of key {key_id!r} must be a non-empty string")
-    return secret
-
-
-def _check_id(key_id: Any) -> str:
-    if not isinstance(key_id, str) or not key_id or any(c in key_id for c in "\0:\n"):
-        raise ValueError(f"a key id must be a non-empty string without ':' or newlines, "
-                         f"got {key_id!r}")
-    return key_id
-
-
-def parse_key(key: KeyLike) -> Key:
-    """``(id, secret)`` from a tuple or from ``"id:secret"`` text (as in ``$BUSAPP_KEY``).
-
-    Raises:
-        ValueError: not a key (the message never contains the secret).
-    """
-    if isinstance(key, str):
-        key_id, sep, secret = key.partition(":")
-        if not sep:
-            raise ValueError("a key is written ID:SECRET (e.g. BUSAPP_KEY=frontend:s3cret)")
-        key = (key_id, secret)
-    if not isinstance(key, tuple) or len(key) != 2:
-        raise ValueError("key must be (key_id, secret) or 'key_id:secret'")
-    key_id = _check_id(key[0])
-    return key_id, _secret_bytes(key_id, key[1])
-
-
-def key_from_env() -> Key | None:
-    """The key in ``$BUSAPP_KEY`` (``id:secret``), or None when it is unset."""
-    value = config.get("key")
-    if not value:
-        return None
-    try:
-        return parse_key(value)
-    except ValueError as exc:
-        raise ValueError(f"${KEY_ENV}: {exc}") from None
-
-
-def _mac(secret: bytes, key_id: str, ts: str, body: bytes, routing_key: str | None,
-         reply_to: str | None, correlation_id: str | None) -> str:
-    head = b"\0".join((_VERSION, key_id.encode(), ts.encode(), (routing_key or "").encode(),
-                       (reply_to or "").encode(), (correlation_id or "").encode()))
-    return hmac.digest(secret, head + b"\0" + body, hashlib.sha256).hex()
-
-
-def sign(key: Key, body: bytes, routing_key: str | None, reply_to: str | None = None,
-         correlation_id: str | None = None, ts: float | None = None) -> dict[str, str]:
-    """The headers that sign one message with ``key`` (add them to the message's own).
-
-    ``routing_key`` is the key the message is published with (for a reply: the reply
-    queue's name). ``ts`` defaults to now.
-    """
-    key_id, secret = key
-    stamp = f"{time.time() if ts is None else ts:.3f}"
-    return {KEY_HEADER: key_id, TIMESTAMP_HEADER: stamp,
-            SIGNATURE_HEADER: _mac(secret, key_id, stamp, body, routing_key, reply_to,
-                                   correlation_id)}
-
-
-def signer(key: Key | None, body: bytes, routing_key: str | None, reply_to: str | None,
-           correlation_id: str | None, headers: dict[str, Any] | None) -> dict[str, Any] | None:
-    """``headers`` with the signature of ``key`` added (as is when ``key`` is None)."""
-    if key is None:
-        return headers
-    signed = {k: v for k, v in (headers or {}).items() if k not in HEADERS}
-    signed.update(sign(key, body, routing_key, reply_to, correlation_id))
-    return signed
-
-
-def signed_by(headers: Mapping[str, Any]) -> str | None:
-    """The key id a message claims (unverified: for logs and error text only)."""
-    key_id = headers.get(KEY_HEADER)
-    return key_id if isinstance(key_id, str) else None
-
-
-def verify(secrets: Mapping[str, bytes] | Keyring, headers: Mapping[str, Any], body: bytes,
-           routing_key: str | None, reply_to: str | None = None,
-           correlation_id: str | None = None, *, now: float | None = None,
-           window: float = DEFAULT_REPLAY_WINDOW) -> str:
-    """Check a message's signature; return its key id.
-
-    Raises:
-        Unauthorized: unsigned, an unknown key id, a wrong signature, or a timestamp
-            outside ``window`` seconds of ``now`` (the reason is in the message).
-    """
-    key_id, stamp, sig = (headers.get(h) for h in HEADERS)
-    if key_id is None and sig is None:
-        raise Unauthorized("the message is not signed; this service needs a key "
-                           f"(Client(key=(id, secret)) or ${KEY_ENV}=id:secret)")
-    if not (isinstance(key_id, str) and isinstance(stamp, str) and isinstance(sig, str)):
-        raise Unauthorized("malformed signature headers")
-    table = secrets.secrets if isinstance(secrets, Keyring) else secrets
-    secret = table.get(key_id)
-    if secret is None:
-        raise Unauthorized(f"unknown key {key_id!r}", data={"key": key_id})
-    if not hmac.compare_digest(sig, _mac(secret, key_id, stamp, body, routing_key, reply_to,
-                                         correlation_id)):
-        raise Unauthorized(f"bad signature for key {key_id!r}", data={"key": key_id})
-    try:
-        age = (time.time() if now is None else now) - float(stamp)
-    except ValueError:
-        raise Unauthorized("malformed signature timestamp", data={"key": key_id}) from None
-    if not -window <= age <= window:
-        raise Unauthorized(f"the message was signed {age:.0f}s from now, outside the "
-                           f"{window:g}s replay window (are the clocks in step?)",
-                           data={"key": key_id})
-    return key_id
-
-
-def unsigned_refusal(headers: Mapping[str, Any], response: Mapping[str, Any]) -> bool:
-    """True for an unsigned -32001 reply, the one unsigned reply a keyed client takes: a
-    service that could not verify the caller cannot sign for it, and such a reply only
-    refuses (it carries no result)."""
-    error = response.get("error")
-    return (KEY_HEADER not in headers and isinstance(error, dict)
-            and error.get("code") == Unauthorized.code and "result" not in response)
 
 
 class Keyring:
@@ -271,8 +123,12 @@ class Keyring:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **options: Any) -> Keyring:
         """Load a keyring file: JSON ``{"keys": {id: secret}, "own": id}`` or ``{id: secret}``,
-        or text lines ``id:secret`` (a line starting with ``#`` is a comment; ``own=id`` names
-        the own key).
+        or text lines ``id:secret`` (``own=id`` names the own key).
+
+        In the text form, ``#`` at the start of a line, or after a space or tab, starts a
+        comment that runs to the end of the line: ``ops: 9a1e...   # operators' tooling``
+        holds the secret ``9a1e...``. A ``#`` inside a secret (``ops:a#b``) is part of it;
+        a secret cannot hold whitespace followed by ``#``.
 
         A file that others than its owner may read is loaded with a warning.
 
@@ -298,6 +154,10 @@ class Keyring:
         return cls.from_file(path, **options) if path else None
 
 
+#: Where a comment starts on a keyring line: whitespace, then ``#``.
+_INLINE_COMMENT = re.compile(r"\s#")
+
+
 def _parse_keyring(text: str, where: str) -> tuple[dict[str, str], str | None]:
     if text.lstrip().startswith("{"):
         try:
@@ -313,8 +173,8 @@ def _parse_keyring(text: str, where: str) -> tuple[dict[str, str], str | None]:
     keys: dict[str, str] = {}
     own = None
     for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):  # a secret may hold '#': whole-line comments only
+        line = _INLINE_COMMENT.split(line, 1)[0].strip()
+        if not line or line.startswith("#"):
             continue
         if line.startswith("own="):
             own = line[4:].strip()

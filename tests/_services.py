@@ -34,7 +34,7 @@ def delete_queues(url: str, exchange: str, *queues: str) -> None:
     """Best-effort removal of named queues and the exchange a test created."""
     from kombu import Exchange, Queue
 
-    from busapp.transport.kombu_transport import kombu_connection
+    from busapp.transport.kombu_setup import kombu_connection
 
     with kombu_connection(url) as conn:  # busapp's: it reads sentinel:// URLs' ?master_name=
         channel = conn.channel()

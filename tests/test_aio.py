@@ -13,7 +13,7 @@ import pytest
 
 import busapp
 from busapp import App, AsyncClient, Client
-from busapp.client.aio import AsyncBus
+from busapp.client.async_bus import AsyncBus
 from busapp.errors import (
     BrokerUnavailable,
     InternalError,

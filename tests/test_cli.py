@@ -486,6 +486,35 @@ def test_storage_command_serves_storage(project: Project) -> None:
     assert running.stop() == 0
 
 
+def test_storage_imports_models_from_the_current_directory(project: Project) -> None:
+    """`BUSAPP_STORAGE_MODELS=shop.models busapp storage` finds shop/ in the current directory,
+    with no PYTHONPATH, and stores its models."""
+    (project.root / "shop").mkdir()
+    project.write("shop/__init__.py", "")
+    project.write("shop/models.py", '''
+        from busapp.models import Model, model
+
+        @model(primary_key="sku")
+        class CliWidget(Model):
+            sku: str
+            size: int = 0
+    ''')
+    env = clean_env(BUSAPP_STORAGE_MODELS="shop.models")
+    project.run("--store", "memory://", command="storage", env=env).wait_ready(1)
+    saved = project.cli("call", "storage.save", "model_type_name=CliWidget",
+                        'model_json_data={"sku": "w-1", "size": 3}')
+    assert saved.returncode == 0 and json.loads(saved.stdout)["size"] == 3, saved.stderr
+
+
+def test_storage_with_a_missing_model_module_fails_in_one_line(project: Project) -> None:
+    """A model module that does not exist: exit 2 and one line naming it, no traceback."""
+    result = project.cli("storage", "--store", "memory://",
+                         env=clean_env(BUSAPP_STORAGE_MODELS="shop.nothere"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "$BUSAPP_STORAGE_MODELS" in result.stderr and "'shop.nothere'" in result.stderr
+
+
 def test_version_and_help(project: Project) -> None:
     """`busapp --version` prints the version; every command has --help."""
     import busapp

@@ -17,12 +17,8 @@ from busapp.runtime.cluster import dead_letter_spec, declared_as, resolve_queue_
 from busapp.errors import InternalError
 from busapp.transport import check_broker_url, mask_url
 from busapp.transport.base import QueueSpec
-from busapp.transport.kombu_transport import (
-    KombuTransport,
-    confirm_publish,
-    kombu_connection,
-    split_query_options,
-)
+from busapp.transport.kombu_setup import confirm_publish, kombu_connection, split_query_options
+from busapp.transport.kombu_transport import KombuTransport
 from busapp.runtime.worker import WorkerOptions
 from tests._services import delete_queues, wait_until_served
 from tests.test_reliability import _start_manager, _stop
@@ -154,7 +150,7 @@ def test_quorum_app_declares_quorum_queues_and_serves(amqp_url, unique):
 
 def test_forged_delivery_count_on_a_first_delivery_is_ignored():
     """x-delivery-count counts only on a redelivery (RabbitMQ sets it on every delivery anyway)."""
-    from busapp.transport.kombu_transport import _broker_count
+    from busapp.transport.kombu_deliveries import _broker_count
     from busapp.transport.base import Delivery
 
     first = Delivery(b"{}", "application/json", {"x-delivery-count": 99}, "k")

@@ -212,8 +212,8 @@ def test_every_exception_is_a_busapp_error() -> None:
 
 def test_public_surface() -> None:
     """busapp's top-level names are exactly these."""
-    assert busapp.__all__ == ["App", "AsyncClient", "Call", "Client", "Router", "__version__",
-                              "errors"]
+    assert busapp.__all__ == ["App", "AsyncBus", "AsyncClient", "Bus", "Call", "Client",
+                              "Message", "Router", "Storage", "__version__", "errors"]
 
 
 @pytest.mark.parametrize("path, names", [

@@ -18,6 +18,9 @@ import structlog
 from busapp import App, Client
 from busapp.errors import InternalError, RequestTimeout
 from busapp.log import choose_format, configure_logging
+from busapp.models import Host
+from busapp.testing import TestClient
+from tests.test_embedded import wait_until
 
 
 class Unrenderable:
@@ -52,6 +55,13 @@ def out():
 def serving() -> Iterator[tuple[App, Callable[..., Any]]]:
     """A worker of a small App in a thread of this process, on kombu's in-memory transport, so its
     log lines go through this process's logging configuration; yields (app, call)."""
+    with serving_service() as (app, _, call):
+        yield app, call
+
+
+@contextlib.contextmanager
+def serving_service() -> Iterator[tuple[App, Any, Callable[..., Any]]]:
+    """:func:`serving`, yielding the service too (to stop it): (app, service, call)."""
     app = App(f"t{uuid.uuid4().hex[:10]}")
 
     @app.method()
@@ -65,6 +75,15 @@ def serving() -> Iterator[tuple[App, Callable[..., Any]]]:
     @app.method()
     def boom() -> None:
         raise ZeroDivisionError("boom")
+
+    @app.method()
+    def nap(seconds: float) -> None:
+        structlog.get_logger("test").info("napping")
+        time.sleep(seconds)
+
+    @app.on_storage_event(Host, "created")
+    def host_added(event: str, model: Host) -> None:
+        pass
 
     exchange = f"test-{app.name}"
     service = app.service_class(exchange, "memory://", app.qkwargs())
@@ -80,7 +99,7 @@ def serving() -> Iterator[tuple[App, Callable[..., Any]]]:
                 except RequestTimeout:
                     if time.monotonic() > deadline:
                         raise
-            yield app, bus.call
+            yield app, service, bus.call
     finally:
         service.stop()
         thread.join(30)
@@ -224,3 +243,154 @@ def test_each_line_is_one_write(out: io.StringIO) -> None:
     structlog.get_logger("busapp.service").info("worker ready", pid=1)
     logging.getLogger("kombu.test").warning("lost")
     assert len(stream.writes) == 2 and all(w.endswith("}\n") for w in stream.writes)
+
+
+def _call_lines(logs: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    return [(line["log_level"], line["outcome"], line["code"]) for line in logs
+            if line["event"] == "call"]
+
+
+@pytest.mark.parametrize("method, params, code", [
+    ("nope", {}, -32601), ("add", {"x": "a"}, -32602), ("boom", {}, -32603)])
+def test_a_failed_notification_is_a_warning_with_its_code(method: str, params: dict,
+                                                          code: int) -> None:
+    """A notification to an unknown method, with bad params, or whose handler raised is logged at
+    warning with outcome "error" and its code: nobody else hears of the failure."""
+    app = App(f"n{uuid.uuid4().hex[:8]}")
+
+    @app.method()
+    def add(x: int) -> int:
+        return x
+
+    @app.method()
+    def boom() -> None:
+        raise ZeroDivisionError("boom")
+
+    client = TestClient(app, raise_handler_errors=False)
+    with structlog.testing.capture_logs() as logs:
+        client.bus.notify(f"{app.name}.{method}", **params)
+    assert _call_lines(logs) == [("warning", "error", code)]
+
+
+def test_a_notification_that_succeeds_stays_an_info_line() -> None:
+    """A notification served without error is logged at info with outcome "notification"."""
+    app = App(f"n{uuid.uuid4().hex[:8]}")
+
+    @app.method()
+    def add(x: int) -> int:
+        return x
+
+    client = app.test_client()
+    with structlog.testing.capture_logs() as logs:
+        client.bus.notify(f"{app.name}.add", x=1)
+    assert _call_lines(logs) == [("info", "notification", None)]
+
+
+def test_a_failed_storage_event_is_a_warning_with_its_code() -> None:
+    """A storage-event handler that raises is logged at warning with code -32603, not as a
+    success."""
+    app = App(f"n{uuid.uuid4().hex[:8]}")
+
+    @app.on_storage_event(Host, "created")
+    def created(event: str, model: Host) -> None:
+        raise RuntimeError("no")
+
+    client = TestClient(app, raise_handler_errors=False)
+    with structlog.testing.capture_logs() as logs:
+        client.storage.save(Host.new(address="10.1.1.1"))
+    [line] = [line for line in logs if line["event"] == "storage event"]
+    assert (line["log_level"], line["outcome"], line["code"]) == ("warning", "error", -32603)
+
+
+# -- the console format ------------------------------------------------------------------
+
+def test_console_call_line_starts_with_method_outcome_duration(out: io.StringIO) -> None:
+    """A console call line reads: time, level, event, then method, outcome, duration_ms, then
+    the rest."""
+    configure_logging("info", "console", file=out)
+    structlog.get_logger("busapp.worker").info("call", pid=7, method="add", code=None,
+                                               outcome="ok", duration_ms=0.5, routing_key="s.add")
+    words = out.getvalue().split()
+    assert words[1:6] == ["info", "call", "method=add", "outcome=ok", "duration_ms=0.5"]
+    assert len(words[0]) == len("12:30:05.123") and words[0][2] == ":"
+    assert words[6:] == ["pid=7", "routing_key=s.add"]  # code=None and the logger left out
+
+
+def test_console_line_shows_one_id_when_the_ids_are_the_same(out: io.StringIO) -> None:
+    """id, correlation_id and request_id that are one UUID appear once; a different one stays."""
+    configure_logging("info", "console", file=out)
+    log = structlog.get_logger("busapp.worker")
+    log.info("call", id="u-1", correlation_id="u-1", request_id="u-1")
+    log.info("call", id="u-2", correlation_id="u-2", request_id="u-1")
+    first, second = out.getvalue().splitlines()
+    assert first.count("u-1") == 1 and "correlation_id" not in first
+    assert "id=u-2" in second and "request_id=u-1" in second and "correlation_id" not in second
+
+
+def test_json_keeps_every_field_of_the_call_line(out: io.StringIO) -> None:
+    """Off a terminal the call line keeps every field, the repeated ids and a null code too."""
+    configure_logging("info", "json", file=out)
+    with serving() as (app, call):
+        call(f"{app.name}.add", 1, 2)
+    [line] = [line for line in lines(out) if line["event"] == "call" and line["method"] == "add"]
+    assert {"id", "correlation_id", "request_id", "code", "outcome", "duration_ms", "pid",
+            "routing_key", "logger", "timestamp", "level"} <= line.keys()
+    assert line["id"] == line["correlation_id"] == line["request_id"] and line["code"] is None
+
+
+def test_worker_ready_lists_methods_and_storage_events(out: io.StringIO) -> None:
+    """The first "worker ready" line carries what the worker serves: methods with their params,
+    and storage subscriptions with their handler."""
+    configure_logging("info", "json", file=out)
+    with serving() as (app, _):
+        pass
+    [ready] = [line for line in lines(out) if line["event"] == "worker ready"]
+    assert f"{app.name}.add(x: int, y: int)" in ready["serves"]["methods"]
+    assert ready["serves"]["storage events"] == ["notify.storage.Host.created -> host_added"]
+
+
+def test_console_banner_lists_each_entry_on_its_own_line(out: io.StringIO) -> None:
+    """On the console the banner follows the ready line, a section per kind, an entry per line."""
+    configure_logging("info", "console", file=out)
+    structlog.get_logger("busapp.worker").info(
+        "worker ready", pid=1, routing_keys=["s.*"],
+        serves={"methods": ["s.add(x: int, y: int)", "s.ping()"], "timers": ["sweep"]})
+    assert out.getvalue().splitlines()[1:] == [
+        "  [methods]", "    . s.add(x: int, y: int)", "    . s.ping()", "  [timers]", "    . sweep"]
+    assert "routing_keys" not in out.getvalue()
+
+
+def test_stopping_with_a_call_in_flight_says_it_waits(out: io.StringIO) -> None:
+    """Stopped while a call runs, the worker logs "waiting for 1 in-flight message (up to S s)"."""
+    configure_logging("info", "json", file=out)
+    with serving_service() as (app, service, call):
+        caller = threading.Thread(target=call, args=(f"{app.name}.nap", 1.0))
+        caller.start()
+        assert wait_until(lambda: any(line.get("event") == "napping" for line in lines(out)))
+        service.stop()
+        caller.join(30)
+    [waiting] = [line for line in lines(out) if line["event"].startswith("waiting for")]
+    assert waiting["event"] == "waiting for 1 in-flight message (up to 30 s)"
+    assert waiting["in_flight"] == 1
+
+
+def test_a_storage_event_line_carries_the_request_id_of_the_call_that_caused_it(
+        out: io.StringIO) -> None:
+    """The save made while serving a call publishes the event with that call's request id,
+    and the event's log line shows it."""
+    app = App(f"n{uuid.uuid4().hex[:8]}")
+
+    @app.method()
+    def add_host(address: str, storage: Any) -> None:
+        storage.save(Host.new(address=address))
+
+    @app.on_storage_event(Host, "created")
+    def host_added(event: str, model: Host) -> None:
+        pass
+
+    configure_logging("info", "json", file=out)
+    app.test_client().call("add_host", "10.2.2.2")
+    [call] = [line for line in lines(out)
+              if line["event"] == "call" and line["method"] == "add_host"]
+    [event] = [line for line in lines(out) if line["event"] == "storage event"]
+    assert event["method"] == "host_added" and event["request_id"] == call["id"]

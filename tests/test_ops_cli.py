@@ -102,6 +102,32 @@ def test_probe_exits_0_while_a_worker_answers_else_1(project: Project, real: dic
     assert status_json(project, real, project.name) == []
 
 
+def test_status_probe_and_call_of_a_keyed_service_need_a_key(project: Project,
+                                                              real: dict[str, Any]) -> None:
+    """Workers with a keyring answer `status`, `probe` and `call` signed with --key or
+    $BUSAPP_KEY only."""
+    keys = project.write("keys.txt", "ops:s3cret-ops\n")
+    keys.chmod(0o600)
+    running = project.run(ops_module(project), "--workers", "2", "--keyring", str(keys),
+                          *real["args"])
+    pids = running.wait_ready(2)
+    assert status_json(project, real, project.name) == []
+    signed = status_json(project, real, project.name, "--key", "ops:s3cret-ops")
+    assert sorted(w["pid"] for w in signed) == sorted(pids)
+    assert project.cli("probe", project.name, "--timeout", "1", *real["args"]).returncode == 1
+    probe = project.cli("probe", project.name, *real["args"],
+                        env=clean_env(BUSAPP_KEY="ops:s3cret-ops"))
+    assert probe.returncode == 0, probe.stderr
+    wrong = project.cli("probe", project.name, "--timeout", "1", "--key", "ops:guess",
+                        *real["args"])
+    assert wrong.returncode == 1 and "guess" not in wrong.stderr
+    unsigned = project.cli("call", f"{project.name}.work", "1", *real["args"])
+    assert unsigned.returncode == 1 and "-32001" in unsigned.stderr
+    called = project.cli("call", f"{project.name}.work", "1", "--key", "ops:s3cret-ops",
+                         *real["args"])
+    assert called.returncode == 0 and int(called.stdout) in pids, called.stderr
+
+
 def test_probe_without_a_broker_exits_1(project: Project) -> None:
     """A probe that cannot reach any broker fails the probe (exit 1), not a usage error."""
     out = project.cli("probe", "anything", "--timeout", "1", env=clean_env())

@@ -46,7 +46,7 @@ def test_reload_without_watchfiles_names_the_extra(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "watchfiles", None)
     with pytest.raises(MissingExtra, match=r"^busapp run --reload needs watchfiles: "
                                            r"pip install 'busapp\[reload\]'"):
-        run_with_reload("nothing:app", ROOT, "memory://", {})
+        run_with_reload(["nothing:app"], [ROOT], "memory://", {})
 
 
 def test_a_missing_module_gives_the_plain_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,10 +77,13 @@ def test_core_install_leaves_optional_dependencies_to_extras() -> None:
     config = _setup_cfg()
     core = _names(config["options"]["install_requires"])
     extras = {name: _names(value) for name, value in config["options.extras_require"].items()}
-    assert not core & {"psycopg", "watchfiles", "prometheus_client", "opentelemetry-api"}
+    assert not core & {"psycopg", "watchfiles", "prometheus_client", "opentelemetry-api",
+                       "croniter"}
     assert extras["postgres"] == {"psycopg"} and extras["reload"] == {"watchfiles"}
     assert extras["prometheus"] == {"prometheus_client"} and extras["otel"] == {"opentelemetry-api"}
-    assert extras["all"] == set().union(*(extras[e] for e in ("postgres", "reload", "prometheus", "otel")))
+    assert extras["cron"] == {"croniter"}
+    assert extras["all"] == set().union(*(extras[e] for e in ("postgres", "reload", "prometheus",
+                                                               "otel", "cron")))
     assert {"psycopg", "watchfiles", "pytest"} <= extras["test"]
 
 

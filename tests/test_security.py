@@ -5,15 +5,18 @@ The same checks on Redis and RabbitMQ (and over TLS) are in tests/test_security_
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import time
 
 import pytest
 from structlog.testing import capture_logs
 
 from busapp import App
 from busapp.bus import Client
-from busapp.errors import Forbidden, RequestTimeout, Unauthorized
+from busapp.errors import Forbidden, Refused, RequestTimeout, Unauthorized
 from busapp.models import Host, HostCreds
 from busapp.security import (
     KEY_HEADER,
@@ -22,10 +25,12 @@ from busapp.security import (
     Keyring,
     parse_key,
     sign,
+    signer,
     verify,
 )
-from busapp.runtime.gate import ReplayGuard
+from busapp.runtime.gate import CLAIM_MARGIN, Gate, RefusalLog, ReplayGuard
 from busapp.service import CommissaireService
+from busapp.transport.base import QueueSpec
 from busapp.transport.memory import MemoryTransport
 
 SECRETS = {"frontend": "s3cret-1", "ops": "s3cret-2", "billing": "b-secret", "storage": "st-1",
@@ -53,6 +58,18 @@ def make_app(keyring: Keyring | None = None) -> tuple[App, list]:
         return 42
 
     return app, ran
+
+
+class _AnyKey:
+    """An entrypoint whose allow list admits every key of the keyring."""
+
+    kind = "call"
+
+    def admit(self, caller, routing_key):
+        return None
+
+
+ANY_KEY = _AnyKey()
 
 
 @pytest.fixture
@@ -333,3 +350,230 @@ def test_async_client_signs_and_drops_forged_replies() -> None:
     assert asyncio.run(go(("ops", "s3cret-ops"))) == "pong"
     with pytest.raises(Unauthorized):
         asyncio.run(go(("ops", "wrong")))
+
+
+# -- signature v2: covered headers ------------------------------------------------------------
+
+
+def test_signature_covers_deadline_trace_headers_and_content_type():
+    """Removing, moving or adding a covered header, or changing the content type, breaks it."""
+    key = ("k", b"secret")
+    headers = {"x-busapp-deadline": 1010.5, "x-busapp-request-id": "r-1"}
+    signed = signer(key, b"{}", "a.b", "reply", "cid", headers)
+    assert verify({"k": b"secret"}, signed, b"{}", "a.b", "reply", "cid", now=time.time())
+    changes = [{"x-busapp-deadline": None}, {"x-busapp-deadline": 4000.0},
+               {"x-busapp-request-id": "r-2"}, {"compression": "zlib"},
+               {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}]
+    for change in changes:
+        tampered = {k: v for k, v in {**signed, **change}.items() if v is not None}
+        with pytest.raises(Unauthorized, match="bad signature"):
+            verify({"k": b"secret"}, tampered, b"{}", "a.b", "reply", "cid")
+    with pytest.raises(Unauthorized, match="bad signature"):
+        verify({"k": b"secret"}, signed, b"{}", "a.b", "reply", "cid", content_type="text/plain")
+
+
+def test_v1_signature_is_refused_with_an_upgrade_hint():
+    """A signature in the older v1 format (which left the deadline out) is refused, saying so."""
+    ts = f"{time.time():.3f}"
+    head = b"\0".join((b"busapp-v1", b"k", ts.encode(), b"a.b", b"reply", b"cid"))
+    sig = hmac.digest(b"secret", head + b"\0" + b"{}", hashlib.sha256).hex()
+    headers = {KEY_HEADER: "k", TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: sig}
+    with pytest.raises(Unauthorized, match="busapp-v1 format"):
+        verify({"k": b"secret"}, headers, b"{}", "a.b", "reply", "cid")
+
+
+def test_keyring_line_comment_after_whitespace_is_not_part_of_the_secret(tmp_path):
+    """`ops: s3cret   # operators' tooling` holds s3cret; a '#' inside a secret stays in it."""
+    path = tmp_path / "keys"
+    path.write_text("ops: s3cret   # operators' tooling\nfront:a#b\t# the web tier\n"
+                    "own=ops  # signs our calls\n")
+    os.chmod(path, 0o600)
+    keys = Keyring.from_file(path)
+    assert keys.secrets == {"ops": b"s3cret", "front": b"a#b"} and keys.own == "ops"
+
+
+# -- the gate: routing keys, refusals, shared replay memory -------------------------------
+
+
+def test_routing_key_header_without_a_worker_record_is_not_believed(keyring):
+    """A request signed for other.quote, published to billing.quote with x-busapp-routing-key:
+    other.quote, is refused: nothing runs."""
+    app, ran = make_app(keyring)
+    with app.test_client() as client:
+        body = json.dumps({"jsonrpc": "2.0", "id": "c1", "method": "quote",
+                           "params": ["o-1"]}).encode()
+        headers = signer(keyring.key("ops"), body, "other.quote", "busapp.reply.x", "c1",
+                         {"x-busapp-routing-key": "other.quote"})
+        MemoryTransport(client.url).publish(body, exchange=client.exchange,
+                                            routing_key="billing.quote", headers=headers,
+                                            reply_to="busapp.reply.x", correlation_id="c1")
+    assert ran == []
+
+
+def test_original_routing_key_needs_the_signed_count():
+    """The header is believed with a count signed over it, never on its own."""
+    from busapp.runtime.redelivery import COUNT_HEADER, SIGNATURE_HEADER as COUNT_SIG
+    from busapp.runtime.redelivery import republished_key, sign_count
+    from busapp.transport.base import Delivery
+
+    def delivery(headers):
+        return Delivery(b"{}", "application/json", headers, "billing", queue="billing")
+
+    claimed = {"x-busapp-routing-key": "billing.quote", COUNT_HEADER: 2}
+    record = sign_count(2, delivery(claimed), "billing.quote")
+    assert republished_key(delivery({**claimed, COUNT_SIG: record})) == "billing.quote"
+    assert republished_key(delivery(claimed)) == "billing"
+
+
+def test_refused_request_is_never_answered_outside_reply_queues(keyring):
+    """An unsigned request naming a plain queue as reply_to gets its refusal nowhere."""
+    app, _ = make_app(keyring)
+    with app.test_client() as client:
+        raw = MemoryTransport(client.url)
+        loot: list = []
+        raw.declare_queue("", QueueSpec("loot"))
+        raw.consume("loot", loot.append, no_ack=True)
+        body = json.dumps({"jsonrpc": "2.0", "id": "c1", "method": "quote"}).encode()
+        raw.publish(body, exchange=client.exchange, routing_key="billing.quote",
+                    reply_to="loot", correlation_id="c1")
+    assert loot == []
+
+
+def test_worker_never_signs_an_answer_with_its_own_key(monkeypatch):
+    """A service without a keyring whose bus has a key ($BUSAPP_KEY) answers unsigned: it
+    cannot be made to sign what an unverified asker chose."""
+    monkeypatch.setenv("BUSAPP_KEY", "billing:b-secret")
+    app, _ = make_app(None)
+    with app.test_client() as client:
+        raw = MemoryTransport(client.url)
+        replies: list = []
+        raw.declare_queue("", QueueSpec("busapp.reply.r"))
+        raw.consume("busapp.reply.r", replies.append, no_ack=True)
+        body = json.dumps({"jsonrpc": "2.0", "id": "c1", "method": "quote",
+                           "params": ["o-1"]}).encode()
+        raw.publish(body, exchange=client.exchange, routing_key="billing.quote",
+                    reply_to="busapp.reply.r", correlation_id="c1")
+    [reply] = replies
+    assert json.loads(reply.body)["result"] == 42 and KEY_HEADER not in reply.headers
+
+
+def test_refusals_are_logged_once_per_interval():
+    """A flood of refusals logs one line per interval; the next says how many went unlogged."""
+    refusals = RefusalLog(interval=0.2)
+    with capture_logs() as logs:
+        for _ in range(50):
+            refusals("message refused", reason="unsigned")
+        time.sleep(0.25)
+        refusals("message refused", reason="unsigned")
+    assert [e.get("unlogged") for e in logs] == [None, 49]
+
+
+def test_unsigned_flood_logs_one_refusal_line(keyring):
+    """100 unsigned calls to a keyed App: 100 refusals, one log line."""
+    app, ran = make_app(keyring)
+    with app.test_client() as client, capture_logs() as logs:
+        for _ in range(100):
+            with pytest.raises(Unauthorized):
+                client.call("quote", "o-1")
+    assert sum(e["event"] == "message refused" for e in logs) == 1 and ran == []
+
+
+def test_workers_sharing_a_broker_claim_take_a_message_once(keyring):
+    """Two workers' gates with one broker's claims: the second refuses the copy (unanswered)."""
+    from busapp.transport.base import Delivery
+    from busapp.transport.memory import MemoryBroker
+
+    broker = MemoryBroker()
+    gates = [Gate(keyring, claim=broker.claim) for _ in range(2)]
+    body = b'{"jsonrpc": "2.0", "id": "c1", "method": "quote"}'
+    headers = signer(keyring.key("ops"), body, "billing.quote", "busapp.reply.x", "c1",
+                     {"x-busapp-deadline": time.time() + 10})
+    copy = Delivery(body, "application/json", headers, "billing.quote", "busapp.reply.x", "c1",
+                    queue="billing")
+    assert gates[0].admit(copy, "billing.quote", ANY_KEY) == "ops"
+    with pytest.raises(Refused) as refused:
+        gates[1].admit(copy, "billing.quote", ANY_KEY)
+    assert "replayed" in refused.value.error.message and not refused.value.answer
+    [claim] = broker.claims
+    assert claim == f"busapp.replay.billing.{headers[SIGNATURE_HEADER]}"
+
+
+def test_claim_lasts_until_the_deadline_or_the_window_ends(keyring):
+    """A claim outlives the signed deadline (or the replay window, if sooner) by the margin."""
+    gate = Gate(keyring)
+    now = 1000.0
+    assert gate.claim_ttl({TIMESTAMP_HEADER: "1000.000", "x-busapp-deadline": 1010.0}, now) \
+        == pytest.approx(10.0 + CLAIM_MARGIN)
+    assert gate.claim_ttl({TIMESTAMP_HEADER: "1000.000"}, now) == pytest.approx(60.0 + CLAIM_MARGIN)
+
+
+def test_memory_broker_claim_is_set_if_absent_with_expiry():
+    """claim() sets a key once; once its time is up it can be set again."""
+    transport = MemoryTransport(f"memory://claims-{time.monotonic_ns()}")
+    assert transport.claim("k", 0.05) is True and transport.claim("k", 0.05) is False
+    time.sleep(0.06)
+    assert transport.claim("k", 0.05) is True
+
+
+# -- control requests on a keyed App ---------------------------------------------------------
+
+
+def test_control_request_is_answered_only_when_signed(keyring):
+    """status to a keyed App: unsigned or wrongly signed, no answer; signed with a key of its
+    keyring, the answer comes, signed with that key."""
+    from busapp.ops.status import gather
+
+    app, _ = make_app(keyring)
+    with app.test_client() as client:
+        assert gather(client.url, client.exchange, app.name) == []
+        assert gather(client.url, client.exchange, app.name, key=("ops", "guess")) == []
+        [worker] = gather(client.url, client.exchange, app.name, key=keyring.key("frontend"))
+    assert worker["service"] == "billing"
+
+
+def test_control_answer_goes_only_to_a_reply_queue():
+    """A status request naming a plain queue as reply_to is answered by nobody."""
+    app, _ = make_app(None)
+    with app.test_client() as client:
+        raw = MemoryTransport(client.url)
+        loot: list = []
+        raw.declare_queue("", QueueSpec("loot"))
+        raw.consume("loot", loot.append, no_ack=True)
+        body = json.dumps({"jsonrpc": "2.0", "id": "s1", "method": "rpc.status"}).encode()
+        raw.publish(body, exchange=client.exchange, routing_key="busapp-control",
+                    reply_to="loot", correlation_id="s1")
+    assert loot == []
+
+
+# -- what the keys cannot protect against (the limits the threat table states) --------------
+
+
+def reply_to(client: Client, response: dict, headers: dict | None = None):
+    """A reply as ``client``'s reply queue would deliver it."""
+    from busapp.transport.base import Delivery
+
+    body = json.dumps(response).encode()
+    return Delivery(body, "application/json", headers or {}, client.reply_queue,
+                    correlation_id=str(response["id"]))
+
+
+def test_unsigned_refusal_from_anyone_reaches_a_keyed_caller(keyring):
+    """Anyone who can push to a keyed caller's reply queue can fail its call with -32001 (a
+    refusal needs no signature), never give it a result."""
+    client = Client("memory://limits", key=keyring.key("ops"))
+    refusal = {"jsonrpc": "2.0", "id": "c1", "error": {"code": -32001, "message": "forged"}}
+    assert client.accept_reply(reply_to(client, refusal)) == refusal
+    assert client.accept_reply(reply_to(client, {"jsonrpc": "2.0", "id": "c1",
+                                                 "result": "forged"})) is None
+
+
+def test_holder_of_a_key_can_answer_for_its_other_holders(keyring):
+    """A reply signed with key X is taken by any client signing with X: X's holders (callers,
+    and services whose keyring holds X) can answer one another's calls."""
+    client = Client("memory://limits", key=keyring.key("ops"))
+    response = {"jsonrpc": "2.0", "id": "c1", "result": "from another holder of ops"}
+    body = json.dumps(response).encode()
+    headers = sign(keyring.key("ops"), body, client.reply_queue, None, "c1")
+    assert client.accept_reply(reply_to(client, response, headers)) == response
+    other = sign(keyring.key("frontend"), body, client.reply_queue, None, "c1")
+    assert client.accept_reply(reply_to(client, response, other)) is None

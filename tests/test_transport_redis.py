@@ -8,7 +8,7 @@ import uuid
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-from busapp.transport.kombu_transport import kombu_connection as connect
+from busapp.transport.kombu_setup import kombu_connection as connect
 from busapp.transport import redis as busapp_redis
 from tests._private_brokers import private_redis  # noqa: F401
 

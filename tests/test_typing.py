@@ -86,3 +86,41 @@ def test_the_check_sees_a_wrong_type(check):
     """The check above can fail: a wrong expected type is reported."""
     found = check(USER_CODE + "assert_type(add(1, 2), str)\n")
     assert len(found) == 1 and "[assert-type]" in found[0], found
+
+
+INJECTED_CODE = '''
+from typing import Any, assert_type
+
+from busapp import App, AsyncBus, Bus, Message, Storage
+from busapp.models import Host
+
+app = App("typed")
+
+
+@app.method()
+def send(text: str, message: Message, bus: Bus, storage: Storage) -> str:
+    assert_type(message.routing_key, str | None)
+    assert_type(bus.call("mail.echo", text), Any)
+    bus.notify("audit.sent", text=text)
+    assert_type(storage.get_host("10.0.0.1"), Host)
+    return text
+
+
+@app.method()
+async def relay(text: str, bus: AsyncBus) -> Any:
+    return await bus.call("mail.echo", text)
+'''
+
+
+@pytest.mark.slow
+def test_injected_parameters_can_be_annotated_and_type_check(check):
+    """busapp.Message, Bus, AsyncBus and Storage type-check as annotations of the injected
+    parameters: their attributes and calls are known to mypy."""
+    assert check(INJECTED_CODE) == []
+
+
+@pytest.mark.slow
+def test_a_misspelt_bus_call_is_reported(check):
+    """The Bus protocol is not Any: a method it does not have is a mypy error."""
+    found = check(INJECTED_CODE + "\n\ndef wrong(bus: Bus) -> None:\n    bus.cal('a.b')\n")
+    assert len(found) == 1 and '"Bus" has no attribute "cal"' in found[0], found

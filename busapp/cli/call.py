@@ -14,6 +14,7 @@ from busapp.cli.options import (
     NoReply,
     broker_option,
     exchange_option,
+    key_option,
     running_embedded,
 )
 from busapp.client.sync import Client
@@ -36,10 +37,11 @@ from busapp.log import configure_logging
 @click.argument("params", nargs=-1)
 @broker_option
 @exchange_option
+@key_option
 @click.option("-t", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, metavar="SECONDS", help="How long to wait for the reply.")
 def call(routing_key: str, params: tuple[str, ...], broker: str | None, exchange: str | None,
-         timeout: float) -> None:
+         key: Any, timeout: float) -> None:
     """Call ROUTING_KEY and print the result as JSON.
 
     PARAMS is one JSON array or object, key=value pairs (values parsed as JSON,
@@ -59,7 +61,7 @@ def call(routing_key: str, params: tuple[str, ...], broker: str | None, exchange
             f"{routing_key!r} has no method; use SERVICE.METHOD, e.g. simple.add",
             param_hint="ROUTING_KEY")
     body = parse_params(params)
-    response = _request(routing_key, body, broker, exchange, timeout)
+    response = _request(routing_key, body, broker, exchange, timeout, key)
     error = response.get("error")
     if error is not None:
         raise CallFailed(_describe_error(response))
@@ -67,10 +69,10 @@ def call(routing_key: str, params: tuple[str, ...], broker: str | None, exchange
 
 
 def _request(routing_key: str, body: Any, broker: str | None, exchange: str | None,
-             timeout: float) -> dict:
+             timeout: float, key: Any = None) -> dict:
     url = broker or running_embedded()
     try:
-        with Client(url, exchange, timeout=timeout) as client:
+        with Client(url, exchange, timeout=timeout, key=key) as client:
             return client.request(routing_key, body, timeout=timeout)
     except NoRouteError as exc:
         raise NoReply(str(exc)) from None

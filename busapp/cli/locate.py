@@ -46,18 +46,54 @@ def load_target(spec: str) -> Target:
     """Import ``MODULE[:APP]`` and return what it names.
 
     Raises:
-        click.UsageError: the module is missing or fails to import, or holds no App.
+        click.UsageError: the module is missing or fails to import, or holds no App, or
+            several (then pick one with ``:APP``).
     """
+    module, attr, root = _load(spec)
+    return _target(spec, _find(module, attr), module, root)
+
+
+def load_targets(spec: str) -> list[Target]:
+    """What ``busapp run MODULE[:APP]`` serves: what ``:APP`` names, else every App of the
+    module (in the order they were defined), else its one service class.
+
+    Raises:
+        click.UsageError: as :func:`load_target`.
+    """
+    module, attr, root = _load(spec)
+    apps = list({id(a): (n, a) for n, a in vars(module).items() if isinstance(a, App)}.values())
+    if attr is not None or len(apps) < 2:
+        return [_target(spec, _find(module, attr), module, root)]
+    module_part = spec.partition(":")[0]
+    return [_target(f"{module_part}:{name}", app, module, root) for name, app in apps]
+
+
+def _load(spec: str) -> tuple[ModuleType, str | None, Path]:
+    """The module ``spec`` names, its ``:APP`` part (None if left out), the watch root."""
     module_part, _, attr = spec.partition(":")
     if not module_part:
         raise click.UsageError(f"{spec!r} names no module; use MODULE[:APP], "
                                "e.g. examples/simpleservice.py:app")
     name, root = _prepare_import(module_part)
-    module = _import(name, module_part)
-    obj = _find(module, attr.strip() or None)
+    return _import(name, module_part), attr.strip() or None, root
+
+
+def _target(spec: str, obj: Any, module: ModuleType, root: Path) -> Target:
     if isinstance(obj, App):
         return Target(spec, module, obj, obj.service_class, root)
     return Target(spec, module, None, obj, root)
+
+
+def import_module(spec: str) -> ModuleType:
+    """Import the dotted module (or file path) ``spec`` as ``busapp run`` does: the current
+    directory is searched too.
+
+    Raises:
+        click.UsageError: the module is missing (one line) or raised while importing (its
+            traceback is printed first).
+    """
+    name, _ = _prepare_import(spec)
+    return _import(name, spec)
 
 
 def _is_path(text: str) -> bool:

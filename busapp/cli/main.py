@@ -1,4 +1,4 @@
-"""The ``busapp`` command: run, call, routes, storage, status, probe.
+"""The ``busapp`` command: run, call, routes, storage, status, probe, shell.
 
 Exit codes: 0 success; 1 an error reply or a failed run; 2 a usage error
 (including an app that cannot be found, a URL with an unknown scheme, or a
@@ -26,6 +26,7 @@ COMMANDS = {
     "run": "busapp.cli.run:run", "call": "busapp.cli.call:call",
     "routes": "busapp.cli.routes:routes", "storage": "busapp.cli.storage:storage",
     "status": "busapp.cli.status:status", "probe": "busapp.cli.status:probe",
+    "shell": "busapp.cli.shell:shell",
 }
 
 

@@ -1,5 +1,5 @@
-"""What the ``busapp`` commands share: exit-code exceptions, the broker, exchange, keyring
-and log options, and the helpers that turn a bad setting into a one-line error."""
+"""What the ``busapp`` commands share: exit-code exceptions, the broker, exchange, keyring,
+key and log options, and the helpers that turn a bad setting into a one-line error."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import click
 from busapp import config
 from busapp.errors import BrokerUnavailable, MissingExtra
 from busapp.log import FORMATS, LEVELS
-from busapp.security import Keyring
+from busapp.security import Keyring, parse_key
 from busapp.transport import check_broker_url, resolve_broker_url
 from busapp.transport.embedded import find_embedded_broker
 
@@ -20,6 +20,7 @@ BROKER_ENV = config.env_name("broker_url")
 EXCHANGE_ENV = config.env_name("exchange")
 STORE_ENV = config.env_name("store_url")
 KEYRING_ENV = config.env_name("keyring")
+KEY_ENV = config.env_name("key")
 
 
 class CallFailed(click.ClickException):
@@ -78,6 +79,24 @@ def keyring_option(func: Any) -> Any:
                         type=click.Path(dir_okay=False),
                         help="Keyring file (lines of id:secret): callers must sign with one "
                              "of its keys. See the docs, 'Secure a deployment'.")(func)
+
+
+def _parse_key(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if not value:
+        return None
+    try:
+        return parse_key(value)
+    except ValueError as exc:  # the message never holds the secret
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def key_option(func: Any) -> Any:
+    """``--key ID:SECRET`` (or ``$BUSAPP_KEY``): the key a command signs its messages with."""
+    return click.option("--key", metavar="ID:SECRET", envvar=KEY_ENV, show_envvar=True,
+                        callback=_parse_key,
+                        help="Sign with this key of the services' keyrings (they answer only "
+                             "signed messages then). Prefer the variable: a command line is "
+                             "visible to other users of the host.")(func)
 
 
 def load_keyring(path: str | None) -> Any:

@@ -28,9 +28,9 @@ log = structlog.get_logger("busapp.reloader")
 TICK_MS = 500
 
 
-def child_command(target: str, options: dict[str, Any]) -> list[str]:
+def child_command(targets: list[str], options: dict[str, Any]) -> list[str]:
     """The ``busapp run`` command line for the child (without --reload or --broker)."""
-    cmd = [sys.executable, "-m", "busapp", "run", target]
+    cmd = [sys.executable, "-m", "busapp", "run", *targets]
     flags = {"workers": "--workers", "concurrency": "--concurrency", "exchange": "--exchange",
              "graceful_timeout": "--graceful-timeout", "log_format": "--log-format",
              "log_level": "--log-level", "metrics_port": "--metrics-port",
@@ -41,8 +41,10 @@ def child_command(target: str, options: dict[str, Any]) -> list[str]:
     return cmd
 
 
-def run_with_reload(target: str, root: Path, broker_url: str, options: dict[str, Any]) -> int:
-    """Serve ``target`` in a child, restarting it on changes under ``root``, until SIGTERM/SIGINT.
+def run_with_reload(targets: list[str], roots: list[Path], broker_url: str,
+                    options: dict[str, Any]) -> int:
+    """Serve ``targets`` in a child, restarting it on changes under ``roots``, until
+    SIGTERM/SIGINT.
 
     Returns:
         The exit status for the reloader: 0 after a signal.
@@ -56,29 +58,31 @@ def run_with_reload(target: str, root: Path, broker_url: str, options: dict[str,
         signal.signal(sig, lambda *_: stop.set())
     grace = float(options.get("graceful_timeout") or 30.0) + 10
     env = dict(os.environ, **{config.env_name("broker_url"): broker_url})
-    log.info("reloader watching", dir=str(root), pid=os.getpid())
+    roots = list(dict.fromkeys(roots))
+    log.info("reloader watching", dir=", ".join(map(str, roots)), pid=os.getpid())
     while not stop.is_set():
-        child = subprocess.Popen(child_command(target, options), env=env,
+        child = subprocess.Popen(child_command(targets, options), env=env,
                                  preexec_fn=die_with_parent)
-        changes = _wait_for_change(root, child, stop)
+        changes = _wait_for_change(roots, child, stop)
         _terminate(child, grace)
         if changes:
             log.info("reloading",
-                     changed=sorted(os.path.relpath(path, root) for _, path in changes))
+                     changed=sorted(os.path.relpath(path, roots[0]) for _, path in changes))
     return 0
 
 
-def _wait_for_change(root: Path, child: subprocess.Popen, stop: threading.Event) -> set:
+def _wait_for_change(roots: list[Path], child: subprocess.Popen, stop: threading.Event) -> set:
     watchfiles = _extras.watchfiles()
     reported = False
-    for changes in watchfiles.watch(root, watch_filter=watchfiles.PythonFilter(), stop_event=stop,
+    for changes in watchfiles.watch(*roots, watch_filter=watchfiles.PythonFilter(),
+                                    stop_event=stop,
                                     rust_timeout=TICK_MS, yield_on_timeout=True, debounce=400,
                                     raise_interrupt=False):
         if changes:
             return changes
         if child.poll() is not None and not reported:
             log.warning("service exited; waiting for a change to restart it",
-                        status=child.returncode, dir=str(root))
+                        status=child.returncode, dir=", ".join(map(str, roots)))
             reported = True
     return set()
 

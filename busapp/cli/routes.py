@@ -23,7 +23,8 @@ from busapp.ops import openrpc
               help="text: a table; json: the same as data; openrpc: an OpenRPC 1.3 document "
                    "with JSON Schema of params and results.")
 def routes(target: str, fmt: str) -> None:
-    """List the routing keys MODULE[:APP] serves, with functions, parameters and storage events."""
+    """List the routing keys MODULE[:APP] serves, with functions, parameters, storage events,
+    event handlers and timers."""
     loaded = load_target(target)
     if fmt == "text":
         click.echo(route_table(loaded))
@@ -61,6 +62,17 @@ def route_table(target: Any) -> str:
     lines.append("")
     lines += (table(("STORAGE EVENT", "FUNCTION"), events) if events
               else ["(no storage subscriptions)"])
+    app = target.app
+    if app is not None and app.event_handlers:
+        lines.append("")
+        lines += table(("EVENT", "FUNCTION", "DELIVERY", "RETRIES", "PARAMS"), [
+            (h.pattern, _function_name(h.func), "every worker" if h.broadcast else "once per App",
+             str(h.retries), ", ".join(h.handler.describe_params())) for h in app.event_handlers])
+    if app is not None and app.timers:
+        lines.append("")
+        lines += table(("TIMER", "FUNCTION", "SCHEDULE"), [
+            (name, _function_name(t.func), f"{t.schedule}{', eager' if t.eager else ''}")
+            for name, t in sorted(app.timers.items())])
     return "\n".join(lines)
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import click
 import structlog
 
-from busapp.cli.locate import Target
+from busapp import config
+from busapp.cli.locate import Target, import_module
 from busapp.cli.options import (
     STORE_ENV,
+    Unusable,
     broker_option,
     exchange_option,
     keyring_option,
@@ -27,6 +29,8 @@ from busapp.storage.service import make_app
 from busapp.transport import mask_url
 
 log = structlog.get_logger("busapp.cli")
+
+MODELS_ENV = config.env_name("storage_models")
 
 
 # -- storage -------------------------------------------------------------------
@@ -63,8 +67,9 @@ def storage(store: str | None, workers: int, broker: str | None, exchange: str |
     configure_logging(log_level, log_format)
     # Check the URL (scheme, options, driver installed) now; workers open it at the first call.
     usable(open_backend, store)
+    models = _import_models()
     keys = load_keyring(keyring)
-    app = usable(lambda: make_app(store, queue=queue, keyring=keys,
+    app = usable(lambda: make_app(store, queue=queue, keyring=keys, models=models,
                                    allow=_access_rules(allow, "--allow"),
                                    allow_read=_access_rules(allow_read, "--allow-read")))
     url = resolve_broker(broker)
@@ -73,6 +78,19 @@ def storage(store: str | None, workers: int, broker: str | None, exchange: str |
     target = Target("storage", sys.modules[make_app.__module__], app, app.service_class,
                     Path.cwd())
     serve(target, url, workers=workers, concurrency=None, exchange=exchange, graceful_timeout=None)
+
+
+def _import_models() -> list[str]:
+    """Import the modules ``$BUSAPP_STORAGE_MODELS`` names, from the current directory too (as
+    ``busapp run`` finds its module); return their dotted names. A missing one is an error
+    of one line (exit 2)."""
+    names = []
+    for spec in config.get("storage_models"):
+        try:
+            names.append(import_module(spec).__name__)
+        except click.UsageError as exc:  # one line: no usage text for an environment setting
+            raise Unusable(f"${MODELS_ENV}: {exc.message}") from None
+    return names
 
 
 def _access_rules(rules: tuple[str, ...], option: str) -> dict[str, list[str]]:

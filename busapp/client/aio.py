@@ -29,19 +29,22 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from typing import Any
 
 import structlog
 
-from busapp.core import wire
-from busapp.client.sync import DEFAULT_TIMEOUT, WAIT_HOOK, Client, reply_key
+from busapp import names
+from busapp.client.replies import reply_key
+from busapp.client.sync import DEFAULT_TIMEOUT, WAIT_HOOK, Client
+from busapp.core import events, tracing, wire
 from busapp.errors import BrokerUnavailable, RequestTimeout
 from busapp.transport import is_memory, mask_url, open_transport, revive_if_embedded
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
 log = structlog.get_logger("busapp.aio")
 
-__all__ = ["AsyncBus", "AsyncClient"]
+__all__ = ["AsyncClient"]
 
 _STOP = object()
 
@@ -112,8 +115,11 @@ class AsyncClient:
             async with scope:
                 await self._ready(loop)
                 body = wire.encode_request(method, params, request_id)
+                # As Client's: a worker drops it unrun once its caller stopped waiting (and,
+                # signed, a captured copy cannot be re-sent with a later deadline).
+                headers = {names.DEADLINE_HEADER: round(time.time() + timeout, 3)}
                 await self._send(loop, future, body, routing_key, reply_to=self.reply_queue,
-                                 correlation_id=request_id, expiration=timeout)
+                                 correlation_id=request_id, expiration=timeout, headers=headers)
                 return await future
         except TimeoutError:
             if not scope.expired():
@@ -130,11 +136,29 @@ class AsyncClient:
         """Send a notification (no id, no reply); returns once it is published."""
         method = wire.call_method(routing_key)
         params = wire.params_from(args, kwargs, single_container=True)
-        await self._publish(wire.encode_request(method, params), routing_key)
+        await self._publish(wire.encode_request(method, params), routing_key, **tracing.carried())
 
     async def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """Publish a plain JSON body on the exchange (e.g. a storage event)."""
-        await self._publish(body, routing_key, persistent=persistent)
+        await self._publish(body, routing_key, persistent=persistent, **tracing.carried())
+
+    async def emit(self, name: str, /, **payload: Any) -> str:
+        """Publish event ``name`` to every App subscribed to it; return its id (see
+        :meth:`busapp.Client.emit`)."""
+        routing_key, body, event_id = events.event_message(name, payload)
+        headers: dict[str, Any] = {}
+        span = tracing.outgoing(routing_key, event_id, headers)
+        failed: BaseException | None = None
+        try:
+            await self._publish(body, routing_key, headers=headers, correlation_id=event_id,
+                                persistent=True)
+        except BaseException as exc:
+            failed = exc
+            raise
+        finally:
+            if span is not None:
+                tracing.end_outgoing(span, None, failed)
+        return event_id
 
     async def _publish(self, body: Any, routing_key: str, **props: Any) -> None:
         self._check_open()
@@ -342,49 +366,3 @@ def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> N
         future.set_result(result)
 
 
-class AsyncBus:
-    """The ``bus`` an ``async def`` handler receives: ``await bus.call(...)``.
-
-    It calls through one :class:`AsyncClient` per service, made on first use on the
-    service's broker and exchange, and closed when the service stops.
-    """
-
-    def __init__(self, service: Any) -> None:
-        self._service = service
-        self._client: AsyncClient | None = None
-        self._lock = threading.Lock()
-
-    def client(self) -> AsyncClient:
-        """The service's AsyncClient (made on first use)."""
-        with self._lock:
-            if self._client is None:
-                service = self._service
-                sync = service._bus_client()  # signs with the service's own key, if any
-                self._client = AsyncClient(service.connection_url or sync.broker_url,
-                                           service.exchange_name, key=getattr(sync, "key", None))
-            return self._client
-
-    async def call(self, routing_key: str, *args: Any, timeout: float | None = None,
-                   **kwargs: Any) -> Any:
-        """:meth:`AsyncClient.call`."""
-        return await self.client().call(routing_key, *args, timeout=timeout, **kwargs)
-
-    async def request(self, routing_key: str, params: Any = None,
-                      timeout: float = DEFAULT_TIMEOUT) -> dict:
-        """:meth:`AsyncClient.request`: the whole response dict."""
-        return await self.client().request(routing_key, params, timeout=timeout)
-
-    async def notify(self, routing_key: str, *args: Any, **kwargs: Any) -> None:
-        """:meth:`AsyncClient.notify`."""
-        await self.client().notify(routing_key, *args, **kwargs)
-
-    async def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
-        """:meth:`AsyncClient.publish`."""
-        await self.client().publish(routing_key, body, persistent=persistent)
-
-    def close(self) -> None:
-        """Close the AsyncClient, if one was made."""
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close_now()

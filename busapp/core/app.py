@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from busapp import names
-from busapp.core.dispatch import Handler
+from busapp.core.dispatch import INJECTABLE, Handler
 from busapp.core.options import check_queue_type
 from busapp.core.scaffold import STORAGE_EVENTS as STORAGE_EVENTS  # re-exported
 from busapp.core.scaffold import (
@@ -51,9 +51,10 @@ class App(Scaffold):
     def __init__(self, name: str, *, exchange: str | None = None, queue: str | None = None,
                  routing_key: str | None = None, max_body: int | None = None,
                  keyring: Any = None, queue_type: str | None = None) -> None:
-        if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name:
-            raise ValueError("App name must be a non-empty string without '.', '*' or '#': "
-                             f"{name!r}")
+        if not name or not isinstance(name, str) or "." in name or "*" in name or "#" in name \
+                or name.startswith("busapp-"):
+            raise ValueError("App name must be a non-empty string without '.', '*' or '#', "
+                             f"not starting with 'busapp-' (busapp's own keys do): {name!r}")
         self.name = name
         self._exchange = exchange
         self._queue = queue
@@ -94,6 +95,9 @@ class App(Scaffold):
 
     def __repr__(self) -> str:
         return f"<App {self.name!r} methods={sorted(self.methods)}>"
+
+    def _registered(self) -> None:
+        self._service_class = None
 
     # -- registration --------------------------------------------------------
 
@@ -140,7 +144,7 @@ class App(Scaffold):
         if time_limit is not None and not time_limit > 0:
             raise ValueError(f"time_limit of {name!r} must be a positive number of seconds, "
                              f"got {time_limit!r}")
-        handler = Handler.from_function(func, name)
+        handler = Handler.from_function(func, name, injectables=self._injectables())
         handler.time_limit = time_limit
         if allow is not None:
             if isinstance(allow, str) or not all(isinstance(k, str) for k in allow):
@@ -174,13 +178,19 @@ class App(Scaffold):
                             event: str = "*") -> None:
         """Subscribe ``func`` to storage events; the imperative twin of :meth:`on_storage_event`."""
         check_storage_subscription(model, event)
-        handler = Handler.from_function(func, getattr(func, "__name__", "handler"))
+        handler = Handler.from_function(func, getattr(func, "__name__", "handler"),
+                                        injectables=self._injectables())
         entry = StorageHandler(func=func, model=model, event=event, handler=handler)
         queue = entry.queue_name(self.queue)
         if any(h.queue_name(self.queue) == queue for h in self.storage_handlers):
             raise ValueError(f"{func.__name__!r} is already subscribed to {entry.binding_key}")
         self.storage_handlers.append(entry)
         self._service_class = None
+
+    def _injectables(self) -> tuple[str, ...]:
+        """The parameter names never taken from the wire: busapp's own and the dependencies
+        registered so far."""
+        return (*INJECTABLE, *self.dependencies)
 
     def routing_key_for(self, method: str) -> str:
         """The routing key callers use for ``method`` (``<binding prefix>.<method>``)."""

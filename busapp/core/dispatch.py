@@ -11,7 +11,6 @@ import asyncio
 import contextvars
 import inspect
 import threading
-import typing
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
@@ -19,7 +18,8 @@ from typing import Any, Self
 import attrs
 
 from busapp.core import wire
-from busapp.core.convert import describe_error, structure, unstructure
+from busapp.core.convert import describe_error, structure, type_name, unstructure
+from busapp.core.hints import check_annotations, resolve_hints
 from busapp.errors import InternalError, InvalidParams, MethodNotFound
 
 #: Parameter names filled by busapp, never from the wire.
@@ -78,11 +78,8 @@ class Handler:
         from the wire)."""
         sig = inspect.signature(func)
         target = inspect.unwrap(func)
-        try:
-            hints = typing.get_type_hints(target)
-        except Exception:  # unresolvable annotations: convert nothing rather than fail
-            hints = {}
-        hints.pop("return", None)
+        hints, unresolved = resolve_hints(target)
+        returns = hints.pop("return", Any)
         params = list(sig.parameters.values())
         if message_first:
             if not params or params[0].kind not in (
@@ -99,6 +96,7 @@ class Handler:
             and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
         ]
         kinds = {p.kind for p in params}
+        check_annotations(name, wire_params, inject, hints, unresolved, returns)
         return cls(
             func=func,
             name=name,
@@ -117,7 +115,7 @@ class Handler:
         for p in self.params:
             text = p.name
             if p.name in self.hints:
-                text += f": {_type_name(self.hints[p.name])}"
+                text += f": {type_name(self.hints[p.name])}"
             if p.default is not _EMPTY:
                 text += f" = {p.default!r}"
             out.append(text)
@@ -195,7 +193,7 @@ class Handler:
         except Exception as exc:
             raise InvalidParams(
                 f"parameter {name!r} of {self.name}(): {describe_error(exc)}",
-                data={"param": name, "expected": _type_name(hint)},
+                data={"param": name, "expected": type_name(hint)},
             ) from None
 
     def call(self, params: list[Any] | dict[str, Any], context: Mapping[str, Any]) -> Any:
@@ -205,10 +203,6 @@ class Handler:
         if inspect.isawaitable(result):
             result = run_coroutine(result)
         return unstructure(result)
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
 _loops = threading.local()
@@ -270,9 +264,14 @@ def process_encoded(
     context: Mapping[str, Any],
     on_error: Callable[[Request | None, BaseException], None] | None = None,
     max_body: int | None = None,
+    on_unanswered: Callable[[BaseException], None] | None = None,
 ) -> tuple[dict[str, Any] | None, bytes | None]:
     """:func:`process`, and the response's JSON encoding (encoded once: the check that a
-    result is JSON serialisable is the encoding that goes on the wire)."""
+    result is JSON serialisable is the encoding that goes on the wire).
+
+    ``on_unanswered`` is told why a notification failed (no such method, bad params, the
+    handler raised): it gets no response, so this is the only trace of the failure.
+    """
     request: wire.Request | None = None
     request_id = None
     payload: bytes | None = None
@@ -306,10 +305,12 @@ def process_encoded(
                 data={"exception": type(exc).__name__},
             ) from None
     except Exception as exc:  # noqa: BLE001 - the whole point is that nothing escapes
+        if request is not None and request.is_notification:
+            if on_unanswered is not None:
+                on_unanswered(exc)
+            return None, None
         response = wire.error_response(request_id if request is None else request.id, exc)
         payload = None
-    if request is not None and request.is_notification:
-        return None, None
     return response, payload
 
 

@@ -1,4 +1,4 @@
-"""Middleware: wrap-style functions around every call and storage event. No I/O.
+"""Middleware: wrap-style functions around every call, event and timer tick. No I/O.
 
 A middleware is ``middleware(call, call_next)``: it gets a :class:`Call`, may look at
 or replace it (``attrs.evolve(call, params=...)``), and returns ``call_next(call)``'s
@@ -25,10 +25,13 @@ class Call:
     """What a middleware sees of one message.
 
     Attributes:
-        kind: ``"call"`` (a request; a notification when ``message.id`` is None) or
-            ``"event"`` (a storage event).
-        method: the bus method's name, or the storage handler's function name.
-        params: the wire params (list or dict); for an event ``{"event": ..., "model": ...}``.
+        kind: ``"call"`` (a request; a notification when ``message.id`` is None),
+            ``"event"`` (a storage event), ``"bus_event"`` (an event between services,
+            ``bus.emit``) or ``"timer"`` (a timer's tick).
+        method: the bus method's name, or the handler's or timer's function name.
+        params: the wire params (list or dict); for a storage event ``{"event": ...,
+            "model": ...}``; for a bus event the payload keys the handler declares; for a
+            tick ``{}``.
         message: the :class:`~busapp.core.pipeline.IncomingMessage` (routing key, headers, id...).
     """
 

@@ -98,14 +98,19 @@ class IncomingMessage:
     caller: str | None = None
     #: Why the body could not be decoded (None: it was, or it is not decoded yet).
     problem: ParseError | None = attrs.field(default=None, repr=False)
+    #: Times its handler failed before and it was sent again (an event's retries), as the
+    #: worker that sent it signed it.
+    retries: int = 0
 
     @classmethod
     def from_delivery(cls, delivery: Delivery, max_body: int | None = None, *,
-                      routing_key: str | None = None,
-                      caller: str | None = None) -> IncomingMessage:
+                      routing_key: str | None = None, caller: str | None = None,
+                      retries: int = 0, answered: bool = True) -> IncomingMessage:
         """Wrap a delivery; ``body`` is its JSON, or None when it is not acceptable JSON
         (:attr:`problem` says why). ``routing_key``: the key it was sent with, when the
-        worker knows it better than the delivery (a re-published message)."""
+        worker knows it better than the delivery (a re-published message). ``answered``:
+        a message of a kind that owes no answer (an event, a tick) is known by its
+        correlation id, not by an ``id`` its body may carry."""
         problem = None
         try:
             body = decode(delivery, max_body)
@@ -113,8 +118,9 @@ class IncomingMessage:
             body, problem = None, exc
         return cls(body=body, routing_key=routing_key or delivery.routing_key,
                    headers=delivery.headers, reply_to=delivery.reply_to,
-                   id=wire.request_id_of(body), correlation_id=delivery.correlation_id,
-                   raw=delivery, caller=caller, problem=problem)
+                   id=wire.request_id_of(body) if answered else delivery.correlation_id,
+                   correlation_id=delivery.correlation_id, raw=delivery, caller=caller,
+                   problem=problem, retries=retries)
 
     @property
     def is_request(self) -> bool:
@@ -136,6 +142,8 @@ class Outcome:
     settle: str = ACK
     #: Seconds to wait before the message is delivered again (``settle == REQUEUE``).
     delay: float = 0.0
+    #: Where a message settled :data:`DEAD` goes (None: ``<its queue>.dead``).
+    dead_letter_queue: str | None = None
     #: The handler's exception, if it raised (for counters and logs).
     error: BaseException | None = attrs.field(default=None, eq=False)
 

@@ -1,9 +1,9 @@
 """Growing an App: :class:`Scaffold` (hooks, dependencies, middleware) and :class:`Router`.
 
 :class:`Scaffold` holds what an :class:`~busapp.core.app.App` and a :class:`Router` both
-register besides bus methods: start-up and shut-down hooks, dependencies and
-middleware. A :class:`Router` also records methods and storage handlers, so an App
-can be split over modules::
+register besides bus methods: start-up and shut-down hooks, dependencies, middleware,
+event handlers and timers. A :class:`Router` also records methods and storage handlers,
+so an App can be split over modules::
 
     # stock.py
     router = Router()
@@ -15,8 +15,8 @@ can be split over modules::
     app = App("inventory")
     app.include(stock.router)        # a name already on the App raises ValueError
 
-A router's middleware wraps only the router's own methods and storage handlers (inside
-the App's middleware); its dependencies and hooks become the App's.
+A router's middleware wraps only the router's own methods, storage and event handlers and
+timers (inside the App's middleware); its dependencies and hooks become the App's.
 Registration does no I/O.
 """
 
@@ -31,11 +31,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Router(Scaffold):
-    """Methods, storage handlers, dependencies, hooks and middleware for :meth:`App.include`.
+    """Methods, storage and event handlers, timers, dependencies, hooks and middleware for
+    :meth:`App.include`.
 
-    Registers like an App (``method``, ``on_storage_event``, ``dependency``,
-    ``middleware``, ``on_startup``, ``on_shutdown``); nothing is served until an App
-    includes it. The checks that need the App (name clashes) run at include.
+    Registers like an App (``method``, ``on_storage_event``, ``on_event``, ``timer``,
+    ``dependency``, ``middleware``, ``on_startup``, ``on_shutdown``); nothing is served
+    until an App includes it. The checks that need the App (name clashes) run at include.
     """
 
     def __init__(self) -> None:
@@ -97,14 +98,20 @@ class Router(Scaffold):
     def register_on(self, target: Any) -> None:
         """Add everything recorded here to ``target`` (an App); see :meth:`Scaffold.include`."""
         self._check_clashes(target)
+        for dep in self.dependencies.values():  # first: the handlers below may take them
+            target.add_dependency(dep.provider, dep.name, scope=dep.scope)
         for name, (func, options) in self.methods.items():
             target.add_method(func, name, **options)
             self._scope_middleware(target, ("call", name))
         for func, model, event in self.storage_handlers:
             target.add_storage_handler(func, model, event)
             self._scope_middleware(target, event_key(func, model, event))
-        for dep in self.dependencies.values():
-            target.add_dependency(dep.provider, dep.name, scope=dep.scope)
+        for entry in self.event_handlers:
+            target.add_event_handler(entry.func, entry.pattern, **entry.options)
+            self._scope_middleware(target, entry.key)
+        for timer in self.timers.values():
+            target.add_timer(timer.func, **timer.options)
+            self._scope_middleware(target, timer.key)
         target.startup_hooks.extend(self.startup_hooks)
         target.shutdown_hooks.extend(self.shutdown_hooks)
 
@@ -120,6 +127,10 @@ class Router(Scaffold):
                  for h in target.storage_handlers}
         clashes += [f"storage handler {k[3]!r} for {k[1]}.{k[2]}"
                     for k in (event_key(*entry) for entry in self.storage_handlers) if k in taken]
+        subscribed = {h.key for h in target.event_handlers}
+        clashes += [f"event handler {h.name!r} for {h.pattern!r}" for h in self.event_handlers
+                    if h.key in subscribed]
+        clashes += [f"timer {n!r}" for n in self.timers if n in target.timers]
         if clashes:
             raise ValueError(f"cannot include {self!r} in {target!r}: {', '.join(clashes)} "
                              "already registered there; rename one of them")

@@ -1,6 +1,6 @@
 """What an :class:`~busapp.core.app.App` and a :class:`~busapp.core.router.Router` share:
-start-up and shut-down hooks, dependencies, middleware, and the checks of what may be
-registered. Neither imports the other. No I/O.
+start-up and shut-down hooks, dependencies, middleware, event handlers, timers, and the
+checks of what may be registered. Neither imports the other. No I/O.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import attrs
 from busapp import names
 from busapp.core.deps import Dependency
 from busapp.core.dispatch import Handler
+from busapp.core.events import DEFAULT_RETRIES, EventHandler
 from busapp.core.middleware import check as check_middleware
+from busapp.core.timers import Timer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,7 +40,8 @@ def check_storage_subscription(model: type | None, event: str) -> None:
 
 
 class Scaffold:
-    """Registries shared by App and Router: hooks, dependencies, middleware."""
+    """Registries shared by App and Router: hooks, dependencies, middleware, event handlers
+    and timers."""
 
     def __init__(self) -> None:
         #: Run in each worker before it consumes, in order; filled by :meth:`on_startup`.
@@ -52,6 +55,13 @@ class Scaffold:
         #: Middleware of included routers, by the handler it wraps:
         #: ``{("call", method) or ("event", model, event, function name): [middleware, ...]}``.
         self.scoped_middleware: dict[tuple[str, ...], list[Callable[..., Any]]] = {}
+        #: Subscriptions to events between services, filled by :meth:`on_event`.
+        self.event_handlers: list[EventHandler] = []
+        #: ``{timer name: Timer}``, filled by :meth:`timer`.
+        self.timers: dict[str, Timer] = {}
+
+    def _registered(self) -> None:
+        """Told after each registration (an App forgets the service class it made)."""
 
     def on_startup(self, func: F) -> F:
         """Run ``func`` in each worker after the fork, before it consumes (sync or async).
@@ -152,12 +162,86 @@ class Scaffold:
         check_middleware(func)
         self.middlewares.append(func)
 
+    def on_event(self, pattern: str, *, broadcast: bool = False, retries: int = DEFAULT_RETRIES,
+                 allow: Any = None) -> Callable[[F], F]:
+        """Call the decorated function on each event matching ``pattern``.
+
+        ``pattern`` is an event name (``orders.placed``) or a topic pattern (``orders.*``,
+        ``*.placed``, ``orders.#``). The payload's keys bind to the function's parameters
+        by name, converted like a method's (keys it does not declare are ignored); it may
+        also declare ``event`` (the event's name), ``message``, ``bus``, ``storage`` and
+        dependencies. Each event is handled once per App (``broadcast=True``: by every
+        worker). A handler that raises is retried ``retries`` times, 1 s later, then 2 s,
+        4 s... (at most 60 s), then the event goes to its queue's ``.dead`` queue.
+        ``allow``: the key ids (of the App's keyring) that may emit to it.
+
+        Example::
+
+            @app.on_event("orders.placed")
+            def bill(order_id: str, item: str, bus) -> None:
+                bus.call("ledger.add", order_id, item)
+        """
+
+        def decorator(func: F) -> F:
+            self.add_event_handler(func, pattern, broadcast=broadcast, retries=retries,
+                                   allow=allow)
+            return func
+
+        return decorator
+
+    def add_event_handler(self, func: Callable[..., Any], pattern: str, *,
+                          broadcast: bool = False, retries: int = DEFAULT_RETRIES,
+                          allow: Any = None) -> None:
+        """The imperative twin of :meth:`on_event`."""
+        entry = EventHandler.build(func, pattern, broadcast=broadcast, retries=retries,
+                                   allow=allow, dependencies=self.dependencies)
+        if any(h.key == entry.key for h in self.event_handlers):
+            raise ValueError(f"{entry.name!r} is already subscribed to {pattern!r} on {self!r}")
+        keyring = getattr(self, "keyring", None)
+        if entry.allow is not None and keyring is not None:
+            keyring.check_allow(entry.allow, f"event handler {entry.name!r}")
+        self.event_handlers.append(entry)
+        self._registered()
+
+    def timer(self, every: Any = None, *, cron: str | None = None,
+              eager: bool = False) -> Callable[[F], F]:
+        """Run the decorated function every ``every`` seconds, or at the times of ``cron``.
+
+        Once per App: whatever ``--workers`` says and however many ``busapp run`` of the
+        App are up, one worker runs each tick; runs of one timer never overlap. ``cron``
+        takes a cron expression read in UTC (``pip install 'busapp[cron]'``); ``eager``:
+        also run it when a worker takes the timers over (at start-up). The function may
+        declare ``bus``, ``storage``, ``message`` and dependencies.
+
+        Example::
+
+            @app.timer(every=30)
+            def sweep(storage) -> None:
+                ...
+        """
+
+        def decorator(func: F) -> F:
+            self.add_timer(func, every, cron=cron, eager=eager)
+            return func
+
+        return decorator
+
+    def add_timer(self, func: Callable[..., Any], every: Any = None, *, cron: str | None = None,
+                  eager: bool = False) -> None:
+        """The imperative twin of :meth:`timer`."""
+        entry = Timer.build(func, every, cron, eager, dependencies=self.dependencies)
+        if entry.name in self.timers:
+            raise ValueError(f"timer {entry.name!r} is already registered on {self!r}")
+        self.timers[entry.name] = entry
+        self._registered()
+
     def include(self, router: Any) -> None:
-        """Add ``router``'s methods, storage handlers, dependencies, hooks and middleware.
+        """Add ``router``'s methods, storage handlers, event handlers, timers, dependencies,
+        hooks and middleware.
 
         Raises:
-            ValueError: a method or dependency name, or a storage subscription, is already
-                here (nothing is added then).
+            ValueError: a method, timer or dependency name, or a storage or event
+                subscription, is already here (nothing is added then).
         """
         router.register_on(self)
 

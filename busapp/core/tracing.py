@@ -43,6 +43,14 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
+def carried() -> dict[str, Any]:
+    """The properties a notification or plain message sent while serving a request carries:
+    the request id header (so the lines of what it causes, a storage event say, name the
+    action too); none outside a request."""
+    current = _request_id.get()
+    return {} if current is None else {"headers": {REQUEST_ID_HEADER: current}}
+
+
 def use_tracer_provider(provider: Any) -> None:
     """Make busapp's spans with ``provider`` instead of OpenTelemetry's global one (None: the
     global).

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from busapp.core.convert import unstructure
 from busapp.errors import (
     InternalError,
     InvalidRequest,
@@ -72,12 +73,25 @@ def encode_request(method: str, params: Any = None, id: Any = None) -> dict[str,
     return body
 
 
+def _converted(obj: Any) -> Any:
+    """What the encoder writes for an object JSON has no type for: the converter's form of
+    it (a datetime as ISO text, a model as an object...), else TypeError."""
+    data = unstructure(obj)
+    if data is obj:
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    return data
+
+
 # One encoder for every message: json.dumps() with options builds a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                            default=_converted)
 
 
 def dumps(obj: Any) -> str:
-    """Serialise to compact JSON (raises TypeError/ValueError if it cannot)."""
+    """Serialise to compact JSON (raises TypeError/ValueError if it cannot).
+
+    Values JSON has no type for are written as :mod:`busapp.core.convert` unstructures them,
+    so a caller may pass a ``datetime``, a ``Decimal`` or a model as a param."""
     return _ENCODER.encode(obj)
 
 

@@ -10,6 +10,10 @@ replies and acknowledgements. An entrypoint cannot skip a stage; it only says::
     queue_specs   the queues it consumes and their bindings
     admit         whether a verified key may have this message run (allow lists)
     run           the step itself: an IncomingMessage in, an Outcome out
+
+and, if it likes, ``describe()``: the lines the worker's start-up banner lists for it (a
+method with its params, a subscription with its handler); without it, the banner lists
+the binding keys of its queues.
 """
 
 from __future__ import annotations

@@ -40,6 +40,14 @@ class RpcEntrypoint:
     def queue_specs(self) -> list[QueueSpec]:
         return list(self.specs)
 
+    def describe(self) -> list[str]:
+        """``service.method(params)`` for each method, as the start-up banner lists them."""
+        binding = self.specs[0].binding_keys[0] if self.specs and self.specs[0].binding_keys \
+            else ""
+        prefix = binding[:-2] if binding.endswith(".*") else binding.rsplit(".", 1)[0]
+        return [f"{prefix}.{name}({', '.join(handler.describe_params())})"
+                for name, handler in sorted(self.handlers.items())]
+
     def admit(self, caller: str, routing_key: str | None) -> RemoteProcedureCallError | None:
         method = names.method_of(routing_key) or ""
         allow = getattr(self.handlers.get(method), "allow", None)
@@ -75,8 +83,12 @@ class RpcEntrypoint:
             failure.append(exc)
             on_error(self.kind, message, request, exc)
 
+        def unanswered(exc: BaseException) -> None:  # a notification's: logged as its outcome
+            if not failure:
+                failure.append(exc)
+
         response, payload = dispatch.process_encoded(
             self.handlers, body, content_type=delivery.content_type,
             routing_key=message.routing_key, context=context, on_error=failed,
-            max_body=self.max_body)
+            max_body=self.max_body, on_unanswered=unanswered)
         return Outcome(response, payload, error=failure[0] if failure else None)

@@ -59,6 +59,11 @@ class SubscriptionEntrypoint:
     def admit(self, caller: str, routing_key: str | None) -> RemoteProcedureCallError | None:
         return None  # any key of the keyring may publish events
 
+    def describe(self) -> list[str]:
+        """``binding key -> handler``, as the start-up banner lists it."""
+        sub = self.subscription
+        return [f"{sub.binding_key} -> {getattr(sub.callback, '__name__', '?')}"]
+
     def time_limit(self, message: IncomingMessage) -> float | None:
         return None
 

@@ -12,7 +12,11 @@ Metrics (SPEC §10):
 - ``busapp_call_duration_seconds{service,method}``: histogram of the time to serve one;
 - ``busapp_in_flight{service}``: requests being served now (summed over live workers);
 - ``busapp_redeliveries_total{service}``, ``busapp_dead_letters_total{service}``;
-- ``busapp_worker_restarts_total{service}``: workers the manager replaced after they died.
+- ``busapp_worker_restarts_total{service}``: workers the manager replaced after they died;
+- ``busapp_events_total{service,handler,outcome}``: events handled; outcome ``ok``,
+  ``retried`` (the handler failed, the event is sent again later) or ``dead_lettered``
+  (failed on its last retry, or could never be handled); failed = retried + dead_lettered;
+- ``busapp_timer_runs_total{service,timer,outcome}``: timer runs; outcome ``ok`` or ``error``.
 
 Calls are counted by the worker, not by an App middleware: that also counts the
 requests no middleware sees (unknown methods, bad params, undecodable bodies) and the
@@ -63,6 +67,11 @@ def _metrics() -> dict[str, Any]:
                                       ["service"]),
             restarts=prom.Counter("busapp_worker_restarts_total",
                                   "Workers replaced after they died.", ["service"]),
+            events=prom.Counter("busapp_events_total",
+                                "Events handled: ok, retried or dead_lettered.",
+                                ["service", "handler", "outcome"]),
+            timer_runs=prom.Counter("busapp_timer_runs_total", "Timer runs: ok or error.",
+                                    ["service", "timer", "outcome"]),
         )
     return _made
 
@@ -105,6 +114,15 @@ class WorkerMetrics:
         self._redeliveries.inc()
         if dead:
             self._dead_letters.inc()
+
+    def event_finished(self, handler: str | None, outcome: str, seconds: float) -> None:
+        """One event run by ``handler``: ``ok``, ``retried`` or ``dead_lettered``."""
+        _made["events"].labels(self.service, handler or UNKNOWN_METHOD, outcome).inc()
+
+    def timer_finished(self, timer: str | None, ok: bool, seconds: float) -> None:
+        """One run of ``timer``."""
+        _made["timer_runs"].labels(self.service, timer or UNKNOWN_METHOD,
+                                   "ok" if ok else "error").inc()
 
 
 class MetricsEndpoint:
@@ -154,12 +172,13 @@ class MetricsEndpoint:
         """What one worker process of ``service`` records through (made in the worker)."""
         return WorkerMetrics(service)
 
-    def worker_died(self, pid: int) -> None:
-        """Forget a dead worker's live gauges and count its restart."""
+    def worker_died(self, pid: int, service: str | None = None) -> None:
+        """Forget a dead worker's live gauges and count its restart (``service``: the one it
+        served, default :attr:`service`)."""
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid, self.directory)
-        _metrics()["restarts"].labels(self.service).inc()
+        _metrics()["restarts"].labels(service or self.service).inc()
 
     def close(self) -> None:
         """Stop serving and remove the directory (if this endpoint made it)."""

@@ -3,10 +3,13 @@
 OpenRPC is the schema standard made for JSON-RPC. The document lists each method
 with its params and result as JSON Schema (draft 7, which OpenRPC 1.3 uses), built
 from the handler's type hints: ``int``, ``float``, ``str``, ``bool``, ``None``,
-``list[X]``, ``dict[str, X]``, ``tuple[...]``, ``X | None`` / ``Optional[X]``,
-``Literal``, enums, dates, and attrs classes (busapp models among them) as schema
-components referenced by ``$ref``; parameter defaults become ``default``. Every
-method lists the error codes of the wire contract. No I/O.
+``list[X]``, ``set[X]``, ``dict[str, X]``, ``tuple[...]``, unions and ``Optional[X]``,
+``Literal``, enums, dates and times, UUID, Decimal, bytes, and attrs classes (busapp
+models among them) as schema components referenced by ``$ref``; parameter defaults
+become ``default``. Every method lists the error codes of the wire contract. No I/O.
+
+Each schema says what :mod:`busapp.core.convert` accepts and returns for that type
+(a test generates values from every schema of a wide App and round-trips them).
 
 No library is used for the mapping: the ones that generate JSON Schema from type
 hints know dataclasses or their own models, not attrs classes, and this one follows
@@ -21,6 +24,7 @@ import decimal
 import enum
 import inspect
 import json
+import pathlib
 import types
 import typing
 import uuid
@@ -48,7 +52,6 @@ _SIMPLE: dict[Any, dict[str, Any]] = {
     int: {"type": "integer"},
     float: {"type": "number"},
     str: {"type": "string"},
-    bytes: {"type": "string"},
     type(None): {"type": "null"},
     list: {"type": "array"},
     dict: {"type": "object"},
@@ -56,7 +59,10 @@ _SIMPLE: dict[Any, dict[str, Any]] = {
     datetime.date: {"type": "string", "format": "date"},
     datetime.time: {"type": "string", "format": "time"},
     uuid.UUID: {"type": "string", "format": "uuid"},
-    decimal.Decimal: {"type": "string"},
+    decimal.Decimal: {"type": "string", "format": "decimal",
+                      "pattern": r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*$"},
+    bytes: {"type": "string", "contentEncoding": "base64"},
+    pathlib.Path: {"type": "string"},
 }
 _ARRAYS = (list, set, frozenset, collections.abc.Sequence, collections.abc.Set,
            collections.abc.MutableSequence, collections.abc.Iterable)
@@ -94,7 +100,10 @@ class Schemas:
                 schema["uniqueItems"] = True
             return schema
         if origin in _MAPPINGS:
-            return {"type": "object", "additionalProperties": self.of(args[1]) if args else {}}
+            schema = {"type": "object", "additionalProperties": self.of(args[1]) if args else {}}
+            if args and args[0] not in (str, Any):  # keys that are strings of a kind
+                schema["propertyNames"] = self.of(args[0])
+            return schema
         if isinstance(hint, type):
             return self._of_class(hint)
         return {}
@@ -128,6 +137,8 @@ class Schemas:
             key = field.alias or field.name
             declared = field.type if isinstance(field.type, type) else Any
             prop = self.of(hints.get(field.name, declared))
+            if field.name == getattr(cls, "_primary_key", None):  # a model's key: non-empty
+                prop = dict(prop, minLength=1)
             if field.default is attrs.NOTHING:
                 required.append(key)
             elif not isinstance(field.default, _FACTORY) and _jsonable(field.default):
@@ -224,8 +235,42 @@ def openrpc_document(source: Any) -> dict[str, Any]:
                                 "(x-busapp-routing-key) and a reply_to queue."},
         "methods": [method_object(name, h, schemas, key) for name, h, key in methods],
     }
+    if isinstance(source, App) and source.event_handlers:
+        doc["x-busapp-events"] = [event_object(h, schemas) for h in source.event_handlers]
+    if isinstance(source, App) and source.timers:
+        doc["x-busapp-timers"] = [timer_object(t) for _, t in sorted(source.timers.items())]
     doc["components"] = {"schemas": schemas.components, "errors": dict(ERRORS)}
     return doc
+
+
+def event_object(entry: Any, schemas: Schemas) -> dict[str, Any]:
+    """An event handler as ``x-busapp-events`` lists it: its pattern, binding, delivery and
+    the payload it reads as a JSON Schema object (keys it does not declare are ignored)."""
+    handler = entry.handler
+    properties = {p.name: {**schemas.of(handler.hints.get(p.name, Any)),
+                           **({"default": p.default} if p.default is not inspect.Parameter.empty
+                              and _jsonable(p.default) else {})}
+                  for p in handler.params}
+    required = [p.name for p in handler.params if p.default is inspect.Parameter.empty]
+    payload: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        payload["required"] = required
+    described: dict[str, Any] = {
+        "pattern": entry.pattern, "x-busapp-binding": entry.binding_key,
+        "function": _function_name(entry.func), "broadcast": entry.broadcast,
+        "retries": entry.retries, "payload": payload}
+    summary, _ = _summary(entry.func)
+    if summary:
+        described["summary"] = summary
+    return described
+
+
+def timer_object(timer: Any) -> dict[str, Any]:
+    """A timer as ``x-busapp-timers`` lists it."""
+    schedule = timer.schedule
+    when = {"every": schedule.every} if schedule.every is not None else {"cron": schedule.cron}
+    return {"name": timer.name, "function": _function_name(timer.func), **when,
+            "eager": timer.eager}
 
 
 def describe(source: Any) -> dict[str, Any]:
@@ -252,6 +297,10 @@ def describe(source: Any) -> dict[str, Any]:
     for handler_entry in getattr(source, "storage_handlers", ()):
         out["storage_events"].append({"binding": handler_entry.binding_key,
                                       "function": _function_name(handler_entry.func)})
+    if isinstance(source, App):
+        schemas = Schemas()
+        out["events"] = [event_object(h, schemas) for h in source.event_handlers]
+        out["timers"] = [timer_object(t) for _, t in sorted(source.timers.items())]
     return out
 
 

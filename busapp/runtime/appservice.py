@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from busapp import names
 from busapp.core.lifespan import Lifespan
+from busapp.core.options import WorkerOptions
+from busapp.entrypoints.base import Entrypoint
+from busapp.entrypoints.event import EventEntrypoint, handler_queue
+from busapp.entrypoints.timer import TimerEntrypoint
 from busapp.names import default_exchange
 from busapp.runtime.service import CommissaireService, IncomingMessage
 from busapp.storage.events import decode_event
+from busapp.transport.base import QueueSpec
 
 if TYPE_CHECKING:
     from busapp.core.app import App
@@ -35,6 +41,27 @@ class AppService(CommissaireService):
             self.subscribe(entry.binding_key, self._event_callback(entry),
                            queue_name=entry.queue_name(self.service_name))
 
+    def entrypoints(self, options: WorkerOptions) -> list[Entrypoint]:
+        """Its methods and storage subscriptions, then the App's event handlers and timers."""
+        found = super().entrypoints(options)
+        queue = self.service_name
+        for entry in self.app.event_handlers:
+            handler = self.lifespan.wrap(entry.handler, "bus_event", entry.key)
+            found.append(EventEntrypoint(entry, handler, handler_queue(entry, queue),
+                                         names.dead_letter(entry.queue_name(queue))))
+        for timer in self.app.timers.values():
+            handler = self.lifespan.wrap(timer.handler, "timer", timer.key)
+            found.append(TimerEntrypoint(timer, handler, queue))
+        return found
+
+    @classmethod
+    def leftovers(cls, queue: str, pid: int) -> tuple[list[QueueSpec], str | None]:
+        """What worker ``pid`` (of this host) of the App serving ``queue`` holds on its own:
+        its broadcast queues, and the name of the App's timer lease (None: no timers)."""
+        own = [handler_queue(entry, queue, pid=pid, number=0)
+               for entry in cls.app.event_handlers if entry.broadcast]
+        return own, names.timer_lease(queue) if cls.app.timers else None
+
     def _collect_handlers(self) -> dict[str, Any]:
         # From the App itself: a method may be named like a hook (``startup``).
         return {name: self.lifespan.wrap(handler, "call", ("call", name))
@@ -48,6 +75,7 @@ class AppService(CommissaireService):
             context = self._context(message)
             handler.call({"event": event, "model": model}, context)
 
+        on_event.__name__ = entry.handler.name  # what log lines and the banner call it
         return on_event
 
     def _lifespan_start(self) -> None:
@@ -74,6 +102,15 @@ def build_service_class(app: App) -> type[AppService]:
         for name, handler in app.methods.items():
             if handler.allow is not None:
                 app.keyring.check_allow(handler.allow, f"method {name!r}")
+        for entry in app.event_handlers:
+            if entry.allow is not None:
+                app.keyring.check_allow(entry.allow, f"event handler {entry.name!r}")
+    for timer in app.timers.values():
+        unknown = timer.unknown_params(app.dependencies)
+        if unknown:
+            raise ValueError(f"timer {timer.name!r} has parameters nothing fills: "
+                             f"{', '.join(unknown)}; a timer takes bus, storage, message and "
+                             f"dependencies only (or give them defaults)")
     namespace: dict[str, Any] = {"app": app, "__module__": __name__}
     if app.max_body is not None or app.queue_type is not None:
         namespace["worker_options"] = AppService.worker_options.evolve(

@@ -8,15 +8,16 @@ copies of what it matches.
 
 - RabbitMQ deletes them itself: auto-delete when the worker's connection goes, and an
   ``x-expires`` of :func:`own_queue_ttl` (:func:`as_own_queue`) for one never consumed.
-  It also gives a dead connection's unacknowledged messages back.
+  It also gives a dead connection's unacknowledged messages back and ends its leases.
 - Redis does none of it. Each worker registers its own queues with a heartbeat
   (:class:`Keeper`, :mod:`busapp.transport.owned`) and removes them when it stops; its
-  manager removes them (and requeues what it held unacked) when it sees it die
-  (:func:`release_dead_worker`); and what a worker killed with its manager (or on a lost
-  host) leaves is swept by the next manager that starts (:func:`sweep`) and by every live
-  worker now and then, once its heartbeat has expired.
+  manager removes them when it sees it die (:func:`release_dead_worker`), with what it
+  held unacked (requeued at once, and with a keyring the replay claims it made on them:
+  :mod:`busapp.runtime.gate`) and its hold of its App's timer lease; what a worker killed
+  with its manager (or on a lost host) leaves is swept by the next manager that starts
+  (:func:`sweep`) and by every live worker now and then, once its heartbeat has expired
+  (its unacked messages come back after the visibility timeout, its lease after its TTL).
 """
-
 from __future__ import annotations
 
 import itertools
@@ -30,7 +31,7 @@ import attrs
 
 from busapp import config, names
 from busapp.log import get_logger
-from busapp.transport import is_redis
+from busapp.transport import is_redis, open_transport
 from busapp.transport.base import QueueSpec
 
 log = get_logger("busapp.manager")
@@ -71,9 +72,11 @@ def as_own_queue(spec: QueueSpec, url: str) -> QueueSpec:
     return attrs.evolve(spec, expires=own_queue_ttl())
 
 
-def release_dead_worker(url: str, exchange: str, service: str, pid: int) -> None:
-    """Give back what worker ``pid`` (dead, on this host) held unacked, and delete its own
-    queues; a failure is logged (what is left comes back, or is swept, later)."""
+def release_dead_worker(url: str, exchange: str, service: str, pid: int,
+                        lease: str | None = None) -> None:
+    """Give back what worker ``pid`` (dead, on this host) held unacked, delete its own
+    queues, and end its hold of ``lease`` (its App's timer lease); a failure is logged (what
+    is left comes back, or is swept, later)."""
     try:
         count = _requeue_unacked(url, pid)
     except Exception as exc:  # noqa: BLE001 - they come back after the visibility timeout
@@ -87,13 +90,18 @@ def release_dead_worker(url: str, exchange: str, service: str, pid: int) -> None
     except Exception as exc:  # noqa: BLE001 - swept once its heartbeat expires
         log.warning("could not delete the dead worker's own queues; they are removed once "
                     "its heartbeat expires", pid=pid, error=str(exc))
+    if lease is not None and is_redis(url):
+        try:
+            release_lease(url, lease, names.unacked_owner(socket.gethostname(), pid))
+        except Exception as exc:  # noqa: BLE001 - it ends with its TTL
+            log.warning("could not end the dead worker's timer lease", pid=pid, error=str(exc))
 
 
 def _requeue_unacked(url: str, pid: int) -> int:
     if not is_redis(url):
         return 0  # RabbitMQ requeues a dead connection's messages itself
     # Imported here: kombu loads only in a manager that has a worker to clean up after.
-    from busapp.transport.kombu_transport import requeue_dead_worker
+    from busapp.transport.kombu_setup import requeue_dead_worker
 
     return requeue_dead_worker(url, pid)
 
@@ -107,6 +115,16 @@ def forget_worker(url: str, exchange: str, service: str, pid: int) -> None:
             registry.drop_process(socket.gethostname(), pid)
         finally:
             registry.close()
+
+
+def release_lease(url: str, lease: str, owner: str) -> None:
+    """End ``owner``'s (or any ``owner.<more>``'s) hold of ``lease``."""
+    transport = open_transport(url)
+    transport.connect()
+    try:
+        transport.release_lease(lease, owner)
+    finally:
+        transport.close()
 
 
 def sweep(url: str) -> list[str]:

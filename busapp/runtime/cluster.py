@@ -24,7 +24,7 @@ from busapp import config, names
 from busapp.core.options import QUEUE_TYPES, check_queue_type
 from busapp.transport.base import QueueSpec
 
-__all__ = ["QUEUE_TYPES", "check_queue_type", "dead_letter_spec",
+__all__ = ["QUEUE_TYPES", "check_queue_type", "dead_letter_queue", "dead_letter_spec",
            "declared_as", "resolve_queue_type"]
 
 def resolve_queue_type(value: str | None = None) -> str:
@@ -75,3 +75,10 @@ def dead_letter_spec(spec: QueueSpec) -> QueueSpec | None:
     if arguments.get("x-queue-type") != "quorum" or "x-dead-letter-routing-key" not in arguments:
         return None
     return QueueSpec(arguments["x-dead-letter-routing-key"], arguments={"x-queue-type": "quorum"})
+
+
+def dead_letter_queue(name: str, queue_type: str | None = None) -> QueueSpec:
+    """A dead-letter queue workers publish to themselves (an event handler's), of the type
+    their queues are (``queue_type``, default ``$BUSAPP_QUEUE_TYPE``)."""
+    quorum = resolve_queue_type(queue_type) == "quorum"
+    return QueueSpec(name, arguments={"x-queue-type": "quorum"} if quorum else None)

@@ -51,6 +51,8 @@ class Owner(Protocol):
 
     def watchdog(self, in_flight: int) -> None: ...
 
+    def sweep_due(self) -> None: ...
+
 
 @attrs.define(eq=False)
 class _Running:
@@ -85,7 +87,7 @@ class Lanes:
         self._role = threading.Lock()          # the receiving role
         self._state = threading.Condition()    # guards the counters below
         self.inbox: collections.deque[Delivery] = collections.deque()
-        self._acks: collections.deque[tuple[int, Delivery]] = collections.deque()
+        self._acks: collections.deque[tuple[int, Delivery, bool]] = collections.deque()
         self.generation = 0                    # bumps on reconnect: older acks are void
         self.in_flight = 0                     # messages taken and not yet settled
         self._detached = 0                     # handlers that gave the role away, running
@@ -215,6 +217,7 @@ class Lanes:
         self.prefetch()
         if self.inbox:  # a synchronous broker call (qos, ack) may have brought a message
             return self._take(self.inbox.popleft())
+        owner.sweep_due()  # delayed messages now due go back on their queues (Redis)
         transport = owner.transport
         assert transport is not None
         busy = self._detached > 0 and not transport.concurrent_ack
@@ -324,8 +327,9 @@ class Lanes:
 
     # -- acks ------------------------------------------------------------------------------------
 
-    def settle(self, delivery: Delivery) -> None:
-        """Ack ``delivery``: now, or through the role holder when this thread may not."""
+    def settle(self, delivery: Delivery, *, requeue: bool = False) -> None:
+        """Ack (or requeue) ``delivery``: now, or through the role holder when this thread
+        may not."""
         running = _LANE.running
         if running is not None:
             with self._state:
@@ -334,11 +338,11 @@ class Lanes:
                 running.finished = running.finished or not running.handed_over
                 queue_it = running.handed_over and not self._can_ack_anywhere()
                 if queue_it:
-                    self._acks.append((running.generation, delivery))
+                    self._acks.append((running.generation, delivery, requeue))
             if queue_it:
                 return
         try:
-            delivery.ack()
+            delivery.requeue() if requeue else delivery.ack()
         except BrokerUnavailable as exc:
             log.warning("could not ack (connection lost); the message will be redelivered",
                         error=str(exc))
@@ -350,9 +354,9 @@ class Lanes:
     def flush_acks(self) -> None:
         while self._acks:
             with self._state:
-                generation, delivery = self._acks.popleft()
+                generation, delivery, requeue = self._acks.popleft()
             if generation == self.generation:
-                delivery.ack()
+                delivery.requeue() if requeue else delivery.ack()
 
     def drain(self, graceful_timeout: float) -> None:
         """Stop consuming, requeue what was received but not started, and wait for the rest.
@@ -364,6 +368,10 @@ class Lanes:
         try:
             transport.cancel()
             deadline = time.monotonic() + graceful_timeout
+            if self.in_flight > 0:  # say why stopping takes a while
+                log.info(f"waiting for {self.in_flight} in-flight message"
+                         f"{'s' if self.in_flight > 1 else ''} (up to {graceful_timeout:g} s)",
+                         in_flight=self.in_flight, graceful_timeout=graceful_timeout)
             while True:
                 while self.inbox:
                     self.inbox.popleft().requeue()

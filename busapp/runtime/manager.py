@@ -8,6 +8,10 @@ never leave the service short of workers. Only a worker that dies before it was
 ever ready waits, with a back-off that doubles per such death (a start-up bug, or a
 broker that cannot be reached). SIGINT/SIGTERM stops them gracefully.
 
+One manager may run several services (``busapp run`` of a module with several Apps):
+:meth:`ServiceManager.add` hands it another manager's service, count and options, and
+the workers of all of them are supervised alike, by one process.
+
 Readiness crosses the fork through one shared double per started worker: the
 manager sets ``service.ready_callback`` before ``service.run()``, and the
 service calls it once, when it first consumes; the callback writes the
@@ -54,6 +58,9 @@ class _Slot:
     """One worker position: its current process and the history that sets its back-off."""
 
     index: int
+    #: The manager whose service this slot runs (the supervising one, or one it was handed
+    #: by :meth:`ServiceManager.add`).
+    owner: Any = None
     process: Any = None
     started: float = 0.0
     #: Shared double: monotonic time the current worker became ready, 0.0 until then.
@@ -120,9 +127,11 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOptions,
-                 parent_pid: int, ready_at: Any = None, metrics: Any = None) -> None:
+                 parent_pid: int, ready_at: Any = None, metrics: Any = None,
+                 banner: bool = True) -> None:
     """Entry point of a worker process; ``ready_at`` is its slot's shared readiness double;
-    ``metrics``: the manager's metrics endpoint, if any (it gives each worker a recorder)."""
+    ``metrics``: the manager's metrics endpoint, if any (it gives each worker a recorder);
+    ``banner``: list what it serves when ready (the first worker of each service does)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent(parent_pid)
@@ -131,6 +140,7 @@ def _worker_main(service_class: type, kwargs: dict[str, Any], options: WorkerOpt
     try:
         service = service_class(**kwargs)
         service.options = options
+        service.show_banner = banner
         if ready_at is not None:
             service.ready_callback = _ready_setter(ready_at)
         if metrics is not None:
@@ -176,7 +186,7 @@ class ServiceManager:
     #: Consecutive deaths before ready of one slot after which the manager gives up.
     max_fast_failures: int = 5
     #: Where the workers' metrics are served, summed (None: no metrics): an object with
-    #: ``start()``, ``recorder(service)``, ``worker_died(pid)`` and ``close()``, e.g.
+    #: ``start()``, ``recorder(service)``, ``worker_died(pid, service)`` and ``close()``, e.g.
     #: :class:`busapp.ops.metrics.MetricsEndpoint`; started before the first worker.
     metrics: Any = None
 
@@ -198,6 +208,21 @@ class ServiceManager:
         self._stopping = threading.Event()
         self._slots: list[_Slot] = []
         self._ctx = multiprocessing.get_context("fork")
+        #: Further services run by this manager (see :meth:`add`).
+        self.others: list[ServiceManager] = []
+
+    def add(self, other: ServiceManager) -> None:
+        """Also run ``other``'s workers (its service class, process count, arguments and
+        options) under this manager: one process supervises them all, with one signal
+        handling and one metrics endpoint. ``other`` itself is never run."""
+        if other is self or other in self.others:
+            raise ValueError(f"{other._service_name()!r} is already run by this manager")
+        self.others.append(other)
+
+    @property
+    def managed(self) -> list[ServiceManager]:
+        """This manager and those :meth:`add` handed it: every service it runs."""
+        return [self, *self.others]
 
     def _service_kwargs(self) -> dict[str, Any]:
         kwargs = dict(self.kwargs, exchange_name=self.exchange_name,
@@ -230,19 +255,25 @@ class ServiceManager:
         Raises:
             CrashLoopError: a worker died ``max_fast_failures`` times in a row before it was ready.
         """
-        self.connection_url = resolve_broker_url(self.connection_url)
-        preload(self.connection_url)  # once here, not in every worker it starts
+        for spec in self.managed:
+            spec.connection_url = resolve_broker_url(spec.connection_url)
+            preload(spec.connection_url)  # once here, not in every worker it starts
         self._stopping.clear()
         self._install_signal_handlers()
-        log.info("manager starting", pid=os.getpid(), workers=self.process_count,
-                 service=self.service_class.__name__, broker=mask_url(self.connection_url))
-        self._slots = [_Slot(i) for i in range(self.process_count)]
+        log.info("manager starting", pid=os.getpid(),
+                 workers=sum(spec.process_count for spec in self.managed),
+                 service=", ".join(spec.service_class.__name__ for spec in self.managed),
+                 broker=mask_url(self.connection_url))
+        self._slots = [_Slot(i, spec) for spec in self.managed
+                       for i in range(spec.process_count)]
         try:
             if self.metrics is not None:  # before the first fork: the workers inherit it
                 self.metrics.start()
             for slot in self._slots:
                 self._start(slot)
-            sweep(self.connection_url)  # what workers killed with their manager left (Redis)
+            for url in dict.fromkeys(spec.connection_url for spec in self.managed):
+                if url is not None:
+                    sweep(url)  # what workers killed with their manager left (Redis)
             self._supervise()
         finally:
             self._stop_all()
@@ -258,6 +289,15 @@ class ServiceManager:
             return str(app.name)
         return str((self.qkwargs or [{}])[0].get("name") or self.service_class.__name__.lower())
 
+    def _leftovers(self, pid: int) -> tuple[list[Any], str | None]:
+        """Worker ``pid``'s own queues and its App's timer lease (an App's service class says
+        which; another service has none)."""
+        leftovers = getattr(self.service_class, "leftovers", None)
+        queue = (self.qkwargs or [{}])[0].get("name")
+        if leftovers is None or not queue:
+            return [], None
+        return leftovers(str(queue), pid)
+
     def stop(self) -> None:
         """Ask :meth:`run` to stop all workers gracefully and return."""
         self._stopping.set()
@@ -268,15 +308,21 @@ class ServiceManager:
                 signal.signal(sig, lambda *_: self.stop())
 
     def _start(self, slot: _Slot) -> None:
+        spec = slot.owner
+        banner = slot.index == 0 and slot.process is None  # once per service, not per restart
         slot.ready_at = self._ctx.RawValue("d", 0.0)
         process = self._ctx.Process(
             target=_worker_main, name=f"busapp-worker-{slot.index}",
-            args=(self.service_class, self._service_kwargs(), self._options(), os.getpid(),
-                  slot.ready_at, self.metrics),
+            args=(spec.service_class, spec._service_kwargs(), spec._options(), os.getpid(),
+                  slot.ready_at, self.metrics, banner),
         )
         process.start()
         slot.process, slot.started, slot.restart_at = process, time.monotonic(), None
-        log.info("worker started", pid=process.pid, slot=slot.index)
+        log.info("worker started", pid=process.pid, slot=slot.index, **self._named(slot))
+
+    def _named(self, slot: _Slot) -> dict[str, str]:
+        """``{"service": name}`` when this manager runs several services (else nothing)."""
+        return {"service": slot.owner._service_name()} if self.others else {}
 
     def _supervise(self) -> None:
         while not self._stopping.is_set():
@@ -298,46 +344,55 @@ class ServiceManager:
             slot.fast_failures = 0
         else:
             slot.fast_failures += 1
-            self._check_unreachable(code)
+            self._check_unreachable(slot, code)
             self._check_crash_loop(slot, code)
-        if self.connection_url is not None:  # resolved by run() before any worker starts
-            release_dead_worker(self.connection_url, default_exchange(self.exchange_name),
-                                self._service_name(), slot.process.pid)
+        spec = slot.owner
+        if spec.connection_url is not None:  # resolved by run() before any worker starts
+            _, lease = spec._leftovers(slot.process.pid)  # its own queues: Redis knows them
+            release_dead_worker(spec.connection_url, default_exchange(spec.exchange_name),
+                                spec._service_name(), slot.process.pid, lease)
         if self.metrics is not None:
-            self.metrics.worker_died(slot.process.pid)
+            self.metrics.worker_died(slot.process.pid, spec._service_name())
         delay = restart_delay(slot, now, bool(ready_at), self.max_backoff,
                               self.restarts_per_second)
         slot.restart_at = now + delay
         log.warning("worker died; restarting", pid=slot.process.pid, slot=slot.index,
                     reason=_exit_reason(code), was_ready=bool(ready_at),
-                    uptime_s=round(now - slot.started, 2), restart_in_s=round(delay, 3))
+                    uptime_s=round(now - slot.started, 2), restart_in_s=round(delay, 3),
+                    **self._named(slot))
 
-    def _check_unreachable(self, code: int | None) -> None:
+    def _check_unreachable(self, slot: _Slot, code: int | None) -> None:
         """Stop at once when a worker gave up reaching the broker (``startup_timeout``): a
         new worker would only wait as long again."""
         if code == EXIT_BROKER_UNREACHABLE:
-            timeout = self._options().startup_timeout
+            spec = slot.owner
+            timeout = spec._options().startup_timeout
             raise BrokerUnavailable(
-                f"no worker could reach the broker at {mask_url(self.connection_url)} within "
+                f"no worker could reach the broker at {mask_url(spec.connection_url)} within "
                 f"{timeout:g}s of starting; check the broker URL and that the broker runs")
 
     def _check_crash_loop(self, slot: _Slot, code: int | None) -> None:
         """Give up when the slot's workers died ``max_fast_failures`` times in a row before
         ready."""
         if slot.fast_failures >= self.max_fast_failures:
+            of = f" of {slot.owner._service_name()!r}" if self.others else ""
             raise CrashLoopError(
-                f"worker {slot.index} failed {slot.fast_failures} times before it was ever "
+                f"worker {slot.index}{of} failed {slot.fast_failures} times before it was ever "
                 f"ready (last: {_exit_reason(code)}); see the log above for its error"
             )
 
     def _stop_all(self) -> None:
         live = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
+        if live:
+            log.info("stopping workers", workers=len(live),
+                     graceful_timeout=max(spec.graceful_timeout for spec in self.managed))
         for process in live:
             try:
                 os.kill(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + self.graceful_timeout + 5
+        grace = max(spec.graceful_timeout for spec in self.managed)
+        deadline = time.monotonic() + grace + 5
         for process in live:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import structlog
 
 from busapp.core import tracing
-from busapp.core.pipeline import IncomingMessage, Outcome
+from busapp.core.pipeline import DEAD, REQUEUE, IncomingMessage, Outcome
+from busapp.errors import InternalError, RemoteProcedureCallError
 from busapp.log import quiet
 
 log = structlog.get_logger("busapp.worker")
@@ -36,6 +37,10 @@ class Metrics(Protocol):
     def call_finished(self, method: str | None, ok: bool, seconds: float) -> None: ...
 
     def redelivered(self, dead: bool) -> None: ...
+
+    def event_finished(self, handler: str | None, outcome: str, seconds: float) -> None: ...
+
+    def timer_finished(self, timer: str | None, ok: bool, seconds: float) -> None: ...
 
 
 class Scope:
@@ -85,37 +90,78 @@ class Observer:
         seconds = time.perf_counter() - scope.started
         response = outcome.response if outcome is not None else None
         error = response.get("error") if response is not None else None
-        failed = error is not None or (outcome is not None and outcome.error is not None)
+        code = error.get("code") if isinstance(error, dict) else None
+        if outcome is not None and outcome.error is not None and code is None:
+            code = getattr(outcome.error, "code", InternalError.code)  # nobody was answered
+        failed = code is not None
         try:
             scope.trace.close(response)
             if scope.kind == "call":
                 self.in_flight -= 1
                 self.handled += 1
-                if error is not None:
+                if failed:
                     self.errors += 1
                 if self.metrics is not None:
-                    self.metrics.call_finished(scope.label if known else None, error is None,
+                    self.metrics.call_finished(scope.label if known else None, not failed,
                                                seconds)
+            elif self.metrics is not None and scope.kind in ("event", "timer"):
+                self._count(scope, outcome, failed, seconds)
             if not quiet() and scope.kind != "control":
-                self._log_line(scope, message, response, error, failed, seconds)
+                self._log_line(scope, message, response, code, seconds, outcome)
         finally:
             structlog.contextvars.reset_contextvars(**scope.bound)
 
+    def _count(self, scope: Scope, outcome: Outcome | None, failed: bool, seconds: float) -> None:
+        assert self.metrics is not None
+        if scope.kind == "timer":
+            self.metrics.timer_finished(scope.label, not failed, seconds)
+        else:
+            self.metrics.event_finished(scope.label, settled(outcome, failed), seconds)
+
     @staticmethod
-    def _log_line(scope: Scope, message: IncomingMessage, response: dict | None, error: Any,
-                  failed: bool, seconds: float) -> None:
-        outcome = "error" if failed else "ok" if response or scope.kind != "call" \
+    def _log_line(scope: Scope, message: IncomingMessage, response: dict | None,
+                  code: int | None, seconds: float, result: Outcome | None = None) -> None:
+        """One line per message: info, or warning when it failed and nobody was answered
+        (a notification, an event): that line is the only trace of the failure."""
+        outcome = "error" if code is not None else "ok" if response or scope.kind != "call" \
             else "notification"
-        fields = {"method": scope.label, "outcome": outcome,
-                  "code": error.get("code") if isinstance(error, dict) else None,
+        if scope.kind == "event":
+            outcome = settled(result, code is not None)
+        fields = {"method": scope.label, "outcome": outcome, "code": code,
                   "duration_ms": round(seconds * 1000, 3), "pid": _PID[0],
                   "correlation_id": message.correlation_id}
-        if scope.kind == "call":
-            log.info("call", **fields)
-        else:
-            log.info(scope.kind.replace("_", " "), **fields)
+        write = log.warning if code is not None and response is None else log.info
+        write("call" if scope.kind == "call" else scope.kind.replace("_", " "), **fields)
 
     def redelivered(self, dead: bool) -> None:
         """A redelivered message was counted (``dead``: and dead-lettered)."""
         if self.metrics is not None:
             self.metrics.redelivered(dead)
+
+
+def settled(outcome: Outcome | None, failed: bool) -> str:
+    """How an event ended: ``ok``, ``retried`` (sent again later) or ``dead_lettered``."""
+    if outcome is not None and outcome.settle == REQUEUE:
+        return "retried"
+    if outcome is not None and outcome.settle == DEAD:
+        return "dead_lettered"
+    return "error" if failed else "ok"
+
+
+def log_handler_error(kind: str, message: IncomingMessage, request: Any,
+                      exc: BaseException) -> None:
+    """A worker's default error hook: one line for a handler's exception, by kind."""
+    if kind == "event":
+        log.error("event handler failed; event dead-lettered", routing_key=message.routing_key,
+                  queue=message.raw.queue, retries=message.retries, exc_info=exc)
+    elif kind == "timer":
+        log.error("timer failed; it runs again at its next tick",
+                  routing_key=message.routing_key, exc_info=exc)
+    elif kind != "call":
+        log.error(f"{kind.replace('_', ' ')} handler failed; message dropped",
+                  routing_key=message.routing_key, queue=message.raw.queue, exc_info=exc)
+    elif isinstance(exc, RemoteProcedureCallError):
+        log.info("handler returned an error", method=request.method if request else None,
+                 code=exc.code, error=exc.message)
+    else:
+        log.error("handler raised", method=request.method if request else None, exc_info=exc)

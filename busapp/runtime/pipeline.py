@@ -11,7 +11,9 @@
     decode   the body's JSON, at most max_body bytes (an IncomingMessage)
     run      the entrypoint's step, under middleware and dependencies, observed
              (trace span, log context and line, counters, metrics), time-limited
-    reply    the answer to reply_to, signed for the caller; then settle (ack)
+    reply    the answer to reply_to, signed for the caller; then settle: ack, or (as
+             the entrypoint's outcome says) a copy sent again later or dead-lettered
+             first (busapp.runtime.retry)
 
 The stages are in one method each, called in one place (:meth:`Pipeline.serve`), so an
 entrypoint kind only says what it consumes and what running a message means
@@ -26,12 +28,26 @@ from typing import Any, Protocol
 
 from busapp.core import wire
 from busapp.core.options import WorkerOptions
-from busapp.core.pipeline import IncomingMessage, Outcome, expired_by, reply_target_allowed
+from busapp.core.pipeline import (
+    ACK,
+    REQUEUE,
+    IncomingMessage,
+    Outcome,
+    expired_by,
+    reply_target_allowed,
+)
 from busapp.entrypoints.base import Entrypoint, ErrorHook
 from busapp.log import get_logger
 from busapp.errors import BrokerUnavailable, InvalidRequest, ParseError, Refused
+from busapp.runtime.gate import RefusalLog
 from busapp.runtime.observe import Observer
-from busapp.runtime.redelivery import count_redelivery, poison_error, republished_key
+from busapp.runtime.redelivery import (
+    count_redelivery,
+    poison_error,
+    republished_key,
+    retry_count,
+)
+from busapp.runtime.retry import error_line
 from busapp.runtime.timelimit import TimeLimits, Watched, any_limit
 from busapp.transport.base import Delivery, Transport
 
@@ -56,7 +72,9 @@ class Host(Protocol):
     def publish_reply(self, reply_to: str, response: dict | bytes, correlation_id: Any,
                       key: Any) -> None: ...
 
-    def settle(self, delivery: Delivery) -> None: ...
+    def settle(self, delivery: Delivery, *, requeue: bool = False) -> None: ...
+
+    def resend(self, message: IncomingMessage, outcome: Outcome) -> None: ...
 
     def declared_dead_letters(self) -> set[str]: ...
 
@@ -68,6 +86,8 @@ class Pipeline:
         self.entrypoint = entrypoint
         self.host = host
         self.max_body = getattr(entrypoint, "max_body", None) or host.options.max_body
+        #: Logs messages dropped for their reply_to, one line per interval in a flood.
+        self._dropped = RefusalLog(logger=log)
 
     # -- screen ------------------------------------------------------------------------------
 
@@ -116,22 +136,26 @@ class Pipeline:
 
     # -- serve: verify, decode, run, reply, settle -------------------------------------------
 
-    def serve(self, delivery: Delivery, *, screened: bool = False) -> None:
-        """Serve one message: answer it if owed, then settle it. Never raises (except
-        BrokerUnavailable while counting a redelivery).
+    def serve(self, delivery: Delivery, *, screened: bool = False) -> Outcome | None:
+        """Serve one message: answer it if owed, then settle it; what running it came to
+        (None: it was not run). Never raises (except BrokerUnavailable while counting a
+        redelivery, or claiming it in the broker's replay memory: it stays unsettled and
+        comes back).
 
         ``screened``: the receiving thread already ran :meth:`screen`.
         """
         if not screened and self.screen(delivery):
-            return
+            return None
         routing_key = republished_key(delivery)
         try:
             caller = self._verify(delivery, routing_key)
         except Refused as refused:
-            return self._refuse(delivery, refused)
+            self._refuse(delivery, refused)
+            return None
         message = self._decode(delivery, routing_key, caller)
         if not self._reply_target_ok(message):
-            return self.host.settle(delivery)
+            self.host.settle(delivery)
+            return None
         outcome: Outcome | None = None
         observer = self.host.observer
         scope = observer.begin(self.entrypoint.kind, message, self.entrypoint.label(message))
@@ -143,7 +167,7 @@ class Pipeline:
                 self._stop_watching(watched)
                 if not watched.claim_reply():
                     outcome = _TIMED_OUT  # the caller already got the time-limit error
-                    return
+                    return outcome
             self._reply(message, outcome)
         except Exception:  # noqa: BLE001 - a reply that cannot be sent must not kill the worker
             log.exception("could not reply")
@@ -153,7 +177,8 @@ class Pipeline:
             try:
                 observer.end(scope, message, outcome, self._known(message))
             finally:
-                self.host.settle(delivery)
+                self._settle(delivery, message, outcome)
+        return outcome
 
     def _verify(self, delivery: Delivery, routing_key: str | None) -> str | None:
         """The key id that signed ``delivery`` for ``routing_key`` (None without a keyring).
@@ -168,8 +193,30 @@ class Pipeline:
 
     def _decode(self, delivery: Delivery, routing_key: str | None,
                 caller: str | None) -> IncomingMessage:
-        return IncomingMessage.from_delivery(delivery, self.max_body, routing_key=routing_key,
-                                             caller=caller)
+        return IncomingMessage.from_delivery(
+            delivery, self.max_body, routing_key=routing_key, caller=caller,
+            retries=retry_count(delivery, routing_key), answered=self.entrypoint.answers)
+
+    def _settle(self, delivery: Delivery, message: IncomingMessage,
+                outcome: Outcome | None) -> None:
+        """Ack; or, as the outcome says, send a copy for later or to the dead letters first.
+
+        A copy that cannot be sent leaves the original to go back to its queue.
+        """
+        if outcome is None or outcome.settle == ACK:
+            return self.host.settle(delivery)
+        if outcome.settle == REQUEUE:
+            log.warning(f"{self.entrypoint.kind} handler failed; retrying",
+                        routing_key=message.routing_key, queue=delivery.queue,
+                        retry=message.retries + 1, retry_in_s=outcome.delay,
+                        error=error_line(outcome.error))
+        try:
+            self.host.resend(message, outcome)
+        except Exception:  # noqa: BLE001 - the message is kept: the broker gives it back
+            log.exception("could not send the message again; it goes back to its queue",
+                          routing_key=message.routing_key, queue=delivery.queue)
+            return self.host.settle(delivery, requeue=True)
+        self.host.settle(delivery)
 
     def _reply_target_ok(self, message: IncomingMessage) -> bool:
         """False (and a warning) for an answer owed to a queue that is not a reply queue."""
@@ -177,10 +224,10 @@ class Pipeline:
         if not reply_to or not self.entrypoint.answers or reply_target_allowed(reply_to) \
                 or not message.is_request:
             return True
-        log.warning("message dropped unrun: its reply_to is not a reply queue",
-                    reply_to=reply_to, kind=self.entrypoint.kind,
-                    hint="callers reply to busapp.reply.* or response-<uuid>; "
-                         "$BUSAPP_REPLY_TO allows more")
+        self._dropped("message dropped unrun: its reply_to is not a reply queue",
+                      reply_to=reply_to, kind=self.entrypoint.kind,
+                      hint="callers reply to busapp.reply.* or response-<uuid>; "
+                           "$BUSAPP_REPLY_TO allows more")
         return False
 
     def _refuse(self, delivery: Delivery, refused: Refused) -> None:

@@ -38,6 +38,8 @@ COUNT_HEADER = names.COUNT_HEADER
 #: The count's signature (see the module docstring).
 SIGNATURE_HEADER = names.COUNT_SIGNATURE_HEADER
 ROUTING_KEY_HEADER = names.ROUTING_KEY_HEADER
+RETRIES_HEADER = names.RETRIES_HEADER
+RETRIES_SIGNATURE_HEADER = names.RETRIES_SIGNATURE_HEADER
 #: The largest count a header may claim (a bigger or unparsable one counts as 1).
 _MAX_COUNT = 1000
 
@@ -67,10 +69,11 @@ def delivery_key() -> bytes:
     return path.read_bytes()
 
 
-def sign_count(count: int, delivery: Delivery, routing_key: str | None) -> str:
-    """The signature of ``count`` deliveries of this message (its body, key and ids)."""
+def sign_count(count: int, delivery: Delivery, routing_key: str | None, label: str = "") -> str:
+    """The signature of ``count`` deliveries of this message (its body, key and ids);
+    ``label`` tells counts of other things apart (``retries``)."""
     mac = hmac.new(delivery_key() or b"-", digestmod=hashlib.sha256)
-    for part in (str(count), routing_key or "", delivery.queue or "",
+    for part in (label + str(count), routing_key or "", delivery.queue or "",
                  delivery.reply_to or "", delivery.correlation_id or ""):
         mac.update(part.encode() + b"\0")
     mac.update(delivery.body)
@@ -96,17 +99,33 @@ def delivery_count(delivery: Delivery, routing_key: str | None = None) -> int:
     return count
 
 
+def retry_count(delivery: Delivery, routing_key: str | None) -> int:
+    """Times this message's handler failed and a worker sent it again, by its signed header
+    (``x-busapp-retries``); 0 if absent, unsigned or insane."""
+    headers = delivery.headers
+    value = headers.get(RETRIES_HEADER)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_COUNT:
+        return 0
+    signature = headers.get(RETRIES_SIGNATURE_HEADER)
+    if not isinstance(signature, str) or not hmac.compare_digest(
+            signature, sign_count(value, delivery, routing_key, "retries:")):
+        return 0  # forged, or made with another key
+    return value
+
+
 def republished_key(delivery: Delivery) -> str | None:
     """The routing key ``delivery`` was first published with.
 
     A re-published message travels to its queue directly, so the broker delivers it with
     the queue's name; its ``x-busapp-routing-key`` header keeps the original key. The header
     is believed only when a worker wrote it: when the delivery count it came with is signed
-    (:func:`delivery_count` of 2 or more). Anyone else's header is ignored, so a signature
-    made for one service's routing key never passes for another's.
+    (:func:`delivery_count` of 2 or more), or its retry count is (:func:`retry_count` of 1
+    or more). Anyone else's header is ignored, so a signature made for one service's
+    routing key never passes for another's.
     """
     original = delivery.headers.get(ROUTING_KEY_HEADER)
-    if isinstance(original, str) and original and delivery_count(delivery, original) >= 2:
+    if isinstance(original, str) and original and (delivery_count(delivery, original) >= 2
+                                                   or retry_count(delivery, original) >= 1):
         return original
     return delivery.routing_key
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from busapp import names
 from busapp.core import dispatch
-from busapp.client.aio import AsyncBus
+from busapp.client.async_bus import AsyncBus
 from busapp.client.sync import BusMixin, Client, default_exchange, default_queue
 from busapp.core.pipeline import IncomingMessage
 from busapp.entrypoints.base import Entrypoint
@@ -168,7 +168,9 @@ class CommissaireService(BusMixin):
     def _bus_client(self) -> Client:
         with self._client_lock:
             if self._client is None:
-                own = self.keyring.own_key(self.service_name) if self.keyring is not None else None
+                # Named like the App (its queue may carry the exchange: ``prod.billing``).
+                name = getattr(getattr(self, "app", None), "name", None) or self.service_name
+                own = self.keyring.own_key(name) if self.keyring is not None else None
                 self._client = Client(self.connection_url, self.exchange_name, key=own)
             return self._client
 

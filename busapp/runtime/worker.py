@@ -21,27 +21,39 @@ from collections.abc import Callable
 from typing import Any
 
 from busapp.core.options import WorkerOptions
-from busapp.core.pipeline import IncomingMessage
+from busapp.core.pipeline import REQUEUE, IncomingMessage, Outcome
 from busapp.entrypoints import control
 from busapp.entrypoints.base import Entrypoint
 from busapp.entrypoints.control import ControlEntrypoint
 from busapp.entrypoints.rpc import RpcEntrypoint
 from busapp.entrypoints.storage_event import SubscriptionEntrypoint
 from busapp.log import get_logger
-from busapp.errors import BrokerUnavailable, RemoteProcedureCallError, Resubscribe
 from busapp.runtime.cleanup import Keeper, as_own_queue, is_own_queue
-from busapp.runtime.cluster import dead_letter_spec, declared_as, resolve_queue_type
+from busapp.runtime.cluster import (
+    dead_letter_name,
+    dead_letter_queue,
+    dead_letter_spec,
+    declared_as,
+    resolve_queue_type,
+)
 from busapp.runtime.gate import Gate
 from busapp.runtime.lanes import Lanes
-from busapp.runtime.observe import Observer
+from busapp.runtime.observe import Observer, log_handler_error
 from busapp.runtime.pipeline import Pipeline
+from busapp.runtime.retry import Resender
+from busapp.runtime.supervisor import Supervisor
 from busapp.runtime.timelimit import TimeLimits
-from busapp.transport import mask_url, open_transport, revive_if_embedded
+from busapp.runtime.timers import TimerScheduler
+from busapp.transport import open_transport
 from busapp.transport.base import Delivery, QueueSpec, Transport
 
 log = get_logger("busapp.worker")
 
 __all__ = ["Worker", "WorkerOptions"]
+
+
+#: Seconds between two moves of due delayed messages back onto their queues (Redis).
+SWEEP_EVERY = 0.5
 
 
 class Worker:
@@ -57,26 +69,39 @@ class Worker:
         self.service = service
         self.options = options or WorkerOptions()
         #: Told of a handler's exception: ``(kind, message, request or None, exception)``.
-        self.on_handler_error: Callable[..., None] = self._log_handler_error
+        self.on_handler_error: Callable[..., None] = log_handler_error
         #: Called once, when the worker first consumes (the manager's readiness signal).
         self.ready_callback: Callable[[], None] | None = None
+        #: List what it serves when it is first ready (the manager asks one worker of each
+        #: service to; see :meth:`banner`).
+        self.show_banner = bool(getattr(service, "show_banner", True))
         self.stopping = threading.Event()
         self.transport: Transport | None = None
         #: Watches time-limited handlers (only under :meth:`run`: the test client runs
         #: handlers in the caller's thread, which must never be interrupted).
         self.time_limits: TimeLimits | None = None
         keyring = getattr(service, "keyring", None)
-        #: Checks signatures and allow lists when the service has a keyring.
-        self.gate: Gate | None = Gate(keyring) if keyring is not None else None
+        #: Checks signatures and allow lists when the service has a keyring; its replay
+        #: memory is shared through the broker where the broker can keep it.
+        self.gate: Gate | None = None if keyring is None else Gate(keyring, claim=self._claim)
         #: Counters for ``busapp status``, trace spans, log lines, metrics.
         self.observer = Observer()
         self.lanes = Lanes(self)
         self._control = control.control_queue(control.service_name(service))
         self._dead_declared: set[str] = set()
-        self._ever_ready = False
-        self._said_unreachable = False
-        self._stalled_checks = 0
+        #: Connects, subscribes and reconnects (under :meth:`run`).
+        self.supervisor = Supervisor(self)
+        #: Pipelines of the entrypoints whose messages are made here: ``{timer name: Pipeline}``.
+        self.timer_pipelines: dict[str, Pipeline] = {}
         self._pipelines = self._make_pipelines()
+        #: Publishes the copies of messages to be sent again later or dead-lettered.
+        self.resender = Resender(service.connection_url,
+                                 self.gate.reply_key if self.gate is not None else None)
+        #: Runs the service's timers when this worker holds their lease (under :meth:`run`).
+        self.timers: TimerScheduler | None = None
+        self._delayed_queues = [spec.name for spec, pipeline in self._consumers()
+                                if getattr(pipeline.entrypoint, "requeues_later", False)]
+        self._next_sweep = 0.0
 
     # -- entrypoints and their queues ---------------------------------------------------------
 
@@ -89,7 +114,10 @@ class Worker:
         pipelines = {}
         for entrypoint in self._entrypoints():
             pipeline = Pipeline(entrypoint, self)
-            for spec in entrypoint.queue_specs():
+            specs = entrypoint.queue_specs()
+            if not specs and entrypoint.kind == "timer":
+                self.timer_pipelines[str(getattr(entrypoint, "name", ""))] = pipeline
+            for spec in specs:
                 pipelines[spec.name] = pipeline
         return pipelines
 
@@ -127,8 +155,14 @@ class Worker:
             if dead is not None:  # before its queue: the broker dead-letters into it
                 transport.declare_queue("", dead)
                 self._dead_declared.add(dead.name)
+            dead_queue = getattr(pipeline.entrypoint, "dead_letter_queue", None)
+            if dead_queue is not None and dead_queue not in self._dead_declared:
+                # The pipeline publishes to it (a publish to a missing queue is dropped).
+                transport.declare_queue("", dead_letter_queue(dead_queue, self.options.queue_type))
+                self._dead_declared.add(dead_queue)
             transport.declare_queue(exchange, spec)
-            transport.consume(spec.name, on_delivery or pipeline.serve)
+            callback: Callable[[Delivery], Any] = on_delivery or pipeline.serve
+            transport.consume(spec.name, callback)
 
     # -- what the pipelines ask of their worker ------------------------------------------------
 
@@ -137,31 +171,45 @@ class Worker:
 
     def publish_reply(self, reply_to: str, response: dict | bytes, correlation_id: Any,
                       key: Any) -> None:
-        signing = {} if self.gate is None else {"key": key}
-        self.service._bus_client().publish_reply(reply_to, response, correlation_id, **signing)
+        # Signed with ``key`` (the verified caller's) or not at all, never with the service's
+        # own key: an answer signed with it would pass for the answer to one of its own calls.
+        self.service._bus_client().publish_reply(reply_to, response, correlation_id, key=key)
 
-    def settle(self, delivery: Delivery) -> None:
-        self.lanes.settle(delivery)
+    def _claim(self, key: str, ttl: float) -> bool | None:
+        """The gate's broker-held replay memory: set ``key`` unless set (None: cannot)."""
+        transport = self.transport
+        return None if transport is None else transport.claim(key, ttl)
+
+    def settle(self, delivery: Delivery, *, requeue: bool = False) -> None:
+        self.lanes.settle(delivery, requeue=requeue)
+
+    def resend(self, message: IncomingMessage, outcome: Outcome) -> None:
+        if outcome.settle == REQUEUE:
+            self.resender.later(message, outcome.delay)
+        else:
+            queue = outcome.dead_letter_queue or dead_letter_name(message.raw.queue or "")
+            self.resender.dead(message, queue, outcome.error)
+
+    def sweep_due(self) -> None:
+        """Put the due delayed messages of this worker's queues back (Redis; twice a second
+        at most, from the thread holding the receiving role)."""
+        if not self._delayed_queues:
+            return
+        now = time.monotonic()
+        if now >= self._next_sweep and self.transport is not None:
+            self._next_sweep = now + SWEEP_EVERY
+            self.transport.move_due(self._delayed_queues)
 
     def declared_dead_letters(self) -> set[str]:
         return self._dead_declared
 
     def _status(self) -> dict[str, Any]:
         observer = self.observer
-        return control.status(control.service_name(self.service), observer.started_at,
-                              observer.handled, observer.errors, observer.in_flight)
-
-    def _log_handler_error(self, kind: str, message: IncomingMessage, request: Any,
-                           exc: BaseException) -> None:
-        if kind != "call":
-            log.error(f"{kind.replace('_', ' ')} handler failed; message dropped",
-                      routing_key=message.routing_key, queue=message.raw.queue, exc_info=exc)
-        elif isinstance(exc, RemoteProcedureCallError):
-            log.info("handler returned an error", method=request.method if request else None,
-                     code=exc.code, error=exc.message)
-        else:
-            log.error("handler raised", method=request.method if request else None,
-                      exc_info=exc)
+        status = control.status(control.service_name(self.service), observer.started_at,
+                                observer.handled, observer.errors, observer.in_flight)
+        if self.timers is not None:
+            status["timers"] = self.timers.report()
+        return status
 
     # -- the in-memory transport ---------------------------------------------------------------
 
@@ -178,7 +226,21 @@ class Worker:
         raise)."""
         if self.transport is not None:
             self.transport.cancel()
+        self.resender.close()
         self._lifespan("stop")
+
+    def tick(self, name: str) -> Outcome | None:
+        """Run one tick of timer ``name`` now, through its pipeline (``client.tick``); what it
+        came to (KeyError: the service has no timer ``name``)."""
+        pipeline = self.timer_pipelines.get(name)
+        if pipeline is None:
+            known = ", ".join(sorted(self.timer_pipelines)) or "none"
+            raise KeyError(f"no timer {name!r} on {self.service.service_name!r}; known: {known}")
+        entrypoint: Any = pipeline.entrypoint
+        return pipeline.serve(entrypoint.tick(time.time(), key=self._tick_key()))
+
+    def _tick_key(self) -> Any:
+        return None if self.gate is None else self.gate.own_key(self.service.service_name)
 
     def _lifespan(self, phase: str) -> None:
         """Run the service's start-up or shut-down hooks (``_lifespan_start``/``_stop``), if any."""
@@ -211,10 +273,14 @@ class Worker:
         self.lanes.start_monitor()
         keeper = Keeper(self.service.connection_url, self._own_queues())
         keeper.start()  # before they are declared: registered, they cannot be left behind
+        self.supervisor.start_timers()
         try:
-            self._supervise()
+            self.supervisor.supervise()
         finally:
             self.stop()
+            if self.timers is not None:
+                self.timers.stop(self.options.graceful_timeout)
+            self.resender.close()
             keeper.stop()  # deletes them, with their bindings
             try:
                 self._lifespan("stop")  # after the last in-flight message
@@ -228,112 +294,9 @@ class Worker:
         return {spec.name: self.service.exchange_name for spec, _ in self._consumers()
                 if is_own_queue(spec)}
 
-    def _supervise(self) -> None:
-        """Connect and serve; after a broker fault, reconnect with a short back-off.
-
-        Before the worker was ever ready, ``startup_timeout`` bounds the tries: the
-        BrokerUnavailable of the last one is raised once it has passed.
-        """
-        backoff = 0.5
-        give_up_at = None if self.options.startup_timeout is None \
-            else time.monotonic() + self.options.startup_timeout
-        while not self.stopping.is_set():
-            consuming = [False]
-            try:
-                self._connect_and_serve(consuming)
-            except Resubscribe:
-                continue
-            except BrokerUnavailable as exc:
-                if self.stopping.is_set():
-                    break
-                if consuming[0]:
-                    backoff = 0.5  # it was up and consuming: the next fault starts afresh
-                wait = self._retry_in(exc, backoff, None if self._ever_ready else give_up_at)
-                if revive_if_embedded(self.service.connection_url):
-                    continue  # the embedded broker was gone and is back: at once
-                self.stopping.wait(wait)
-                # At most 2 s: a broker back after a restart (RabbitMQ takes 5-7 s to start)
-                # is served within 2 s, not after a back-off grown to 10 s.
-                backoff = min(backoff * 2, 2.0)
-
-    def _retry_in(self, exc: BrokerUnavailable, backoff: float, give_up_at: float | None) -> float:
-        """Seconds before the next try after ``exc`` (logged); raises it past ``give_up_at``."""
-        url = mask_url(self.service.connection_url)
-        if self._ever_ready:
-            log.warning("broker connection lost; reconnecting", error=str(exc),
-                        retry_in=backoff, broker=url)
-            return backoff
-        if give_up_at is not None and time.monotonic() >= give_up_at:
-            raise exc
-        if not self._said_unreachable:  # once: the broker was never reached, nothing was lost
-            self._said_unreachable = True
-            timeout = self.options.startup_timeout
-            log.warning("cannot reach the broker; retrying "
-                        + ("forever" if timeout is None else f"for {timeout:g}s")
-                        + " (busapp run --startup-timeout S sets how long)", error=str(exc),
-                        broker=url)
-        if give_up_at is None:
-            return backoff
-        return max(0.0, min(backoff, give_up_at - time.monotonic()))
-
-    def _connect_and_serve(self, consuming: list[bool]) -> None:
-        transport = open_transport(self.service.connection_url)
-        transport.max_body = self.options.max_body
-        lanes = self.lanes
-        try:
-            transport.connect()
-            self.transport = transport
-            lanes.reset()
-            # Messages may arrive while the later queues are still being consumed (each
-            # consume waits for the broker's answer): they wait in the inbox, kept.
-            self._subscribe(transport, lanes.inbox.append)
-            self.service._bus_client()
-            self._stalled_checks = 0
-            consuming[0] = True
-            self._announce_ready()  # before the first message: one could kill the worker
-            lanes.open()
-            fatal = lanes.wait_closed()
-            if fatal is not None:
-                raise fatal
-            lanes.drain(self.options.graceful_timeout)
-        finally:
-            lanes.close()
-            transport.close()
-
-    def _announce_ready(self) -> None:
-        if not self._ever_ready:
-            self._ever_ready = True
-            if self.ready_callback is not None:
-                self.ready_callback()
-        service = self.service
-        keys = [binding for spec, pipeline in self._consumers()
-                if pipeline.entrypoint.kind != "control" for binding in spec.binding_keys]
-        log.info("worker ready", pid=os.getpid(), service=service.service_name,
-                 routing_keys=keys, exchange=service.exchange_name,
-                 broker=mask_url(service.connection_url), concurrency=self.options.concurrency)
-
     def watchdog(self, in_flight: int) -> None:
-        """Re-subscribe if this worker is idle while its queues are unbound or hold messages."""
-        now = time.monotonic()
-        lanes = self.lanes
-        if in_flight or now - lanes.last_receive < self.options.watchdog_interval:
-            return
-        lanes.last_receive = now
-        transport = self.transport
-        assert transport is not None
-        names = [spec.name for spec, _ in self._consumers()]
-        bound = transport.bound_queues(self.service.exchange_name)
-        if bound is not None:
-            missing = [n for n in names if n not in bound]
-            if missing:
-                log.warning("queue binding lost on the broker; re-subscribing", queues=missing)
-                raise Resubscribe(f"bindings of {missing} are gone")
-        waiting = sum(transport.queue_depth(n) for n in names)
-        self._stalled_checks = self._stalled_checks + 1 if waiting else 0
-        if self._stalled_checks >= 2:
-            log.warning("consumer stalled: messages wait but none arrive; re-subscribing",
-                        waiting=waiting, service=self.service.service_name)
-            raise Resubscribe(f"{waiting} messages waiting on an idle worker")
+        """See :meth:`busapp.runtime.supervisor.Supervisor.watchdog` (the lanes call it)."""
+        self.supervisor.watchdog(in_flight)
 
     # -- figures of ``busapp status`` ------------------------------------------------------------
 

@@ -317,5 +317,11 @@ def make_app(store_url: str | None = None, *, name: str = "storage",
     return app
 
 
-#: The storage service on ``$BUSAPP_STORE_URL`` (else ``./.busapp/storage.sqlite3``).
-app = make_app()
+def __getattr__(name: str) -> Any:
+    """``app``: the storage service on ``$BUSAPP_STORE_URL`` (else
+    ``./.busapp/storage.sqlite3``), made on first use, so importing this module imports no
+    model module of ``$BUSAPP_STORAGE_MODELS`` (``busapp storage`` finds them first)."""
+    if name == "app":
+        made = globals()["app"] = make_app()
+        return made
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

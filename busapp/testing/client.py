@@ -15,7 +15,9 @@ counting, JSON decoding, dispatch, reply publishing, ack, log context) over the
 in-memory transport (:mod:`busapp.transport.memory`), which delivers every message
 synchronously. So when a call returns, everything it caused has happened: handlers
 that call ``bus.call(...)`` reach the registered services, and every matching
-``on_storage_event`` handler (or ``register_callback`` callback) has run.
+``on_storage_event`` handler (or ``register_callback`` callback) and ``on_event``
+handler has run. The test client runs no clock: an event handler's retries run at once,
+and a timer runs when the test says so (``client.tick(name)``).
 ``client.storage`` is a :class:`~busapp.storage.client.StorageClient` over an
 in-memory storage service.
 
@@ -46,16 +48,14 @@ from busapp.client.sync import Client
 from busapp.core.pipeline import IncomingMessage
 from busapp.entrypoints.storage_event import Subscription
 from busapp.storage.client import StorageClient
-from busapp.testing.support import COLLECTOR as _COLLECTOR
-from busapp.testing.support import Bounded, ClientPerThread, HandlerError, Listener, Published
+from busapp.testing.errors import HandlerErrors
+from busapp.testing.support import ClientPerThread, HandlerError, Listener, Published
 from busapp.storage.service import make_app
 from busapp.transport.base import QueueSpec
 from busapp.transport.memory import MemoryBroker, MemoryTransport, NoRouteError, topic_matches
 from busapp.runtime.worker import Worker
 
 __all__ = ["HandlerError", "NoRouteError", "Published", "TestClient"]
-
-
 
 class TestClient:
     """Call an App (and the services it talks to) in memory, on the production serve path.
@@ -79,8 +79,9 @@ class TestClient:
     def __init__(self, app: Any = None, *, raise_handler_errors: bool = True, storage: bool = True,
                  dependencies: dict[str, Any] | None = None, key: Any = None) -> None:
         self.raise_handler_errors = raise_handler_errors
+        self._errors = HandlerErrors(lambda: self.raise_handler_errors)
         #: Every exception raised by a handler that had no caller to answer (events, notifications).
-        self.handler_errors: list[HandlerError] = []
+        self.handler_errors: list[HandlerError] = self._errors.errors
         #: The in-memory broker URL every service and client of this test client shares.
         self.url = f"memory://test-{uuid.uuid4().hex}"
         self.exchange = getattr(app, "exchange", None) or "commissaire"
@@ -97,16 +98,16 @@ class TestClient:
         self.services: list[Any] = []
         self.service_name = "test"
         self._published: list[Published] = []
-        self._causes: dict[str, BaseException] = {}
         self._lock = threading.Lock()
-        self._unclaimed: list[HandlerError] = []
         self._short: dict[str, str] = {}
         self._storage: Any = None
         self._raw = MemoryTransport(self.url)
         self._raw_replies: dict[str, dict] = {}
         self._raw_queue = f"busapp.reply.test-raw-{uuid.uuid4().hex}"
         self._workers: list[Worker] = []
-        MemoryBroker.named(self.url).taps.append(self._record)
+        broker = MemoryBroker.named(self.url)
+        broker.taps.append(self._record)
+        broker.delays.instant = True  # no clock: an event's retry is run at once
         self.storage_app: Any = None
         if storage:
             self.storage_app = make_app("memory://", keyring=keyring)
@@ -149,7 +150,7 @@ class TestClient:
 
     def _attach(self, service: Any) -> None:
         worker = Worker(service, getattr(service, "options", None))
-        worker.on_handler_error = self._on_handler_error
+        worker.on_handler_error = self._errors.hook
         worker.attach()  # runs the service's start-up hooks
         with self._lock:
             self.services.append(service)
@@ -208,21 +209,25 @@ class TestClient:
                                  timeout)
         error = wire.error_from_response(response)
         if error is not None:
-            raise error from self._causes.pop(str(response.get("id")), None)
+            raise error from self._errors.causes.pop(str(response.get("id")), None)
         return response.get("result")
 
     def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
         """Send a request and return the whole JSON-RPC response dict (Commissaire's form)."""
         response = self._request(self.routing_key(routing_key), params, timeout)
-        self._causes.pop(str(response.get("id")), None)
+        self._errors.causes.pop(str(response.get("id")), None)
         return response
 
     def _request(self, routing_key: str, params: Any, timeout: float | None) -> dict:
-        """One request, served in memory; given up after ``timeout`` if one is given."""
+        """One request, served in memory; given up at ``timeout`` if one is given."""
         if timeout is None:
-            with self._calling() as bus:
-                return self._run(bus.request, routing_key, params, timeout)
-        return Bounded(self, routing_key, params, float(timeout)).response()
+            return self._errors.run(self._send, routing_key, params, timeout)
+        return self._errors.run_within(float(timeout), routing_key, self._send, routing_key,
+                                       params, timeout)
+
+    def _send(self, routing_key: str, params: Any, timeout: float | None) -> dict:
+        with self._calling() as bus:
+            return bus.request(routing_key, params, timeout)
 
     def request_raw(self, routing_key: str, body: bytes | str, *,
                     content_type: str = "application/json") -> dict | None:
@@ -238,7 +243,7 @@ class TestClient:
                 self._raw_replies["ready"] = {}
         correlation_id = uuid.uuid4().hex
         payload = body.encode() if isinstance(body, str) else bytes(body)
-        self._run(self._raw.publish, payload, exchange=self.exchange,
+        self._errors.run(self._raw.publish, payload, exchange=self.exchange,
                   routing_key=self.routing_key(routing_key), reply_to=self._raw_queue,
                   correlation_id=correlation_id, content_type=content_type)
         return self._raw_replies.pop(correlation_id, None)
@@ -249,12 +254,12 @@ class TestClient:
     def notify(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Send a notification; every consumer has handled it when this returns."""
         with self._calling() as bus:
-            self._run(bus.notify, self.routing_key(method), *args, **kwargs)
+            self._errors.run(bus.notify, self.routing_key(method), *args, **kwargs)
 
     def publish(self, routing_key: str, body: Any, *, persistent: bool = False) -> None:
         """Publish a plain JSON message (e.g. a storage event) to every matching subscription."""
         with self._calling() as bus:
-            self._run(bus.publish, routing_key, body)
+            self._errors.run(bus.publish, routing_key, body)
 
     @contextlib.contextmanager
     def _calling(self) -> Iterator[Client]:
@@ -276,16 +281,39 @@ class TestClient:
         finally:
             self._idle.append(bus)
 
-    def _run(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        token = _COLLECTOR.set([])
-        try:
-            result = func(*args, **kwargs)
-        finally:
-            errors = _COLLECTOR.get()
-            _COLLECTOR.reset(token)
-        if errors or self._unclaimed:
-            self._raise_handler_errors(errors)
-        return result
+    def emit(self, name: str, /, **payload: Any) -> str:
+        """Emit event ``name`` (see :meth:`busapp.Client.emit`); every matching handler of the
+        registered Apps has run when this returns, its retries included (at once: the test
+        client runs no clock). A handler that fails on its last retry raises here, as the
+        event is dead-lettered; its id."""
+        return self._errors.run(self.bus.emit, name, **payload)
+
+    def tick(self, name: str) -> None:
+        """Run one tick of timer ``name`` of a registered App (on the serve path: middleware,
+        dependencies, log line) and return when it has finished; a timer that raises raises
+        here.
+
+        Raises:
+            KeyError: no registered App has a timer ``name``.
+        """
+        for worker in self._workers:
+            if name in worker.timer_pipelines:
+                self._errors.run(worker.tick, name)
+                return
+        known = sorted(t for w in self._workers for t in w.timer_pipelines)
+        raise KeyError(f"no timer {name!r} on the registered Apps; known: "
+                       f"{', '.join(known) or 'none'}")
+
+    def dead_letters(self, queue: str | None = None) -> list[Any]:
+        """The bodies waiting in dead-letter queues (``<queue>.dead``; ``queue``: that one only),
+        oldest first."""
+        broker = MemoryBroker.named(self.url)
+        found = []
+        for name, waiting in list(broker.queues.items()):
+            if name.endswith(".dead") and (queue is None or name == queue):
+                found += [wire.loads_body(w.delivery.body, w.delivery.content_type, None)
+                          for w in waiting.waiting]
+        return found
 
     # -- what the services published -------------------------------------------
 
@@ -320,43 +348,6 @@ class TestClient:
         if self._storage is None:
             self._storage = StorageClient(self)
         return self._storage
-
-    # -- handler errors ---------------------------------------------------------
-
-    def _on_handler_error(self, kind: str, info: IncomingMessage, request: Any,
-                          exc: BaseException) -> None:
-        """The workers' error hook: causes for error replies, HandlerErrors for the rest."""
-        consumer = getattr(info.raw, "queue", None) or "?"
-        if kind == "call" and request is not None and not request.is_notification:
-            with self._lock:
-                if len(self._causes) > 1000:  # causes nobody asked for (nested calls)
-                    self._causes.clear()
-                self._causes[str(request.id)] = exc
-            return
-        self._handler_failed(HandlerError(info.routing_key or "", consumer, exc))
-
-    def _handler_failed(self, error: HandlerError) -> None:
-        with self._lock:
-            self.handler_errors.append(error)
-            collector = _COLLECTOR.get()
-            # Outside a test's call (e.g. in the asyncio thread): raise at the next call.
-            (collector if collector is not None else self._unclaimed).append(error)
-
-    def _raise_handler_errors(self, errors: list[HandlerError] | None) -> None:
-        with self._lock:
-            errors = [*(errors or ()), *self._unclaimed]
-            self._unclaimed.clear()
-        if not errors or not self.raise_handler_errors:
-            return
-        first = errors[0]
-        first.exception.add_note(
-            f"raised by the handler on {first.consumer!r} for {first.routing_key!r} "
-            "(TestClient(..., raise_handler_errors=False) collects these in "
-            "client.handler_errors)")
-        for other in errors[1:]:
-            first.exception.add_note(f"also failed: {other.consumer!r} for {other.routing_key!r}: "
-                                     f"{type(other.exception).__name__}: {other.exception}")
-        raise first.exception
 
     # -- lifetime ---------------------------------------------------------------
 

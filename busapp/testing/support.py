@@ -1,10 +1,9 @@
 """What the test client serves with: a consumer with subscriptions only (for
-:meth:`busapp.testing.TestClient.subscribe`), a service's Client per thread, a call bounded by
-its timeout, and the records of what was published and of what failed."""
+:meth:`busapp.testing.TestClient.subscribe`), a service's Client per thread, and the records
+of what was published and of what failed."""
 
 from __future__ import annotations
 
-import contextvars
 import threading
 import weakref
 from typing import Any
@@ -12,24 +11,9 @@ from typing import Any
 import attrs
 
 from busapp.client.sync import Client
-from busapp.errors import RequestTimeout
 from busapp.core.pipeline import IncomingMessage
 from busapp.entrypoints.storage_event import Subscription
 from busapp.runtime.worker import rpc_entrypoints
-
-
-@attrs.frozen
-class HandlerError:
-    """An exception raised by a handler that had no caller to answer (event or notification)."""
-
-    routing_key: str
-    consumer: str
-    exception: BaseException
-
-
-#: Handler errors raised under the test's current top-level call (None outside one).
-COLLECTOR: contextvars.ContextVar[list[HandlerError] | None] = contextvars.ContextVar(
-    "busapp_testing_collector", default=None)
 
 
 @attrs.frozen
@@ -43,6 +27,15 @@ class Published:
     routing_key: str
     body: Any
     kind: str
+
+
+@attrs.frozen
+class HandlerError:
+    """An exception raised by a handler that had no caller to answer (event or notification)."""
+
+    routing_key: str
+    consumer: str
+    exception: BaseException
 
 
 class Listener:
@@ -110,56 +103,3 @@ class ClientPerThread:
             clients = list(self._all)
         for client in clients:
             client.close()
-
-
-class Bounded:
-    """A request of the test client with a ``timeout``: run in a thread of its own, so the
-    caller stops waiting at the timeout (the in-memory broker runs the handler in the
-    publishing thread, which no one may interrupt). A handler still running then goes on;
-    the exceptions it raises later are raised by the test's next call."""
-
-    def __init__(self, client: Any, routing_key: str, params: Any, timeout: float) -> None:
-        self.client, self.routing_key, self.params, self.timeout = client, routing_key, params, \
-            timeout
-        self.done = threading.Event()
-        self.abandoned = False
-        self.result: dict | None = None
-        self.error: BaseException | None = None
-        self.errors: list[HandlerError] = []
-
-    def response(self) -> dict:
-        """The response, or RequestTimeout once ``timeout`` passed (handler errors raise)."""
-        thread = threading.Thread(target=contextvars.copy_context().run, args=(self._serve,),
-                                  name=f"busapp-test-call-{self.routing_key}", daemon=True)
-        thread.start()
-        self.done.wait(self.timeout)
-        client = self.client
-        with client._lock:
-            self.abandoned = not self.done.is_set()
-        if self.abandoned:
-            raise RequestTimeout(f"no reply to {self.routing_key!r} within {self.timeout:g}s; "
-                                 f"its handler is still running (in a thread of its own)")
-        if self.errors or client._unclaimed:
-            client._raise_handler_errors(self.errors)
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-    def _serve(self) -> None:
-        client = self.client
-        token = COLLECTOR.set([])
-        try:
-            with client._calling() as bus:
-                self.result = bus.request(self.routing_key, self.params, self.timeout)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, if it still waits
-            self.error = exc
-        finally:
-            errors = COLLECTOR.get() or []
-            COLLECTOR.reset(token)
-            with client._lock:
-                if self.abandoned:  # the caller gave up: its next call raises them
-                    client._unclaimed.extend(errors)
-                else:
-                    self.errors = errors
-                self.done.set()

@@ -13,7 +13,7 @@ cost of the bindings that could match:
 - a key with ``#`` can only match routing keys that start with its first word: grouped
   by it (or ``None``).
 
-Topic keys match as on RabbitMQ (:func:`busapp.transport.memory.topic_matches`: ``*`` is
+Topic keys match as on RabbitMQ (:func:`busapp.transport.base.topic_matches`: ``*`` is
 one word, ``#`` zero or more; a word holding a ``*`` is a plain word), by the binding's
 key, not by the regex its binding process stored: a binding routes the same on Redis, on
 RabbitMQ and in the test client, whichever kombu wrote it. (kombu's own Redis routing
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from busapp.transport.memory import topic_matches
+from busapp.transport.base import topic_matches
 
 __all__ = ["BindingIndex"]
 

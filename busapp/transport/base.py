@@ -13,6 +13,7 @@ which callers serialise themselves. Broker failures surface as
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -95,6 +96,9 @@ class Transport(Protocol):
     #: Largest body to receive, set before :meth:`connect` (None: no limit). A transport
     #: that must read a message whole before busapp sees it refuses bigger ones unread.
     max_body: int | None
+    #: RabbitMQ: seconds between heartbeats, set before :meth:`connect` (None: none), so the
+    #: broker finds a vanished peer (what ends a lease when its holder's host goes away).
+    heartbeat: float | None
 
     def connect(self) -> None:
         """Open the connection (raises BrokerUnavailable)."""
@@ -114,6 +118,36 @@ class Transport(Protocol):
                 correlation_id: str | None = None, expiration: float | None = None,
                 persistent: bool = False, content_type: str = "application/json") -> None:
         """Publish one JSON message (``exchange=""``: straight to the queue ``routing_key``)."""
+
+    def publish_delayed(self, body: bytes, *, queue: str, delay: float,
+                        headers: dict[str, Any] | None = None, correlation_id: str | None = None,
+                        content_type: str = "application/json") -> None:
+        """Publish one persistent message straight to ``queue``, to arrive ``delay`` seconds
+        from now; it waits on the broker (not in this process), so it arrives even if the
+        publisher dies meanwhile. It arrives with ``queue`` as its routing key.
+
+        RabbitMQ holds it in a queue of that delay (``<queue>.delay.<ms>``, a queue-level
+        TTL, then dead-lettered back to ``queue``); Redis in a sorted set, moved back by
+        :meth:`move_due`, which some consumer of ``queue`` must call now and then.
+        """
+
+    def move_due(self, queues: list[str]) -> int:
+        """Put the delayed messages of ``queues`` that are due back on their queues (Redis;
+        elsewhere nothing to do); how many."""
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        """Take the lease ``name`` for ``owner``, or keep it if ``owner`` holds it; True if
+        ``owner`` holds it now.
+
+        A lease is held until :meth:`release_lease`, until this connection closes (RabbitMQ:
+        an exclusive queue of that name; the broker deletes it with the connection), or
+        (Redis: a key set with ``NX PX``) until ``ttl`` seconds pass without its holder
+        calling this again. Call it every ``ttl / 3`` seconds to keep a lease.
+        """
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease ``name`` up if ``owner`` holds it, or (a process prefix,
+        ``<host>.<pid>``) any owner ``<owner>.<more>`` does."""
 
     def consume(self, queue: str, callback: Callable[[Delivery], None], *,
                 no_ack: bool = False) -> None:
@@ -138,5 +172,30 @@ class Transport(Protocol):
     def bound_queues(self, exchange: str) -> set[str] | None:
         """Queues bound to ``exchange`` as the broker sees it now, or None if unknowable."""
 
+    def claim(self, key: str, ttl: float) -> bool | None:
+        """Set ``key`` on the broker for ``ttl`` seconds unless it is set: True if this call
+        set it, False if it was there; None if this broker keeps no such keys (RabbitMQ).
+
+        The workers of a service share their replay memory this way (busapp.runtime.gate).
+        """
+
     def close(self, *, delete_queue: str | None = None) -> None:
         """Close the connection (deleting ``delete_queue`` first, best effort)."""
+
+
+@functools.lru_cache(maxsize=8192)
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """True if ``routing_key`` matches the binding ``pattern`` (``*`` one word, ``#`` zero
+    or more)."""
+    return _match(tuple(pattern.split(".")), tuple(routing_key.split(".")))
+
+
+def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not words
+    head, rest = pattern[0], pattern[1:]
+    if head == "#":
+        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
+    if not words:
+        return False
+    return (head == "*" or head == words[0]) and _match(rest, words[1:])

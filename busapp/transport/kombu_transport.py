@@ -14,165 +14,39 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import socket
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 # kombu loads most of itself on first use (its package ``__getattr__``, transports by name),
 # which is not thread-safe: threads making their first Clients at once in a fresh process got
 # ``ImportError: cannot import name ... from 'kombu'``. So everything a transport uses is
 # imported here, once, under this module's import lock (tests/test_client_leaks.py pins it).
-import kombu
-import kombu.connection
-import kombu.entity
-import kombu.exceptions
-import kombu.messaging
-import kombu.transport.pyamqp
-from kombu import Connection, Exchange, Queue, binding  # resolves kombu's lazy names now
+import kombu  # noqa: F401
+import kombu.connection  # noqa: F401
+import kombu.entity  # noqa: F401
+import kombu.exceptions  # noqa: F401
+import kombu.messaging  # noqa: F401
+import kombu.transport.pyamqp  # noqa: F401
+from kombu import Connection, Exchange, Queue, binding  # noqa: F401 - kombu's lazy names, now
 
-from busapp import config, names
 from busapp.errors import AccessRefused, BrokerUnavailable, BusappError, NoRouteError
+from busapp.transport import amqp as _amqp
 from busapp.transport import is_redis, mask_url
-from busapp.transport import redis as _redis
 from busapp.transport.base import Delivery, QueueSpec
+from busapp.transport.kombu_deliveries import from_amqp, from_redis
+from busapp.transport.kombu_setup import (
+    kombu_queue,
+    _ERRORS,
+    _not_found,
+    _raw_channel,
+    _refusal,
+    _release,
+    kombu_connection,
+)
+from busapp.transport.kombu_state import BrokerState
 
-
-def transport_options(url: str) -> dict[str, Any]:
-    """kombu transport options busapp uses for ``url``."""
-    if is_redis(url):
-        return {
-            # Unacked messages of a dead worker come back after this long.
-            "visibility_timeout": config.get("visibility_timeout"),
-            "socket_connect_timeout": 5,
-            "health_check_interval": 25,
-            # kombu's restore scan takes a mutex that a worker killed mid-scan would leave
-            # held for kombu's default 300 s, stalling every redelivery on that Redis.
-            "unacked_mutex_expire": 10,
-            # Scan for expired unacked messages every 2nd idle poll, not every 10th.
-            "unacked_restore_throttle": 2,
-            # Bindings are read again only when Redis says they changed (0: on every
-            # publish): see busapp.transport.redis.Channel.binding_tracking.
-            "binding_tracking": config.get("binding_tracking"),
-            # Without tracking, off unless asked for: see Channel.binding_cache_ttl.
-            "binding_cache_ttl": config.get("binding_cache_ttl"),
-            # Set in worker processes by the manager (see busapp.transport.redis.QoS).
-            "unacked_owner": config.get("unacked_owner"),
-            # sentinel:// only: see busapp.transport.redis.SentinelChannel.replica_wait_ms.
-            "replica_wait_ms": config.get("replica_wait_ms"),
-        }
-    return {"confirm_publish": confirm_publish(url)}
-
-
-def confirm_publish(url: str) -> bool:
-    """Whether publishes on ``url`` wait for the broker's confirm: ``$BUSAPP_CONFIRM_PUBLISH``,
-    else yes when the URL lists several nodes (a cluster: a publish that returned is then on
-    a quorum queue's majority, and one the failing node never took raises instead)."""
-    setting = config.get("confirm_publish")
-    if setting is not None:
-        return bool(setting)
-    return ";" in url
-
-
-def requeue_dead_worker(url: str, pid: int) -> int:
-    """Requeue at once what worker ``pid`` (dead) left unacked on Redis; how many (0 elsewhere:
-    RabbitMQ requeues a dead connection's messages itself)."""
-    if not is_redis(url):
-        return 0
-    conn = kombu_connection(url)
-    try:
-        conn.ensure_connection(max_retries=1)
-        return _redis.requeue_owned(conn, names.unacked_owner(socket.gethostname(), pid))
-    finally:
-        _release(conn)
-
-
-def kombu_connection(url: str, max_body: int | None = None) -> Any:
-    """A new, not yet connected, kombu Connection for ``url``.
-
-    ``max_body``: a Redis queue entry too big to hold a body of that size is moved aside
-    unread (see :meth:`busapp.transport.redis.Channel._brpop_read`).
-
-    Redis URLs (``redis://``, ``rediss://``, ``redis+socket://``) get busapp's transport
-    (:mod:`busapp.transport.redis`: kombu's, without its per-command client and per-publish
-    binding lookup); other URLs get kombu's own.
-    """
-    cls: type = _redis.Connection if is_redis(url) else Connection
-    options = transport_options(url)
-    url, query_options = split_query_options(url)
-    options.update(query_options)
-    if max_body is not None and is_redis(url):
-        options["max_entry_bytes"] = max_body * 4 // 3 + _ENVELOPE_BYTES  # base64 + envelope
-    return cls(url, transport_options=options, connect_timeout=5, **tls_defaults(url))
-
-
-#: Transport options a broker URL may carry in its query (``sentinel://...?master_name=NAME``).
-QUERY_OPTIONS = ("master_name",)
-
-
-def split_query_options(url: str) -> tuple[str, dict[str, str]]:
-    """``url`` without the :data:`QUERY_OPTIONS` of any of its ``;``-separated nodes, and them."""
-    found: dict[str, str] = {}
-    nodes = []
-    for node in url.split(";"):
-        parts = urlsplit(node)
-        kept = []
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in QUERY_OPTIONS:
-                found[key] = value
-            else:
-                kept.append((key, value))
-        nodes.append(urlunsplit(parts._replace(query=urlencode(kept))) if parts.query else node)
-    return ";".join(nodes), found
-
-
-#: Room for a Redis entry's envelope (properties, headers) besides its base64 body.
-_ENVELOPE_BYTES = 64 * 1024
-
-
-def tls_defaults(url: str) -> dict[str, Any]:
-    """Verify the server's certificate on ``rediss://`` unless the URL says otherwise.
-
-    kombu turns certificate checks off (``CERT_NONE``) for a ``rediss://`` URL without ssl
-    options. Here a bare ``rediss://`` verifies against the system CAs; the URL can name a
-    CA (``?ssl_ca_certs=/path/ca.pem``) or, explicitly, turn checks off
-    (``?ssl_cert_reqs=none``).
-    """
-    if not url.startswith("rediss://"):
-        return {}
-    query = parse_qs(urlsplit(url).query)
-    if any(key.startswith("ssl_") for key in query):
-        return {}  # kombu passes the URL's own ssl options (redis-py verifies by default)
-    return {"ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
-
-
-def _base_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [
-        OSError, ConnectionError, EOFError,
-        kombu.exceptions.OperationalError, kombu.exceptions.ConnectionError,
-        kombu.exceptions.ChannelError,
-    ]
-    try:
-        import amqp.exceptions
-
-        errors += [amqp.exceptions.ConnectionError, amqp.exceptions.RecoverableConnectionError,
-                   amqp.exceptions.ChannelError, amqp.exceptions.MessageNacked]
-    except ImportError:  # pragma: no cover - amqp is a dependency
-        pass
-    try:
-        import redis.exceptions
-
-        errors += [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                   redis.exceptions.BusyLoadingError, redis.exceptions.ResponseError]
-    except ImportError:  # pragma: no cover - redis is a dependency
-        pass
-    return tuple(errors)
-
-
-_ERRORS = _base_errors()
 
 try:
     from amqp.exceptions import PreconditionFailed as _PRECONDITION_FAILED
@@ -181,22 +55,7 @@ except ImportError:  # pragma: no cover - amqp is a dependency
         pass
 
 
-
-def _refusal(exc: BaseException) -> bool:
-    """True for a broker's 403 ACCESS_REFUSED (RabbitMQ) or NOPERM (Redis ACLs)."""
-    code = getattr(exc, "code", None) or getattr(exc, "reply_code", None)
-    if code == 403:
-        return True
-    text = str(exc)
-    return "ACCESS_REFUSED" in text or text.startswith("NOPERM")
-
-
-def _not_found(exc: BaseException) -> bool:
-    code = getattr(exc, "code", None) or getattr(exc, "reply_code", None)
-    return code == 404 or "NOT_FOUND" in str(exc)
-
-
-class KombuTransport:
+class KombuTransport(BrokerState):
     """One kombu connection and channel (see :class:`busapp.transport.base.Transport`)."""
 
     def __init__(self, url: str) -> None:
@@ -224,6 +83,11 @@ class KombuTransport:
         self._consumer_qos = False
         #: Largest body this connection will receive (set before connect; None: no limit).
         self.max_body: int | None = None
+        #: RabbitMQ: seconds between heartbeats (set before connect; None: none).
+        self.heartbeat: float | None = None
+        #: RabbitMQ: when each delay queue is to be declared again; the leases held here.
+        self._delays: dict[str, float] = {}
+        self._leases: _amqp.Leases | None = None
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -248,7 +112,7 @@ class KombuTransport:
 
     def connect(self) -> None:
         with self._guard():
-            conn = kombu_connection(self.url, self.max_body)
+            conn = kombu_connection(self.url, self.max_body, self.heartbeat)
             try:
                 # One try at each node the URL lists (kombu moves on to the next on failure).
                 conn.ensure_connection(max_retries=max(1, len(conn.alt)), interval_start=0,
@@ -297,7 +161,7 @@ class KombuTransport:
             spec = attrs.evolve(spec, expires=None)
         with self._guard():
             try:
-                self._kombu_queue(exchange, spec)(self.channel).declare()
+                kombu_queue(exchange, spec)(self.channel).declare()
             except _PRECONDITION_FAILED as exc:
                 self.close()  # RabbitMQ closed the channel
                 msg = (f"queue {spec.name!r} already exists on the broker with other arguments "
@@ -314,7 +178,7 @@ class KombuTransport:
             channel = self._conn.channel()
         try:
             with self._guard():
-                self._kombu_queue(exchange, spec)(channel).declare()
+                kombu_queue(exchange, spec)(channel).declare()
             return True
         except BrokerUnavailable as exc:
             if "x-expires" not in str(exc.__cause__ or exc):
@@ -328,20 +192,6 @@ class KombuTransport:
         """A new channel after RabbitMQ closed this one over a refused operation."""
         with self._guard():
             self._channel = _raw_channel(self._conn)
-
-    @staticmethod
-    def _kombu_queue(exchange: str, spec: QueueSpec) -> Any:
-        ex = Exchange(exchange, type="topic", durable=True) if exchange else None
-        options: dict[str, Any] = {"durable": spec.durable, "auto_delete": spec.auto_delete}
-        if spec.expires is not None:
-            options["expires"] = spec.expires
-        if spec.arguments:
-            options["queue_arguments"] = dict(spec.arguments)
-        keys = list(spec.binding_keys)
-        if len(keys) > 1 and ex is not None:
-            options["bindings"] = [binding(ex, routing_key=k) for k in keys]
-            return Queue(spec.name, **options)
-        return Queue(spec.name, ex, routing_key=keys[0] if keys else spec.name, **options)
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -414,10 +264,11 @@ class KombuTransport:
 
     def consume(self, queue: str, callback: Callable[[Delivery], None], *,
                 no_ack: bool = False) -> None:
-        convert = self._from_redis if self.redis else self._from_amqp
+        convert = from_redis if self.redis else from_amqp
+        counted = queue in self._counted
 
         def on_raw(raw: Any) -> None:
-            callback(convert(raw, queue, no_ack))
+            callback(convert(raw, queue, None if no_ack else self._settler(), counted))
 
         with self._guard():
             if queue in self._counted:
@@ -431,53 +282,24 @@ class KombuTransport:
         self._tags.append(tag)
         self._consumers[queue] = (tag, on_raw, no_ack)
 
-    def _from_amqp(self, raw: Any, queue: str, no_ack: bool) -> Delivery:
-        props = raw.properties
-        info = raw.delivery_info
-        headers = props.get("application_headers") or {}
-        body = raw.body
-        delivery = Delivery(
-            body=body if isinstance(body, bytes) else str(body).encode(),
-            content_type=props.get("content_type"), headers=headers,
-            routing_key=info.get("routing_key"), reply_to=props.get("reply_to"),
-            correlation_id=props.get("correlation_id"), redelivered=bool(info.get("redelivered")),
-            compression=headers.get("compression"), queue=queue,
-        )
-        if queue in self._counted:
-            delivery.deliveries = _broker_count(delivery)
-        if not no_ack:
-            tag = info["delivery_tag"]
-            channel = self._channel
-            delivery._ack = lambda: self._settle(channel.basic_ack, tag)
-            delivery._requeue = lambda: self._settle(channel.basic_reject, tag, requeue=True)
-        return delivery
-
-    def _from_redis(self, message: Any, queue: str, no_ack: bool) -> Delivery:
-        props = message.properties or {}
-        info = message.delivery_info or {}
-        headers = message.headers or {}
-        body = message.body
-        delivery = Delivery(
-            body=body if isinstance(body, bytes) else str(body or "").encode(),
-            content_type=message.content_type, headers=headers,
-            routing_key=info.get("routing_key"), reply_to=props.get("reply_to"),
-            correlation_id=props.get("correlation_id"),
-            redelivered=bool(info.get("redelivered") or headers.get("redelivered")),
-            compression=getattr(message, "compression", None), queue=queue,
-        )
-        if not no_ack:
-            tag = message.delivery_tag
-            channel = self._channel
-            delivery._ack = lambda: self._settle(channel.basic_ack, tag)
-            delivery._requeue = lambda: self._settle(channel.basic_reject, tag, requeue=True)
-        return delivery
-
     def cancel(self) -> None:
         tags, self._tags = self._tags, []
         self._consumers.clear()
         with self._guard():
             for tag in tags:
                 self.channel.basic_cancel(tag)
+
+    def _settler(self) -> Callable[..., None]:
+        """Settles a delivery of this connection's current channel (see :meth:`_settle`)."""
+        channel = self._channel
+
+        def settle(verb: str, tag: Any) -> None:
+            if verb == "ack":
+                self._settle(channel.basic_ack, tag)
+            else:
+                self._settle(channel.basic_reject, tag, requeue=True)
+
+        return settle
 
     def _settle(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         with self._guard():
@@ -565,6 +387,8 @@ class KombuTransport:
     def close(self, *, delete_queue: str | None = None) -> None:
         conn, self._conn, channel, self._channel = self._conn, None, self._channel, None
         self._checked = None
+        self._leases = None
+        self._delays.clear()
         self._routed.clear()
         self._tags.clear()
         self._consumers.clear()
@@ -574,32 +398,3 @@ class KombuTransport:
             with contextlib.suppress(Exception):
                 channel.queue_delete(delete_queue)
         _release(conn)
-
-
-def _raw_channel(conn: Any) -> Any:
-    """A new channel of ``conn`` whose message bodies stay the bytes that crossed the wire.
-
-    py-amqp decodes a body by its ``content_encoding`` by default: busapp then re-encoded it
-    as UTF-8, changing the bytes of a body sent in any other encoding.
-    """
-    channel = conn.channel()
-    if hasattr(channel, "auto_decode"):  # py-amqp's; Redis channels hand over bytes as they are
-        channel.auto_decode = False
-    return channel
-
-
-def _broker_count(delivery: Delivery) -> int:
-    """This delivery's number on a quorum queue: 1, or 1 + the broker's ``x-delivery-count``.
-
-    The header is read only on a redelivery (the broker's flag): a first delivery carries
-    whatever header its sender put there, a redelivered one the broker's own count.
-    """
-    count = delivery.headers.get("x-delivery-count") if delivery.redelivered else None
-    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-        return 2 if delivery.redelivered else 1
-    return count + 1
-
-
-def _release(conn: Any) -> None:
-    with contextlib.suppress(Exception):  # closing a broken connection
-        conn.release()

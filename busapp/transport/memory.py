@@ -17,6 +17,9 @@ call when the call returns:
 Settling follows the brokers: a delivery is unacknowledged until ``ack()``; ``requeue()``,
 or closing its transport, gives it back to its queue flagged ``redelivered``; and
 ``set_prefetch(n)`` holds messages back while ``n`` are unacknowledged on the transport.
+A delayed message waits in the broker until ``move_due`` finds it due (as on Redis), or
+goes at once where the test client says so (``instant_delays``); a lease ends when its
+holder's transport closes (as on RabbitMQ) or its time runs out (as on Redis).
 An exchange exists once declared or bound to (a passive declare of another is False).
 
 As on a broker, a request (a message with ``reply_to``) that no queue is bound to raises
@@ -37,81 +40,13 @@ from typing import Any
 import attrs
 
 from busapp.errors import NoRouteError
-from busapp.transport.base import Delivery, QueueSpec
+from busapp.transport.base import Delivery, QueueSpec, topic_matches
+from busapp.transport.memory_queue import _Consumer, _Queue, _Waiting
+from busapp.transport.memory_time import Delays, Leases
 
 
 #: NoRouteError is re-exported: it was defined here before the brokers raised it too.
 __all__ = ["MemoryBroker", "MemoryTransport", "NoRouteError", "topic_matches"]
-
-
-@functools.lru_cache(maxsize=8192)
-def topic_matches(pattern: str, routing_key: str) -> bool:
-    """True if ``routing_key`` matches the binding ``pattern`` (``*`` one word, ``#`` zero
-    or more)."""
-    return _match(tuple(pattern.split(".")), tuple(routing_key.split(".")))
-
-
-def _match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_match(rest, words[i:]) for i in range(len(words) + 1))
-    if not words:
-        return False
-    return (head == "*" or head == words[0]) and _match(rest, words[1:])
-
-
-class _Queue:
-    __slots__ = ("name", "consumers", "waiting", "turn")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.consumers: list[Callable[[Delivery], None]] = []
-        self.waiting: collections.deque[_Waiting] = collections.deque()
-        self.turn = itertools.count()
-
-    def consumer(self) -> Callable[[Delivery], None] | None:
-        """The next consumer in turn with room for a message (see :attr:`_Consumer.full`)."""
-        consumers = self.consumers
-        if len(consumers) < 2:
-            first = consumers[0] if consumers else None
-            return None if first is None or getattr(first, "full", False) else first
-        for _ in range(len(consumers)):
-            consumer = consumers[next(self.turn) % len(consumers)]
-            if not getattr(consumer, "full", False):
-                return consumer
-        return None
-
-
-class _Waiting:
-    """A message in a queue's backlog, and whether its delivery is over."""
-
-    __slots__ = ("delivery", "done", "event")
-
-    def __init__(self, delivery: Delivery) -> None:
-        self.delivery = delivery
-        self.done = False
-        self.event: threading.Event | None = None
-
-    def finish(self) -> None:
-        """Its consumer has returned (and what that published has been delivered)."""
-        self.done = True  # before reading the event: see wait_if_taken
-        event = self.event
-        if event is not None:
-            event.set()
-
-    def wait_if_taken(self, queue: _Queue) -> None:
-        """Wait until the delivery is over if another thread took it from ``queue``.
-
-        So a publish returns after its message was handled even when another thread's pump
-        took it first. A message still in the backlog (no consumer yet) is not waited for.
-        """
-        if self.done or self in queue.waiting:
-            return
-        self.event = event = threading.Event()  # before reading done: see finish
-        if not self.done:
-            event.wait()
 
 
 class MemoryBroker:
@@ -145,6 +80,25 @@ class MemoryBroker:
         #: Told of every publish: ``tap(exchange, routing_key, body, reply_to)`` (the test
         #: client records notifications and events with one).
         self.taps: list[Callable[[str, str, bytes, str | None], None]] = []
+        #: ``{key: monotonic expiry}``: the keys :meth:`claim` set (a Redis broker's SET NX PX).
+        self.claims: dict[str, float] = {}
+        #: Delayed messages (``instant``: delivered at once; the test client runs no clock).
+        self.delays = Delays(self)
+        #: Leases, ended by their TTL or their holder's closing.
+        self.leases = Leases()
+
+    def claim(self, key: str, ttl: float) -> bool:
+        """Set ``key`` for ``ttl`` seconds unless it is set (True if this call set it)."""
+        now = time.monotonic()
+        with self.lock:
+            claims = self.claims
+            if len(claims) > 4096:  # forget the expired ones now and then
+                for old in [k for k, until in claims.items() if until <= now]:
+                    del claims[old]
+            if claims.get(key, 0.0) > now:
+                return False
+            claims[key] = now + ttl
+            return True
 
     def queue(self, name: str) -> _Queue:
         with self.lock:
@@ -269,33 +223,12 @@ class MemoryBroker:
         self._pump(q)
 
 
-class _Consumer:
-    """A transport's consumer of one queue: what it hands over stays unacked until settled."""
-
-    __slots__ = ("transport", "callback", "no_ack")
-
-    def __init__(self, transport: MemoryTransport, callback: Callable[[Delivery], None],
-                 no_ack: bool) -> None:
-        self.transport = transport
-        self.callback = callback
-        self.no_ack = no_ack
-
-    @property
-    def full(self) -> bool:
-        """True while its transport's prefetch window is used up (no_ack: never)."""
-        return not self.no_ack and self.transport._window_full()
-
-    def __call__(self, delivery: Delivery) -> None:
-        if not self.no_ack:
-            self.transport._hold(delivery)
-        self.callback(delivery)
-
-
 class MemoryTransport:
     """A :class:`~busapp.transport.base.Transport` on the in-process broker of ``url``."""
 
     concurrent_ack = True
     max_body: int | None = None  # the worker checks sizes: nothing is read twice here
+    heartbeat: float | None = None  # nothing to watch in process
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -339,10 +272,26 @@ class MemoryTransport:
 
     def _no_route(self, exchange: str, routing_key: str) -> str:
         bound = sorted({p for p, _ in self.broker.bindings.get(exchange, ())
-                        if not p.startswith(("notify.", "busapp-control"))})
+                        if not p.startswith(("notify.", "busapp-control", "busapp-event."))})
         return (f"no service on the test bus consumes {routing_key!r}; "
                 f"bindings: {', '.join(bound) or 'none'}; "
                 f"register the service with client.register(...)")
+
+    def publish_delayed(self, body: bytes, *, queue: str, delay: float,
+                        headers: dict[str, Any] | None = None, correlation_id: str | None = None,
+                        content_type: str = "application/json") -> None:
+        delivery = Delivery(body, content_type, dict(headers) if headers else {}, queue, None,
+                            correlation_id, queue=queue)
+        self.broker.delays.add(delivery, delay)
+
+    def move_due(self, queues: list[str]) -> int:
+        return self.broker.delays.move_due(queues)
+
+    def acquire_lease(self, name: str, owner: str, ttl: float) -> bool:
+        return self.broker.leases.acquire(name, owner, ttl, self)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        self.broker.leases.release(name, owner)
 
     def consume(self, queue: str, callback: Callable[[Delivery], None], *,
                 no_ack: bool = False) -> None:
@@ -402,6 +351,10 @@ class MemoryTransport:
     def bound_queues(self, exchange: str) -> set[str] | None:
         return {q for _, q in self.broker.bindings.get(exchange, ())}
 
+    def claim(self, key: str, ttl: float) -> bool:
+        """Kept by the broker of this URL, as a Redis broker keeps it."""
+        return self.broker.claim(key, ttl)
+
     def close(self, *, delete_queue: str | None = None) -> None:
         """Stop consuming and give back what was not acked (as a closed connection does)."""
         self.cancel()
@@ -409,5 +362,6 @@ class MemoryTransport:
             unacked = list(self._unacked.values())
             self._unacked.clear()
         self.broker.give_back(unacked)
+        self.broker.leases.drop(self)  # as a broker does a closed connection's
         if delete_queue:
             self.broker.delete(delete_queue)

@@ -36,7 +36,6 @@ declared routes as a topic exchange (kombu: as a direct one, dropping what a pat
 
 from __future__ import annotations
 
-import binascii
 import json
 import threading
 from contextlib import contextmanager
@@ -50,20 +49,19 @@ from kombu.transport import virtual as _virtual
 from kombu.transport.virtual import exchange as _vexchange
 from kombu.utils import json as _kjson
 
-from busapp.errors import NoRouteError
-from busapp.transport._bindings import BindingIndex
+from busapp import names
 from busapp.transport._tracking import BindingWatcher
-from busapp.transport.base import is_reply_queue
-from busapp.transport.memory import topic_matches
+from busapp.transport import redis_state as _state
+from busapp.transport.redis_routing import BindingRouting
+from busapp.transport.base import is_reply_queue, topic_matches
 
-__all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport", "Transport",
-           "entry_problem"]
+__all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport", "Transport"]
 
 _log = structlog.get_logger("busapp.transport")
 
 
 #: Set of the delivery tags a worker holds unacked: ``OWNER_PREFIX + <owner>``.
-OWNER_PREFIX = "busapp.unacked."
+OWNER_PREFIX = names.UNACKED_OWNER_PREFIX
 
 
 class QoS(_kredis.QoS):
@@ -134,23 +132,7 @@ class TopicExchange(_vexchange.TopicExchange):
         return {queue for key, _, queue in table if topic_matches(key, routing_key)}
 
 
-class _Table:
-    """An exchange's bindings as a channel read them, and what says they are still current."""
-
-    __slots__ = ("index", "members", "topic", "watcher", "generation", "expires", "just_read")
-
-    def __init__(self, index: BindingIndex, members: frozenset[bytes], topic: bool,
-                 watcher: BindingWatcher | None, generation: Any, expires: float) -> None:
-        self.index = index
-        self.members = members  # as SMEMBERS returned them
-        self.topic = topic
-        self.watcher = watcher        # current while its generation of the key is unchanged
-        self.generation = generation
-        self.expires = expires        # without a watcher: current until then (the TTL, or 0)
-        self.just_read = True
-
-
-class Channel(_kredis.Channel):
+class Channel(BindingRouting):
     """kombu's Redis channel with one reused client and indexed, watched bindings."""
 
     QoS = QoS
@@ -189,7 +171,7 @@ class Channel(_kredis.Channel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_client: Any = None
         #: exchange -> its bindings as last read (see :meth:`_current_bindings`)
-        self._tables: dict[str, _Table] = {}
+        self._tables: dict[str, Any] = {}
         #: exchanges whose next publish must see every binding change made before it
         self._fresh: set[str] = set()
         self._watcher: BindingWatcher | None = None
@@ -211,135 +193,6 @@ class Channel(_kredis.Channel):
         self._sync_client = None
         self._drop_watcher()
         super()._disconnect_pools()
-
-    # -- bindings: indexed, read again only after a change ---------------------------------
-
-    def _route(self, exchange: str, routing_key: str, topic: bool) -> frozenset[str]:
-        """The queues bound to ``routing_key`` on ``exchange`` (a topic or direct one)."""
-        fresh = exchange in self._fresh
-        self._fresh.discard(exchange)
-        table = self._current_bindings(exchange, topic, fresh)
-        found = table.index.lookup(routing_key)
-        if not found and not fresh and not table.just_read:
-            # A request for a service that just started: read the bindings themselves
-            # before calling it unroutable (its invalidation may still be on the way).
-            table = self._read_bindings(exchange, topic, self._watcher)
-            found = table.index.lookup(routing_key)
-        return found
-
-    def _current_bindings(self, exchange: str, topic: bool, fresh: bool) -> _Table:
-        """``exchange``'s bindings, read again only if they may have changed since.
-
-        ``fresh``: every change made before this call must be seen (an event publish).
-        """
-        watcher = self._binding_watcher()
-        if watcher is not None:
-            try:
-                watcher.sync() if fresh else watcher.poll()
-            except Exception as exc:  # noqa: BLE001 - read the table itself from now on
-                self._drop_watcher(exc)
-                watcher = None
-        table = self._tables.get(exchange)
-        if table is not None and table.topic == topic:
-            if watcher is not None and table.watcher is watcher:
-                if table.generation == watcher.generation(self.keyprefix_queue % exchange):
-                    table.just_read = False
-                    return table
-            elif watcher is None and not fresh and table.expires > monotonic():
-                table.just_read = False
-                return table
-        return self._read_bindings(exchange, topic, watcher)
-
-    def _read_bindings(self, exchange: str, topic: bool, watcher: Any) -> _Table:
-        key = self.keyprefix_queue % exchange
-        generation = watcher.generation(key) if watcher is not None else None
-        with self.conn_or_acquire() as client:  # after noting the generation
-            members = frozenset(client.smembers(key))
-        old = self._tables.get(exchange)
-        if old is not None and old.members == members and old.topic == topic:
-            index = old.index  # unchanged (a publish without the watch reads every time)
-        else:  # the rows kombu's get_table makes of them
-            rows = [tuple(_kredis.bytes_to_str(m).split(self.sep)) for m in members]
-            index = BindingIndex(rows, topic)
-        table = _Table(index, members, topic, watcher, generation,
-                       monotonic() + self.binding_cache_ttl)
-        self._tables[exchange] = table
-        return table
-
-    def _binding_watcher(self) -> BindingWatcher | None:
-        watcher = self._watcher
-        if watcher is not None:
-            if watcher.usable:
-                return watcher
-            self._watcher = None  # a forked child: the socket is the parent's
-        if not self.binding_tracking or monotonic() < self._watcher_retry:
-            return None
-        try:
-            watcher = BindingWatcher.start(self.pool)
-        except Exception as exc:  # noqa: BLE001 - try again later; read tables meanwhile
-            self._watcher_retry = monotonic() + self.WATCHER_RETRY
-            _log.debug("could not open the binding watch connection", error=str(exc))
-            return None
-        if watcher is None:  # the server cannot track keys: never ask again
-            self.binding_tracking = False
-            _log.info("Redis has no client tracking (CLIENT TRACKING, Redis >= 6): each "
-                      "publish reads its exchange's bindings")
-        self._watcher = watcher
-        return watcher
-
-    def _drop_watcher(self, exc: BaseException | None = None) -> None:
-        watcher, self._watcher = self._watcher, None
-        self._tables.clear()
-        if watcher is not None:
-            watcher.close()
-        if exc is not None:
-            self._watcher_retry = monotonic() + self.WATCHER_RETRY
-            _log.warning("binding watch connection failed; reading bindings on each publish "
-                         "until it is open again", error=str(exc) or type(exc).__name__)
-
-    #: Seconds before a lost binding watch connection is opened again.
-    WATCHER_RETRY = 1.0
-
-    def publish_request(self, message: Any, exchange: str, routing_key: str) -> None:
-        """Publish a request; raise :class:`~busapp.errors.NoRouteError` if no queue is bound
-        to ``routing_key`` (kombu would drop it silently, and its caller would time out)."""
-        self._must_route = True
-        try:
-            self.basic_publish(message, exchange=exchange, routing_key=routing_key)
-        finally:
-            self._must_route = False
-
-    _must_route = False
-
-    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
-        kind = self.typeof(exchange).type if exchange else None
-        if kind not in ("topic", "direct"):  # the anonymous exchange, fanout: kombu's way
-            return super()._lookup(exchange, routing_key, default)
-        found = self._route(exchange, routing_key, kind == "topic")
-        if not found and self._must_route:
-            raise NoRouteError(f"no queue is bound to {routing_key!r} on exchange {exchange!r}: "
-                               f"no service consumes it")
-        if not found and (default if default is not None else self.deadletter_queue):
-            return super()._lookup(exchange, routing_key, default)  # kombu's dead-letter path
-        return found
-
-    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
-        self._tables.pop(exchange, None)
-        super()._queue_bind(exchange, routing_key, pattern, queue)
-
-    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
-        self._tables.clear()
-        super()._delete(queue, *args, **kwargs)
-
-    def forget_bindings(self, exchange: str) -> None:
-        """Have the next publish on ``exchange`` see every binding change made before it.
-
-        For fan-out publishes (storage events): a subscriber that bound its queue a
-        moment ago, in any process, must get the next event. With the binding watch on,
-        this costs the next publish one ``PING`` (:meth:`BindingWatcher.sync`), not a
-        read of the whole table.
-        """
-        self._fresh.add(exchange)
 
     # -- entries that are not kombu messages ---------------------------------------------
 
@@ -410,7 +263,7 @@ class Channel(_kredis.Channel):
             payload = json.loads(item)
         except ValueError as exc:
             return None, f"not JSON: {exc}"
-        return payload, entry_problem(payload)
+        return payload, _state.entry_problem(payload)
 
     def _move_aside(self, queue: str, item: bytes, problem: str) -> None:
         dead = f"{queue}.dead"
@@ -447,56 +300,7 @@ def _orphan(key: str, item: bytes) -> None:
         _ORPHANS.append((key, item))
 
 
-def entry_problem(payload: Any) -> str | None:
-    """Why ``payload`` (a decoded Redis queue entry) is not a message kombu can take, or None.
-
-    Checks what kombu's message and ack emulation index without a guard: the envelope's
-    types, the delivery tag and info, and that a base64 body decodes.
-    """
-    if not isinstance(payload, dict):
-        return "not a kombu message envelope (a JSON object)"
-    props = payload.get("properties")
-    if not isinstance(props, dict) or not isinstance(props.get("delivery_tag"), str):
-        return "no properties.delivery_tag"
-    info = props.get("delivery_info")
-    if not isinstance(info, dict) or not all(
-            isinstance(info.get(k), str) for k in ("exchange", "routing_key")):
-        return "no properties.delivery_info with exchange and routing_key"
-    if not isinstance(payload.get("headers") or {}, dict):
-        return "headers is not an object"
-    for key in ("content-type", "content-encoding"):
-        if not isinstance(payload.get(key) or "", str):
-            return f"{key} is not a string"
-    body = payload.get("body")
-    if body is not None and not isinstance(body, str):
-        return "body is not a string"
-    if body and props.get("body_encoding") == "base64":
-        try:
-            binascii.a2b_base64(body.encode("ascii"))  # as kombu will decode it
-        except (binascii.Error, UnicodeEncodeError) as exc:
-            return f"body is not base64: {exc}"
-    return None
-
-
-def requeue_owned(connection: Any, owner: str) -> int:
-    """Requeue every message the (dead) worker ``owner`` left unacked; how many.
-
-    Each goes back to its queue flagged redelivered, as after the visibility timeout (so
-    poison messages are still counted). Call it only once the worker is gone.
-    """
-    channel = connection.default_channel
-    key = OWNER_PREFIX + owner
-    tags = [_kredis.bytes_to_str(tag) for tag in channel.client.smembers(key)]
-    for tag in tags:
-        record = channel.client.hget(channel.unacked_key, tag)
-        exchange = _kjson.loads(_kredis.bytes_to_str(record))[1] if record else ""
-        if exchange and exchange not in channel.state.exchanges:
-            # kombu routes through an exchange it has not seen declared as "direct", which
-            # would match none of a topic exchange's bindings and drop the message.
-            kombu.Exchange(exchange, type="topic", durable=True)(channel).declare()
-        channel.qos.restore_by_tag(tag, leftmost=True)
-    channel.client.delete(key)
-    return len(tags)
+# -- delayed messages and leases --------------------------------------------------------
 
 
 class Transport(_kredis.Transport):

@@ -143,6 +143,7 @@ def _clean_redis(bus: Bus) -> None:
               else redis.Redis.from_url(bus.url))
     with contextlib.closing(client):
         keys = [*bus.queues, *(f"{q}.dead" for q in bus.queues),
+                *(f"{q}.delayed" for q in bus.queues),
                 f"_kombu.binding.{bus.exchange}", f"_kombu.binding_permanent.{bus.exchange}"]
         client.delete(*keys)
 

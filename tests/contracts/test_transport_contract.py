@@ -18,10 +18,11 @@ import time
 import kombu
 import pytest
 
+from busapp import names
 from busapp.errors import BrokerUnavailable, NoRouteError
 from busapp.transport import open_transport
 from busapp.transport.base import QueueSpec
-from busapp.transport.kombu_transport import requeue_dead_worker
+from busapp.transport.kombu_setup import requeue_dead_worker
 from tests._private_brokers import free_port
 from tests.contracts.conftest import Bus, consumed, depth_becomes, drain_for, drain_until
 
@@ -38,6 +39,16 @@ DIFFERS = {
     # Per-message expiration: RabbitMQ drops an expired message; kombu's Redis transport
     # ignores the property (the worker drops expired requests by their deadline header).
     "expires_messages": {"memory": False, "embedded": False, "redis": False, "amqp": True},
+    # Delayed messages come back by themselves on RabbitMQ (a TTL and a dead-letter target);
+    # elsewhere a consumer's move_due() puts them back when due.
+    "moves_due_itself": {"memory": False, "embedded": False, "redis": False, "amqp": True},
+    # A lease outlives its holder's closed connection until its TTL on Redis (the broker
+    # cannot tell whose key it is); RabbitMQ and memory end it with the connection.
+    "lease_ends_with_connection": {"memory": True, "embedded": False, "redis": False,
+                                   "amqp": True},
+    # Releasing every lease of a process (``<host>.<pid>``) from another connection: a key
+    # anyone may delete on Redis; on RabbitMQ only the holding connection can.
+    "releases_for_others": {"memory": True, "embedded": True, "redis": True, "amqp": False},
 }
 
 #: A message that is not the body of a JSON-RPC call: the transport must not care.
@@ -499,6 +510,24 @@ def test_over_size_body(bus: Bus) -> None:
         assert [d.body for d in got] == [big, b"small"]
 
 
+def _delayed_queue(bus: Bus, transport, label: str) -> str:
+    """A queue bound to nothing, with the names its delays make registered for clean-up."""
+    queue = bus.name(label)
+    transport.declare_queue("", QueueSpec(queue, durable=False))
+    for delay_ms in (300, 400, 1000):
+        bus.queues.append(names.delay_queue(queue, delay_ms))
+    return queue
+
+
+def _until_delivered(transport, queue: str, got: list, count: int, timeout: float = 5.0) -> bool:
+    """Drain (and move due messages back) until ``count`` deliveries came."""
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        transport.move_due([queue])
+        transport.drain(0.05)
+    return len(got) >= count
+
+
 def test_expired_message(bus: Bus) -> None:
     """A message whose expiration passed while it waited: RabbitMQ drops it, the others keep it."""
     transport = bus.open()
@@ -510,3 +539,154 @@ def test_expired_message(bus: Bus) -> None:
     assert drain_until(transport, lambda: any(d.body == b"long" for d in got))
     expected = [b"long"] if DIFFERS["expires_messages"][bus.kind] else [b"short", b"long"]
     assert [d.body for d in got] == expected
+
+
+# -- delayed messages ------------------------------------------------------------------------
+
+
+def test_delayed_message_arrives_after_its_delay(bus: Bus) -> None:
+    """publish_delayed: nothing before the delay, then the message, straight to its queue."""
+    transport = bus.open()
+    queue = _delayed_queue(bus, transport, "late")
+    got = consumed(transport, queue)
+    started = time.monotonic()
+    transport.publish_delayed(b'{"a": 1}', queue=queue, delay=0.4, headers={"x-n": 7},
+                              correlation_id="c-1")
+    transport.move_due([queue])
+    drain_for(transport, 0.15)
+    assert got == []
+    assert _until_delivered(transport, queue, got, 1)
+    assert time.monotonic() - started >= 0.4
+    assert (got[0].body, got[0].headers["x-n"], got[0].correlation_id, got[0].routing_key,
+            got[0].queue, got[0].redelivered) == (b'{"a": 1}', 7, "c-1", queue, queue, False)
+
+
+def test_delayed_messages_of_one_delay_keep_their_order(bus: Bus) -> None:
+    """Delayed messages of one delay arrive in the order they were published."""
+    transport = bus.open()
+    queue = _delayed_queue(bus, transport, "order")
+    got = consumed(transport, queue)
+    for n in range(5):
+        transport.publish_delayed(str(n).encode(), queue=queue, delay=0.3)
+    assert _until_delivered(transport, queue, got, 5)
+    assert [d.body for d in got] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_delayed_message_survives_its_publisher(bus: Bus) -> None:
+    """A delayed message waits on the broker: its publisher's connection closing loses nothing."""
+    publisher = bus.open()
+    queue = _delayed_queue(bus, publisher, "kept")
+    publisher.publish_delayed(b"kept", queue=queue, delay=0.3)
+    publisher.close()
+    consumer = bus.open()
+    got = consumed(consumer, queue)
+    assert _until_delivered(consumer, queue, got, 1)
+    assert got[0].body == b"kept"
+
+
+def test_delayed_message_needs_move_due(bus: Bus) -> None:
+    """Where the broker keeps no clock for them, a due message waits for move_due()."""
+    transport = bus.open()
+    queue = _delayed_queue(bus, transport, "due")
+    got = consumed(transport, queue)
+    transport.publish_delayed(b"due", queue=queue, delay=0.3)
+    time.sleep(0.5)
+    drain_for(transport, 0.3)
+    arrived = [d.body for d in got]
+    assert arrived == ([b"due"] if DIFFERS["moves_due_itself"][bus.kind] else [])
+    assert _until_delivered(transport, queue, got, 1)
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def test_lease_is_held_by_one_owner_at_a_time(bus: Bus) -> None:
+    """A lease one owner holds is refused to another, on another connection."""
+    first, second = bus.open(), bus.open()
+    lease = bus.name("lease")
+    assert first.acquire_lease(lease, "host.1.a", 5) is True
+    assert second.acquire_lease(lease, "host.2.b", 5) is False
+
+
+def test_lease_holder_keeps_it_by_acquiring_again(bus: Bus) -> None:
+    """Acquiring again keeps (and extends) the holder's lease past its first TTL."""
+    first, second = bus.open(), bus.open()
+    lease = bus.name("lease")
+    assert first.acquire_lease(lease, "host.1.a", 0.5)
+    for _ in range(4):
+        time.sleep(0.2)
+        assert first.acquire_lease(lease, "host.1.a", 0.5) is True
+    assert second.acquire_lease(lease, "host.2.b", 0.5) is False
+
+
+def test_released_lease_goes_to_the_next_owner(bus: Bus) -> None:
+    """After release_lease, another owner takes the lease at once."""
+    first, second = bus.open(), bus.open()
+    lease = bus.name("lease")
+    assert first.acquire_lease(lease, "host.1.a", 5)
+    first.release_lease(lease, "host.1.a")
+    assert second.acquire_lease(lease, "host.2.b", 5) is True
+
+
+def test_release_by_another_owner_does_nothing(bus: Bus) -> None:
+    """release_lease by an owner that does not hold the lease leaves it held."""
+    first, second = bus.open(), bus.open()
+    lease = bus.name("lease")
+    assert first.acquire_lease(lease, "host.1.a", 5)
+    first.release_lease(lease, "host.9")
+    second.release_lease(lease, "host.2.b")
+    assert second.acquire_lease(lease, "host.2.b", 5) is False
+
+
+def test_release_of_a_process_prefix(bus: Bus) -> None:
+    """Releasing ``<host>.<pid>`` from another connection frees that process's lease where the
+    broker allows it (a dead worker's manager does so on Redis)."""
+    first, second = bus.open(), bus.open()
+    lease = bus.name("lease")
+    assert first.acquire_lease(lease, "host.1.a", 5)
+    second.release_lease(lease, "host.1")
+    freed = DIFFERS["releases_for_others"][bus.kind]
+    assert second.acquire_lease(lease, "host.2.b", 5) is freed
+
+
+def test_lease_of_a_closed_connection(bus: Bus) -> None:
+    """A lease whose holder closed its connection is free at once (RabbitMQ, memory) or once
+    its TTL ran out (Redis)."""
+    first, second = bus.open(), bus.open()
+    lease = bus.name("lease")
+    assert first.acquire_lease(lease, "host.1.a", 0.6)
+    first.close()
+    at_once = second.acquire_lease(lease, "host.2.b", 0.6)
+    assert at_once is DIFFERS["lease_ends_with_connection"][bus.kind]
+    time.sleep(0.7)
+    assert second.acquire_lease(lease, "host.2.b", 0.6) is True
+
+
+#: Run as a lease holder: take a lease, say so, wait to be killed.
+LEASE_HOLDER = """
+import sys
+from busapp.transport import open_transport
+transport = open_transport(sys.argv[1])
+transport.connect()
+assert transport.acquire_lease(sys.argv[2], "host.1.a", float(sys.argv[3]))
+print("holding", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_lease_of_a_killed_holder_is_free_within_its_ttl(broker_bus: Bus) -> None:
+    """kill -9 of the process holding a lease: another takes it within the TTL."""
+    lease = broker_bus.name("lease")
+    child = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, broker_bus.url, lease, "1.0"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert select.select([child.stdout], [], [], 10)[0], "the holder took nothing"
+        assert child.stdout is not None and child.stdout.readline() == b"holding\n"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    killed = time.monotonic()
+    other = broker_bus.open()
+    while not other.acquire_lease(lease, "host.2.b", 1.0):
+        assert time.monotonic() - killed < 3.0, "the lease outlived its killed holder"
+        time.sleep(0.05)
