@@ -1,12 +1,10 @@
 """ServiceManager: run N worker processes of a service and keep them alive.
 
 Workers are forked (the service class and its arguments are never pickled),
-share the service's named queue, and are replaced when they die. A worker that
-had become ready is replaced at once (at most :attr:`ServiceManager.restarts_per_second`
-times a second per slot, to protect the machine): a poison request or a kill must
-never leave the service short of workers. Only a worker that dies before it was
-ever ready waits, with a back-off that doubles per such death (a start-up bug, or a
-broker that cannot be reached). SIGINT/SIGTERM stops them gracefully.
+share the service's named queue, and are replaced when they die: at once if it had
+been ready (at most :attr:`ServiceManager.restarts_per_second` times a second per slot),
+so no poison request or kill leaves the service short of workers; after a back-off that
+doubles per death if it never was. SIGINT/SIGTERM stops them gracefully.
 
 One manager may run several services (``busapp run`` of a module with several Apps):
 :meth:`ServiceManager.add` hands it another manager's service, count and options, and

@@ -271,8 +271,12 @@ class Worker:
                           service=self.service.service_name)
             raise
         self.lanes.start_monitor()
-        keeper = Keeper(self.service.connection_url, self._own_queues())
-        keeper.start()  # before they are declared: registered, they cannot be left behind
+        # This worker's own queues (see busapp.runtime.cleanup), registered before they are
+        # declared: so they cannot be left behind.
+        keeper = Keeper(self.service.connection_url, {
+            spec.name: self.service.exchange_name for spec, _ in self._consumers()
+            if is_own_queue(spec)})
+        keeper.start()
         self.supervisor.start_timers()
         try:
             self.supervisor.supervise()
@@ -288,11 +292,6 @@ class Worker:
                 log.exception("shut-down failed", pid=os.getpid(),
                               service=self.service.service_name)
             log.info("worker stopped", pid=os.getpid(), service=self.service.service_name)
-
-    def _own_queues(self) -> dict[str, str]:
-        """This worker's own queues (see :mod:`busapp.runtime.cleanup`): ``{name: exchange}``."""
-        return {spec.name: self.service.exchange_name for spec, _ in self._consumers()
-                if is_own_queue(spec)}
 
     def watchdog(self, in_flight: int) -> None:
         """See :meth:`busapp.runtime.supervisor.Supervisor.watchdog` (the lanes call it)."""

@@ -205,8 +205,8 @@ class TestClient:
                 handler, run in a thread of its own, goes on; no ``timeout``: 10 s, checked
                 once the handler returned)
         """
-        response = self._request(self.routing_key(method), wire.params_from(args, kwargs),
-                                 timeout)
+        response = self._errors.request(self._calling, self.routing_key(method),
+                                        wire.params_from(args, kwargs), timeout)
         error = wire.error_from_response(response)
         if error is not None:
             raise error from self._errors.causes.pop(str(response.get("id")), None)
@@ -214,20 +214,11 @@ class TestClient:
 
     def request(self, routing_key: str, params: Any = None, timeout: float | None = None) -> dict:
         """Send a request and return the whole JSON-RPC response dict (Commissaire's form)."""
-        response = self._request(self.routing_key(routing_key), params, timeout)
+        response = self._errors.request(self._calling, self.routing_key(routing_key), params,
+                                        timeout)
         self._errors.causes.pop(str(response.get("id")), None)
         return response
 
-    def _request(self, routing_key: str, params: Any, timeout: float | None) -> dict:
-        """One request, served in memory; given up at ``timeout`` if one is given."""
-        if timeout is None:
-            return self._errors.run(self._send, routing_key, params, timeout)
-        return self._errors.run_within(float(timeout), routing_key, self._send, routing_key,
-                                       params, timeout)
-
-    def _send(self, routing_key: str, params: Any, timeout: float | None) -> dict:
-        with self._calling() as bus:
-            return bus.request(routing_key, params, timeout)
 
     def request_raw(self, routing_key: str, body: bytes | str, *,
                     content_type: str = "application/json") -> dict | None:

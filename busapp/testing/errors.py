@@ -47,6 +47,18 @@ class HandlerErrors:
             self._raise(errors)
         return result
 
+    def request(self, calling: Callable[[], Any], routing_key: str, params: Any,
+                timeout: float | None) -> dict:
+        """One request through a Client ``calling()`` lends, served in memory (see :meth:`run`);
+        given up at ``timeout`` if one is given (:meth:`run_within`)."""
+        def send() -> dict:
+            with calling() as bus:
+                return bus.request(routing_key, params, timeout)
+
+        if timeout is None:
+            return self.run(send)
+        return self.run_within(float(timeout), routing_key, send)
+
     def run_within(self, timeout: float, what: str, func: Callable[..., Any],
                    *args: Any) -> Any:
         """As :meth:`run`, in a thread of its own, given up after ``timeout`` seconds.
