@@ -158,6 +158,10 @@ class TimeLimitExceeded(BusappError):
 class BrokerUnavailable(BusappError, ConnectionError):
     """The message broker could not be reached (or the connection was lost)."""
 
+    #: False when what was being sent never reached the broker (a request *not sent*: safe
+    #: to repeat); None when that is not known (it *may have been delivered*).
+    sent: bool | None = None
+
 
 class AccessRefused(BusappError, PermissionError):
     """The broker refused the operation to this user (RabbitMQ 403 ACCESS_REFUSED: a missing

@@ -91,3 +91,33 @@ def test_unavailable_after_publish_says_the_request_may_have_run(private_redis):
             assert "not sent" in str(info.value)
             assert not isinstance(info.value, RequestTimeout)
         private_redis.start()  # private: for the clean-up
+
+
+def test_the_broker_down_error_is_a_public_class(private_redis):  # noqa: F811
+    """A call with the broker down raises BrokerUnavailable itself (no private subclass),
+    saying the request was not sent (``sent`` is False: safe to repeat)."""
+    with Client(private_redis.url, f"test-{uuid.uuid4().hex[:8]}", timeout=5) as bus:
+        private_redis.stop()  # private
+        with pytest.raises(BrokerUnavailable) as info:
+            bus.call("nobody.add", 1, 2)
+        private_redis.start()  # private: for the clean-up
+    assert type(info.value) is BrokerUnavailable
+    assert info.value.sent is False and "not sent" in str(info.value)
+
+
+def test_a_call_whose_reply_queue_is_lost_ends_at_once(private_redis):  # noqa: F811
+    """A call waiting on a reply queue lost with its broker node (a RabbitMQ cluster node that
+    died: the client carries on with a new queue) gets BrokerUnavailable at once, saying it
+    may have been delivered, instead of waiting out its timeout for a reply that cannot come."""
+    token = uuid.uuid4().hex[:8]
+    app = make_app(f"q{token}")
+    exchange = f"test-{token}"
+    with run_app(app, private_redis.url, exchange), \
+            Client(private_redis.url, exchange, timeout=30) as bus:
+        lost = bus.reply_queue
+        threading.Timer(0.5, bus._replies._lose, args=(lost,)).start()
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="was lost with its broker node") as info:
+            bus.call(f"{app.name}.slow", 5)
+        assert time.monotonic() - started < 4  # not the 5 s call, nor the 30 s timeout
+        assert "may have been delivered" in str(info.value)

@@ -210,6 +210,14 @@ def test_every_exception_is_a_busapp_error() -> None:
     assert strays == []
 
 
+def test_every_busapp_error_has_a_public_name() -> None:
+    """An error that reaches users is a public class: no BusappError subclass busapp defines
+    has a private name (82 Sentinel fail-over errors were once a private ``_NotSent``)."""
+    private = [f"{cls.__module__}.{cls.__qualname__}" for cls in _exception_classes()
+               if issubclass(cls, BusappError) and cls.__name__.startswith("_")]
+    assert private == []
+
+
 def test_public_surface() -> None:
     """busapp's top-level names are exactly these."""
     assert busapp.__all__ == ["App", "AsyncBus", "AsyncClient", "Bus", "Call", "Client",

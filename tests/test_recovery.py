@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -80,3 +81,63 @@ def test_recovery_time_over_five_rabbitmq_restarts(private_rabbitmq, unique):  #
     print("\n[figure] rabbitmq restarts: served again after "
           + ", ".join(f"{t:.2f}" for t in times) + " s")
     assert max(times) < 3.0, times  # before: 6.68, 0.01, 1.21, 0.03, 6.77 s
+
+
+def _calls_through_a_restart(server, url: str, unique: str) -> dict[str, int]:
+    """One thread calling without pause while Redis restarts (down 1 s) under a 2-worker
+    service, until a call is served after the restart; what the calls got."""
+    from busapp.errors import BusappError
+
+    name, exchange = f"n{unique}", f"test-{unique}"
+    proc = _start_manager(url, exchange, name, 2)
+    outcomes: dict[str, int] = {}
+    try:
+        wait_until_served(url, exchange, f"{name}.ping")
+        with Client(url, exchange) as bus:
+            assert bus.call(f"{name}.add", 1, 1) == 2
+            server.stop()  # private
+            restarted = threading.Timer(1.0, server.start)  # private
+            restarted.start()
+            end = time.monotonic() + 30
+            while time.monotonic() < end:
+                try:
+                    bus.call(f"{name}.add", 1, 1, timeout=5)
+                    if restarted.finished.is_set() and not restarted.is_alive():
+                        break
+                    key = "ok before the restart"
+                except BusappError as exc:
+                    key = type(exc).__name__
+                outcomes[key] = outcomes.get(key, 0) + 1
+            restarted.join()
+    finally:
+        _stop(proc)
+    return outcomes
+
+
+def test_calls_right_after_a_redis_restart_wait_for_the_bindings(private_redis, unique):  # noqa: F811
+    """Redis restarts empty: the calls made after the client reconnected and before the
+    workers bound their queues again wait for the bindings instead of raising NoRouteError at
+    once (before: thousands of instant NoRouteErrors per restart)."""
+    outcomes = _calls_through_a_restart(private_redis, private_redis.url, unique)
+    print(f"\n[figure] calls through a Redis restart (down 1 s): {outcomes}, then served")
+    assert "NoRouteError" not in outcomes, outcomes
+
+
+def test_a_missing_route_after_a_fault_waits_out_the_timeout(private_redis, unique):  # noqa: F811
+    """Right after a broker fault, a call to a key nothing is bound to waits up to its
+    timeout (its service may be binding again) before NoRouteError; once the fault is
+    long past, it fails at once."""
+    from busapp.client import replies
+
+    with Client(private_redis.url, f"test-{unique}") as bus:
+        bus.fault_at = time.monotonic()  # as a reconnection sets it
+        started = time.monotonic()
+        with pytest.raises(NoRouteError):
+            bus.call(f"n{unique}.nobody", timeout=1)
+        waited = time.monotonic() - started
+        bus.fault_at -= replies.REBIND_WINDOW + 1
+        started = time.monotonic()
+        with pytest.raises(NoRouteError):
+            bus.call(f"n{unique}.nobody", timeout=1)
+        at_once = time.monotonic() - started
+    assert waited >= 0.8 and at_once < 0.5, (waited, at_once)

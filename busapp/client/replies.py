@@ -13,12 +13,12 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from busapp import names, security
 from busapp.core import wire
-from busapp.errors import BrokerUnavailable, RequestTimeout, Unauthorized
+from busapp.errors import BrokerUnavailable, NoRouteError, RequestTimeout, Unauthorized
 from busapp.log import get_logger
 from busapp.transport import open_transport
 from busapp.transport.base import Delivery, QueueSpec, Transport
@@ -43,8 +43,32 @@ def _forked() -> None:
 os.register_at_fork(after_in_child=_forked)
 
 
-class _NotSent(BrokerUnavailable):
-    """The broker could not be reached before the request was published (so it was not)."""
+def not_sent(exc: BrokerUnavailable) -> BrokerUnavailable:
+    """``exc``, raised before the request was published: it says so (``sent`` False)."""
+    error = BrokerUnavailable(f"{exc}; the request was not sent")
+    error.sent = False
+    return error
+
+
+#: Seconds after a client saw a broker fault during which a request's missing route is
+#: waited for (the service's workers may not have bound their queues again yet).
+REBIND_WINDOW = 15.0
+
+
+def publish_routed(publish: Callable[[], None], client: Client, deadline: float) -> None:
+    """``publish()`` a request; right after a broker fault (within :data:`REBIND_WINDOW` of
+    ``client.fault_at``) a NoRouteError is retried until ``deadline``, as the service's
+    workers bind their queues again. On a healthy connection it is raised at once."""
+    pause = 0.05
+    while True:
+        try:
+            return publish()
+        except NoRouteError:
+            now = time.monotonic()
+            if now - client.fault_at > REBIND_WINDOW or deadline - now < 0.01:
+                raise
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, 0.5)
 
 
 def _maybe_delivered(exc: BrokerUnavailable, routing_key: str) -> BrokerUnavailable:
@@ -56,13 +80,15 @@ class _Pending:
     """A call waiting for its reply. Its Event is made only if the caller ever has to sleep
     (never on the in-memory transport, where the reply is there when the publish returns)."""
 
-    __slots__ = ("event", "response", "arrived", "refused")
+    __slots__ = ("event", "response", "arrived", "refused", "reply_to", "lost")
 
-    def __init__(self) -> None:
+    def __init__(self, reply_to: str = "") -> None:
         self.event: threading.Event | None = None
         self.response: dict | None = None
         self.arrived = 0.0
         self.refused: str | None = None  # why a reply to it was dropped (bad signature)
+        self.reply_to = reply_to  # the reply queue its request names
+        self.lost: str | None = None  # why no reply can come any more (its queue is gone)
 
     def _ensure_event(self) -> threading.Event:
         event = self.event
@@ -169,7 +195,8 @@ class _ReplyQueue:
         try:
             self._check_alive() if self.ready else self._connect()
         except BrokerUnavailable as exc:
-            raise _NotSent(f"{exc}; the request was not sent") from exc
+            self.client.fault_at = time.monotonic()
+            raise not_sent(exc) from exc
         finally:
             self.lock.release()
 
@@ -179,6 +206,7 @@ class _ReplyQueue:
             self._transport.drain(0)
         except BrokerUnavailable as exc:
             log.warning("reply connection lost; reconnecting", error=str(exc))
+            self.client.fault_at = time.monotonic()
             self._drop(delete_queue=False)
             self._connect()
 
@@ -201,6 +229,7 @@ class _ReplyQueue:
                 # node gone it cannot be declared again: carry on with a new one.
                 log.warning("reply queue lost with its cluster node; using a new one",
                             queue=self.client.reply_queue)
+                self._lose(self.client.reply_queue)
                 self.client.reply_queue = f"{names.REPLY_PREFIX}{uuid.uuid4().hex}"
             except BaseException:
                 transport.close()
@@ -209,9 +238,23 @@ class _ReplyQueue:
         self.client._owned.add(transport)
         self.ready = True
 
+    def _lose(self, queue: str) -> None:
+        """Tell the calls whose replies go to ``queue`` (lost with its node) that none can come:
+        they end at once (BrokerUnavailable) instead of waiting out their timeout."""
+        for pending in list(self.client._pending.values()):
+            if pending.reply_to == queue and pending.response is None:
+                pending.lost = f"reply queue {queue!r} was lost with its broker node"
+                pending.wake()
+
     def wait_for(self, pending: _Pending, deadline: float) -> bool:
-        """Wait until ``pending`` has its response (True) or the deadline passes (False)."""
+        """Wait until ``pending`` has its response (True) or the deadline passes (False).
+
+        Raises:
+            BrokerUnavailable: its reply queue was lost (see :meth:`_lose`).
+        """
         while pending.response is None:
+            if pending.lost is not None:
+                raise BrokerUnavailable(pending.lost)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -228,7 +271,7 @@ class _ReplyQueue:
     def _lead(self, pending: _Pending, deadline: float) -> None:
         self._connect()
         reconnected = False
-        while pending.response is None:
+        while pending.response is None and pending.lost is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -242,6 +285,7 @@ class _ReplyQueue:
                 # The broker may have come back since the last call: reconnect once, and
                 # wait on (a Redis reply list survives; a RabbitMQ one is declared anew).
                 log.warning("reply connection lost; reconnecting", error=str(exc))
+                self.client.fault_at = time.monotonic()
                 reconnected = True
                 self._connect()
 

@@ -25,10 +25,11 @@ from busapp.client.replies import (
     _FORKS,
     _close_when_dropped,
     _maybe_delivered,
-    _NotSent,
     _Pending,
     _ReplyQueue,
     accept_reply,
+    not_sent,
+    publish_routed,
     reply_key,
     reply_queue_spec,
 )
@@ -100,8 +101,6 @@ class BusMixin:
         return self._bus_client().emit(name, **payload)
 
 
-
-
 class Client(BusMixin):
     """A connection to the bus for calling services.
 
@@ -146,6 +145,8 @@ class Client(BusMixin):
         self._publish_lock = threading.RLock()
         self._publisher: Transport | None = None
         self._replies = _ReplyQueue(self)
+        #: When a connection of this Client last failed (see :func:`publish_routed`).
+        self.fault_at = float("-inf")
 
     def _bus_client(self) -> Client:
         return self
@@ -174,8 +175,7 @@ class Client(BusMixin):
         deadline = time.monotonic() + timeout
         self._check_open()
         request_id = wire.new_id()
-        pending = _Pending()
-        self._pending[request_id] = pending
+        pending = self._pending[request_id] = _Pending()
         hook = WAIT_HOOK.hook
         if hook is not None:
             hook.waiting()
@@ -183,19 +183,16 @@ class Client(BusMixin):
         span = tracing.outgoing(routing_key, request_id, headers)  # request id, traceparent
         try:
             self._replies.ensure(deadline)
+            pending.reply_to = self.reply_queue  # the one it names, whatever comes next
             try:
-                self._publish(
-                    wire.encode_request(method, params, request_id),
-                    routing_key,
-                    exchange=self.exchange_name,
-                    reply_to=self.reply_queue,
-                    correlation_id=request_id,
-                    expiration=timeout,
-                    headers=headers,
-                )
-            except _NotSent:
-                raise
+                publish_routed(lambda: self._publish(
+                    wire.encode_request(method, params, request_id), routing_key,
+                    exchange=self.exchange_name, reply_to=pending.reply_to,
+                    correlation_id=request_id, expiration=timeout, headers=headers,
+                ), self, deadline)
             except BrokerUnavailable as exc:
+                if exc.sent is False:
+                    raise
                 raise _maybe_delivered(exc, routing_key) from exc
             try:
                 replied = self._replies.wait_for(pending, deadline)
@@ -299,11 +296,12 @@ class Client(BusMixin):
                     publisher.publish(payload, exchange=exchange, routing_key=routing_key, **props)
                     return
                 except BrokerUnavailable as exc:
+                    self.fault_at = time.monotonic()
                     self._drop_publisher()
                     if attempt == 2:
                         if sent:
                             raise
-                        raise _NotSent(f"{exc}; the request was not sent") from exc
+                        raise not_sent(exc) from exc
                     revive_if_embedded(self.broker_url)  # a killed embedded broker comes back
 
     def _connect_publisher(self) -> Transport:
