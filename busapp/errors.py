@@ -19,6 +19,7 @@
     ├── TimeLimitExceeded               raised in a handler past its time limit
     ├── BrokerUnavailable (ConnectionError)  the broker cannot be reached
     ├── AccessRefused (PermissionError)  the broker refused this user an operation (403)
+    ├── RequestTooLarge (ValueError)    a message over the Client's max_body, never sent
     ├── ValidationError (ValueError)    a model value broke a rule (busapp.models)
     ├── UnknownModelError (LookupError) no model is declared under that name
     ├── ConfigError (ValueError)        a BUSAPP_* variable holds an unusable value
@@ -161,6 +162,16 @@ class BrokerUnavailable(BusappError, ConnectionError):
     #: False when what was being sent never reached the broker (a request *not sent*: safe
     #: to repeat); None when that is not known (it *may have been delivered*).
     sent: bool | None = None
+
+
+class RequestTooLarge(BusappError, ValueError):
+    """A message over its Client's ``max_body``: refused before it was sent (``size`` and
+    ``limit`` say by how much)."""
+
+    def __init__(self, message: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class AccessRefused(BusappError, PermissionError):

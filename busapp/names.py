@@ -271,6 +271,8 @@ ROUTING_KEY_HEADER = "x-busapp-routing-key"
 #: Deliveries of a message so far, and that count's signature (busapp.runtime.redelivery).
 COUNT_HEADER = "x-busapp-deliveries"
 COUNT_SIGNATURE_HEADER = "x-busapp-deliveries-sig"
+#: Set by a Redis worker on the stand-in of an entry too big to read: the entry's size.
+UNREAD_HEADER = "x-busapp-unread"
 #: The request id a call carries through every service it reaches (busapp.ops.tracing).
 REQUEST_ID_HEADER = "x-busapp-request-id"
 #: Times an event's handler failed and the event was sent again, and that count's signature

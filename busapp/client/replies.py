@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from busapp import names, security
 from busapp.core import wire
-from busapp.errors import BrokerUnavailable, NoRouteError, RequestTimeout, Unauthorized
+from busapp.errors import (
+    BrokerUnavailable,
+    NoRouteError,
+    RequestTimeout,
+    RequestTooLarge,
+    Unauthorized,
+)
 from busapp.log import get_logger
 from busapp.transport import open_transport
 from busapp.transport.base import Delivery, QueueSpec, Transport
@@ -41,6 +47,21 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+#: A Client's default ``max_body``: the largest body a busapp service takes by default
+#: (the storage service's; an App's own default is 1 MiB).
+MAX_BODY = 16 * 1024 * 1024
+
+
+def check_size(payload: bytes, routing_key: str, limit: int | None) -> None:
+    """Raise RequestTooLarge if ``payload`` is over ``limit`` bytes (None: no limit)."""
+    if limit is not None and len(payload) > limit:
+        raise RequestTooLarge(
+            f"message to {routing_key!r} of {len(payload)} bytes is over this Client's limit "
+            f"of {limit} bytes (max_body); it was not sent. Services refuse bodies over "
+            f"their own max_body too (App(max_body=...), 1 MiB by default): to send it, raise "
+            f"both (Client(max_body=...))", size=len(payload), limit=limit)
 
 
 def not_sent(exc: BrokerUnavailable) -> BrokerUnavailable:

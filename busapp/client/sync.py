@@ -23,11 +23,13 @@ from typing import Any
 from busapp import names, security
 from busapp.client.replies import (
     _FORKS,
+    MAX_BODY,
     _close_when_dropped,
     _maybe_delivered,
     _Pending,
     _ReplyQueue,
     accept_reply,
+    check_size,
     not_sent,
     publish_routed,
     reply_key,
@@ -111,6 +113,7 @@ class Client(BusMixin):
         key: ``(key_id, secret)`` (or ``"id:secret"``) to sign every message with; None
             means ``$BUSAPP_KEY``, else unsigned. With a key, replies not signed with it
             are dropped (see :mod:`busapp.security`).
+        max_body: largest body sent (bytes; None: no limit); more raises RequestTooLarge.
 
     Example::
 
@@ -119,13 +122,15 @@ class Client(BusMixin):
     """
 
     def __init__(self, broker_url: str | None = None, exchange: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT, key: Any = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, key: Any = None,
+                 max_body: int | None = MAX_BODY) -> None:
         #: The key this client signs with (None: unsigned).
         self.key = security.parse_key(key) if key is not None else security.key_from_env()
         self._reply_secrets = dict([self.key]) if self.key is not None else None
         self.broker_url = resolve_broker_url(broker_url)
         self.exchange_name = default_exchange(exchange)
         self.timeout = timeout
+        self.max_body = max_body
         self._closed = False
         self._reset()
 
@@ -281,6 +286,7 @@ class Client(BusMixin):
     def _publish(self, body: Any, routing_key: str, *, exchange: str, sign_key: Any = "own",
                  **props: Any) -> None:
         payload = body if isinstance(body, bytes) else wire.dumps(body).encode()
+        check_size(payload, routing_key, self.max_body if exchange else None)  # not replies
         self.sign(payload, routing_key, props, sign_key)
         with self._publish_lock:
             self._check_open()

@@ -51,6 +51,7 @@ from kombu.utils import json as _kjson
 
 from busapp import names
 from busapp.transport._tracking import BindingWatcher
+from busapp.transport import redis_entries as _entries
 from busapp.transport import redis_state as _state
 from busapp.transport.redis_routing import BindingRouting
 from busapp.transport.base import is_reply_queue, topic_matches
@@ -205,13 +206,14 @@ class Channel(BindingRouting):
         """kombu's, but an entry that is too big or not a kombu message is moved aside.
 
         kombu ``json.loads`` each popped entry and builds its message before any consumer
-        sees it: junk pushed straight onto the list (or a huge entry) would raise out of
-        the consume loop, or bloat the worker, on every poll. Such an entry goes to
-        ``<queue>.dead`` with an error-level log line; the next one is served.
+        sees it: junk pushed straight onto the list would raise out of the consume loop on
+        every poll. Such an entry goes to ``<queue>.dead`` with an error-level log line;
+        the next one is served. One too big to read is not read at all (see
+        :mod:`busapp.transport.redis_entries`): it is noted there, and its caller answered.
         """
         try:
             try:
-                dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+                dest__item = _entries.read_bounded(self.client, self.max_entry_bytes)
             except self.connection_errors:
                 self.client.connection.disconnect()  # the next poll reconnects (as kombu does)
                 raise
@@ -220,6 +222,9 @@ class Channel(BindingRouting):
             key, item = dest__item
             dest = _kredis.bytes_to_str(key).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
+            if isinstance(item, _entries.Unread):
+                self._refuse_unread(dest, item)
+                return True
             payload, problem = self._parse_entry(item)
             if problem is None:
                 try:
@@ -264,6 +269,18 @@ class Channel(BindingRouting):
         except ValueError as exc:
             return None, f"not JSON: {exc}"
         return payload, _state.entry_problem(payload)
+
+    def _refuse_unread(self, queue: str, unread: _entries.Unread) -> None:
+        """An entry too big to read: noted in ``<queue>.dead``, and its caller answered."""
+        dead = f"{queue}.dead"
+        with self.conn_or_acquire() as client:
+            client.lpush(dead, _entries.unread_record(queue, unread, self.max_entry_bytes))
+        _log.error("entry over the size limit dropped unread (noted in the dead-letter queue)",
+                   queue=queue, dead_letter_queue=dead, size=unread.size,
+                   limit=self.max_entry_bytes, reply_to=unread.field("reply_to"))
+        message = _entries.unread_message(queue, unread)
+        if message is not None:
+            self.connection._deliver(message, queue)
 
     def _move_aside(self, queue: str, item: bytes, problem: str) -> None:
         dead = f"{queue}.dead"
