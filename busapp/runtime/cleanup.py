@@ -186,7 +186,17 @@ class Keeper:
             next_sweep -= self.ttl / 3
             if next_sweep <= 0:  # every ttl or so; spread, so workers do not sweep at once
                 next_sweep = self.ttl * random.uniform(0.75, 1.25)
-                sweep(self.url)
+                self._sweep()
+
+    def _sweep(self) -> None:
+        try:
+            swept = self._registry.sweep()
+        except Exception as exc:  # noqa: BLE001 - the next sweep will do
+            log.debug("could not sweep the queues of workers gone without a trace",
+                      error=str(exc))
+            return
+        if swept:
+            log.info("queues of workers gone without a trace removed", owners=swept)
 
     def _beat(self) -> None:
         try:
