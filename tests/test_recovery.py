@@ -74,6 +74,7 @@ def test_recovery_time_over_five_redis_restarts(private_redis, unique):  # noqa:
 
 
 @pytest.mark.slow  # ~60 s: a RabbitMQ node takes 5-7 s to start
+@pytest.mark.timeout(360)  # five node starts: slower when the suite runs in parallel
 def test_recovery_time_over_five_rabbitmq_restarts(private_rabbitmq, unique):  # noqa: F811
     """After each of 5 restarts of RabbitMQ, the service serves again within 3 s (the worker's
     reconnect back-off is capped at 2 s; before, it grew to 4-8 s while the node started)."""
