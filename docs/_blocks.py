@@ -57,6 +57,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import structlog
 from sybil import Document, Example, Region, Sybil
 from sybil.evaluators.python import PythonEvaluator
 from sybil.parsers.abstract.lexers import LexerCollection
@@ -115,6 +116,10 @@ class Page:
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         os.chdir(self.dir)
         sys.path.insert(0, str(self.dir))
+        # As in a new process: a test that ran before in this process may have left structlog
+        # configured (structlog.testing.capture_logs does, on exit), and a library's loggers
+        # then print where the page's output is compared.
+        structlog.reset_defaults()
 
     def export(self, name: str, value: str) -> None:
         """``export NAME=VALUE``: for the rest of the page."""
