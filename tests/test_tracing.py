@@ -201,3 +201,38 @@ def test_no_trace_headers_without_a_configured_provider() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "traceparent" not in out.stdout and "x-busapp-deadline" in out.stdout
+
+
+def test_an_emitted_event_has_a_client_span_and_its_handler_a_server_span_in_one_trace(
+        spans: InMemorySpanExporter, unique: str) -> None:
+    """``bus.emit`` opens a CLIENT span named by the event's routing key around its publish; the
+    handler's span is its child, in the same trace."""
+    app = App(f"tr{unique}")
+    seen: list[int] = []
+
+    @app.on_event(f"tr{unique}.placed")
+    def placed(n: int) -> None:
+        seen.append(n)
+
+    with app.test_client() as client:
+        client.emit(f"tr{unique}.placed", n=7)
+    assert seen == [7]
+    finished = spans.get_finished_spans()
+    [client_span] = [s for s in finished if s.kind == trace.SpanKind.CLIENT]
+    assert client_span.name.endswith(f"tr{unique}.placed")
+    assert client_span.status.status_code != trace.StatusCode.ERROR
+    children = [s for s in finished if s.parent is not None
+                and s.parent.span_id == client_span.context.span_id]
+    assert children and all(s.context.trace_id == client_span.context.trace_id for s in children)
+
+
+def test_an_event_publish_that_raises_ends_its_span_as_an_error(
+        spans: InMemorySpanExporter) -> None:
+    """The publish failing (the broker down, say) ends the event's CLIENT span with the error."""
+    headers: dict[str, Any] = {}
+    with pytest.raises(ConnectionError), tracing.outgoing_event("events.tr.placed", "e-1", headers):
+        raise ConnectionError("broker down")
+    [span] = spans.get_finished_spans()
+    assert span.kind == trace.SpanKind.CLIENT
+    assert span.status.status_code == trace.StatusCode.ERROR
+    assert "traceparent" in headers

@@ -147,17 +147,9 @@ class AsyncClient:
         :meth:`busapp.Client.emit`)."""
         routing_key, body, event_id = events.event_message(name, payload)
         headers: dict[str, Any] = {}
-        span = tracing.outgoing(routing_key, event_id, headers)
-        failed: BaseException | None = None
-        try:
+        with tracing.outgoing_event(routing_key, event_id, headers):
             await self._publish(body, routing_key, headers=headers, correlation_id=event_id,
                                 persistent=True)
-        except BaseException as exc:
-            failed = exc
-            raise
-        finally:
-            if span is not None:
-                tracing.end_outgoing(span, None, failed)
         return event_id
 
     async def _publish(self, body: Any, routing_key: str, **props: Any) -> None:

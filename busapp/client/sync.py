@@ -248,17 +248,9 @@ class Client(BusMixin):
         """
         routing_key, body, event_id = events.event_message(name, payload)
         headers: dict[str, Any] = {}
-        span = tracing.outgoing(routing_key, event_id, headers)
-        failed: BaseException | None = None
-        try:
+        with tracing.outgoing_event(routing_key, event_id, headers):
             self._publish(body, routing_key, exchange=self.exchange_name, headers=headers,
                           correlation_id=event_id, persistent=True)
-        except BaseException as exc:
-            failed = exc
-            raise
-        finally:
-            if span is not None:
-                tracing.end_outgoing(span, None, failed)
         return event_id
 
     def publish_reply(self, reply_to: str, response: dict | bytes, correlation_id: Any = None,

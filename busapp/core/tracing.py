@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextvars
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 #: Header carrying the request id of the user action a call belongs to.
@@ -135,6 +137,21 @@ def outgoing(routing_key: str, request_id: str, headers: dict[str, Any]) -> Any:
 def end_outgoing(span: Any, response: dict | None, exc: BaseException | None) -> None:
     """End the CLIENT span of a call with its outcome (an error reply or an exception)."""
     _end(span, response, exc)
+
+
+@contextmanager
+def outgoing_event(routing_key: str, event_id: str, headers: dict[str, Any]) -> Iterator[None]:
+    """Around an event's publish: :func:`outgoing` before, its span ended after (with the
+    exception, if the publish raised)."""
+    span = outgoing(routing_key, event_id, headers)
+    try:
+        yield
+    except BaseException as exc:
+        if span is not None:
+            _end(span, None, exc)
+        raise
+    if span is not None:
+        _end(span, None, None)
 
 
 def _end(span: Any, response: dict | None, exc: BaseException | None) -> None:
