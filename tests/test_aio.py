@@ -270,7 +270,7 @@ def test_errors_and_timeouts_arrive_as_with_client(broker_url: str, exchange: st
         got = asyncio.run(async_errors())
     assert [type(e) for e in got] == [type(e) for e in expected]
     assert [type(e) for e in got[:-1]] == [cls for _, cls in ERROR_CALLS]
-    for mine, theirs in zip(got[:-1], expected[:-1]):
+    for mine, theirs in zip(got[:-1], expected[:-1], strict=True):
         assert (mine.code, mine.message, mine.data) == (theirs.code, theirs.message, theirs.data)
     assert isinstance(got[-1], RequestTimeout) and isinstance(got[-1], TimeoutError)
     assert str(got[-1]) == str(expected[-1])

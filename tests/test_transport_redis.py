@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
@@ -48,7 +47,7 @@ def _get(conn: Connection, queue: str, timeout: float = 2.0) -> list:
     with Consumer(conn.default_channel, [q], on_message=got.append, accept=["json"]):
         try:
             conn.drain_events(timeout=timeout)
-        except socket.timeout:
+        except TimeoutError:
             pass
     for message in got:
         message.ack()
