@@ -5,9 +5,8 @@ that stops a broker or cuts its connections does it to one of these instead. Eac
 a free port of 127.0.0.1, keeps its data in the test's tmp dir, and is killed on teardown.
 Lines that act on a private instance only end with ``# private``.
 
-Import the fixtures into a test module to use them::
-
-    from tests._private_brokers import private_rabbitmq, private_redis  # noqa: F401
+tests/conftest.py imports the fixtures, so any test under tests/ asks for ``private_redis``,
+``private_rabbitmq`` or ``private_broker`` by name, with no import of its own.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ import pytest
 from busapp import Client
 from busapp.bus import default_queue
 from busapp.errors import BrokerUnavailable, InternalError, RequestTimeout
-from tests._private_brokers import private_rabbitmq, private_redis  # noqa: F401 - fixtures
 from tests._services import delete_queues, wait_until_served
 
 ROOT = Path(__file__).resolve().parent.parent

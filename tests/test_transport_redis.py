@@ -9,7 +9,6 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from busapp.transport.kombu_setup import kombu_connection as connect
 from busapp.transport import redis as busapp_redis
-from tests._private_brokers import private_redis  # noqa: F401
 
 
 @pytest.fixture
@@ -119,7 +118,7 @@ def test_binding_cache_sees_a_new_queue_at_once(redis_url, names):
         assert [m.payload for m in _get(other, names["q1"])] == [{"n": 1}]
 
 
-def test_binding_cache_reads_the_table_once_per_ttl(private_redis, names):  # noqa: F811
+def test_binding_cache_reads_the_table_once_per_ttl(private_redis, names):
     """Without the watch, publishes reuse the table for the TTL; with TTL 0 each one reads it."""
     for ttl, expected in ((60.0, 1), (0, 5)):
         conn = Connection(private_redis.url, transport=busapp_redis.Transport,
@@ -247,7 +246,7 @@ def _smembers_calls(url: str) -> int:
         client.close()
 
 
-def test_bindings_are_read_again_only_after_they_change(private_redis, names):  # noqa: F811
+def test_bindings_are_read_again_only_after_they_change(private_redis, names):
     """Publishes reuse the bindings until another connection binds a queue; the next reads them."""
     with connect(private_redis.url) as ours, Connection(private_redis.url) as other:
         _bind(other, names["exchange"], names["q1"], "svc.*")
