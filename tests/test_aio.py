@@ -241,7 +241,8 @@ def test_1000_concurrent_calls_keep_the_loop_ticking(broker_url: str, exchange: 
 
 def test_errors_and_timeouts_arrive_as_with_client(broker_url: str, exchange: str,
                                                    unique: str) -> None:
-    """Each error reply raises the class, code, message and data Client raises; so does a timeout."""
+    """Each error reply raises the class, code, message and data Client raises;
+    so does a timeout."""
     app = _app(f"a{unique}")
     name = app.name
 

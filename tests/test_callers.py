@@ -61,7 +61,8 @@ def _get_reply(url: str, queue: str, timeout: float = 5.0) -> dict | None:
 
 
 def test_reply_targets_are_reply_queues_only(monkeypatch):
-    """busapp's and Commissaire's reply queue names qualify; other names only by $BUSAPP_REPLY_TO."""
+    """busapp's and Commissaire's reply queue names qualify;
+    other names only by $BUSAPP_REPLY_TO."""
     monkeypatch.delenv(REPLY_TO_ENV, raising=False)
     assert reply_target_allowed("busapp.reply.0123abcd")
     assert reply_target_allowed(f"response-{uuid.uuid4()}")
@@ -187,7 +188,8 @@ def _tagged_app(name: str, tag: str) -> App:
 
 
 def test_same_app_on_two_exchanges_never_answers_the_other(broker_url, unique):
-    """Two deployments of one App on two exchanges of one broker each answer only their own calls."""
+    """Two deployments of one App on two exchanges of one broker each answer only
+    their own calls."""
     name = f"x{unique}"
     a, b = f"test-a-{unique}", f"test-b-{unique}"
     with run_app(_tagged_app(name, "A"), broker_url, a), run_app(_tagged_app(name, "B"), broker_url, b):
@@ -197,7 +199,8 @@ def test_same_app_on_two_exchanges_never_answers_the_other(broker_url, unique):
 
 
 def test_queue_names_carry_the_exchange_unless_named(monkeypatch):
-    """Default queues are <exchange>.<name> off the commissaire exchange; named ones stay as given."""
+    """Default queues are <exchange>.<name> off the commissaire exchange;
+    named ones stay as given."""
     from busapp.service import CommissaireService
     from busapp.storage.service import make_app as storage_app
 
@@ -281,7 +284,8 @@ def test_busapp_client_calls_a_commissaire_style_server(broker_url, exchange, un
 
 
 def test_late_reply_to_a_commissaire_caller_expires_on_redis(redis_url, unique):
-    """A reply pushed to a gone ``response-<uuid>`` caller's list expires instead of staying forever."""
+    """A reply pushed to a gone ``response-<uuid>`` caller's list expires instead of
+    staying forever."""
     import redis
 
     app = make_app(f"l{unique}")

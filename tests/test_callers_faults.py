@@ -63,7 +63,8 @@ def test_topic_permission_refusal_is_raised_not_timed_out(rabbit_app):
 
 
 def test_first_call_after_connections_are_closed_succeeds(rabbit_app):
-    """After the broker closes every connection, the client's next call reconnects and is answered."""
+    """After the broker closes every connection,
+    the client's next call reconnects and is answered."""
     node, app, exchange = rabbit_app
     with Client(node.url, exchange, timeout=30) as bus:
         assert bus.call(f"{app.name}.add", 1, 2) == 3
@@ -74,7 +75,8 @@ def test_first_call_after_connections_are_closed_succeeds(rabbit_app):
 
 
 def test_unavailable_after_publish_says_the_request_may_have_run(private_redis):
-    """A broker lost while a call waits: BrokerUnavailable says the request may have been delivered."""
+    """A broker lost while a call waits:
+    BrokerUnavailable says the request may have been delivered."""
     token = uuid.uuid4().hex[:8]
     app = make_app(f"q{token}")
     exchange = f"test-{token}"

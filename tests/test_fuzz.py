@@ -1,4 +1,5 @@
-"""Property-based fuzzing of the message path (in memory): nothing escapes, errors are well formed."""
+"""Property-based fuzzing of the message path (in memory): nothing escapes,
+errors are well formed."""
 
 from __future__ import annotations
 

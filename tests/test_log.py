@@ -121,7 +121,8 @@ def test_json_lines_carry_event_level_logger_and_time(out: io.StringIO) -> None:
 
 
 def test_console_format_is_plain_text(out: io.StringIO) -> None:
-    """In console format the line is readable text, not JSON, and has no colour codes off a terminal."""
+    """In console format the line is readable text, not JSON,
+    and has no colour codes off a terminal."""
     configure_logging("info", "console", file=out)
     structlog.get_logger("busapp.x").info("worker ready", pid=42)
     text = out.getvalue()
@@ -147,7 +148,8 @@ def test_below_level_calls_are_dropped_unrendered(out: io.StringIO) -> None:
 
 
 def test_worker_logs_each_call_at_info_level(out: io.StringIO) -> None:
-    """At info, a worker writes one "call" line per message: method, outcome, code, time, pid, ids."""
+    """At info, a worker writes one "call" line per message:
+    method, outcome, code, time, pid, ids."""
     configure_logging("info", "json", file=out)
     with serving() as (app, call):
         assert call(f"{app.name}.add", 1, 2) == 3
@@ -190,7 +192,8 @@ def test_contextvars_are_merged(out: io.StringIO) -> None:
 
 
 def test_handler_errors_carry_the_traceback(out: io.StringIO) -> None:
-    """A handler that raises is logged by the worker as one JSON line holding the traceback and the call."""
+    """A handler that raises is logged by the worker as one JSON line holding the traceback
+    and the call."""
     configure_logging("info", "json", file=out)
     with serving() as (app, call):
         with pytest.raises(InternalError):

@@ -44,7 +44,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 @pytest.fixture
 def manager_proc(broker_url, exchange, unique):
-    """`app.run(workers=3)` of a test App in a real subprocess; yields (proc, app, url, exchange)."""
+    """`app.run(workers=3)` of a test App in a real subprocess; yields
+    (proc, app, url, exchange)."""
     name = f"m{unique}"
     proc = _start_in_own_group(
         "import sys; from tests.apps import make_app; "
@@ -172,7 +173,8 @@ def test_startup_failure_inside_run_is_a_crash_loop(redis_url):
 
 
 def test_worker_killed_after_ready_is_replaced_forever(broker_url, exchange, unique):
-    """Seven kill -9s, each of a worker that had served calls: replaced every time, manager runs on."""
+    """Seven kill -9s, each of a worker that had served calls: replaced every time,
+    manager runs on."""
     name = f"k{unique}"
     proc = _start_in_own_group(
         "from busapp.runtime.manager import ServiceManager; from tests.apps import make_app; "
@@ -229,7 +231,8 @@ class _ReadyThenExit:
 
 
 def _restart_delays(manager: ServiceManager, deaths: int) -> list[float]:
-    """Run ``manager`` in a thread until its worker died ``deaths`` times; the back-offs it chose."""
+    """Run ``manager`` in a thread until its worker died ``deaths`` times;
+    the back-offs it chose."""
     with capture_logs() as logs:
         runner = threading.Thread(target=manager.run, daemon=True)
         runner.start()

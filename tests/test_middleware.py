@@ -42,7 +42,8 @@ def _app(events: list) -> App:
 
 
 def test_middleware_runs_outermost_first_around_the_handler():
-    """The first registered middleware is outermost; each sees a Call with kind, method, params, message."""
+    """The first registered middleware is outermost;
+    each sees a Call with kind, method, params, message."""
     events: list = []
     with _app(events).test_client() as client:
         assert client.call("echo", "hi") == ["hi"]

@@ -96,7 +96,8 @@ def schema_of(doc: dict[str, Any], method: str, param: str) -> dict[str, Any]:
 
 
 def test_document_validates_against_the_openrpc_meta_schema() -> None:
-    """The document of an App with models, lists, optionals, literals and enums is valid OpenRPC 1.3."""
+    """The document of an App with models, lists, optionals,
+    literals and enums is valid OpenRPC 1.3."""
     doc = openrpc_document(typed_app())
     meta_validator().validate(doc)
     assert doc["openrpc"].startswith("1.3.")
@@ -123,7 +124,8 @@ def test_params_results_and_defaults_come_from_the_type_hints() -> None:
 
 
 def test_attrs_models_are_components_and_match_what_busapp_accepts() -> None:
-    """attrs classes become components; the schema accepts what the converter accepts and refuses the rest."""
+    """attrs classes become components;
+    the schema accepts what the converter accepts and refuses the rest."""
     doc = openrpc_document(typed_app())
     components = doc["components"]["schemas"]
     assert components["Point"]["required"] == ["x"] and components["Point"]["description"]
@@ -168,7 +170,8 @@ def test_commissaire_service_class_has_a_document_too() -> None:
 
 @pytest.mark.parametrize("fmt", ["openrpc", "json"])
 def test_routes_command_prints_the_document(tmp_path: Path, fmt: str) -> None:
-    """`busapp routes MODULE:APP --format openrpc` prints a valid document; `--format json` the table as data."""
+    """`busapp routes MODULE:APP --format openrpc` prints a valid document;
+    `--format json` the table as data."""
     module = tmp_path / "svc_routes.py"
     module.write_text(textwrap.dedent('''
         from __future__ import annotations

@@ -58,7 +58,8 @@ def test_a_missing_module_gives_the_plain_line(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_cli_commands_report_a_missing_extra_in_one_line(tmp_path: Path) -> None:
-    """`busapp storage --store postgresql://...` and `busapp run --reload` without their extras: exit 2, one line."""
+    """`busapp storage --store postgresql://...` and `busapp run --reload` without their extras:
+    exit 2, one line."""
     script = ("import sys; sys.modules['psycopg'] = None; sys.modules['watchfiles'] = None; "
               "from busapp.cli import main; main()")
     app = ROOT / "examples" / "simpleservice.py"

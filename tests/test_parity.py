@@ -378,7 +378,8 @@ def test_params_neither_array_nor_object_is_invalid_request(side: Side) -> None:
     (b'[1, 2]', "application/json", InvalidRequest),
 ])
 def test_raw_bodies_a_client_never_sends(side: Side, body: bytes, content_type: str, cls: type) -> None:
-    """Bad JSON and foreign content types are -32700; non-requests are -32600; same reply both ways."""
+    """Bad JSON and foreign content types are -32700; non-requests are -32600;
+    same reply both ways."""
     response = side.raw(rk("add"), body, content_type=content_type)
     assert response is not None
     error = wire.error_from_response(response)
@@ -413,7 +414,8 @@ def test_raw_request_is_served(side: Side) -> None:
 
 
 def test_routing_key_nobody_serves_is_a_timeout(side: Side) -> None:
-    """A call nobody consumes ends in RequestTimeout (at once in memory, after the timeout on a broker)."""
+    """A call nobody consumes ends in RequestTimeout
+    (at once in memory, after the timeout on a broker)."""
     with pytest.raises(RequestTimeout):
         side.bus.call(f"nobody{TOKEN}.add", 1, 2, timeout=0.5)
 

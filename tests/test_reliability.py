@@ -65,7 +65,8 @@ def _call_until(bus, routing_key, *args, deadline=30.0, timeout=1.0):
 # -- broker loss ------------------------------------------------------------------------------
 
 def test_workers_and_client_survive_redis_restart(private_redis, unique):
-    """Redis dies and comes back empty: both workers resume by themselves and the Client reconnects."""
+    """Redis dies and comes back empty:
+    both workers resume by themselves and the Client reconnects."""
     name, exchange = f"r{unique}", f"test-{unique}"
     proc = _start_manager(private_redis.url, exchange, name, 2)
     try:
@@ -167,7 +168,8 @@ def test_deleted_queue_is_resubscribed(amqp_url, unique):
 @pytest.mark.slow  # > 5 s
 @pytest.mark.parametrize("broker", ["amqp", "redis"])
 def test_poison_message_is_dead_lettered(broker, request, unique):
-    """A request that kills its worker every time is dead-lettered after 3 deliveries; caller gets an error."""
+    """A request that kills its worker every time is dead-lettered after 3 deliveries;
+    caller gets an error."""
     url = request.getfixturevalue(f"{broker}_url")
     name, exchange = f"p{unique}", f"test-{unique}"
     queue = default_queue(name, exchange)

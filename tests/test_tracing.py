@@ -27,7 +27,8 @@ from tests._services import delete_queues
 
 
 def chain_app(name: str) -> App:
-    """``outer`` calls ``middle``, which calls ``inner``; ``inner`` reports what its message carried."""
+    """``outer`` calls ``middle``, which calls ``inner``;
+    ``inner`` reports what its message carried."""
     app = App(name)
 
     @app.method()
@@ -60,7 +61,8 @@ def chain_app(name: str) -> App:
 
 @contextlib.contextmanager
 def captured_logs() -> Iterator[list[dict[str, Any]]]:
-    """Log entries as dicts, with the per-message context (ids) merged in; structlog is reset after."""
+    """Log entries as dicts, with the per-message context (ids) merged in;
+    structlog is reset after."""
     capture = structlog.testing.LogCapture()
     structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
     try:
@@ -71,7 +73,8 @@ def captured_logs() -> Iterator[list[dict[str, Any]]]:
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """busapp's spans go to an in-memory exporter for the test (the global provider is left alone)."""
+    """busapp's spans go to an in-memory exporter for the test
+    (the global provider is left alone)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -109,7 +112,8 @@ def test_request_id_header_of_the_caller_is_kept(unique: str) -> None:
 
 
 def _check_chain(finished: list[Any], name: str) -> None:
-    """The spans of outer -> middle -> inner: one trace, each server span the child of its client span."""
+    """The spans of outer -> middle -> inner: one trace,
+    each server span the child of its client span."""
     chain = {f"{name}.{m}" for m in ("outer", "middle", "inner")}
     ours = [s for s in finished if s.name in chain]
     assert len({s.context.trace_id for s in ours}) == 1
@@ -138,7 +142,8 @@ def test_nested_call_chain_shares_one_trace(spans: InMemorySpanExporter, unique:
 
 
 def test_error_reply_marks_the_spans_as_errors(spans: InMemorySpanExporter, unique: str) -> None:
-    """A call answered with an error ends its client and server spans with an error status and code."""
+    """A call answered with an error ends its client and server spans with an error
+    status and code."""
     app = chain_app(f"tr{unique}")
     with app.test_client() as client, pytest.raises(InternalError):
         client.call(f"{app.name}.fails")

@@ -63,7 +63,8 @@ def test_connect_uses_busapp_transport_for_redis_urls_only(redis_url):
 
 
 def test_one_redis_client_per_channel(redis_url):
-    """The channel reuses one redis.Redis for its commands and makes a new one after its pool is dropped."""
+    """The channel reuses one redis.Redis for its commands and makes a new one after its
+    pool is dropped."""
     with connect(redis_url) as conn:
         channel = conn.default_channel
         first = channel._create_client()
@@ -103,7 +104,8 @@ UNTRACKED = {"binding_tracking": False}
 
 
 def test_binding_cache_sees_a_new_queue_at_once(redis_url, names):
-    """A routing key that matched nothing in the cached table makes the channel read the bindings again."""
+    """A routing key that matched nothing in the cached table makes the channel read the
+    bindings again."""
     cached = Connection(redis_url, transport=busapp_redis.Transport,
                         transport_options={"binding_cache_ttl": 60, **UNTRACKED})
     with cached as publisher, Connection(redis_url) as other:
@@ -137,7 +139,8 @@ def test_binding_cache_reads_the_table_once_per_ttl(private_redis, names):
 
 
 def test_unacked_message_is_restored_after_visibility_timeout(redis_url, names):
-    """Ack emulation still works: a delivered, unacked message comes back once the visibility timeout passes."""
+    """Ack emulation still works:
+    a delivered, unacked message comes back once the visibility timeout passes."""
     # Own ack-emulation keys: other processes on this Redis sweep the default ones.
     keys = {k: f"{k}.{names['q1']}" for k in ("unacked_key", "unacked_index_key", "unacked_mutex_key")}
     options = {"visibility_timeout": 1, **keys}

@@ -1,4 +1,5 @@
-"""Storage events and StorageClient without a broker: wire helpers, NotifyCallback, the service in memory."""
+"""Storage events and StorageClient without a broker: wire helpers, NotifyCallback,
+the service in memory."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def client():
 
 
 def test_events_published_for_changes_only(client):
-    """created, updated and deleted are published after the write; an unchanged save publishes nothing."""
+    """created, updated and deleted are published after the write;
+    an unchanged save publishes nothing."""
     storage = StorageClient(client)
     storage.save(Host.new(address="a"))
     storage.save(Host.new(address="a"))
@@ -97,7 +99,8 @@ def test_events_published_for_changes_only(client):
 
 
 def test_list_takes_list_or_item_name(client):
-    """storage.list takes 'Hosts' (as Commissaire sent it) or 'Host'; save refuses a list model name."""
+    """storage.list takes 'Hosts' (as Commissaire sent it) or 'Host';
+    save refuses a list model name."""
     StorageClient(client).save(Host.new(address="a"))
     assert client.call("storage.list", model_type_name="Hosts") == client.call(
         "storage.list", model_type_name="Host") == [Host.new(address="a").to_dict()]
@@ -123,7 +126,8 @@ def test_client_validates_before_sending(client):
 
 
 def test_user_models_from_named_modules(monkeypatch, tmp_path, unique):
-    """make_app imports the model modules named in $BUSAPP_STORAGE_MODELS, so their types are storable."""
+    """make_app imports the model modules named in $BUSAPP_STORAGE_MODELS,
+    so their types are storable."""
     (tmp_path / f"models_{unique}.py").write_text(
         "from busapp.models import Model, model\n"
         f"@model(primary_key='name')\nclass Gadget{unique}(Model):\n    name: str\n    size: int = 0\n")

@@ -115,7 +115,8 @@ def test_invalid_data_from_the_wire(bus):
 
 
 def test_list_store_handlers(bus):
-    """list_store_handlers describes the backend and the storable model types, as Commissaire did."""
+    """list_store_handlers describes the backend and the storable model types,
+    as Commissaire did."""
     [handler] = bus.call("storage.list_store_handlers")
     assert handler["handler_type"] == "SQLiteStoreHandler"
     assert {"Host", "Cluster", "Network", "HostCreds"} <= set(handler["model_types"])
@@ -132,7 +133,8 @@ def test_restart_keeps_data(tmp_path, redis_url, exchange, unique):
 
 
 def test_events_once_per_app_with_three_workers(shared, bus, unique, events_key):
-    """With --workers 3, each created/updated/deleted event is handled once; unchanged saves send none."""
+    """With --workers 3, each created/updated/deleted event is handled once;
+    unchanged saves send none."""
     url, exchange = shared
     sub = subscriber_app(unique, url, events_key)
     with run_app(sub, url, exchange, workers=3):
