@@ -150,8 +150,9 @@ class PrivateRabbitMQ:
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         """``rabbitmqctl -n <this node> ...``: it can only reach this node (own cookie)."""
-        return subprocess.run([str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],  # private
-                              env=self.env, check=True, capture_output=True, text=True, timeout=60)
+        command = [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args]
+        return subprocess.run(command, env=self.env, check=True,  # private
+                              capture_output=True, text=True, timeout=60)
 
     def stop(self) -> None:
         """Stop this private node (its own ctl), then kill whatever of it is left."""

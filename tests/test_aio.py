@@ -265,8 +265,10 @@ def test_errors_and_timeouts_arrive_as_with_client(broker_url: str, exchange: st
             return out
 
     with run_app(app, broker_url, exchange), Client(broker_url, exchange) as sync:
-        expected = [_error_of(lambda m=m: sync.call(f"{name}.{m}", *(("x", 1) if m == "add" else ())))
-                    for m, _ in ERROR_CALLS]
+        expected = [
+            _error_of(lambda m=m: sync.call(f"{name}.{m}", *(("x", 1) if m == "add" else ())))
+            for m, _ in ERROR_CALLS
+        ]
         expected.append(_error_of(lambda: sync.call(f"{name}.sleep", 1.0, timeout=0.3)))
         got = asyncio.run(async_errors())
     assert [type(e) for e in got] == [type(e) for e in expected]

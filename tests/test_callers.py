@@ -116,7 +116,8 @@ def test_refused_reply_to_is_logged_as_a_warning():
     app = make_app("warned")
     with app.test_client() as client, structlog.testing.capture_logs() as logs:
         client._raw_queue = "celery"
-        assert client.request_raw("add", '{"jsonrpc":"2.0","id":"1","method":"add","params":[1,2]}') is None
+        body = '{"jsonrpc":"2.0","id":"1","method":"add","params":[1,2]}'
+        assert client.request_raw("add", body) is None
     [line] = [e for e in logs if e.get("reply_to") == "celery"]
     assert line["log_level"] == "warning"
 
@@ -192,7 +193,8 @@ def test_same_app_on_two_exchanges_never_answers_the_other(broker_url, unique):
     their own calls."""
     name = f"x{unique}"
     a, b = f"test-a-{unique}", f"test-b-{unique}"
-    with run_app(_tagged_app(name, "A"), broker_url, a), run_app(_tagged_app(name, "B"), broker_url, b):
+    with (run_app(_tagged_app(name, "A"), broker_url, a),
+          run_app(_tagged_app(name, "B"), broker_url, b)):
         with Client(broker_url, a) as bus_a, Client(broker_url, b) as bus_b:
             assert [bus_a.call(f"{name}.where") for _ in range(20)] == ["A"] * 20
             assert [bus_b.call(f"{name}.where") for _ in range(20)] == ["B"] * 20

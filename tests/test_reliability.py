@@ -53,7 +53,8 @@ def _call_until(bus, routing_key, *args, deadline=30.0, timeout=1.0):
     while True:
         t0 = time.monotonic()
         try:
-            return bus.call(routing_key, *args, timeout=timeout), failures, time.monotonic() - started
+            result = bus.call(routing_key, *args, timeout=timeout)
+            return result, failures, time.monotonic() - started
         except (RequestTimeout, BrokerUnavailable) as exc:
             assert time.monotonic() - t0 < timeout + 2.0, "a call hung past its timeout"
             failures.append(type(exc).__name__)
@@ -181,7 +182,8 @@ def test_poison_message_is_dead_lettered(broker, request, unique):
             started = time.monotonic()
             with pytest.raises(InternalError, match="died on each of 3 deliveries") as info:
                 bus.call(f"{name}.die", timeout=60)
-            print(f"\n[figure] poison on {broker}: error reply after {time.monotonic() - started:.1f}s")
+            print(f"\n[figure] poison on {broker}: error reply after "
+                  f"{time.monotonic() - started:.1f}s")
             assert info.value.data["exception"] == "WorkerLost"
             assert _call_until(bus, f"{name}.add", 1, 1)[0] == 2
         from kombu import Connection, Queue

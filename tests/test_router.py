@@ -99,7 +99,8 @@ def test_clash_raises_and_adds_nothing(clash):
             pass
         app.add_storage_handler(host_created, Host, "created")
     before = (dict(app.methods), dict(app.dependencies), list(app.storage_handlers))
-    with pytest.raises(ValueError, match=f"cannot include .*{clash if clash != 'event' else 'storage handler'}"):
+    named = clash if clash != "event" else "storage handler"
+    with pytest.raises(ValueError, match=f"cannot include .*{named}"):
         app.include(_router([]))
     assert (app.methods, app.dependencies, app.storage_handlers) == before
     assert app.startup_hooks == [] and app.scoped_middleware == {}

@@ -313,7 +313,8 @@ def test_cli_keyring_and_allow_errors_are_usage_errors(tmp_path):
 
     from busapp.cli import cli
 
-    runner = CliRunner(env={"BUSAPP_KEYRING": None})  # restored after each run (--keyring exports it)
+    # BUSAPP_KEYRING is restored after each run (--keyring exports it)
+    runner = CliRunner(env={"BUSAPP_KEYRING": None})
     missing = runner.invoke(cli, ["storage", "--keyring", str(tmp_path / "nope"),
                                   "--store", "memory://"])
     assert missing.exit_code == 2 and "cannot read keyring" in missing.output

@@ -545,8 +545,8 @@ def test_plugin_is_loaded_by_entry_point(tmp_path) -> None:
             assert busapp_client.call("add", 1, 2) == 3
     """))
     (tmp_path / "test_forgot.py").write_text("def test_x(busapp_client):\n    pass\n")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert "1 passed" in run.stdout and "1 error" in run.stdout, run.stdout
     assert "define a 'busapp_app' fixture" in run.stdout
 

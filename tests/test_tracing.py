@@ -122,7 +122,8 @@ def _check_chain(finished: list[Any], name: str) -> None:
         assert (f"{name}.{method}", trace.SpanKind.SERVER) in kinds
     by_id = {s.context.span_id: s for s in ours}
     for method in ("middle", "inner"):
-        [server] = [s for s in ours if s.name == f"{name}.{method}" and s.kind == trace.SpanKind.SERVER]
+        [server] = [s for s in ours
+                    if s.name == f"{name}.{method}" and s.kind == trace.SpanKind.SERVER]
         client_span = by_id[server.parent.span_id]
         assert client_span.kind == trace.SpanKind.CLIENT and client_span.name == server.name
         caller = by_id[client_span.parent.span_id]
@@ -137,7 +138,8 @@ def test_nested_call_chain_shares_one_trace(spans: InMemorySpanExporter, unique:
         seen = client.call(f"{app.name}.outer")
     finished = spans.get_finished_spans()
     _check_chain(finished, app.name)
-    [inner] = [s for s in finished if s.name == f"{app.name}.inner" and s.kind == trace.SpanKind.SERVER]
+    [inner] = [s for s in finished
+               if s.name == f"{app.name}.inner" and s.kind == trace.SpanKind.SERVER]
     assert seen["traceparent"].split("-")[1] == format(inner.context.trace_id, "032x")
 
 
@@ -154,8 +156,9 @@ def test_error_reply_marks_the_spans_as_errors(spans: InMemorySpanExporter, uniq
         assert span.attributes["rpc.jsonrpc.error_code"] == -32603
 
 
-def test_nested_call_chain_shares_one_trace_on_a_broker(spans: InMemorySpanExporter, broker_url: str,
-                                                        exchange: str, unique: str) -> None:
+def test_nested_call_chain_shares_one_trace_on_a_broker(spans: InMemorySpanExporter,
+                                                        broker_url: str, exchange: str,
+                                                        unique: str) -> None:
     """On Redis and RabbitMQ too, the spans of a nested chain share one trace id."""
     app = chain_app(f"tr{unique}")
     service = app.service_class(exchange, broker_url, app.qkwargs())

@@ -142,7 +142,8 @@ def test_unacked_message_is_restored_after_visibility_timeout(redis_url, names):
     """Ack emulation still works:
     a delivered, unacked message comes back once the visibility timeout passes."""
     # Own ack-emulation keys: other processes on this Redis sweep the default ones.
-    keys = {k: f"{k}.{names['q1']}" for k in ("unacked_key", "unacked_index_key", "unacked_mutex_key")}
+    keys = {k: f"{k}.{names['q1']}"
+            for k in ("unacked_key", "unacked_index_key", "unacked_mutex_key")}
     options = {"visibility_timeout": 1, **keys}
     with connect(redis_url) as setup:
         _bind(setup, names["exchange"], names["q1"], "svc.*")

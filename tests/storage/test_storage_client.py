@@ -75,4 +75,5 @@ def test_conflict_under_the_test_client():
         storage.save(Host.new(address="h", cpus=2))
         with pytest.raises(Conflict):
             storage.save(host, expect_version=version)
-        assert storage.update(Host.new(address="h"), lambda h: setattr(h, "cpus", h.cpus + 1)).cpus == 3
+        updated = storage.update(Host.new(address="h"), lambda h: setattr(h, "cpus", h.cpus + 1))
+        assert updated.cpus == 3

@@ -110,7 +110,8 @@ def test_bad_expect_version_is_invalid_params(bus, data, expect, problem):
     """expect_version with a list, negative or not an integer: InvalidParams,
     and nothing is saved."""
     with pytest.raises(InvalidParams, match=problem):
-        bus.call("storage.save", model_type_name="Host", model_json_data=data, expect_version=expect)
+        bus.call("storage.save", model_type_name="Host", model_json_data=data,
+                 expect_version=expect)
     with pytest.raises(StorageLookupError):
         bus.call("storage.get", model_type_name="Host", model_json_data={"address": "10.9.0.5"})
 

@@ -30,10 +30,12 @@ def test_event_body_round_trip_leaves_hidden_fields_out():
     """encode_event writes Commissaire's body without hidden fields; decode_event reads it back."""
     body = encode_event("updated", Cluster.new(name="c", hostset=["10.0.0.1"]))
     assert body == {"event": "updated", "class": "Cluster",
-                    "model": {"name": "c", "status": "", "network": "default", "container_manager": ""}}
+                    "model": {"name": "c", "status": "", "network": "default",
+                              "container_manager": ""}}
     event, model = decode_event(json.dumps(body).encode())
     assert event == "updated" and model == Cluster.new(name="c")
-    assert "ssh_priv_key" not in encode_event("created", HostCreds.new(address="a", ssh_priv_key="S"))["model"]
+    creds = HostCreds.new(address="a", ssh_priv_key="S")
+    assert "ssh_priv_key" not in encode_event("created", creds)["model"]
 
 
 @pytest.mark.parametrize("body", [
@@ -94,7 +96,8 @@ def test_events_published_for_changes_only(client):
     storage.save(Host.new(address="a"))
     storage.save(Host.new(address="a", os="fedora"))
     storage.delete(Host.new(address="a"))
-    events = [(b["event"], b["model"]["address"]) for b in client.published("notify.storage.Host.*")]
+    events = [(b["event"], b["model"]["address"])
+              for b in client.published("notify.storage.Host.*")]
     assert events == [("created", "a"), ("updated", "a"), ("deleted", "a")]
 
 
@@ -130,7 +133,10 @@ def test_user_models_from_named_modules(monkeypatch, tmp_path, unique):
     so their types are storable."""
     (tmp_path / f"models_{unique}.py").write_text(
         "from busapp.models import Model, model\n"
-        f"@model(primary_key='name')\nclass Gadget{unique}(Model):\n    name: str\n    size: int = 0\n")
+        "@model(primary_key='name')\n"
+        f"class Gadget{unique}(Model):\n"
+        "    name: str\n"
+        "    size: int = 0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("BUSAPP_STORAGE_MODELS", f"models_{unique}")
     with TestClient(make_app("memory://"), storage=False) as client:

@@ -85,7 +85,8 @@ def test_save_and_get_many(bus):
     storage = StorageClient(bus)
     clusters = [Cluster.new(name="many1", hostset=["a"]), Cluster.new(name="many2")]
     assert storage.save_many(clusters) == clusters
-    assert storage.get_many([Cluster.new(name="many2"), Cluster.new(name="many1")]) == clusters[::-1]
+    wanted = [Cluster.new(name="many2"), Cluster.new(name="many1")]
+    assert storage.get_many(wanted) == clusters[::-1]
     assert storage.get_cluster("many1").hostset == ["a"]  # hidden, yet stored
     with pytest.raises(StorageLookupError, match="'nope'"):
         storage.get_many([Cluster.new(name="many1"), Cluster.new(name="nope")])
@@ -212,7 +213,8 @@ def test_concurrent_saves_from_three_clients(kind, make_store_url, redis_url, ex
     assert len(events) == 300
 
 
-def test_round_trip_and_event_on_rabbitmq(tmp_path, amqp_url, redis_url, exchange, unique, events_key):
+def test_round_trip_and_event_on_rabbitmq(tmp_path, amqp_url, redis_url, exchange, unique,
+                                          events_key):
     """On RabbitMQ too, a save is stored and its event reaches a subscriber."""
     sub = subscriber_app(unique, redis_url, events_key)
     with storage_running(f"sqlite:///{tmp_path}/s.db", amqp_url, exchange, unique), \

@@ -168,7 +168,8 @@ def test_postgres_table_without_version_column_is_migrated(make_store_url, pg_ur
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (model_type text NOT NULL, key text NOT NULL, "
                      f"data text NOT NULL, PRIMARY KEY (model_type, key))")
-        conn.execute(f"INSERT INTO {table} VALUES ('Host', 'old', %s)", (encode({"address": "old"}),))
+        conn.execute(f"INSERT INTO {table} VALUES ('Host', 'old', %s)",
+                     (encode({"address": "old"}),))
     backend = open_backend(url)
     try:
         assert backend.get_versioned("Host", "old") == ({"address": "old"}, 1)
