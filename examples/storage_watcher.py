@@ -12,8 +12,8 @@ embedded broker under ./.busapp/)::
 
     busapp storage                                   # the storage service (SQLite)
     busapp run examples/storage_watcher.py:app --workers 3
-    busapp call storage.save '{"model_type_name": "Host", "model_json_data": {"address": "10.0.0.1"}}'
-    busapp call storage.get '{"model_type_name": "Host", "model_json_data": {"address": "10.0.0.1"}}'
+    busapp call storage.save model_type_name=Host 'model_json_data={"address": "10.0.0.1"}'
+    busapp call storage.get model_type_name=Host 'model_json_data={"address": "10.0.0.1"}'
     # -> "status": "investigating"
 
 or run the classic service instead of the App: ``python examples/storage_watcher.py``.

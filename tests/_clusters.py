@@ -135,7 +135,8 @@ class RedisSentinels:
         self.built_in = time.monotonic() - t0
 
     def _ready(self, port: int) -> bool:
-        """Sentinel ``port`` sees the replica up and the two other Sentinels (a failover needs them)."""
+        """Sentinel ``port`` sees the replica up and the two other Sentinels
+        (a failover needs them)."""
         import redis
 
         try:

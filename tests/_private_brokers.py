@@ -5,9 +5,8 @@ that stops a broker or cuts its connections does it to one of these instead. Eac
 a free port of 127.0.0.1, keeps its data in the test's tmp dir, and is killed on teardown.
 Lines that act on a private instance only end with ``# private``.
 
-Import the fixtures into a test module to use them::
-
-    from tests._private_brokers import private_rabbitmq, private_redis  # noqa: F401
+tests/conftest.py imports the fixtures, so any test under tests/ asks for ``private_redis``,
+``private_rabbitmq`` or ``private_broker`` by name, with no import of its own.
 """
 
 from __future__ import annotations
@@ -151,8 +150,9 @@ class PrivateRabbitMQ:
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         """``rabbitmqctl -n <this node> ...``: it can only reach this node (own cookie)."""
-        return subprocess.run([str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],  # private
-                              env=self.env, check=True, capture_output=True, text=True, timeout=60)
+        command = [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args]
+        return subprocess.run(command, env=self.env, check=True,  # private
+                              capture_output=True, text=True, timeout=60)
 
     def stop(self) -> None:
         """Stop this private node (its own ctl), then kill whatever of it is left."""

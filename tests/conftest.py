@@ -16,7 +16,8 @@ import uuid
 
 import pytest
 
-from tests._private_brokers import private_broker  # noqa: F401 - a session fixture
+# Fixtures any test here can ask for by name: a private broker of its own to stop or cut.
+from tests._private_brokers import private_broker, private_rabbitmq, private_redis  # noqa: F401
 
 REDIS_URL = os.environ.get("BUSAPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("BUSAPP_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")

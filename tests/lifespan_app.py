@@ -50,7 +50,9 @@ def cursor(conn):
 @app.middleware
 def outer(call, call_next):
     result = call_next(call)
-    return {**result, "mw": ["outer", *result.get("mw", [])]} if isinstance(result, dict) else result
+    if not isinstance(result, dict):
+        return result
+    return {**result, "mw": ["outer", *result.get("mw", [])]}
 
 
 @app.middleware

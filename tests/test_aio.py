@@ -241,7 +241,8 @@ def test_1000_concurrent_calls_keep_the_loop_ticking(broker_url: str, exchange: 
 
 def test_errors_and_timeouts_arrive_as_with_client(broker_url: str, exchange: str,
                                                    unique: str) -> None:
-    """Each error reply raises the class, code, message and data Client raises; so does a timeout."""
+    """Each error reply raises the class, code, message and data Client raises;
+    so does a timeout."""
     app = _app(f"a{unique}")
     name = app.name
 
@@ -264,13 +265,15 @@ def test_errors_and_timeouts_arrive_as_with_client(broker_url: str, exchange: st
             return out
 
     with run_app(app, broker_url, exchange), Client(broker_url, exchange) as sync:
-        expected = [_error_of(lambda m=m: sync.call(f"{name}.{m}", *(("x", 1) if m == "add" else ())))
-                    for m, _ in ERROR_CALLS]
+        expected = [
+            _error_of(lambda m=m: sync.call(f"{name}.{m}", *(("x", 1) if m == "add" else ())))
+            for m, _ in ERROR_CALLS
+        ]
         expected.append(_error_of(lambda: sync.call(f"{name}.sleep", 1.0, timeout=0.3)))
         got = asyncio.run(async_errors())
     assert [type(e) for e in got] == [type(e) for e in expected]
     assert [type(e) for e in got[:-1]] == [cls for _, cls in ERROR_CALLS]
-    for mine, theirs in zip(got[:-1], expected[:-1]):
+    for mine, theirs in zip(got[:-1], expected[:-1], strict=True):
         assert (mine.code, mine.message, mine.data) == (theirs.code, theirs.message, theirs.data)
     assert isinstance(got[-1], RequestTimeout) and isinstance(got[-1], TimeoutError)
     assert str(got[-1]) == str(expected[-1])

@@ -11,7 +11,6 @@ import zlib
 
 import pytest
 
-from tests._private_brokers import private_redis  # noqa: F401 - fixture
 from tests._services import run_app
 from tests.apps import make_app
 
@@ -145,7 +144,7 @@ def test_an_over_size_request_is_answered_on_redis(redis_url, unique):
 
 
 @pytest.mark.slow  # ~10 s: 100 MB through a private Redis
-def test_a_100mb_body_costs_a_redis_worker_no_memory(private_redis, unique):  # noqa: F811
+def test_a_100mb_body_costs_a_redis_worker_no_memory(private_redis, unique):
     """A 100 MB body on Redis is answered with -32700 naming the limit, and is never read
     into the worker's memory (it is streamed off the socket, its last bytes kept to name
     the caller). Before: peak RSS 40 -> 452 MB and a RequestTimeout after 60 s."""

@@ -61,7 +61,8 @@ def _get_reply(url: str, queue: str, timeout: float = 5.0) -> dict | None:
 
 
 def test_reply_targets_are_reply_queues_only(monkeypatch):
-    """busapp's and Commissaire's reply queue names qualify; other names only by $BUSAPP_REPLY_TO."""
+    """busapp's and Commissaire's reply queue names qualify;
+    other names only by $BUSAPP_REPLY_TO."""
     monkeypatch.delenv(REPLY_TO_ENV, raising=False)
     assert reply_target_allowed("busapp.reply.0123abcd")
     assert reply_target_allowed(f"response-{uuid.uuid4()}")
@@ -115,7 +116,8 @@ def test_refused_reply_to_is_logged_as_a_warning():
     app = make_app("warned")
     with app.test_client() as client, structlog.testing.capture_logs() as logs:
         client._raw_queue = "celery"
-        assert client.request_raw("add", '{"jsonrpc":"2.0","id":"1","method":"add","params":[1,2]}') is None
+        body = '{"jsonrpc":"2.0","id":"1","method":"add","params":[1,2]}'
+        assert client.request_raw("add", body) is None
     [line] = [e for e in logs if e.get("reply_to") == "celery"]
     assert line["log_level"] == "warning"
 
@@ -187,17 +189,20 @@ def _tagged_app(name: str, tag: str) -> App:
 
 
 def test_same_app_on_two_exchanges_never_answers_the_other(broker_url, unique):
-    """Two deployments of one App on two exchanges of one broker each answer only their own calls."""
+    """Two deployments of one App on two exchanges of one broker each answer only
+    their own calls."""
     name = f"x{unique}"
     a, b = f"test-a-{unique}", f"test-b-{unique}"
-    with run_app(_tagged_app(name, "A"), broker_url, a), run_app(_tagged_app(name, "B"), broker_url, b):
+    with (run_app(_tagged_app(name, "A"), broker_url, a),
+          run_app(_tagged_app(name, "B"), broker_url, b)):
         with Client(broker_url, a) as bus_a, Client(broker_url, b) as bus_b:
             assert [bus_a.call(f"{name}.where") for _ in range(20)] == ["A"] * 20
             assert [bus_b.call(f"{name}.where") for _ in range(20)] == ["B"] * 20
 
 
 def test_queue_names_carry_the_exchange_unless_named(monkeypatch):
-    """Default queues are <exchange>.<name> off the commissaire exchange; named ones stay as given."""
+    """Default queues are <exchange>.<name> off the commissaire exchange;
+    named ones stay as given."""
     from busapp.service import CommissaireService
     from busapp.storage.service import make_app as storage_app
 
@@ -281,7 +286,8 @@ def test_busapp_client_calls_a_commissaire_style_server(broker_url, exchange, un
 
 
 def test_late_reply_to_a_commissaire_caller_expires_on_redis(redis_url, unique):
-    """A reply pushed to a gone ``response-<uuid>`` caller's list expires instead of staying forever."""
+    """A reply pushed to a gone ``response-<uuid>`` caller's list expires instead of
+    staying forever."""
     import redis
 
     app = make_app(f"l{unique}")

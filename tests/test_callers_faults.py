@@ -13,13 +13,12 @@ import pytest
 
 from busapp import Client
 from busapp.errors import AccessRefused, BrokerUnavailable, RequestTimeout
-from tests._private_brokers import private_rabbitmq, private_redis  # noqa: F401
 from tests._services import run_app
 from tests.apps import make_app
 
 
 @pytest.fixture
-def rabbit_app(private_rabbitmq):  # noqa: F811
+def rabbit_app(private_rabbitmq):
     """A test App served (as guest) on a private RabbitMQ node; yields (node, app, exchange)."""
     token = uuid.uuid4().hex[:8]
     app = make_app(f"p{token}")
@@ -64,7 +63,8 @@ def test_topic_permission_refusal_is_raised_not_timed_out(rabbit_app):
 
 
 def test_first_call_after_connections_are_closed_succeeds(rabbit_app):
-    """After the broker closes every connection, the client's next call reconnects and is answered."""
+    """After the broker closes every connection,
+    the client's next call reconnects and is answered."""
     node, app, exchange = rabbit_app
     with Client(node.url, exchange, timeout=30) as bus:
         assert bus.call(f"{app.name}.add", 1, 2) == 3
@@ -74,8 +74,9 @@ def test_first_call_after_connections_are_closed_succeeds(rabbit_app):
         assert bus.call(f"{app.name}.add", 3, 2) == 5
 
 
-def test_unavailable_after_publish_says_the_request_may_have_run(private_redis):  # noqa: F811
-    """A broker lost while a call waits: BrokerUnavailable says the request may have been delivered."""
+def test_unavailable_after_publish_says_the_request_may_have_run(private_redis):
+    """A broker lost while a call waits:
+    BrokerUnavailable says the request may have been delivered."""
     token = uuid.uuid4().hex[:8]
     app = make_app(f"q{token}")
     exchange = f"test-{token}"
@@ -93,7 +94,7 @@ def test_unavailable_after_publish_says_the_request_may_have_run(private_redis):
         private_redis.start()  # private: for the clean-up
 
 
-def test_the_broker_down_error_is_a_public_class(private_redis):  # noqa: F811
+def test_the_broker_down_error_is_a_public_class(private_redis):
     """A call with the broker down raises BrokerUnavailable itself (no private subclass),
     saying the request was not sent (``sent`` is False: safe to repeat)."""
     with Client(private_redis.url, f"test-{uuid.uuid4().hex[:8]}", timeout=5) as bus:
@@ -105,7 +106,7 @@ def test_the_broker_down_error_is_a_public_class(private_redis):  # noqa: F811
     assert info.value.sent is False and "not sent" in str(info.value)
 
 
-def test_a_call_whose_reply_queue_is_lost_ends_at_once(private_redis):  # noqa: F811
+def test_a_call_whose_reply_queue_is_lost_ends_at_once(private_redis):
     """A call waiting on a reply queue lost with its broker node (a RabbitMQ cluster node that
     died: the client carries on with a new queue) gets BrokerUnavailable at once, saying it
     may have been delivered, instead of waiting out its timeout for a reply that cannot come."""

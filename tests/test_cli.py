@@ -56,13 +56,16 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 class Running:
-    """A ``busapp run`` (or ``storage``) subprocess in its own process group, logging JSON lines to a file."""
+    """A ``busapp run`` (or ``storage``) subprocess in its own process group,
+    logging JSON lines to a file."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str], command: str = "run") -> None:
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str],
+                 command: str = "run") -> None:
         self.log_path = cwd / f"{command}-{time.monotonic_ns()}.log"
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([*BUSAPP, command, *args, "--log-format", "json"], cwd=cwd, env=env,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen([*BUSAPP, command, *args, "--log-format", "json"],
+                                         cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -109,7 +112,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def project(tmp_path: Path, unique: str):
-    """A temporary project directory with a service module ``svc_<unique>.py`` serving App ``t<unique>``.
+    """A temporary project directory with a service module ``svc_<unique>.py``,
+    serving App ``t<unique>``.
 
     Whatever a test started is killed afterwards, even when the test fails.
     """
@@ -119,7 +123,8 @@ def project(tmp_path: Path, unique: str):
 
 
 class Project:
-    """One test's directory: writes modules, starts ``busapp run``, runs other commands, cleans up."""
+    """One test's directory: writes modules, starts ``busapp run``, runs other commands,
+    cleans up."""
 
     def __init__(self, root: Path, unique: str) -> None:
         self.root = root
@@ -141,7 +146,8 @@ class Project:
         self.started.append(running)
         return running
 
-    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([*BUSAPP, *args], cwd=self.root, env=env or clean_env(),
                               capture_output=True, text=True, timeout=timeout)
 
@@ -155,13 +161,14 @@ class Project:
 
 @pytest.fixture(params=["embedded", "redis", "amqp"])
 def broker(request: pytest.FixtureRequest, exchange: str) -> dict[str, Any]:
-    """How to reach each broker: embedded (no flag), Redis through the environment, RabbitMQ by flags."""
+    """How to reach each broker: embedded (no flag), Redis through the environment,
+    RabbitMQ by flags."""
     if request.param == "embedded":
         return {"args": [], "env": clean_env(), "url": None}
     if request.param == "redis":
         url = request.getfixturevalue("redis_url")
-        return {"args": [], "env": clean_env(BUSAPP_BROKER_URL=url, BUSAPP_EXCHANGE=exchange), "url": url,
-                "exchange": exchange}
+        return {"args": [], "env": clean_env(BUSAPP_BROKER_URL=url, BUSAPP_EXCHANGE=exchange),
+                "url": url, "exchange": exchange}
     url = request.getfixturevalue("amqp_url")
     return {"args": ["--broker", url, "--exchange", exchange], "env": clean_env(), "url": url,
             "exchange": exchange}
@@ -177,11 +184,14 @@ def client_for(project: Project, broker: dict[str, Any]) -> Client:
 
 
 def test_call_prints_result_or_error(project: Project, broker: dict[str, Any]) -> None:
-    """`busapp call` prints a result as JSON with exit 0; an unknown method exits 1 with the error on stderr."""
-    project.run(str(project.module), "--workers", "2", *broker["args"], env=broker["env"]).wait_ready(2)
+    """`busapp call` prints a result as JSON with exit 0;
+    an unknown method exits 1 with the error on stderr."""
+    running = project.run(str(project.module), "--workers", "2", *broker["args"], env=broker["env"])
+    running.wait_ready(2)
     ok = project.cli("call", f"{project.name}.add", "1", "2", *broker["args"], env=broker["env"])
     assert (ok.returncode, ok.stdout) == (0, "3\n"), ok.stderr
-    by_name = project.cli("call", f"{project.name}.add", "x=1", "y=41", *broker["args"], env=broker["env"])
+    by_name = project.cli("call", f"{project.name}.add", "x=1", "y=41", *broker["args"],
+                          env=broker["env"])
     assert (by_name.returncode, by_name.stdout) == (0, "42\n"), by_name.stderr
     bad = project.cli("call", f"{project.name}.nope", *broker["args"], env=broker["env"])
     assert bad.returncode == 1 and bad.stdout == ""
@@ -211,7 +221,8 @@ def test_sigterm_exits_0_and_leaves_no_process(project: Project, broker: dict[st
 
 
 def test_ctrl_c_stops_run_but_keeps_the_embedded_broker(project: Project) -> None:
-    """SIGINT to the terminal's process group stops `busapp run` (exit 0); the shared broker lives on."""
+    """SIGINT to the terminal's process group stops `busapp run` (exit 0);
+    the shared broker lives on."""
     running = project.run(str(project.module), "--workers", "2")
     pids = running.wait_ready(2)
     os.killpg(running.proc.pid, signal.SIGINT)
@@ -235,7 +246,8 @@ def test_killed_worker_is_replaced(project: Project) -> None:
 
 
 def test_new_run_after_kill9_recovers_stale_broker_state(project: Project) -> None:
-    """kill -9 of `busapp run` (and of its broker) leaves stale state that the next `busapp run` replaces."""
+    """kill -9 of `busapp run` (and of its broker) leaves stale state that the next
+    `busapp run` replaces."""
     crashed = project.run(str(project.module))
     crashed.wait_ready(1)
     old = broker_state(str(project.root / ".busapp"))
@@ -250,7 +262,8 @@ def test_new_run_after_kill9_recovers_stale_broker_state(project: Project) -> No
 
 
 def test_call_revives_a_killed_embedded_broker(project: Project) -> None:
-    """kill -9 of the embedded broker's keeper under a service: `busapp call` revives it, is served."""
+    """kill -9 of the embedded broker's keeper under a service: `busapp call` revives it,
+    is served."""
     running = project.run(str(project.module), "--workers", "2")
     workers = running.wait_ready(2)
     old = broker_state(str(project.root / ".busapp"))
@@ -297,7 +310,8 @@ def test_reload_serves_the_edited_module(project: Project) -> None:
 
 def test_call_to_no_service_exits_2(project: Project, redis_url: str, exchange: str) -> None:
     """A call to a key no service is bound to exits 2 saying so (not after the timeout)."""
-    result = project.cli("call", "nobody.home", "--timeout", "30", "--broker", redis_url, "--exchange", exchange)
+    result = project.cli("call", "nobody.home", "--timeout", "30",
+                         "--broker", redis_url, "--exchange", exchange)
     assert result.returncode == 2 and "no queue is bound to 'nobody.home'" in result.stderr
     assert result.stdout == ""
 
@@ -313,15 +327,17 @@ def test_call_without_any_broker_exits_2_at_once(project: Project) -> None:
 
 
 def test_unknown_broker_scheme_is_one_line_exit_2(project: Project) -> None:
-    """`call`, `run` and `storage` refuse a broker URL with an unknown scheme at once: one line, exit 2."""
+    """`call`, `run` and `storage` refuse a broker URL with an unknown scheme at once:
+    one line, exit 2."""
     for command in (["call", "x.y"], ["run", str(project.module)], ["storage"]):
         for how, env in (("--broker", clean_env()), ("$BUSAPP_BROKER_URL", clean_env(BUSAPP_BROKER_URL="foo://x"))):
             args = [*command, "--broker", "foo://x"] if how == "--broker" else command
             result = project.cli(*args, env=env, timeout=30)
             assert result.returncode == 2, (command, how, result.stderr)
             assert result.stderr.splitlines() == [
-                "Error: unknown broker URL scheme 'foo'; use one of redis://, rediss://, sentinel://, amqp://, "
-                f"amqps://, pyamqp://, librabbitmq://, memory:// (from {how})"], (command, how)
+                "Error: unknown broker URL scheme 'foo'; use one of redis://, rediss://, "
+                "sentinel://, amqp://, amqps://, pyamqp://, librabbitmq://, memory:// "
+                f"(from {how})"], (command, how)
             assert result.stdout == ""
     assert not (project.root / ".busapp").exists()  # no embedded broker was started either
 
@@ -369,14 +385,16 @@ def test_cli_does_not_import_kombu_to_check_a_url() -> None:
 
 def test_broker_password_never_printed(project: Project, amqp_url: str, exchange: str) -> None:
     """The ready lines show the broker with its password masked, and the password nowhere."""
-    running = project.run(str(project.module), "-w", "2", "--broker", amqp_url, "--exchange", exchange)
+    running = project.run(str(project.module), "-w", "2",
+                          "--broker", amqp_url, "--exchange", exchange)
     running.wait_ready(2)
     assert running.stop() == 0
     output = running.output()
     assert "guest:***@" in output and "guest:guest" not in output
 
 
-def test_wrong_password_is_not_echoed_by_call(project: Project, amqp_url: str, exchange: str) -> None:
+def test_wrong_password_is_not_echoed_by_call(project: Project, amqp_url: str,
+                                              exchange: str) -> None:
     """A refused broker URL with a password fails with exit 2 and the password masked."""
     url = amqp_url.replace("guest:guest@", "guest:s3cretPW@")
     result = project.cli("call", "x.y", "--broker", url, "--exchange", exchange, "--timeout", "2")
@@ -392,11 +410,13 @@ def test_missing_module_is_a_usage_error(project: Project) -> None:
     for target in ("no_such_module_xyz", "no_such_module_xyz:app", "missing/path.py"):
         result = project.cli("run", target)
         assert result.returncode == 2, target
-        assert ("no module" in result.stderr or "no module file" in result.stderr) and "Traceback" not in result.stderr
+        assert "no module" in result.stderr or "no module file" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_importerror_inside_module_is_a_distinct_usage_error(project: Project) -> None:
-    """A module that exists but raises ImportError: exit 2, names the failing import and shows where."""
+    """A module that exists but raises ImportError: exit 2,
+    names the failing import and shows where."""
     project.write("broken_mod.py", "import not_a_real_package_xyz\n")
     result = project.cli("run", "broken_mod")
     assert result.returncode == 2
@@ -411,7 +431,8 @@ def test_module_without_app_is_a_distinct_usage_error(project: Project) -> None:
         result = project.cli("run", target)
         assert result.returncode == 2 and "no App found in module 'empty_mod'" in result.stderr
     wrong = project.cli("run", f"{project.module}:nope")
-    assert wrong.returncode == 2 and "no App named 'nope'" in wrong.stderr and "found: app" in wrong.stderr
+    assert wrong.returncode == 2
+    assert "no App named 'nope'" in wrong.stderr and "found: app" in wrong.stderr
 
 
 def test_class_based_service_runs(project: Project) -> None:
@@ -436,7 +457,8 @@ def test_class_based_service_runs(project: Project) -> None:
 
 
 def test_routes_lists_keys_functions_params_and_storage(project: Project) -> None:
-    """`busapp routes` shows every routing key with its function, typed params and storage subscriptions."""
+    """`busapp routes` shows every routing key with its function,
+    typed params and storage subscriptions."""
     project.write("routed.py", '''
         from busapp import App
         from busapp.models import Host
@@ -454,9 +476,11 @@ def test_routes_lists_keys_functions_params_and_storage(project: Project) -> Non
     result = project.cli("routes", "routed.py")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert any(line.split()[:2] == ["routed.add", "routed.add"] and line.endswith("x: int, y: int = 0")
+    assert any(line.split()[:2] == ["routed.add", "routed.add"]
+               and line.endswith("x: int, y: int = 0")
                for line in lines), result.stdout
-    assert any(line.split() == ["notify.storage.Host.created", "routed.host_created"] for line in lines)
+    assert any(line.split() == ["notify.storage.Host.created", "routed.host_created"]
+               for line in lines)
 
 
 def test_routes_of_a_service_class(project: Project) -> None:
@@ -475,13 +499,15 @@ def test_routes_of_a_service_class(project: Project) -> None:
 
 
 def test_storage_command_serves_storage(project: Project) -> None:
-    """`busapp storage` runs the storage service: a saved host can be read back with `busapp call`."""
+    """`busapp storage` runs the storage service:
+    a saved host can be read back with `busapp call`."""
     running = project.run("--store", "memory://", command="storage")
     running.wait_ready(1)
     saved = project.cli("call", "storage.save", "model_type_name=Host",
                         'model_json_data={"address": "10.0.0.1"}')
     assert saved.returncode == 0, saved.stderr
-    got = project.cli("call", "storage.get", "model_type_name=Host", 'model_json_data={"address": "10.0.0.1"}')
+    got = project.cli("call", "storage.get", "model_type_name=Host",
+                      'model_json_data={"address": "10.0.0.1"}')
     assert got.returncode == 0 and json.loads(got.stdout)["address"] == "10.0.0.1"
     assert running.stop() == 0
 
@@ -523,7 +549,8 @@ def test_version_and_help(project: Project) -> None:
     assert version.returncode == 0 and busapp.__version__ in version.stdout
     script = Path(sys.executable).parent / "busapp"  # the console script setup.cfg declares
     if script.exists():
-        shown = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+        shown = subprocess.run([str(script), "--version"],
+                               capture_output=True, text=True, timeout=60)
         assert shown.stdout == version.stdout
     for command in ("run", "call", "routes", "storage"):
         shown = project.cli(command, "--help")
@@ -543,7 +570,8 @@ def test_version_and_help(project: Project) -> None:
     (("true", "null", "1.5"), [True, None, 1.5]),
 ])
 def test_parse_params(args: tuple[str, ...], expected: Any) -> None:
-    """PARAMS become a JSON array/object as given, key=value pairs an object, other values a list."""
+    """PARAMS become a JSON array/object as given, key=value pairs an object,
+    other values a list."""
     assert parse_params(args) == expected
 
 

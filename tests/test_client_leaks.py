@@ -15,7 +15,6 @@ import pytest
 
 from busapp import Client
 from busapp.errors import RequestTimeout
-from tests._private_brokers import private_redis  # noqa: F401 - fixture
 from tests._services import run_app
 from tests.apps import make_app
 
@@ -40,7 +39,7 @@ def test_a_dropped_client_is_garbage_collected(broker_url, unique):
 
 
 @pytest.mark.slow  # ~15 s
-def test_dropped_clients_release_their_connections(private_redis, unique):  # noqa: F811
+def test_dropped_clients_release_their_connections(private_redis, unique):
     """1,000 Clients dropped without close() leave Redis's connection count near its baseline."""
     url, name, exchange = private_redis.url, f"l{unique}", f"test-{unique}"
     import redis

@@ -1,4 +1,5 @@
-"""Cluster settings (SPEC §11): queue types, multi-node and sentinel:// URLs, quorum queues on RabbitMQ.
+"""Cluster settings (SPEC §11): queue types, multi-node and sentinel:// URLs,
+quorum queues on RabbitMQ.
 
 The clusters themselves (3 RabbitMQ nodes, Redis with Sentinels) are built by
 tests/test_cluster_brokers.py; here a quorum queue runs on the shared single node.
@@ -121,7 +122,8 @@ def test_failover_url_skips_a_dead_node(amqp_url, unique):
 
 
 def test_quorum_app_declares_quorum_queues_and_serves(amqp_url, unique):
-    """App(queue_type="quorum") serves calls from a quorum queue, with its quorum dead-letter queue."""
+    """App(queue_type="quorum") serves calls from a quorum queue,
+    with its quorum dead-letter queue."""
     from tests._services import run_app
 
     app = App(f"q{unique}", queue_type="quorum")
@@ -193,7 +195,8 @@ def test_broker_counted_redelivery_is_served_as_is_then_dead_lettered():
 
 @pytest.mark.slow  # > 5 s
 def test_poison_message_on_a_quorum_queue(amqp_url, unique):
-    """On a quorum queue (BUSAPP_QUEUE_TYPE) the broker's count dead-letters a killer request; caller gets an error."""
+    """On a quorum queue (BUSAPP_QUEUE_TYPE) the broker's count dead-letters a killer request;
+    caller gets an error."""
     name, exchange = f"p{unique}", f"test-{unique}"
     proc = _start_manager(amqp_url, exchange, name, 2, BUSAPP_QUEUE_TYPE="quorum")
     try:
@@ -218,7 +221,8 @@ def test_poison_message_on_a_quorum_queue(amqp_url, unique):
 
 @pytest.mark.slow  # > 5 s
 def test_nested_calls_past_the_prefetch_window_on_a_quorum_queue(amqp_url, unique, monkeypatch):
-    """Quorum queues take no channel-wide prefetch: a per-consumer one still grows for nested calls."""
+    """Quorum queues take no channel-wide prefetch:
+    a per-consumer one still grows for nested calls."""
     from tests._services import run_app
     from tests.apps import make_app
 
@@ -234,7 +238,8 @@ def test_nested_calls_past_the_prefetch_window_on_a_quorum_queue(amqp_url, uniqu
 
 
 def test_storage_and_event_queues_follow_the_queue_type(monkeypatch):
-    """$BUSAPP_QUEUE_TYPE=quorum makes `busapp storage`'s queue and an App's event queues quorum too."""
+    """$BUSAPP_QUEUE_TYPE=quorum makes `busapp storage`'s queue and an App's event
+    queues quorum too."""
     from busapp.storage.service import make_app
     from busapp.runtime.worker import Worker
 
@@ -266,7 +271,8 @@ def test_test_client_serves_a_quorum_app():
 
 
 def test_redis_entry_popped_as_the_connection_breaks_is_pushed_back(redis_url, unique):
-    """An entry taken from a Redis queue when the connection fails is back on the queue at the next poll."""
+    """An entry taken from a Redis queue when the connection fails is back on the queue at
+    the next poll."""
     import redis
 
     from busapp.errors import BrokerUnavailable
@@ -298,7 +304,8 @@ def test_redis_entry_popped_as_the_connection_breaks_is_pushed_back(redis_url, u
 
 
 def test_classic_queue_redeclared_as_quorum_is_a_clear_error(amqp_url, unique):
-    """A queue that exists as classic cannot become quorum: ValueError saying what to do, not a retry loop."""
+    """A queue that exists as classic cannot become quorum: ValueError saying what to do,
+    not a retry loop."""
     name = f"cq{unique}"
     transport = KombuTransport(amqp_url)
     transport.connect()

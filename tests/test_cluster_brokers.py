@@ -168,7 +168,8 @@ def run_through_fault(load: Load, fault, served: Path, label: str) -> dict[str, 
         time.sleep(0.2)
     time.sleep(2)  # and a little steady state after it
     hung_threads = load.finish()
-    # Requests still queued are served now; then whatever the broker took and no handler ran is lost.
+    # Requests still queued are served now;
+    # then whatever the broker took and no handler ran is lost.
     deadline = time.monotonic() + CALL_TIMEOUT + 5
     while time.monotonic() < deadline:
         ran = served.read_text().split() if served.exists() else []
@@ -227,12 +228,14 @@ def test_rabbitmq_cluster_loses_the_quorum_queue_leader(rabbit_cluster, tmp_path
 
 
 def test_sentinel_url_everywhere_then_failover(sentinels, tmp_path, unique, monkeypatch):
-    """sentinel:// in workers, Client, CLI and the storage backend; through a failover 0 lost, 0 hung."""
+    """sentinel:// in workers, Client, CLI and the storage backend;
+    through a failover 0 lost, 0 hung."""
     served = tmp_path / "served"
     app = make_app(f"s{unique}", served)
     exchange = f"test-{unique}"
     url = sentinels.url
-    # Messages a worker had taken when its master died come back after this (see docs/explanation/delivery.md).
+    # Messages a worker had taken when its master died come back after this
+    # (see docs/explanation/delivery.md).
     monkeypatch.setenv("BUSAPP_VISIBILITY_TIMEOUT", "5")
     with running(lambda: app.run(url, exchange=exchange, workers=2), ready=f"{app.name}.ping",
                  url=url, exchange=exchange), TallyingClient(url, exchange) as bus:

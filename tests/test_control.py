@@ -1,5 +1,6 @@
-"""Each worker's own control queue (busapp.entrypoints.control): status answers, and control messages that
-never reach user handlers. On the in-memory transport; the CLI on brokers is in test_ops_cli.py."""
+"""Each worker's own control queue (busapp.entrypoints.control): status answers, and control
+messages that never reach user handlers. On the in-memory transport; the CLI on brokers is in
+test_ops_cli.py."""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def test_each_worker_answers_status_with_its_figures(unique: str) -> None:
 
 
 def test_broadcast_without_a_name_reaches_every_service(unique: str) -> None:
-    """With no service named, every worker on the exchange answers (here the app and the storage service)."""
+    """With no service named, every worker on the exchange answers
+    (here the app and the storage service)."""
     app = counting_app(f"ctl{unique}", [])
     with app.test_client() as client:
         services = [w["service"] for w in gather(client.url, client.exchange)]
@@ -79,7 +81,8 @@ def test_broadcast_without_a_name_reaches_every_service(unique: str) -> None:
 
 
 def test_status_never_reaches_a_user_method_of_the_same_name(unique: str) -> None:
-    """A user method called ``status`` is not run by a status broadcast, nor by a request sent to the control key."""
+    """A user method called ``status`` is not run by a status broadcast,
+    nor by a request sent to the control key."""
     calls: list[str] = []
     app = counting_app(f"ctl{unique}", calls)
     with app.test_client() as client:
@@ -93,7 +96,8 @@ def test_status_never_reaches_a_user_method_of_the_same_name(unique: str) -> Non
 
 
 def test_bad_control_message_gets_an_error_and_the_worker_goes_on(unique: str) -> None:
-    """Junk on the control key is answered with a parse error; the worker still answers status after."""
+    """Junk on the control key is answered with a parse error;
+    the worker still answers status after."""
     app = counting_app(f"ctl{unique}", [])
     with app.test_client() as client:
         [reply] = send_raw(client.url, client.exchange, routing_key(app.name), b"{not json")
@@ -124,7 +128,8 @@ def test_status_counts_in_flight_requests(unique: str) -> None:
 
 
 def test_control_queue_is_the_workers_own_and_auto_deleted(unique: str) -> None:
-    """Each worker consumes a non-durable, auto-deleted queue of its own, bound to both control keys."""
+    """Each worker consumes a non-durable, auto-deleted queue of its own,
+    bound to both control keys."""
     app = counting_app(f"ctl{unique}", [])
     with app.test_client() as client:
         worker = next(w for w in client._workers if w.service.service_name == app.name)

@@ -47,7 +47,8 @@ def _scoped_app(events: list) -> App:
 
 
 def test_worker_scope_made_once_call_scope_per_call_in_order():
-    """Worker-scoped: once at start-up; call-scoped: per call, torn down after it in reverse order."""
+    """Worker-scoped: once at start-up; call-scoped: per call,
+    torn down after it in reverse order."""
     events: list = []
     with _scoped_app(events).test_client() as client:
         assert events == ["pool made"]
@@ -61,7 +62,8 @@ def test_worker_scope_made_once_call_scope_per_call_in_order():
 
 
 def test_call_scope_teardown_runs_when_the_handler_raises():
-    """A handler's exception still tears its call-scoped dependencies down; the caller gets -32603."""
+    """A handler's exception still tears its call-scoped dependencies down;
+    the caller gets -32603."""
     events: list = []
     with _scoped_app(events).test_client() as client:
         with pytest.raises(InternalError, match="negative"):
@@ -77,7 +79,8 @@ def test_dependency_params_cannot_come_from_the_wire():
 
 
 def test_overrides_replace_providers_keeping_scope():
-    """test_client(dependencies=...) takes a provider or a plain value; the rest stay as registered."""
+    """test_client(dependencies=...) takes a provider or a plain value;
+    the rest stay as registered."""
     events: list = []
     app = _scoped_app(events)
     with app.test_client(dependencies={"pool": "fake-pool",
@@ -87,7 +90,8 @@ def test_overrides_replace_providers_keeping_scope():
 
 
 def test_override_with_a_callable_object_is_a_value():
-    """Only functions are providers: a callable object (a mock, a connection, a class) is injected as is."""
+    """Only functions are providers: a callable object
+    (a mock, a connection, a class) is injected as is."""
     class Callable:
         def __call__(self):
             raise AssertionError("called as a provider")
@@ -201,7 +205,8 @@ def test_worker_scope_cannot_need_call_scope():
         app.add_dependency(lambda: 1, "per_call", scope="call")
         app.add_dependency(lambda per_call: 1, "per_worker")
 
-    assert "worker-scoped dependency 'per_worker' needs call-scoped 'per_call'" in _graph_error(build)
+    assert ("worker-scoped dependency 'per_worker' needs call-scoped 'per_call'"
+            in _graph_error(build))
 
 
 def test_hook_cannot_take_call_scope_or_unknown_names():
@@ -211,11 +216,16 @@ def test_hook_cannot_take_call_scope_or_unknown_names():
         app.on_startup(lambda per_call: None)
 
     assert "call-scoped dependency 'per_call'" in _graph_error(call_scoped)
-    assert "takes parameter 'message'" in _graph_error(lambda app: app.on_shutdown(lambda message: None))
+
+    def shut_down_hook_with_a_param(app):
+        app.on_shutdown(lambda message: None)
+
+    assert "takes parameter 'message'" in _graph_error(shut_down_hook_with_a_param)
 
 
 def test_provider_that_does_not_yield_is_a_clear_error():
-    """A generator provider that never yields fails the call with a message naming the dependency."""
+    """A generator provider that never yields fails the call with a message naming
+    the dependency."""
     app = App("noyield")
 
     @app.dependency("x", scope="call")
@@ -227,5 +237,6 @@ def test_provider_that_does_not_yield_is_a_clear_error():
     def get(x):
         return x
 
-    with app.test_client() as client, pytest.raises(InternalError, match="'x': the provider returned"):
+    with (app.test_client() as client,
+          pytest.raises(InternalError, match="'x': the provider returned")):
         client.call("get")

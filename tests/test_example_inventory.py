@@ -1,4 +1,5 @@
-"""examples/inventory: a router in its own module, a per-worker SQLite dependency, a timing middleware."""
+"""examples/inventory: a router in its own module, a per-worker SQLite dependency,
+a timing middleware."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def test_add_and_count_on_a_test_client(tmp_path, monkeypatch):
 
 
 def test_the_connection_is_overridable():
-    """A test swaps the database for an in-memory connection (a value, though callable); the provider is not run."""
+    """A test swaps the database for an in-memory connection (a value, though callable);
+    the provider is not run."""
     conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
     with app.test_client(dependencies={"db": conn}) as client:
         client.call("add_item", "fig", 1)

@@ -127,7 +127,7 @@ def test_expired_requests_are_dropped_unrun(broker_url, redis_url, unique):
     assert late <= 1  # at most the one a worker took just before its deadline
 
 
-# -- 7. per-handler time limits ---------------------------------------------------------------------
+# -- 7. per-handler time limits ------------------------------------------------------------------
 
 def _limited_app(name: str):
     app = make_app(name)
@@ -232,5 +232,6 @@ def test_dead_workers_messages_come_back_at_once_on_redis(redis_url, unique):
             started = time.monotonic()
             with pytest.raises(InternalError, match="died on each of 3 deliveries"):
                 bus.call(f"{name}.die", timeout=20)
-            print(f"[figure] redis poison request: WorkerLost after {time.monotonic() - started:.1f}s")
+            print(f"[figure] redis poison request: WorkerLost after "
+                  f"{time.monotonic() - started:.1f}s")
     r.delete(f"{name}.dead", key)

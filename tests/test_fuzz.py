@@ -1,4 +1,5 @@
-"""Property-based fuzzing of the message path (in memory): nothing escapes, errors are well formed."""
+"""Property-based fuzzing of the message path (in memory): nothing escapes,
+errors are well formed."""
 
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def test_any_message_gets_a_well_formed_answer_or_none(body, content_type, routi
 def test_test_client_raw_path_never_raises(body, content_type):
     """The same fuzz through the in-memory test client: answers are well formed, calls go on."""
     client = APP.test_client()
-    response = client.request_raw("fuzz.echo", body, content_type=content_type or "application/json")
+    response = client.request_raw("fuzz.echo", body,
+                                  content_type=content_type or "application/json")
     if response is not None:
         _well_formed(response)
     assert client.call("add", 2, 2) == 4

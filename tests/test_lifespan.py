@@ -1,4 +1,5 @@
-"""Start-up and shut-down hooks: on the test client, on CommissaireService, and on a broker worker."""
+"""Start-up and shut-down hooks: on the test client, on CommissaireService,
+and on a broker worker."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def _app(events: list) -> App:
 
 
 def test_test_client_runs_startup_when_made_and_shutdown_when_closed():
-    """Start-up hooks (sync and async, in order) have run when the client exists; shut-down on close."""
+    """Start-up hooks (sync and async, in order) have run when the client exists;
+    shut-down on close."""
     events: list = []
     client = _app(events).test_client()
     assert events == ["startup 1", "startup 2 LifeService StorageClient"]
@@ -57,7 +59,8 @@ def test_context_manager_runs_shutdown_on_exit():
 
 
 def test_failing_startup_raises_from_test_client_and_tears_down():
-    """A start-up hook that raises makes test_client() raise it; worker dependencies made are torn down."""
+    """A start-up hook that raises makes test_client() raise it;
+    worker dependencies made are torn down."""
     events: list = []
     app = App("bad_start")
 
@@ -120,7 +123,8 @@ class Classic(CommissaireService):
 
 
 def test_commissaire_service_hooks_run_and_are_not_bus_methods():
-    """on_startup/on_shutdown of a CommissaireService run as hooks and are never callable on the bus."""
+    """on_startup/on_shutdown of a CommissaireService run as hooks and are never
+    callable on the bus."""
     Classic.events = []
     client = TestClient(Classic)
     assert Classic.events == ["startup"]
@@ -149,7 +153,8 @@ def test_app_method_named_startup_is_a_method_not_a_hook():
 
 
 def test_startup_failure_on_a_broker_is_logged_and_a_crash_loop(redis_url, exchange, unique):
-    """On a broker, a failing start-up hook stops the worker with the error logged; the manager gives up."""
+    """On a broker, a failing start-up hook stops the worker with the error logged;
+    the manager gives up."""
     app = App(f"crash{unique}")
 
     @app.on_startup

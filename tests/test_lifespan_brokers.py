@@ -1,4 +1,5 @@
-"""§8 on real brokers under `busapp run --workers 2`: hooks per worker pid, scopes, middleware, routers."""
+"""§8 on real brokers under `busapp run --workers 2`:
+hooks per worker pid, scopes, middleware, routers."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _wait_for(path: Path, what: str, count: int, deadline: float = 30.0) -> list
 
 @pytest.fixture
 def served(broker_url, exchange, unique, tmp_path):
-    """`busapp run tests/lifespan_app.py --workers 2`; yields (proc, name, url, exchange, log path)."""
+    """`busapp run tests/lifespan_app.py --workers 2`; yields
+    (proc, name, url, exchange, log path)."""
     name, log = f"life{unique}", tmp_path / "steps.log"
     env = dict(os.environ, LIFESPAN_APP=name, LIFESPAN_LOG=str(log))
     proc = subprocess.Popen([sys.executable, "-m", "busapp", "run", "tests/lifespan_app.py:app",
@@ -54,7 +56,8 @@ def served(broker_url, exchange, unique, tmp_path):
 
 
 def test_hooks_and_worker_scope_once_per_worker_pid_and_shutdown_on_sigterm(served):
-    """Each worker (not the manager) makes its conn then runs start-up once; SIGTERM runs shut-down then teardown."""
+    """Each worker (not the manager) makes its conn then runs start-up once;
+    SIGTERM runs shut-down then teardown."""
     proc, name, url, exchange, log = served
     started = _wait_for(log, "startup", 2)
     assert len(set(started)) == 2 and proc.pid not in started
@@ -77,7 +80,8 @@ def test_hooks_and_worker_scope_once_per_worker_pid_and_shutdown_on_sigterm(serv
 
 
 def test_call_scope_middleware_and_router_on_a_broker(served):
-    """Per-call dependencies, middleware order, error answers and router middleware over the broker."""
+    """Per-call dependencies, middleware order,
+    error answers and router middleware over the broker."""
     _proc, name, url, exchange, _log = served
     with Client(url, exchange) as bus:
         cursors = [(a["pid"], a["cursor"]) for a in (bus.call(f"{name}.whoami") for _ in range(6))]

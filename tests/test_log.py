@@ -116,12 +116,14 @@ def test_json_lines_carry_event_level_logger_and_time(out: io.StringIO) -> None:
     structlog.get_logger("busapp.service").info("worker ready", pid=42, routing_keys=["a.*"])
     [line] = lines(out)
     assert line["event"] == "worker ready" and line["level"] == "info"
-    assert line["logger"] == "busapp.service" and line["pid"] == 42 and line["routing_keys"] == ["a.*"]
+    assert line["logger"] == "busapp.service" and line["pid"] == 42
+    assert line["routing_keys"] == ["a.*"]
     assert line["timestamp"].endswith("Z")
 
 
 def test_console_format_is_plain_text(out: io.StringIO) -> None:
-    """In console format the line is readable text, not JSON, and has no colour codes off a terminal."""
+    """In console format the line is readable text, not JSON,
+    and has no colour codes off a terminal."""
     configure_logging("info", "console", file=out)
     structlog.get_logger("busapp.x").info("worker ready", pid=42)
     text = out.getvalue()
@@ -147,11 +149,13 @@ def test_below_level_calls_are_dropped_unrendered(out: io.StringIO) -> None:
 
 
 def test_worker_logs_each_call_at_info_level(out: io.StringIO) -> None:
-    """At info, a worker writes one "call" line per message: method, outcome, code, time, pid, ids."""
+    """At info, a worker writes one "call" line per message:
+    method, outcome, code, time, pid, ids."""
     configure_logging("info", "json", file=out)
     with serving() as (app, call):
         assert call(f"{app.name}.add", 1, 2) == 3
-    [line] = [line for line in lines(out) if line["event"] == "call" and line["routing_key"] == f"{app.name}.add"]
+    [line] = [line for line in lines(out)
+              if line["event"] == "call" and line["routing_key"] == f"{app.name}.add"]
     assert line["level"] == "info" and line["logger"] == "busapp.worker" and line["outcome"] == "ok"
     assert line["method"] == "add" and line["code"] is None and line["pid"] > 0
     assert line["id"] and line["correlation_id"] == line["id"] and line["duration_ms"] >= 0
@@ -190,13 +194,15 @@ def test_contextvars_are_merged(out: io.StringIO) -> None:
 
 
 def test_handler_errors_carry_the_traceback(out: io.StringIO) -> None:
-    """A handler that raises is logged by the worker as one JSON line holding the traceback and the call."""
+    """A handler that raises is logged by the worker as one JSON line holding the traceback
+    and the call."""
     configure_logging("info", "json", file=out)
     with serving() as (app, call):
         with pytest.raises(InternalError):
             call(f"{app.name}.boom")
     [line] = [line for line in lines(out) if line["event"] == "handler raised"]
-    assert line["level"] == "error" and line["method"] == "boom" and line["routing_key"] == f"{app.name}.boom"
+    assert line["level"] == "error" and line["method"] == "boom"
+    assert line["routing_key"] == f"{app.name}.boom"
     assert "Traceback" in line["exception"] and "ZeroDivisionError: boom" in line["exception"]
 
 
@@ -206,7 +212,8 @@ def test_stdlib_warnings_use_the_same_format(out: io.StringIO) -> None:
     logging.getLogger("kombu.test").info("chatter")
     logging.getLogger("kombu.test").warning("connection %s lost", "x")
     [line] = lines(out)
-    assert line == {**line, "event": "connection x lost", "level": "warning", "logger": "kombu.test"}
+    assert line == {**line, "event": "connection x lost", "level": "warning",
+                    "logger": "kombu.test"}
 
 
 def test_configuring_twice_keeps_one_stdlib_handler(out: io.StringIO) -> None:
@@ -217,7 +224,8 @@ def test_configuring_twice_keeps_one_stdlib_handler(out: io.StringIO) -> None:
     assert len(lines(out)) == 1
 
 
-@pytest.mark.parametrize(("level", "fmt", "named"), [("loud", None, "debug, info"), ("info", "xml", "console, json")])
+@pytest.mark.parametrize(("level", "fmt", "named"), [("loud", None, "debug, info"),
+                                                     ("info", "xml", "console, json")])
 def test_unknown_level_or_format_names_the_choices(level: str, fmt: str | None, named: str) -> None:
     """A bad level or format raises ValueError listing what is accepted."""
     with pytest.raises(ValueError, match=named):

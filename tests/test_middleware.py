@@ -42,7 +42,8 @@ def _app(events: list) -> App:
 
 
 def test_middleware_runs_outermost_first_around_the_handler():
-    """The first registered middleware is outermost; each sees a Call with kind, method, params, message."""
+    """The first registered middleware is outermost;
+    each sees a Call with kind, method, params, message."""
     events: list = []
     with _app(events).test_client() as client:
         assert client.call("echo", "hi") == ["hi"]
@@ -78,7 +79,8 @@ def test_middleware_may_answer_itself_and_its_result_is_unstructured():
         value: int
 
     app = App("cache")
-    app.add_middleware(lambda call, call_next: Cached(7) if call.method == "slow" else call_next(call))
+    app.add_middleware(
+        lambda call, call_next: Cached(7) if call.method == "slow" else call_next(call))
     app.add_method(lambda: 1, "slow")
     with app.test_client() as client:
         assert client.call("slow") == {"value": 7}
@@ -90,8 +92,9 @@ def test_middleware_wraps_storage_events():
 
     seen: list = []
     app = App("mwev")
-    app.add_middleware(lambda call, call_next: seen.append((call.kind, call.method,
-                                                           call.params["event"])) or call_next(call))
+    app.add_middleware(
+        lambda call, call_next: (seen.append((call.kind, call.method, call.params["event"]))
+                                 or call_next(call)))
 
     @app.on_storage_event(Host, "created")
     def host_created(event, model):

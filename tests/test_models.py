@@ -35,7 +35,8 @@ def test_host_defaults_match_commissaire():
 
 
 def test_commissaire_defaults_of_other_models():
-    """Cluster, Network, ContainerManagerConfig, HostCreds and WatcherRecord keep Commissaire's defaults."""
+    """Cluster, Network, ContainerManagerConfig,
+    HostCreds and WatcherRecord keep Commissaire's defaults."""
     assert Cluster.new(name="c").network == "default"
     assert Network.new(name="n").type == "flannel_etcd"
     assert ContainerManagerConfig.new(name="m").type == "openshift"

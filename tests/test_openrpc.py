@@ -33,7 +33,8 @@ def meta_validator() -> jsonschema.Draft7Validator:
     tools = json.loads((DATA / "json-schema-tools-meta-schema-1.8.0.json").read_text())
     resource = referencing.Resource(tools, specification=referencing.jsonschema.DRAFT7)
     registry = referencing.Registry().with_resources(
-        [("https://meta.json-schema.tools", resource), ("https://meta.json-schema.tools/", resource)])
+        [("https://meta.json-schema.tools", resource),
+         ("https://meta.json-schema.tools/", resource)])
     return jsonschema.Draft7Validator(meta, registry=registry)
 
 
@@ -96,7 +97,8 @@ def schema_of(doc: dict[str, Any], method: str, param: str) -> dict[str, Any]:
 
 
 def test_document_validates_against_the_openrpc_meta_schema() -> None:
-    """The document of an App with models, lists, optionals, literals and enums is valid OpenRPC 1.3."""
+    """The document of an App with models, lists, optionals,
+    literals and enums is valid OpenRPC 1.3."""
     doc = openrpc_document(typed_app())
     meta_validator().validate(doc)
     assert doc["openrpc"].startswith("1.3.")
@@ -123,7 +125,8 @@ def test_params_results_and_defaults_come_from_the_type_hints() -> None:
 
 
 def test_attrs_models_are_components_and_match_what_busapp_accepts() -> None:
-    """attrs classes become components; the schema accepts what the converter accepts and refuses the rest."""
+    """attrs classes become components;
+    the schema accepts what the converter accepts and refuses the rest."""
     doc = openrpc_document(typed_app())
     components = doc["components"]["schemas"]
     assert components["Point"]["required"] == ["x"] and components["Point"]["description"]
@@ -168,7 +171,8 @@ def test_commissaire_service_class_has_a_document_too() -> None:
 
 @pytest.mark.parametrize("fmt", ["openrpc", "json"])
 def test_routes_command_prints_the_document(tmp_path: Path, fmt: str) -> None:
-    """`busapp routes MODULE:APP --format openrpc` prints a valid document; `--format json` the table as data."""
+    """`busapp routes MODULE:APP --format openrpc` prints a valid document;
+    `--format json` the table as data."""
     module = tmp_path / "svc_routes.py"
     module.write_text(textwrap.dedent('''
         from __future__ import annotations
@@ -192,15 +196,16 @@ def test_routes_command_prints_the_document(tmp_path: Path, fmt: str) -> None:
         def seen(event, model) -> None:
             pass
     '''))
-    out = subprocess.run([sys.executable, "-m", "busapp", "routes", f"{module}:app", "--format", fmt],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    command = [sys.executable, "-m", "busapp", "routes", f"{module}:app", "--format", fmt]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     if fmt == "openrpc":
         meta_validator().validate(doc)
         [move] = doc["methods"]
         assert move["result"]["schema"] == {"$ref": "#/components/schemas/Point"}
-        assert doc["components"]["schemas"]["Point"]["properties"]["y"] == {"type": "integer", "default": 0}
+        point = doc["components"]["schemas"]["Point"]
+        assert point["properties"]["y"] == {"type": "integer", "default": 0}
     else:
         assert doc["methods"][0]["routing_key"] == "geo.move"
         assert doc["methods"][0]["params"][0] == {"name": "p", "required": True, "type": "Point"}

@@ -70,7 +70,8 @@ def status_json(project: Project, real: dict[str, Any], *args: str) -> list[dict
 
 
 def test_status_lists_exactly_the_live_workers(project: Project, real: dict[str, Any]) -> None:
-    """`status NAME --json` lists exactly the 3 pids of `busapp run --workers 3`, each with its figures."""
+    """`status NAME --json` lists exactly the 3 pids of `busapp run --workers 3`,
+    each with its figures."""
     running = project.run(ops_module(project), "--workers", "3", *real["args"])
     pids = running.wait_ready(3)
     with Client(real["url"], real["exchange"], timeout=20) as bus:
@@ -86,8 +87,10 @@ def test_status_lists_exactly_the_live_workers(project: Project, real: dict[str,
     assert "SERVICE" in text.stdout.splitlines()[0]
 
 
-def test_probe_exits_0_while_a_worker_answers_else_1(project: Project, real: dict[str, Any]) -> None:
-    """`probe NAME` exits 0 with workers up (also --local), 1 for an unknown service and once they stop."""
+def test_probe_exits_0_while_a_worker_answers_else_1(project: Project,
+                                                     real: dict[str, Any]) -> None:
+    """`probe NAME` exits 0 with workers up (also --local),
+    1 for an unknown service and once they stop."""
     running = project.run(ops_module(project), "--workers", "2", *real["args"])
     running.wait_ready(2)
     up = project.cli("probe", project.name, *real["args"])
@@ -149,7 +152,8 @@ def total(samples: dict, name: str, **labels: str) -> float:
 
 
 def test_metrics_count_every_call_across_workers(project: Project, real: dict[str, Any]) -> None:
-    """After 21 calls over 2 workers, /metrics counts 21 (20 ok, 1 error), and keeps them when a worker is replaced."""
+    """After 21 calls over 2 workers, /metrics counts 21 (20 ok, 1 error),
+    and keeps them when a worker is replaced."""
     port = free_port()
     running = project.run(ops_module(project), "-w", "2", "-c", "1", "--metrics-port", str(port),
                           *real["args"])
@@ -180,7 +184,8 @@ def test_metrics_count_every_call_across_workers(project: Project, real: dict[st
     os.kill(pids[0], signal.SIGKILL)
     assert wait_until(lambda: total(scrape(port), "busapp_worker_restarts_total") == 1, 30)
     running.wait_ready(2)
-    assert total(scrape(port), "busapp_calls_total", service=name) == 21  # the dead one's count stays
+    # the dead one's count stays
+    assert total(scrape(port), "busapp_calls_total", service=name) == 21
     [served] = running.events("metrics served")
     assert running.stop() == 0
     assert not Path(served["dir"]).exists()  # the manager removed its directory
@@ -188,7 +193,8 @@ def test_metrics_count_every_call_across_workers(project: Project, real: dict[st
 
 def test_killed_workers_control_queue_is_deleted_on_redis(project: Project, redis_url: str,
                                                           exchange: str) -> None:
-    """After kill -9 of a worker, the manager deletes its control queue (Redis keeps it otherwise)."""
+    """After kill -9 of a worker, the manager deletes its control queue
+    (Redis keeps it otherwise)."""
     import redis
 
     real = {"args": ["--broker", redis_url, "--exchange", exchange]}
@@ -202,7 +208,8 @@ def test_killed_workers_control_queue_is_deleted_on_redis(project: Project, redi
 
     assert any(m.endswith(f".{dead}") for m in control_bindings())
     os.kill(dead, signal.SIGKILL)
-    assert wait_until(lambda: len(running.wait_ready(2)) == 2 and dead not in running.wait_ready(2), 30)
+    assert wait_until(lambda: len(running.wait_ready(2)) == 2
+                      and dead not in running.wait_ready(2), 30)
     assert wait_until(lambda: not any(m.endswith(f".{dead}") for m in control_bindings()), 10)
     assert not client.exists(f"busapp.control.{project.name}.{socket.gethostname()}.{dead}")
     pids = sorted(w["pid"] for w in status_json(project, real, project.name))

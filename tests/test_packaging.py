@@ -58,14 +58,15 @@ def test_a_missing_module_gives_the_plain_line(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_cli_commands_report_a_missing_extra_in_one_line(tmp_path: Path) -> None:
-    """`busapp storage --store postgresql://...` and `busapp run --reload` without their extras: exit 2, one line."""
+    """`busapp storage --store postgresql://...` and `busapp run --reload` without their extras:
+    exit 2, one line."""
     script = ("import sys; sys.modules['psycopg'] = None; sys.modules['watchfiles'] = None; "
               "from busapp.cli import main; main()")
     app = ROOT / "examples" / "simpleservice.py"
     for args, extra in ((["storage", "--store", "postgresql://u:pw@127.0.0.1:1/db"], "postgres"),
                         (["run", f"{app}:app", "--reload", "--broker", "memory://"], "reload")):
-        done = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
         assert f"pip install 'busapp[{extra}]'" in done.stderr and "Traceback" not in done.stderr
@@ -95,8 +96,8 @@ def test_lowest_constraints_match_the_lower_bounds() -> None:
         if ">=" in line and not line.startswith("#"):
             name, rest = line.split(">=")
             requires[name.strip().lower()] = rest.split(",")[0].strip()
-    pins = dict(line.split("==") for line in (ROOT / ".ci" / "lowest-constraints.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    constraints = (ROOT / ".ci" / "lowest-constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in constraints if line and not line.startswith("#"))
     for name, version in pins.items():
         assert name in requires, name
         assert Version(version) == Version(requires[name]), name  # kombu>=5.3 is kombu==5.3.0

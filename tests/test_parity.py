@@ -354,7 +354,8 @@ def test_unserialisable_result_is_internal_error(side: Side) -> None:
     ("container", ContainerManagerError, -20001, {"name": "cm"}),
     ("teapot", RemoteProcedureCallError, -31999, {"why": "short and stout"}),
 ])
-def test_rpc_errors_keep_code_and_data(side: Side, method: str, cls: type, code: int, data: dict) -> None:
+def test_rpc_errors_keep_code_and_data(side: Side, method: str, cls: type, code: int,
+                                       data: dict) -> None:
     """A RemoteProcedureCallError raised by a handler arrives as the class of its code."""
     with pytest.raises(RemoteProcedureCallError) as info:
         side.bus.call(rk(method), *(["k"] if method == "lookup" else []))
@@ -377,8 +378,10 @@ def test_params_neither_array_nor_object_is_invalid_request(side: Side) -> None:
     (b'{"jsonrpc": "2.0", "id": "1", "params": [1, 2]}', "application/json", InvalidRequest),
     (b'[1, 2]', "application/json", InvalidRequest),
 ])
-def test_raw_bodies_a_client_never_sends(side: Side, body: bytes, content_type: str, cls: type) -> None:
-    """Bad JSON and foreign content types are -32700; non-requests are -32600; same reply both ways."""
+def test_raw_bodies_a_client_never_sends(side: Side, body: bytes, content_type: str,
+                                         cls: type) -> None:
+    """Bad JSON and foreign content types are -32700; non-requests are -32600;
+    same reply both ways."""
     response = side.raw(rk("add"), body, content_type=content_type)
     assert response is not None
     error = wire.error_from_response(response)
@@ -413,7 +416,8 @@ def test_raw_request_is_served(side: Side) -> None:
 
 
 def test_routing_key_nobody_serves_is_a_timeout(side: Side) -> None:
-    """A call nobody consumes ends in RequestTimeout (at once in memory, after the timeout on a broker)."""
+    """A call nobody consumes ends in RequestTimeout
+    (at once in memory, after the timeout on a broker)."""
     with pytest.raises(RequestTimeout):
         side.bus.call(f"nobody{TOKEN}.add", 1, 2, timeout=0.5)
 

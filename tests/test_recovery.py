@@ -9,7 +9,6 @@ import pytest
 
 from busapp import Client
 from busapp.errors import NoRouteError
-from tests._private_brokers import private_rabbitmq, private_redis  # noqa: F401 - fixtures
 from tests._services import wait_until_served
 from tests.test_reliability import _call_until, _start_manager, _stop
 
@@ -65,7 +64,7 @@ def _restarts(server, url: str, unique: str, count: int = 5) -> list[float]:
 
 
 @pytest.mark.slow  # ~20 s
-def test_recovery_time_over_five_redis_restarts(private_redis, unique):  # noqa: F811
+def test_recovery_time_over_five_redis_restarts(private_redis, unique):
     """After each of 5 restarts of an empty Redis, the service serves again within 2 s."""
     times = _restarts(private_redis, private_redis.url, unique)
     print("\n[figure] redis restarts: served again after "
@@ -75,7 +74,7 @@ def test_recovery_time_over_five_redis_restarts(private_redis, unique):  # noqa:
 
 @pytest.mark.slow  # ~60 s: a RabbitMQ node takes 5-7 s to start
 @pytest.mark.timeout(360)  # five node starts: slower when the suite runs in parallel
-def test_recovery_time_over_five_rabbitmq_restarts(private_rabbitmq, unique):  # noqa: F811
+def test_recovery_time_over_five_rabbitmq_restarts(private_rabbitmq, unique):
     """After each of 5 restarts of RabbitMQ, the service serves again within 3 s (the worker's
     reconnect back-off is capped at 2 s; before, it grew to 4-8 s while the node started)."""
     times = _restarts(private_rabbitmq, private_rabbitmq.url, unique)
@@ -115,7 +114,7 @@ def _calls_through_a_restart(server, url: str, unique: str) -> dict[str, int]:
     return outcomes
 
 
-def test_calls_right_after_a_redis_restart_wait_for_the_bindings(private_redis, unique):  # noqa: F811
+def test_calls_right_after_a_redis_restart_wait_for_the_bindings(private_redis, unique):
     """Redis restarts empty: the calls made after the client reconnected and before the
     workers bound their queues again wait for the bindings instead of raising NoRouteError at
     once (before: thousands of instant NoRouteErrors per restart)."""
@@ -124,7 +123,7 @@ def test_calls_right_after_a_redis_restart_wait_for_the_bindings(private_redis, 
     assert "NoRouteError" not in outcomes, outcomes
 
 
-def test_a_missing_route_after_a_fault_waits_out_the_timeout(private_redis, unique):  # noqa: F811
+def test_a_missing_route_after_a_fault_waits_out_the_timeout(private_redis, unique):
     """Right after a broker fault, a call to a key nothing is bound to waits up to its
     timeout (its service may be binding again) before NoRouteError; once the fault is
     long past, it fails at once."""

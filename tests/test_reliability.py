@@ -16,7 +16,6 @@ import pytest
 from busapp import Client
 from busapp.bus import default_queue
 from busapp.errors import BrokerUnavailable, InternalError, RequestTimeout
-from tests._private_brokers import private_rabbitmq, private_redis  # noqa: F401 - fixtures
 from tests._services import delete_queues, wait_until_served
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +53,8 @@ def _call_until(bus, routing_key, *args, deadline=30.0, timeout=1.0):
     while True:
         t0 = time.monotonic()
         try:
-            return bus.call(routing_key, *args, timeout=timeout), failures, time.monotonic() - started
+            result = bus.call(routing_key, *args, timeout=timeout)
+            return result, failures, time.monotonic() - started
         except (RequestTimeout, BrokerUnavailable) as exc:
             assert time.monotonic() - t0 < timeout + 2.0, "a call hung past its timeout"
             failures.append(type(exc).__name__)
@@ -66,7 +66,8 @@ def _call_until(bus, routing_key, *args, deadline=30.0, timeout=1.0):
 # -- broker loss ------------------------------------------------------------------------------
 
 def test_workers_and_client_survive_redis_restart(private_redis, unique):
-    """Redis dies and comes back empty: both workers resume by themselves and the Client reconnects."""
+    """Redis dies and comes back empty:
+    both workers resume by themselves and the Client reconnects."""
     name, exchange = f"r{unique}", f"test-{unique}"
     proc = _start_manager(private_redis.url, exchange, name, 2)
     try:
@@ -168,7 +169,8 @@ def test_deleted_queue_is_resubscribed(amqp_url, unique):
 @pytest.mark.slow  # > 5 s
 @pytest.mark.parametrize("broker", ["amqp", "redis"])
 def test_poison_message_is_dead_lettered(broker, request, unique):
-    """A request that kills its worker every time is dead-lettered after 3 deliveries; caller gets an error."""
+    """A request that kills its worker every time is dead-lettered after 3 deliveries;
+    caller gets an error."""
     url = request.getfixturevalue(f"{broker}_url")
     name, exchange = f"p{unique}", f"test-{unique}"
     queue = default_queue(name, exchange)
@@ -180,7 +182,8 @@ def test_poison_message_is_dead_lettered(broker, request, unique):
             started = time.monotonic()
             with pytest.raises(InternalError, match="died on each of 3 deliveries") as info:
                 bus.call(f"{name}.die", timeout=60)
-            print(f"\n[figure] poison on {broker}: error reply after {time.monotonic() - started:.1f}s")
+            print(f"\n[figure] poison on {broker}: error reply after "
+                  f"{time.monotonic() - started:.1f}s")
             assert info.value.data["exception"] == "WorkerLost"
             assert _call_until(bus, f"{name}.add", 1, 1)[0] == 2
         from kombu import Connection, Queue

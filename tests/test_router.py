@@ -61,7 +61,8 @@ def _app(events: list) -> App:
 
 
 def test_include_serves_the_routers_methods_events_dependencies_and_hooks():
-    """After include, the App serves the router's methods and events with its dependencies and hooks."""
+    """After include, the App serves the router's methods and events with its
+    dependencies and hooks."""
     events: list = []
     app = _app(events)
     assert set(app.methods) == {"ping", "greet", "hosts_seen"}
@@ -73,7 +74,8 @@ def test_include_serves_the_routers_methods_events_dependencies_and_hooks():
 
 
 def test_router_middleware_wraps_only_its_own_handlers_inside_the_apps():
-    """A router's middleware runs inside the App's, and only around the router's methods and events."""
+    """A router's middleware runs inside the App's,
+    and only around the router's methods and events."""
     events: list = []
     with _app(events).test_client() as client:
         client.call("ping")
@@ -86,7 +88,8 @@ def test_router_middleware_wraps_only_its_own_handlers_inside_the_apps():
 
 @pytest.mark.parametrize("clash", ["method", "dependency", "event"])
 def test_clash_raises_and_adds_nothing(clash):
-    """A method, dependency or storage subscription already on the App makes include raise ValueError."""
+    """A method, dependency or storage subscription already on the App makes include
+    raise ValueError."""
     app = App("clash")
     app.add_method(lambda: "mine", "greet" if clash == "method" else "other")
     if clash == "dependency":
@@ -96,7 +99,8 @@ def test_clash_raises_and_adds_nothing(clash):
             pass
         app.add_storage_handler(host_created, Host, "created")
     before = (dict(app.methods), dict(app.dependencies), list(app.storage_handlers))
-    with pytest.raises(ValueError, match=f"cannot include .*{clash if clash != 'event' else 'storage handler'}"):
+    named = clash if clash != "event" else "storage handler"
+    with pytest.raises(ValueError, match=f"cannot include .*{named}"):
         app.include(_router([]))
     assert (app.methods, app.dependencies, app.storage_handlers) == before
     assert app.startup_hooks == [] and app.scoped_middleware == {}

@@ -78,7 +78,8 @@ def keyring() -> Keyring:
 
 
 def test_valid_key_calls_and_the_handler_sees_who_called(keyring):
-    """A request signed with a key of the keyring runs; ``message.caller`` is the verified key id."""
+    """A request signed with a key of the keyring runs;
+    ``message.caller`` is the verified key id."""
     app, ran = make_app(keyring)
     with app.test_client(key="ops") as client:
         assert client.call("quote", "o-1") == 42
@@ -306,12 +307,14 @@ def test_keyring_file_and_env_key(tmp_path, monkeypatch):
 
 
 def test_cli_keyring_and_allow_errors_are_usage_errors(tmp_path):
-    """--keyring FILE that is missing, --allow without a keyring or naming unknown keys: exit 2, one line."""
+    """--keyring FILE that is missing, --allow without a keyring or naming unknown keys:
+    exit 2, one line."""
     from click.testing import CliRunner
 
     from busapp.cli import cli
 
-    runner = CliRunner(env={"BUSAPP_KEYRING": None})  # restored after each run (--keyring exports it)
+    # BUSAPP_KEYRING is restored after each run (--keyring exports it)
+    runner = CliRunner(env={"BUSAPP_KEYRING": None})
     missing = runner.invoke(cli, ["storage", "--keyring", str(tmp_path / "nope"),
                                   "--store", "memory://"])
     assert missing.exit_code == 2 and "cannot read keyring" in missing.output

@@ -214,7 +214,8 @@ class _Evil:
     "application/x-python-serialize", "application/x-yaml", "application/x-msgpack",
 ])
 def test_non_json_payload_is_never_deserialised(served, bus, tmp_path, content_type):
-    """A pickle (or yaml/msgpack) request is refused unread: -32700, no side effect, service lives."""
+    """A pickle (or yaml/msgpack) request is refused unread: -32700, no side effect,
+    service lives."""
     app, url, exchange = served
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_Evil(str(marker)))

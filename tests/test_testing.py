@@ -122,14 +122,16 @@ def test_unknown_method_on_a_served_prefix_is_method_not_found(client: TestClien
 
 
 def test_routing_key_nobody_serves_raises_at_once(client: TestClient) -> None:
-    """A key no registered service consumes raises NoRouteError (a RequestTimeout) naming the bindings."""
+    """A key no registered service consumes raises NoRouteError
+    (a RequestTimeout) naming the bindings."""
     with pytest.raises(RequestTimeout, match=r"simple\.\*") as info:
         client.call("other.add", 1, 2)
     assert isinstance(info.value, NoRouteError)
 
 
 def test_handler_exception_is_internal_error_caused_by_the_original(client: TestClient) -> None:
-    """A handler's own exception becomes -32603 with the original as __cause__ (for its traceback)."""
+    """A handler's own exception becomes -32603 with the original as __cause__
+    (for its traceback)."""
     with pytest.raises(InternalError, match="I was never created") as info:
         client.call("fail")
     assert isinstance(info.value.__cause__, NotImplementedError)
@@ -543,8 +545,8 @@ def test_plugin_is_loaded_by_entry_point(tmp_path) -> None:
             assert busapp_client.call("add", 1, 2) == 3
     """))
     (tmp_path / "test_forgot.py").write_text("def test_x(busapp_client):\n    pass\n")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert "1 passed" in run.stdout and "1 error" in run.stdout, run.stdout
     assert "define a 'busapp_app' fixture" in run.stdout
 

@@ -27,7 +27,8 @@ from tests._services import delete_queues
 
 
 def chain_app(name: str) -> App:
-    """``outer`` calls ``middle``, which calls ``inner``; ``inner`` reports what its message carried."""
+    """``outer`` calls ``middle``, which calls ``inner``;
+    ``inner`` reports what its message carried."""
     app = App(name)
 
     @app.method()
@@ -60,7 +61,8 @@ def chain_app(name: str) -> App:
 
 @contextlib.contextmanager
 def captured_logs() -> Iterator[list[dict[str, Any]]]:
-    """Log entries as dicts, with the per-message context (ids) merged in; structlog is reset after."""
+    """Log entries as dicts, with the per-message context (ids) merged in;
+    structlog is reset after."""
     capture = structlog.testing.LogCapture()
     structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
     try:
@@ -71,7 +73,8 @@ def captured_logs() -> Iterator[list[dict[str, Any]]]:
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """busapp's spans go to an in-memory exporter for the test (the global provider is left alone)."""
+    """busapp's spans go to an in-memory exporter for the test
+    (the global provider is left alone)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -109,7 +112,8 @@ def test_request_id_header_of_the_caller_is_kept(unique: str) -> None:
 
 
 def _check_chain(finished: list[Any], name: str) -> None:
-    """The spans of outer -> middle -> inner: one trace, each server span the child of its client span."""
+    """The spans of outer -> middle -> inner: one trace,
+    each server span the child of its client span."""
     chain = {f"{name}.{m}" for m in ("outer", "middle", "inner")}
     ours = [s for s in finished if s.name in chain]
     assert len({s.context.trace_id for s in ours}) == 1
@@ -118,7 +122,8 @@ def _check_chain(finished: list[Any], name: str) -> None:
         assert (f"{name}.{method}", trace.SpanKind.SERVER) in kinds
     by_id = {s.context.span_id: s for s in ours}
     for method in ("middle", "inner"):
-        [server] = [s for s in ours if s.name == f"{name}.{method}" and s.kind == trace.SpanKind.SERVER]
+        [server] = [s for s in ours
+                    if s.name == f"{name}.{method}" and s.kind == trace.SpanKind.SERVER]
         client_span = by_id[server.parent.span_id]
         assert client_span.kind == trace.SpanKind.CLIENT and client_span.name == server.name
         caller = by_id[client_span.parent.span_id]
@@ -133,12 +138,14 @@ def test_nested_call_chain_shares_one_trace(spans: InMemorySpanExporter, unique:
         seen = client.call(f"{app.name}.outer")
     finished = spans.get_finished_spans()
     _check_chain(finished, app.name)
-    [inner] = [s for s in finished if s.name == f"{app.name}.inner" and s.kind == trace.SpanKind.SERVER]
+    [inner] = [s for s in finished
+               if s.name == f"{app.name}.inner" and s.kind == trace.SpanKind.SERVER]
     assert seen["traceparent"].split("-")[1] == format(inner.context.trace_id, "032x")
 
 
 def test_error_reply_marks_the_spans_as_errors(spans: InMemorySpanExporter, unique: str) -> None:
-    """A call answered with an error ends its client and server spans with an error status and code."""
+    """A call answered with an error ends its client and server spans with an error
+    status and code."""
     app = chain_app(f"tr{unique}")
     with app.test_client() as client, pytest.raises(InternalError):
         client.call(f"{app.name}.fails")
@@ -149,8 +156,9 @@ def test_error_reply_marks_the_spans_as_errors(spans: InMemorySpanExporter, uniq
         assert span.attributes["rpc.jsonrpc.error_code"] == -32603
 
 
-def test_nested_call_chain_shares_one_trace_on_a_broker(spans: InMemorySpanExporter, broker_url: str,
-                                                        exchange: str, unique: str) -> None:
+def test_nested_call_chain_shares_one_trace_on_a_broker(spans: InMemorySpanExporter,
+                                                        broker_url: str, exchange: str,
+                                                        unique: str) -> None:
     """On Redis and RabbitMQ too, the spans of a nested chain share one trace id."""
     app = chain_app(f"tr{unique}")
     service = app.service_class(exchange, broker_url, app.qkwargs())

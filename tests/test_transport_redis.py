@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
@@ -10,7 +9,6 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 from busapp.transport.kombu_setup import kombu_connection as connect
 from busapp.transport import redis as busapp_redis
-from tests._private_brokers import private_redis  # noqa: F401
 
 
 @pytest.fixture
@@ -48,7 +46,7 @@ def _get(conn: Connection, queue: str, timeout: float = 2.0) -> list:
     with Consumer(conn.default_channel, [q], on_message=got.append, accept=["json"]):
         try:
             conn.drain_events(timeout=timeout)
-        except socket.timeout:
+        except TimeoutError:
             pass
     for message in got:
         message.ack()
@@ -65,7 +63,8 @@ def test_connect_uses_busapp_transport_for_redis_urls_only(redis_url):
 
 
 def test_one_redis_client_per_channel(redis_url):
-    """The channel reuses one redis.Redis for its commands and makes a new one after its pool is dropped."""
+    """The channel reuses one redis.Redis for its commands and makes a new one after its
+    pool is dropped."""
     with connect(redis_url) as conn:
         channel = conn.default_channel
         first = channel._create_client()
@@ -105,7 +104,8 @@ UNTRACKED = {"binding_tracking": False}
 
 
 def test_binding_cache_sees_a_new_queue_at_once(redis_url, names):
-    """A routing key that matched nothing in the cached table makes the channel read the bindings again."""
+    """A routing key that matched nothing in the cached table makes the channel read the
+    bindings again."""
     cached = Connection(redis_url, transport=busapp_redis.Transport,
                         transport_options={"binding_cache_ttl": 60, **UNTRACKED})
     with cached as publisher, Connection(redis_url) as other:
@@ -120,7 +120,7 @@ def test_binding_cache_sees_a_new_queue_at_once(redis_url, names):
         assert [m.payload for m in _get(other, names["q1"])] == [{"n": 1}]
 
 
-def test_binding_cache_reads_the_table_once_per_ttl(private_redis, names):  # noqa: F811
+def test_binding_cache_reads_the_table_once_per_ttl(private_redis, names):
     """Without the watch, publishes reuse the table for the TTL; with TTL 0 each one reads it."""
     for ttl, expected in ((60.0, 1), (0, 5)):
         conn = Connection(private_redis.url, transport=busapp_redis.Transport,
@@ -139,9 +139,11 @@ def test_binding_cache_reads_the_table_once_per_ttl(private_redis, names):  # no
 
 
 def test_unacked_message_is_restored_after_visibility_timeout(redis_url, names):
-    """Ack emulation still works: a delivered, unacked message comes back once the visibility timeout passes."""
+    """Ack emulation still works:
+    a delivered, unacked message comes back once the visibility timeout passes."""
     # Own ack-emulation keys: other processes on this Redis sweep the default ones.
-    keys = {k: f"{k}.{names['q1']}" for k in ("unacked_key", "unacked_index_key", "unacked_mutex_key")}
+    keys = {k: f"{k}.{names['q1']}"
+            for k in ("unacked_key", "unacked_index_key", "unacked_mutex_key")}
     options = {"visibility_timeout": 1, **keys}
     with connect(redis_url) as setup:
         _bind(setup, names["exchange"], names["q1"], "svc.*")
@@ -248,7 +250,7 @@ def _smembers_calls(url: str) -> int:
         client.close()
 
 
-def test_bindings_are_read_again_only_after_they_change(private_redis, names):  # noqa: F811
+def test_bindings_are_read_again_only_after_they_change(private_redis, names):
     """Publishes reuse the bindings until another connection binds a queue; the next reads them."""
     with connect(private_redis.url) as ours, Connection(private_redis.url) as other:
         _bind(other, names["exchange"], names["q1"], "svc.*")

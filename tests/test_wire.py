@@ -78,8 +78,10 @@ def test_error_response_unserialisable_data():
     json.dumps(resp)
 
 
-@pytest.mark.parametrize(("code", "cls"), [(-32601, MethodNotFound), (-20000, StorageLookupError),
-                                           (-32603, InternalError), (-1234, RemoteProcedureCallError),
+@pytest.mark.parametrize(("code", "cls"), [(-32601, MethodNotFound),
+                                           (-20000, StorageLookupError),
+                                           (-32603, InternalError),
+                                           (-1234, RemoteProcedureCallError),
                                            ("junk", RemoteProcedureCallError)])
 def test_error_classes_by_code(code, cls):
     """Codes decode to classes through the registry; unknown ones to the base class."""

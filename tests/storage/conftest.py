@@ -1,4 +1,5 @@
-"""Storage fixtures: fresh stores of each backend kind, and a storage service shared by the tests."""
+"""Storage fixtures: fresh stores of each backend kind,
+and a storage service shared by the tests."""
 
 from __future__ import annotations
 

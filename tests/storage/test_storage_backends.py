@@ -102,8 +102,10 @@ def test_data_survives_reopening(persistent_store_url):
 
 def _save_many(url: str, writer: int, keys: int, saves: int, out) -> None:
     backend = open_backend(url)
-    outcomes = [backend.save("Host", f"k{i % keys}", {"address": f"k{i % keys}", "by": writer, "n": i})
-                for i in range(saves)]
+    outcomes = [
+        backend.save("Host", f"k{i % keys}", {"address": f"k{i % keys}", "by": writer, "n": i})
+        for i in range(saves)
+    ]
     out.put(outcomes)
 
 

@@ -20,7 +20,8 @@ class _NoBus:
 
 @pytest.mark.parametrize("op", ["save", "get", "delete", "get_versioned"])
 def test_a_dict_instead_of_a_model_says_to_annotate_the_parameter(op):
-    """storage.save(dict) (an unannotated handler param) is a TypeError saying how to get a model."""
+    """storage.save(dict) (an unannotated handler param) is a TypeError saying how
+    to get a model."""
     storage = StorageClient(_NoBus())
     with pytest.raises(TypeError) as info:
         getattr(storage, op)({"address": "10.9.0.8"})
@@ -52,7 +53,8 @@ class AnnotatedSeedService(CommissaireService):
 
 
 def test_seed_document_handler_gets_the_hint_and_the_annotated_one_works():
-    """The unannotated handler's caller sees the annotate-the-parameter hint; with ``host: Host`` it saves."""
+    """The unannotated handler's caller sees the annotate-the-parameter hint;
+    with ``host: Host`` it saves."""
     with TestClient() as client:
         client.register(SeedService)
         client.register(AnnotatedSeedService)
@@ -64,7 +66,8 @@ def test_seed_document_handler_gets_the_hint_and_the_annotated_one_works():
 
 
 def test_conflict_under_the_test_client():
-    """Under the in-memory TestClient too, a stale expect_version raises Conflict and update() retries."""
+    """Under the in-memory TestClient too,
+    a stale expect_version raises Conflict and update() retries."""
     with TestClient() as client:
         storage = client.storage
         storage.save(Host.new(address="h", cpus=1))
@@ -72,4 +75,5 @@ def test_conflict_under_the_test_client():
         storage.save(Host.new(address="h", cpus=2))
         with pytest.raises(Conflict):
             storage.save(host, expect_version=version)
-        assert storage.update(Host.new(address="h"), lambda h: setattr(h, "cpus", h.cpus + 1)).cpus == 3
+        updated = storage.update(Host.new(address="h"), lambda h: setattr(h, "cpus", h.cpus + 1))
+        assert updated.cpus == 3

@@ -51,7 +51,8 @@ def test_three_clients_incrementing_one_record_lose_no_update(kind, make_store_u
 
 
 def test_stale_version_raises_conflict_on_the_client(bus):
-    """A save with a version someone else already moved past raises Conflict, and keeps their write."""
+    """A save with a version someone else already moved past raises Conflict,
+    and keeps their write."""
     storage = StorageClient(bus)
     storage.save(Host.new(address="10.9.0.1", cpus=1))
     mine, version = storage.get_versioned(Host.new(address="10.9.0.1"))
@@ -75,7 +76,8 @@ def test_expect_version_0_refuses_to_overwrite(bus):
 
 
 def test_plain_save_keeps_commissaires_params_and_last_writer_wins(bus):
-    """A save with only model_type_name/model_json_data overwrites, and returns the record as before."""
+    """A save with only model_type_name/model_json_data overwrites,
+    and returns the record as before."""
     result = bus.call("storage.save", model_type_name="Host",
                       model_json_data={"address": "10.9.0.3", "cpus": 1})
     assert result["cpus"] == 1
@@ -105,15 +107,18 @@ def test_get_versioned_on_the_wire(bus):
     ({"address": "10.9.0.5"}, True, "expect_version"),
 ])
 def test_bad_expect_version_is_invalid_params(bus, data, expect, problem):
-    """expect_version with a list, negative or not an integer: InvalidParams, and nothing is saved."""
+    """expect_version with a list, negative or not an integer: InvalidParams,
+    and nothing is saved."""
     with pytest.raises(InvalidParams, match=problem):
-        bus.call("storage.save", model_type_name="Host", model_json_data=data, expect_version=expect)
+        bus.call("storage.save", model_type_name="Host", model_json_data=data,
+                 expect_version=expect)
     with pytest.raises(StorageLookupError):
         bus.call("storage.get", model_type_name="Host", model_json_data={"address": "10.9.0.5"})
 
 
 def test_update_retries_until_the_change_is_saved(bus):
-    """StorageClient.update applies a change with compare-and-set and returns the record as saved."""
+    """StorageClient.update applies a change with compare-and-set and returns the
+    record as saved."""
     storage = StorageClient(bus)
     storage.save(Host.new(address="10.9.0.6", cpus=1))
     calls = []

@@ -34,7 +34,8 @@ def _start(store_url: str, broker: str, exchange: str, queue: str) -> subprocess
 @pytest.mark.slow  # > 5 s
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_kill9_mid_batch_keeps_every_acknowledged_save(kind, make_store_url, redis_url, unique):
-    """Saves run in a loop; kill -9 of the storage service; after restart every acked save reads back."""
+    """Saves run in a loop; kill -9 of the storage service;
+    after restart every acked save reads back."""
     store_url = make_store_url(kind)
     exchange, queue = f"test-{unique}", f"storage-{unique}"
     acked: dict[str, Host] = {}

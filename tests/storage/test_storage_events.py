@@ -1,4 +1,5 @@
-"""Storage events and StorageClient without a broker: wire helpers, NotifyCallback, the service in memory."""
+"""Storage events and StorageClient without a broker: wire helpers, NotifyCallback,
+the service in memory."""
 
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ def test_event_body_round_trip_leaves_hidden_fields_out():
     """encode_event writes Commissaire's body without hidden fields; decode_event reads it back."""
     body = encode_event("updated", Cluster.new(name="c", hostset=["10.0.0.1"]))
     assert body == {"event": "updated", "class": "Cluster",
-                    "model": {"name": "c", "status": "", "network": "default", "container_manager": ""}}
+                    "model": {"name": "c", "status": "", "network": "default",
+                              "container_manager": ""}}
     event, model = decode_event(json.dumps(body).encode())
     assert event == "updated" and model == Cluster.new(name="c")
-    assert "ssh_priv_key" not in encode_event("created", HostCreds.new(address="a", ssh_priv_key="S"))["model"]
+    creds = HostCreds.new(address="a", ssh_priv_key="S")
+    assert "ssh_priv_key" not in encode_event("created", creds)["model"]
 
 
 @pytest.mark.parametrize("body", [
@@ -86,18 +89,21 @@ def client():
 
 
 def test_events_published_for_changes_only(client):
-    """created, updated and deleted are published after the write; an unchanged save publishes nothing."""
+    """created, updated and deleted are published after the write;
+    an unchanged save publishes nothing."""
     storage = StorageClient(client)
     storage.save(Host.new(address="a"))
     storage.save(Host.new(address="a"))
     storage.save(Host.new(address="a", os="fedora"))
     storage.delete(Host.new(address="a"))
-    events = [(b["event"], b["model"]["address"]) for b in client.published("notify.storage.Host.*")]
+    events = [(b["event"], b["model"]["address"])
+              for b in client.published("notify.storage.Host.*")]
     assert events == [("created", "a"), ("updated", "a"), ("deleted", "a")]
 
 
 def test_list_takes_list_or_item_name(client):
-    """storage.list takes 'Hosts' (as Commissaire sent it) or 'Host'; save refuses a list model name."""
+    """storage.list takes 'Hosts' (as Commissaire sent it) or 'Host';
+    save refuses a list model name."""
     StorageClient(client).save(Host.new(address="a"))
     assert client.call("storage.list", model_type_name="Hosts") == client.call(
         "storage.list", model_type_name="Host") == [Host.new(address="a").to_dict()]
@@ -123,10 +129,14 @@ def test_client_validates_before_sending(client):
 
 
 def test_user_models_from_named_modules(monkeypatch, tmp_path, unique):
-    """make_app imports the model modules named in $BUSAPP_STORAGE_MODELS, so their types are storable."""
+    """make_app imports the model modules named in $BUSAPP_STORAGE_MODELS,
+    so their types are storable."""
     (tmp_path / f"models_{unique}.py").write_text(
         "from busapp.models import Model, model\n"
-        f"@model(primary_key='name')\nclass Gadget{unique}(Model):\n    name: str\n    size: int = 0\n")
+        "@model(primary_key='name')\n"
+        f"class Gadget{unique}(Model):\n"
+        "    name: str\n"
+        "    size: int = 0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("BUSAPP_STORAGE_MODELS", f"models_{unique}")
     with TestClient(make_app("memory://"), storage=False) as client:

@@ -85,7 +85,8 @@ def test_save_and_get_many(bus):
     storage = StorageClient(bus)
     clusters = [Cluster.new(name="many1", hostset=["a"]), Cluster.new(name="many2")]
     assert storage.save_many(clusters) == clusters
-    assert storage.get_many([Cluster.new(name="many2"), Cluster.new(name="many1")]) == clusters[::-1]
+    wanted = [Cluster.new(name="many2"), Cluster.new(name="many1")]
+    assert storage.get_many(wanted) == clusters[::-1]
     assert storage.get_cluster("many1").hostset == ["a"]  # hidden, yet stored
     with pytest.raises(StorageLookupError, match="'nope'"):
         storage.get_many([Cluster.new(name="many1"), Cluster.new(name="nope")])
@@ -115,7 +116,8 @@ def test_invalid_data_from_the_wire(bus):
 
 
 def test_list_store_handlers(bus):
-    """list_store_handlers describes the backend and the storable model types, as Commissaire did."""
+    """list_store_handlers describes the backend and the storable model types,
+    as Commissaire did."""
     [handler] = bus.call("storage.list_store_handlers")
     assert handler["handler_type"] == "SQLiteStoreHandler"
     assert {"Host", "Cluster", "Network", "HostCreds"} <= set(handler["model_types"])
@@ -132,7 +134,8 @@ def test_restart_keeps_data(tmp_path, redis_url, exchange, unique):
 
 
 def test_events_once_per_app_with_three_workers(shared, bus, unique, events_key):
-    """With --workers 3, each created/updated/deleted event is handled once; unchanged saves send none."""
+    """With --workers 3, each created/updated/deleted event is handled once;
+    unchanged saves send none."""
     url, exchange = shared
     sub = subscriber_app(unique, url, events_key)
     with run_app(sub, url, exchange, workers=3):
@@ -210,7 +213,8 @@ def test_concurrent_saves_from_three_clients(kind, make_store_url, redis_url, ex
     assert len(events) == 300
 
 
-def test_round_trip_and_event_on_rabbitmq(tmp_path, amqp_url, redis_url, exchange, unique, events_key):
+def test_round_trip_and_event_on_rabbitmq(tmp_path, amqp_url, redis_url, exchange, unique,
+                                          events_key):
     """On RabbitMQ too, a save is stored and its event reaches a subscriber."""
     sub = subscriber_app(unique, redis_url, events_key)
     with storage_running(f"sqlite:///{tmp_path}/s.db", amqp_url, exchange, unique), \

@@ -1,4 +1,5 @@
-"""Record versions and compare-and-set saves, on every backend (memory, SQLite, PostgreSQL, Redis)."""
+"""Record versions and compare-and-set saves, on every backend
+(memory, SQLite, PostgreSQL, Redis)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def backend(store_url):
 
 
 def test_new_record_is_version_1_and_each_change_adds_one(backend):
-    """Created at version 1; every save that changes the record adds one; an unchanged save does not."""
+    """Created at version 1; every save that changes the record adds one;
+    an unchanged save does not."""
     backend.save("Host", "a", {"address": "a", "cpus": 1})
     assert backend.get_versioned("Host", "a") == ({"address": "a", "cpus": 1}, 1)
     backend.save("Host", "a", {"address": "a", "cpus": 2})
@@ -42,7 +44,8 @@ def test_save_with_the_stored_version_writes_and_moves_it_on(backend):
 
 
 def test_stale_version_is_a_conflict_and_changes_nothing(backend):
-    """expect_version older than the stored one raises Conflict naming both versions; the record stays."""
+    """expect_version older than the stored one raises Conflict naming both versions;
+    the record stays."""
     backend.save("Host", "a", {"address": "a", "cpus": 1})
     backend.save("Host", "a", {"address": "a", "cpus": 2})
     with pytest.raises(Conflict) as info:
@@ -72,7 +75,8 @@ def test_expect_version_0_creates_only_if_absent(backend):
 
 
 def test_expecting_a_version_of_a_missing_record_is_a_conflict(backend):
-    """expect_version=3 on a key with no record: Conflict reporting version 0, and nothing is created."""
+    """expect_version=3 on a key with no record: Conflict reporting version 0,
+    and nothing is created."""
     with pytest.raises(Conflict) as info:
         backend.save("Host", "a", {"address": "a"}, expect_version=3)
     assert info.value.data["version"] == 0
@@ -80,7 +84,8 @@ def test_expecting_a_version_of_a_missing_record_is_a_conflict(backend):
 
 
 def test_plain_save_is_last_writer_wins(backend):
-    """Without expect_version a save overwrites whatever is stored, and still moves the version on."""
+    """Without expect_version a save overwrites whatever is stored,
+    and still moves the version on."""
     backend.save("Host", "a", {"address": "a", "cpus": 1}, expect_version=0)
     backend.save("Host", "a", {"address": "a", "cpus": 2}, expect_version=1)
     assert backend.save("Host", "a", {"address": "a", "cpus": 7}) == UPDATED
@@ -156,13 +161,15 @@ def test_sqlite_table_without_version_column_is_migrated(make_store_url):
 
 
 def test_postgres_table_without_version_column_is_migrated(make_store_url, pg_url, unique):
-    """An old PostgreSQL table gains the version column on first use; its records are at version 1."""
+    """An old PostgreSQL table gains the version column on first use;
+    its records are at version 1."""
     url = make_store_url("postgres")
     table = f"t_{unique}"
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (model_type text NOT NULL, key text NOT NULL, "
                      f"data text NOT NULL, PRIMARY KEY (model_type, key))")
-        conn.execute(f"INSERT INTO {table} VALUES ('Host', 'old', %s)", (encode({"address": "old"}),))
+        conn.execute(f"INSERT INTO {table} VALUES ('Host', 'old', %s)",
+                     (encode({"address": "old"}),))
     backend = open_backend(url)
     try:
         assert backend.get_versioned("Host", "old") == ({"address": "old"}, 1)

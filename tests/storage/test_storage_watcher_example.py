@@ -24,7 +24,8 @@ def load_example():
     return module
 
 
-def wait_for_status(storage: StorageClient, address: str, status: str, deadline: float = 20.0) -> Host:
+def wait_for_status(storage: StorageClient, address: str, status: str,
+                    deadline: float = 20.0) -> Host:
     """The Host once its stored status is ``status``."""
     end = time.monotonic() + deadline
     while True:
