@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             transport.close(delete_queue=name)
         if Path(a.peers_python).exists():
             try:
-                label = f"FastStream (<={FS_REDIS_INFLIGHT} fly)" if kind == "redis" else "FastStream"
+                label = (f"FastStream (<={FS_REDIS_INFLIGHT} fly)" if kind == "redis"
+                         else "FastStream")
                 rows[label] = run_faststream(a.peers_python, kind, url, a.calls, a.repeat)
             except Exception as exc:  # noqa: BLE001 - report, and keep busapp's figures
                 rows["FastStream"] = {"skipped": f"failed: {exc}"}

@@ -532,7 +532,7 @@ def measure(server: Server, clients: int, inflight: int, duration: float, broker
         print(f"# {server.peer} {server.kind} client errors:\n{errors}", file=sys.stderr)
     count = sum(r["count"] for r in results)
     lat = sorted(x for r in results for x in r["lat"])
-    per_call = [(b - a) * 1000 / max(count, 1) for a, b in zip(before, after)]
+    per_call = [(b - a) * 1000 / max(count, 1) for a, b in zip(before, after, strict=True)]
     return {
         "calls_s": count / duration,
         "p50_ms": lat[len(lat) // 2] * 1000 if lat else float("nan"),
@@ -681,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
                      repeat=a.repeat, duration=a.duration, verbose=a.verbose)
     repeat = a.repeat or (1 if a.quick else 3)
     window = a.duration or (1.5 if a.quick else 3.0)
-    print(f"Peers, echo RPC, 64-byte JSON payload; {os.cpu_count()} CPUs; {peer_versions(a.python)}; "
+    print(f"Peers, echo RPC, 64-byte JSON payload; {os.cpu_count()} CPUs; "
+          f"{peer_versions(a.python)}; "
           f"medians of {repeat} pass(es), {window:g}s windows; FastStream access log "
           f"{'on' if os.environ.get(FS_LOG_ENV) == '1' else f'off ({FS_LOG_ENV}=1 keeps it)'}; "
           f"{time.monotonic() - started:.0f}s in all")

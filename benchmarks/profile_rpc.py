@@ -61,7 +61,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--rate", type=int, default=500, help="py-spy samples/s")
-    p.add_argument("--gil", action="store_true", help="only sample the thread holding the GIL (Python CPU)")
+    p.add_argument("--gil", action="store_true",
+                   help="only sample the thread holding the GIL (Python CPU)")
     a = p.parse_args()
     url = a.url or rpc.DEFAULT_URLS[a.broker]
     tmp = Path(tempfile.mkdtemp(prefix="busapp-prof-"))
@@ -91,7 +92,8 @@ def main() -> int:
         client.stdin.flush()
         result = client.stdout.readline()
         client.wait(20)
-        print(f"{a.impl} on {a.broker}: {len(result) and __import__('json').loads(result)['count'] / a.seconds:.0f} calls/s"
+        rate = len(result) and __import__('json').loads(result)['count'] / a.seconds
+        print(f"{a.impl} on {a.broker}: {rate:.0f} calls/s"
               " (under py-spy)")
         for who, out, spy in spies:
             spy.wait(30)

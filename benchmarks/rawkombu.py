@@ -18,7 +18,6 @@ Used only by ``benchmarks/rpc.py``.
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -62,7 +61,7 @@ def serve(url: str, exchange: str, queue: str, routing_key: str, stop: threading
         while not stop.is_set():
             try:
                 conn.drain_events(timeout=0.5)
-            except socket.timeout:
+            except TimeoutError:
                 pass
     finally:
         try:
@@ -111,7 +110,8 @@ class RawClient:
                 raise RuntimeError("reply listener did not start")
         else:
             self.queue = Queue(self.reply_queue, **_queue_kwargs(url), channel=self.channel)
-            self.consumer = Consumer(self.channel, [self.queue], on_message=self._on_inline, no_ack=True)
+            self.consumer = Consumer(self.channel, [self.queue], on_message=self._on_inline,
+                                     no_ack=True)
             self.consumer.consume()
 
     # -- one call in flight: drain in the calling thread ----------------------------
@@ -141,7 +141,7 @@ class RawClient:
             while not self._stop.is_set():
                 try:
                     conn.drain_events(timeout=0.5)
-                except socket.timeout:
+                except TimeoutError:
                     pass
         finally:
             try:

@@ -69,7 +69,8 @@ DEFAULT_URLS = {
 }
 BROKERS = ("redis", "amqp", "embedded")
 IMPLS = ("busapp", "raw")
-#: Environment variable naming the exported baseline tree a "base" server/client imports busapp from.
+#: Environment variable naming the exported baseline tree a "base" server/client imports
+#: busapp from.
 BASE_ENV = "BUSAPP_BENCH_BASE"
 #: Sibling benchmark scripts owned by others, run with --with-extra when present.
 EXTRA_SECTIONS = ("storage.py", "testclient.py")
@@ -393,7 +394,8 @@ class Server:
                     return
                 except OSError:  # socket.timeout: not consuming yet
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"{self.impl} server not answering: {self.log_tail()}") from None
+                        raise RuntimeError(
+                            f"{self.impl} server not answering: {self.log_tail()}") from None
         finally:
             client.close()
 
@@ -514,7 +516,7 @@ def measure(server: Server, clients: int, threads: int, duration: float,
                 proc.wait()
     count = sum(r["count"] for r in results)
     lat = sorted(x for r in results for x in r["lat"])
-    per_call = [(b - a) * 1000 / max(count, 1) for a, b in zip(before, after)]
+    per_call = [(b - a) * 1000 / max(count, 1) for a, b in zip(before, after, strict=True)]
     return {
         "calls_s": count / duration,
         "p50_ms": lat[len(lat) // 2] * 1000 if lat else float("nan"),
@@ -606,7 +608,8 @@ def bench_broker(kind: str, url: str, args: argparse.Namespace, logdir: Path,
                         out.setdefault((label, impl), []).append(fig)
                         if args.verbose:
                             print(f"# {kind} {label} {impl} pass {rep + 1}: "
-                                  + ", ".join(f"{k}={v:.3g}" for k, v in fig.items()), file=sys.stderr)
+                                  + ", ".join(f"{k}={v:.3g}" for k, v in fig.items()),
+                                  file=sys.stderr)
         except BaseException:
             for server in servers.values():
                 server.stop()
@@ -666,7 +669,8 @@ def render(results: dict[str, dict[tuple[str, str], dict[str, float]]]) -> str:
                 lines.append(row)
             errors = [figures[(label, i)]["errors"] if (label, i) in figures else 0 for i in impls]
             if any(errors):
-                lines.append(f"| {kind} | {label} | errors | " + " | ".join(f"{e:.0f}" for e in errors)
+                lines.append(f"| {kind} | {label} | errors | "
+                             + " | ".join(f"{e:.0f}" for e in errors)
                              + " | |" + (" |" if "base" in impls else ""))
     return "\n".join(lines)
 
@@ -751,21 +755,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     p = argparse.ArgumentParser(
         prog="benchmarks/rpc.py",
-        description="busapp echo RPC vs raw kombu on each broker: latency, throughput, CPU per call.",
+        description="busapp echo RPC vs raw kombu on each broker: latency, throughput, "
+                    "CPU per call.",
     )
     p.add_argument("--broker", choices=(*BROKERS, "all"), default="all",
-                   help="which broker(s) to measure (default all; embedded is skipped if unavailable)")
+                   help="which broker(s) to measure (default all; embedded is skipped if "
+                        "unavailable)")
     p.add_argument("--quick", action="store_true",
                    help="smoke check: one short pass per figure (< 1 minute in all)")
     p.add_argument("--redis-url", default=DEFAULT_URLS["redis"])
     p.add_argument("--amqp-url", default=DEFAULT_URLS["amqp"])
     p.add_argument("--workers", default="1,2", help="server worker counts to measure (default 1,2)")
-    p.add_argument("--clients", type=int, default=4, help="client processes for throughput (default 4)")
+    p.add_argument("--clients", type=int, default=4,
+                   help="client processes for throughput (default 4)")
     p.add_argument("--inflight", type=int, default=8,
                    help="calls in flight per client process, one thread each (default 8)")
     p.add_argument("--duration", type=float, default=None, help="seconds per throughput window (3)")
-    p.add_argument("--seq-duration", type=float, default=None, help="seconds per sequential window (3)")
-    p.add_argument("--repeat", type=int, default=None, help="passes per figure; medians are shown (3)")
+    p.add_argument("--seq-duration", type=float, default=None,
+                   help="seconds per sequential window (3)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="passes per figure; medians are shown (3)")
     p.add_argument("--warmup", type=int, default=20, help="untimed calls per client first (20)")
     p.add_argument("--with-extra", action="store_true",
                    help=f"also run {', '.join(EXTRA_SECTIONS)} from benchmarks/ if present")
@@ -860,7 +869,8 @@ def main(argv: list[str] | None = None) -> int:
             script = HERE / name
             if script.exists():
                 print(f"\n## {name}\n", flush=True)
-                subprocess.run([sys.executable, str(script)] + (["--quick"] if quick else []), check=False)
+                subprocess.run([sys.executable, str(script)] + (["--quick"] if quick else []),
+                               check=False)
     return 0 if results else 1
 
 

@@ -78,7 +78,8 @@ def run_one(kind: str, broker: str, saves: int, workers: int, clients: int) -> t
             rates = []
             for n in (1, clients):
                 out = _ctx.Queue()
-                procs = [_ctx.Process(target=_saver, args=(broker, exchange, f"{n}-{c}", saves // n, out))
+                procs = [_ctx.Process(target=_saver,
+                                      args=(broker, exchange, f"{n}-{c}", saves // n, out))
                          for c in range(n)]
                 for p in procs:
                     p.start()
@@ -101,10 +102,12 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgres,redis,memory")
     parser.add_argument("--saves", type=int, default=1500)
     parser.add_argument("--workers", type=int, default=1, help="storage service processes")
-    parser.add_argument("--clients", type=int, default=3, help="client processes in the concurrent run")
+    parser.add_argument("--clients", type=int, default=3,
+                        help="client processes in the concurrent run")
     args = parser.parse_args()
     configure_logging("warning")
-    print(f"broker {args.broker.split('@')[-1]}, {args.saves} saves, storage workers={args.workers}")
+    print(f"broker {args.broker.split('@')[-1]}, {args.saves} saves, "
+          f"storage workers={args.workers}")
     print(f"{'backend':<10} {'1 client saves/s':>17} {f'{args.clients} clients saves/s':>18}")
     for kind in args.backends.split(","):
         seq, conc = run_one(kind, args.broker, args.saves, args.workers, args.clients)

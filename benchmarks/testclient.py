@@ -103,7 +103,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
     parser.add_argument("--passes", type=int, default=3, help="median of this many")
     parser.add_argument("--threads", type=int, default=4, help="for the threaded row")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval (CPython's default is 0.005 s): how often "
+                             "threads hand the GIL over")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        import sys
+
+        sys.setswitchinterval(args.switch_interval)
     client = make_app().test_client()
     print(f"{'case':<32} {'calls/s':>10} {'calls/CPU-s':>12} {'CPU us/call':>12}")
     for name, func in cases(client).items():

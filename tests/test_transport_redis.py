@@ -347,3 +347,30 @@ def test_a_lost_watch_connection_is_replaced(redis_url, names):
         producer.publish({"n": 3}, exchange=exchange, routing_key="svc.a", serializer="json")
         assert channel._watcher is not None and channel._watcher is not lost
         assert [m.payload for m in _all(other, names["q2"])] == [{"n": 2}, {"n": 3}]
+
+
+def test_a_message_for_several_queues_is_pushed_in_one_pipeline(redis_url, names, monkeypatch):
+    """An event bound for two queues: one pipeline pushes it to both, each entry as kombu's
+    own channel would push it, and a plain-kombu consumer reads it from each."""
+    import json
+
+    with connect(redis_url) as ours, Connection(redis_url) as theirs:
+        _bind(theirs, names["exchange"], names["q1"], "orders.*")
+        _bind(theirs, names["exchange"], names["q2"], "*.placed")
+        channel = ours.default_channel
+        pipelines, puts = [], []
+        client = channel._create_client()  # the one every command of the channel uses
+        real_pipeline = client.pipeline
+        monkeypatch.setattr(client, "pipeline",
+                            lambda *a, **k: pipelines.append(real_pipeline(*a, **k))
+                            or pipelines[-1])
+        monkeypatch.setattr(channel, "_put", lambda *a, **k: puts.append(a))
+        Producer(channel).publish({"n": 1}, exchange=_topic(ours, names["exchange"]),
+                                  routing_key="orders.placed", serializer="json")
+        assert puts == [] and len(pipelines) == 1
+        raw = theirs.default_channel.client
+        first, second = raw.lrange(names["q1"], 0, -1), raw.lrange(names["q2"], 0, -1)
+        assert len(first) == 1 and first == second
+        assert json.loads(first[0])["properties"]["delivery_info"]["routing_key"] == "orders.placed"
+        assert [m.payload for m in _get(theirs, names["q1"])] == [{"n": 1}]
+        assert [m.payload for m in _get(theirs, names["q2"])] == [{"n": 1}]

@@ -237,7 +237,6 @@ class MemoryTransport:
         #: Deliveries handed over and not yet settled, by tag, oldest first.
         self._unacked: dict[int, Delivery] = {}
         self._tags = itertools.count()
-        self._lock = threading.Lock()
         self._prefetch = 0
 
     def connect(self) -> None:
@@ -316,15 +315,15 @@ class MemoryTransport:
 
     def _hold(self, delivery: Delivery) -> None:
         """Track ``delivery`` as unacked here until its ``ack()`` or ``requeue()``."""
-        with self._lock:
-            tag = next(self._tags)
-            self._unacked[tag] = delivery
+        # No lock: next() on a count and a dict's item set and pop are each atomic, and
+        # threads calling at once (the test client's) would queue on one here.
+        tag = next(self._tags)
+        self._unacked[tag] = delivery
         delivery._ack = functools.partial(self._settle, tag, False)
         delivery._requeue = functools.partial(self._settle, tag, True)
 
     def _settle(self, tag: int, requeue: bool) -> None:
-        with self._lock:
-            delivery = self._unacked.pop(tag, None)
+        delivery = self._unacked.pop(tag, None)
         if delivery is None:
             return  # settled before, or given back when this transport closed
         if requeue:
@@ -358,9 +357,12 @@ class MemoryTransport:
     def close(self, *, delete_queue: str | None = None) -> None:
         """Stop consuming and give back what was not acked (as a closed connection does)."""
         self.cancel()
-        with self._lock:
-            unacked = list(self._unacked.values())
-            self._unacked.clear()
+        unacked = []
+        while self._unacked:  # item by item: a delivery held meanwhile is not lost
+            try:
+                unacked.append(self._unacked.pop(next(iter(self._unacked))))
+            except (KeyError, StopIteration, RuntimeError):  # settled or held meanwhile
+                continue
         self.broker.give_back(unacked)
         self.broker.leases.drop(self)  # as a broker does a closed connection's
         if delete_queue:

@@ -10,10 +10,13 @@ from typing import Any
 
 import structlog
 from kombu.transport import redis as _kredis
+from kombu.transport.virtual import exchange as _vexchange
+from kombu.utils import json as _kjson
 
 from busapp.errors import NoRouteError
 from busapp.transport._bindings import BindingIndex
 from busapp.transport._tracking import BindingWatcher
+from busapp.transport.base import is_reply_queue, topic_matches
 
 _log = structlog.get_logger("busapp.transport")
 
@@ -32,6 +35,30 @@ class _Table:
         self.generation = generation
         self.expires = expires        # without a watcher: current until then (the TTL, or 0)
         self.just_read = True
+
+
+class TopicExchange(_vexchange.TopicExchange):
+    """kombu's topic exchange, matching as RabbitMQ does: ``#`` is zero or more words.
+
+    Matched on each binding's key, not on the regex the binding process stored with it, so
+    a binding routes the same whichever kombu made it. A message for several queues (an
+    event, a storage event) is pushed to all of them in one pipeline (one round trip), not
+    with a round trip per queue as kombu does; what each queue gets is the same.
+    """
+
+    def lookup(self, table: Any, exchange: str, routing_key: str, default: Any) -> set[str]:
+        return {queue for key, _, queue in table if topic_matches(key, routing_key)}
+
+    def deliver(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> None:
+        channel = self.channel
+        queues = [q for q in channel._lookup(exchange, routing_key)
+                  if q and q != channel.deadletter_queue]
+        if len(queues) > 1 and "_publish_batch" not in kwargs \
+                and not any(is_reply_queue(q) for q in queues):
+            channel._put_many(queues, message)
+            return
+        for queue in queues:
+            channel._put(queue, message, **kwargs)
 
 
 class BindingRouting(_kredis.Channel):
@@ -161,6 +188,20 @@ class BindingRouting(_kredis.Channel):
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         self._tables.clear()
         super()._delete(queue, *args, **kwargs)
+
+    def _put_many(self, queues: list[str], message: Any) -> None:
+        """What kombu's ``_put`` does for each of ``queues`` (``LPUSH``, and ``PEXPIRE`` for a
+        queue with an expiry), in one pipeline."""
+        payload = _kjson.dumps(message)
+        priority = self._get_message_priority(message, reverse=False)
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            for queue in queues:
+                pipe.lpush(self._q_for_pri(queue, priority), payload)
+                if self._expires and queue in self._expires:
+                    for step in self.priority_steps:
+                        pipe.pexpire(self._q_for_pri(queue, step), self._expires[queue])
+            pipe.execute()
 
     def forget_bindings(self, exchange: str) -> None:
         """Have the next publish on ``exchange`` see every binding change made before it.
