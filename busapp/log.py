@@ -226,6 +226,17 @@ def quiet() -> bool:
     return not structlog.is_configured()
 
 
+def writes_info() -> bool:
+    """False when an info line would be dropped: nobody configured structlog (see
+    :func:`quiet`), or its wrapper class filters below warning (as ``configure_logging``'s
+    does at ``warning``); then a per-message line is not worth building. A wrapper class
+    that cannot say (no ``is_enabled_for``) counts as writing it."""
+    if not structlog.is_configured():
+        return False
+    enabled = getattr(structlog.get_config()["wrapper_class"], "is_enabled_for", None)
+    return enabled is None or bool(enabled(None, logging.INFO))
+
+
 def configure_logging(level: str | int = "info", fmt: str | None = None, *,
                       file: TextIO | None = None, cache: bool = False) -> None:
     """Configure structlog (and route stdlib logging, e.g. kombu's, through it).

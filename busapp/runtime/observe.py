@@ -19,7 +19,7 @@ import structlog
 from busapp.core import tracing
 from busapp.core.pipeline import DEAD, REQUEUE, IncomingMessage, Outcome
 from busapp.errors import InternalError, RemoteProcedureCallError
-from busapp.log import quiet
+from busapp.log import quiet, writes_info
 
 log = structlog.get_logger("busapp.worker")
 
@@ -123,6 +123,9 @@ class Observer:
                   code: int | None, seconds: float, result: Outcome | None = None) -> None:
         """One line per message: info, or warning when it failed and nobody was answered
         (a notification, an event): that line is the only trace of the failure."""
+        unanswered_failure = code is not None and response is None
+        if not unanswered_failure and not writes_info():
+            return  # an info line, below the configured level: not worth building
         outcome = "error" if code is not None else "ok" if response or scope.kind != "call" \
             else "notification"
         if scope.kind == "event":
@@ -130,7 +133,7 @@ class Observer:
         fields = {"method": scope.label, "outcome": outcome, "code": code,
                   "duration_ms": round(seconds * 1000, 3), "pid": _PID[0],
                   "correlation_id": message.correlation_id}
-        write = log.warning if code is not None and response is None else log.info
+        write = log.warning if unanswered_failure else log.info
         write("call" if scope.kind == "call" else scope.kind.replace("_", " "), **fields)
 
     def redelivered(self, dead: bool) -> None:
