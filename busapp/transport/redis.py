@@ -346,7 +346,7 @@ class SentinelChannel(Channel, _kredis.SentinelChannel):
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         if (is_reply_queue(queue) or "_publish_batch" in kwargs or not self.replica_wait_ms
-                or (self._expires and queue in self._expires)):
+                or queue in (getattr(self, "_expires", None) or {})):
             return super()._put(queue, message, **kwargs)
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         with self.conn_or_acquire() as client:

@@ -194,13 +194,14 @@ class BindingRouting(_kredis.Channel):
         queue with an expiry), in one pipeline."""
         payload = _kjson.dumps(message)
         priority = self._get_message_priority(message, reverse=False)
+        expires = getattr(self, "_expires", None) or {}  # kombu 5.3 keeps no queue expiry
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             for queue in queues:
                 pipe.lpush(self._q_for_pri(queue, priority), payload)
-                if self._expires and queue in self._expires:
+                if queue in expires:
                     for step in self.priority_steps:
-                        pipe.pexpire(self._q_for_pri(queue, step), self._expires[queue])
+                        pipe.pexpire(self._q_for_pri(queue, step), expires[queue])
             pipe.execute()
 
     def forget_bindings(self, exchange: str) -> None:
