@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # rpc
+
+import rpc  # noqa: E402
 KEYS = {"ops": "flood-secret-0123456789"}
 
 BUSAPP_WORKER = """
@@ -85,16 +88,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def export(ref: str, tmp: Path) -> Path:
-    """``busapp/`` as of git ``ref``, in a directory of its own."""
-    dest = tmp / "baseline"
-    dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", ref, "busapp"],
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 class Server:
@@ -240,7 +233,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        baseline = export(args.baseline, tmp) if args.baseline else None
+        baseline = rpc.export_baseline(args.baseline, tmp) if args.baseline else None
         servers = ["busapp"] + (["base"] if baseline else []) + ["raw"]
         for kind in kinds:
             url = args.redis_url if kind == "redis" else args.amqp_url

@@ -31,6 +31,10 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # rpc
+
+import rpc  # noqa: E402
+
 CALLS = 20000
 
 
@@ -66,16 +70,6 @@ def measure(calls: int) -> float:
     for i in range(calls):
         one(10**6 + i)
     return (time.process_time() - started) / calls * 1e6
-
-
-def export(ref: str, tmp: Path) -> Path:
-    """``busapp/`` as of git ``ref``, in a directory of its own."""
-    dest = tmp / "baseline"
-    dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", ref, "busapp"],
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 def one_pass(tree: Path, calls: int) -> float:
@@ -118,7 +112,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this tree": HERE.parent}
         if args.baseline:
-            trees = {f"baseline ({args.baseline})": export(args.baseline, Path(tmp)), **trees}
+            baseline = rpc.export_baseline(args.baseline, Path(tmp))
+            trees = {f"baseline ({args.baseline})": baseline, **trees}
         passes: dict[str, list[float]] = {name: [] for name in trees}
         for _ in range(args.repeat):
             for name, tree in trees.items():
