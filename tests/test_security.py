@@ -428,17 +428,25 @@ def test_original_routing_key_needs_the_signed_count():
     assert republished_key(delivery(claimed)) == "billing"
 
 
+def request_with_a_plain_reply_to(client, routing_key: str, method: str,
+                                  request_id: str) -> list:
+    """Publish an unsigned request for ``method`` whose reply_to is a plain queue ("loot"),
+    not a reply queue; the list of what reaches that queue (filled as it arrives)."""
+    raw = MemoryTransport(client.url)
+    loot: list = []
+    raw.declare_queue("", QueueSpec("loot"))
+    raw.consume("loot", loot.append, no_ack=True)
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method}).encode()
+    raw.publish(body, exchange=client.exchange, routing_key=routing_key,
+                reply_to="loot", correlation_id=request_id)
+    return loot
+
+
 def test_refused_request_is_never_answered_outside_reply_queues(keyring):
     """An unsigned request naming a plain queue as reply_to gets its refusal nowhere."""
     app, _ = make_app(keyring)
     with app.test_client() as client:
-        raw = MemoryTransport(client.url)
-        loot: list = []
-        raw.declare_queue("", QueueSpec("loot"))
-        raw.consume("loot", loot.append, no_ack=True)
-        body = json.dumps({"jsonrpc": "2.0", "id": "c1", "method": "quote"}).encode()
-        raw.publish(body, exchange=client.exchange, routing_key="billing.quote",
-                    reply_to="loot", correlation_id="c1")
+        loot = request_with_a_plain_reply_to(client, "billing.quote", "quote", "c1")
     assert loot == []
 
 
@@ -538,13 +546,7 @@ def test_control_answer_goes_only_to_a_reply_queue():
     """A status request naming a plain queue as reply_to is answered by nobody."""
     app, _ = make_app(None)
     with app.test_client() as client:
-        raw = MemoryTransport(client.url)
-        loot: list = []
-        raw.declare_queue("", QueueSpec("loot"))
-        raw.consume("loot", loot.append, no_ack=True)
-        body = json.dumps({"jsonrpc": "2.0", "id": "s1", "method": "rpc.status"}).encode()
-        raw.publish(body, exchange=client.exchange, routing_key="busapp-control",
-                    reply_to="loot", correlation_id="s1")
+        loot = request_with_a_plain_reply_to(client, "busapp-control", "rpc.status", "s1")
     assert loot == []
 
 

@@ -207,6 +207,18 @@ def test_several_threads_share_one_client(client: TestClient) -> None:
     assert results == {n: [n + i for i in range(50)] for n in range(8)}
 
 
+def call_from_two_threads(client: TestClient, method: str) -> list[object]:
+    """Call ``method`` from two threads at once; their results."""
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(client.call(method)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_calls_from_two_threads_are_handled_at_once() -> None:
     """Two threads' calls run their handlers side by side (neither waits for the other's call)."""
     app = App("meet")
@@ -217,15 +229,7 @@ def test_calls_from_two_threads_are_handled_at_once() -> None:
         both.wait()  # returns only once the other thread's handler is here too
         return True
 
-    client = app.test_client()
-    results: list[object] = []
-    threads = [threading.Thread(target=lambda: results.append(client.call("meet")))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [True, True]
+    assert call_from_two_threads(app.test_client(), "meet") == [True, True]
 
 
 def test_nested_calls_from_two_threads_are_handled_at_once() -> None:
@@ -242,15 +246,7 @@ def test_nested_calls_from_two_threads_are_handled_at_once() -> None:
     def outer(bus) -> bool:
         return bus.call("nest.inner")
 
-    client = app.test_client()
-    results: list[object] = []
-    threads = [threading.Thread(target=lambda: results.append(client.call("outer")))
-               for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [True, True]
+    assert call_from_two_threads(app.test_client(), "outer") == [True, True]
 
 
 def test_one_thread_calls_through_client_bus(client: TestClient) -> None:
