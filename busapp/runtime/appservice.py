@@ -13,7 +13,6 @@ from busapp.entrypoints.timer import TimerEntrypoint
 from busapp.names import default_exchange
 from busapp.runtime.service import CommissaireService, IncomingMessage
 from busapp.storage.events import decode_event
-from busapp.transport.base import QueueSpec
 
 if TYPE_CHECKING:
     from busapp.core.app import App
@@ -55,12 +54,10 @@ class AppService(CommissaireService):
         return found
 
     @classmethod
-    def leftovers(cls, queue: str, pid: int) -> tuple[list[QueueSpec], str | None]:
-        """What worker ``pid`` (of this host) of the App serving ``queue`` holds on its own:
-        its broadcast queues, and the name of the App's timer lease (None: no timers)."""
-        own = [handler_queue(entry, queue, pid=pid, number=0)
-               for entry in cls.app.event_handlers if entry.broadcast]
-        return own, names.timer_lease(queue) if cls.app.timers else None
+    def timer_lease(cls, queue: str) -> str | None:
+        """The name of the timer lease of the App serving ``queue`` (None: it has no timers).
+        A worker's own queues need no list here: Redis's registry knows them."""
+        return names.timer_lease(queue) if cls.app.timers else None
 
     def _collect_handlers(self) -> dict[str, Any]:
         # From the App itself: a method may be named like a hook (``startup``).

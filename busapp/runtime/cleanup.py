@@ -31,7 +31,7 @@ import attrs
 
 from busapp import config, names
 from busapp.log import get_logger
-from busapp.transport import is_redis, open_transport
+from busapp.transport import is_memory, is_redis, open_transport
 from busapp.transport.base import QueueSpec
 
 log = get_logger("busapp.manager")
@@ -67,13 +67,12 @@ def is_own_queue(spec: QueueSpec) -> bool:
 def as_own_queue(spec: QueueSpec, url: str) -> QueueSpec:
     """``spec`` as a worker declares its own queue on ``url``: with an ``x-expires`` on
     RabbitMQ (Redis has no such thing: the :class:`Keeper` stands in for it)."""
-    if spec.expires is not None or is_redis(url) or url.startswith("memory://"):
+    if spec.expires is not None or is_redis(url) or is_memory(url):
         return spec
     return attrs.evolve(spec, expires=own_queue_ttl())
 
 
-def release_dead_worker(url: str, exchange: str, service: str, pid: int,
-                        lease: str | None = None) -> None:
+def release_dead_worker(url: str, pid: int, lease: str | None = None) -> None:
     """Give back what worker ``pid`` (dead, on this host) held unacked, delete its own
     queues, and end its hold of ``lease`` (its App's timer lease); a failure is logged (what
     is left comes back, or is swept, later)."""
@@ -86,7 +85,7 @@ def release_dead_worker(url: str, exchange: str, service: str, pid: int,
         if count:
             log.info("dead worker's unacked messages requeued", pid=pid, messages=count)
     try:
-        forget_worker(url, exchange, service, pid)
+        forget_worker(url, pid)
     except Exception as exc:  # noqa: BLE001 - swept once its heartbeat expires
         log.warning("could not delete the dead worker's own queues; they are removed once "
                     "its heartbeat expires", pid=pid, error=str(exc))
@@ -106,7 +105,7 @@ def _requeue_unacked(url: str, pid: int) -> int:
     return requeue_dead_worker(url, pid)
 
 
-def forget_worker(url: str, exchange: str, service: str, pid: int) -> None:
+def forget_worker(url: str, pid: int) -> None:
     """Delete the own queues (with their bindings) of worker process ``pid`` of this host,
     killed before it could (Redis; RabbitMQ deletes them itself)."""
     if is_redis(url):

@@ -43,7 +43,6 @@ import structlog
 
 from busapp.entrypoints import control
 from busapp.errors import BrokerUnavailable, CrashLoopError
-from busapp.names import default_exchange
 from busapp.runtime.cleanup import mark_worker_process, release_dead_worker, sweep
 from busapp.transport import mask_url, preload, resolve_broker_url
 from busapp.core.options import WorkerOptions
@@ -287,14 +286,14 @@ class ServiceManager:
             return str(app.name)
         return str((self.qkwargs or [{}])[0].get("name") or self.service_class.__name__.lower())
 
-    def _leftovers(self, pid: int) -> tuple[list[Any], str | None]:
-        """Worker ``pid``'s own queues and its App's timer lease (an App's service class says
-        which; another service has none)."""
-        leftovers = getattr(self.service_class, "leftovers", None)
+    def _timer_lease(self) -> str | None:
+        """The timer lease of this service's App (an App's service class says which; another
+        service has none)."""
+        timer_lease = getattr(self.service_class, "timer_lease", None)
         queue = (self.qkwargs or [{}])[0].get("name")
-        if leftovers is None or not queue:
-            return [], None
-        return leftovers(str(queue), pid)
+        if timer_lease is None or not queue:
+            return None
+        return timer_lease(str(queue))
 
     def stop(self) -> None:
         """Ask :meth:`run` to stop all workers gracefully and return."""
@@ -346,9 +345,7 @@ class ServiceManager:
             self._check_crash_loop(slot, code)
         spec = slot.owner
         if spec.connection_url is not None:  # resolved by run() before any worker starts
-            _, lease = spec._leftovers(slot.process.pid)  # its own queues: Redis knows them
-            release_dead_worker(spec.connection_url, default_exchange(spec.exchange_name),
-                                spec._service_name(), slot.process.pid, lease)
+            release_dead_worker(spec.connection_url, slot.process.pid, spec._timer_lease())
         if self.metrics is not None:
             self.metrics.worker_died(slot.process.pid, spec._service_name())
         delay = restart_delay(slot, now, bool(ready_at), self.max_backoff,
@@ -381,15 +378,14 @@ class ServiceManager:
 
     def _stop_all(self) -> None:
         live = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
+        grace = max(spec.graceful_timeout for spec in self.managed)
         if live:
-            log.info("stopping workers", workers=len(live),
-                     graceful_timeout=max(spec.graceful_timeout for spec in self.managed))
+            log.info("stopping workers", workers=len(live), graceful_timeout=grace)
         for process in live:
             try:
                 os.kill(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        grace = max(spec.graceful_timeout for spec in self.managed)
         deadline = time.monotonic() + grace + 5
         for process in live:
             process.join(max(0.0, deadline - time.monotonic()))
