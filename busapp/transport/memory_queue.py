@@ -60,7 +60,14 @@ class _Waiting:
         So a publish returns after its message was handled even when another thread's pump
         took it first. A message still in the backlog (no consumer yet) is not waited for.
         """
-        if self.done or self in queue.waiting:
+        if self.done:
+            return
+        waiting = queue.waiting
+        try:  # still in the backlog: most often its last item (a scan of it is O(backlog))
+            last = waiting[-1]
+        except IndexError:
+            last = None
+        if last is self or self in waiting:
             return
         self.event = event = threading.Event()  # before reading done: see finish
         if not self.done:
