@@ -33,7 +33,7 @@ import redis
 
 from busapp import names
 from busapp.errors import BrokerUnavailable
-from busapp.transport.kombu_transport import kombu_connection
+from busapp.transport.kombu_setup import _release, kombu_connection
 
 #: Removes owners' queues: their bindings on each exchange and their lists, then the owner.
 #: ARGV: mode (exact/process/sweep), owner or prefix, owners key, owned prefix, alive prefix,
@@ -94,8 +94,7 @@ class OwnedQueues:
                 # prefix themselves (kombu's prefixing client prefixes a script's first key).
                 client = redis.Redis(connection_pool=channel.pool)
             except Exception:
-                with contextlib.suppress(Exception):
-                    conn.release()
+                _release(conn)
                 raise
             prefix = channel.global_keyprefix or ""
             permanent = getattr(channel, "keyprefix_binding_permanent", None)
@@ -148,5 +147,4 @@ class OwnedQueues:
     def close(self) -> None:
         conn, self._conn, self._client, self._script = self._conn, None, None, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.release()
+            _release(conn)

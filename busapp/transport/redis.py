@@ -64,8 +64,6 @@ __all__ = ["Channel", "Connection", "QoS", "SentinelChannel", "SentinelTransport
 _log = structlog.get_logger("busapp.transport")
 
 
-#: Set of the delivery tags a worker holds unacked: ``OWNER_PREFIX + <owner>``.
-OWNER_PREFIX = names.UNACKED_OWNER_PREFIX
 
 
 class QoS(_kredis.QoS):
@@ -159,7 +157,7 @@ class Channel(BindingRouting):
     @property
     def owner_key(self) -> str | None:
         owner = self.unacked_owner
-        return None if owner is None else OWNER_PREFIX + owner
+        return None if owner is None else names.UNACKED_OWNER_PREFIX + owner
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._sync_client: Any = None
@@ -309,9 +307,6 @@ def _orphan(key: str, item: bytes) -> None:
         _ORPHANS.append((key, item))
 
 
-# -- delayed messages and leases --------------------------------------------------------
-
-
 class Transport(_kredis.Transport):
     """kombu's Redis transport using busapp's :class:`Channel`."""
 
@@ -346,7 +341,7 @@ class SentinelChannel(Channel, _kredis.SentinelChannel):
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         if (is_reply_queue(queue) or "_publish_batch" in kwargs or not self.replica_wait_ms
-                or queue in (getattr(self, "_expires", None) or {})):
+                or queue in self.queue_expiry):
             return super()._put(queue, message, **kwargs)
         key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
         with self.conn_or_acquire() as client:

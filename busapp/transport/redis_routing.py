@@ -189,12 +189,17 @@ class BindingRouting(_kredis.Channel):
         self._tables.clear()
         super()._delete(queue, *args, **kwargs)
 
+    @property
+    def queue_expiry(self) -> dict[str, int]:
+        """The expiry (ms) of each queue declared with one (kombu 5.3 keeps none)."""
+        return getattr(self, "_expires", None) or {}
+
     def _put_many(self, queues: list[str], message: Any) -> None:
         """What kombu's ``_put`` does for each of ``queues`` (``LPUSH``, and ``PEXPIRE`` for a
         queue with an expiry), in one pipeline."""
         payload = _kjson.dumps(message)
         priority = self._get_message_priority(message, reverse=False)
-        expires = getattr(self, "_expires", None) or {}  # kombu 5.3 keeps no queue expiry
+        expires = self.queue_expiry
         with self.conn_or_acquire() as client:
             pipe = client.pipeline(transaction=False)
             for queue in queues:
