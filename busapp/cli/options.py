@@ -12,7 +12,7 @@ import click
 from busapp import config
 from busapp.errors import BrokerUnavailable, MissingExtra
 from busapp.log import FORMATS, LEVELS
-from busapp.security import Keyring, parse_key
+from busapp.security import KEY_ENV, Keyring, parse_key
 from busapp.transport import check_broker_url, resolve_broker_url
 from busapp.transport.embedded import find_embedded_broker
 
@@ -20,7 +20,6 @@ BROKER_ENV = config.env_name("broker_url")
 EXCHANGE_ENV = config.env_name("exchange")
 STORE_ENV = config.env_name("store_url")
 KEYRING_ENV = config.env_name("keyring")
-KEY_ENV = config.env_name("key")
 
 
 class CallFailed(click.ClickException):

@@ -150,13 +150,14 @@ def _unstructure_set(value: Any) -> list[Any]:
 converter.register_unstructure_hook_func(_is_set, _unstructure_set)
 
 
-def _is_union(tp: Any) -> bool:
+def is_union(tp: Any) -> bool:
+    """True for ``X | Y`` and ``typing.Union[X, Y]``."""
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
 
 def _is_wide_union(tp: Any) -> bool:
     """A union that is more than ``X | None`` (which cattrs already handles)."""
-    return _is_union(tp) and len([a for a in typing.get_args(tp) if a is not type(None)]) > 1
+    return is_union(tp) and len([a for a in typing.get_args(tp) if a is not type(None)]) > 1
 
 
 def _rank(tp: Any) -> int:
@@ -179,7 +180,7 @@ def _union_hook(tp: Any) -> Callable[[Any, Any], Any]:
     shown = " | ".join(type_name(m) for m in members)
 
     def structure(value: Any, _type: Any) -> Any:
-        failures = []
+        failures: list[tuple[Any, Exception]] = []
         for member in members:
             if member is type(None):
                 if value is None:
@@ -188,8 +189,9 @@ def _union_hook(tp: Any) -> Callable[[Any, Any], Any]:
             try:
                 return converter.structure(value, member)
             except Exception as exc:  # noqa: BLE001 - try the next member
-                failures.append(f"not {type_name(member)} ({describe_error(exc)})")
-        raise TypeError(f"expected {shown}, got {value!r}: " + "; ".join(failures))
+                failures.append((member, exc))  # described only if no member takes it
+        raise TypeError(f"expected {shown}, got {value!r}: " + "; ".join(
+            f"not {type_name(member)} ({describe_error(exc)})" for member, exc in failures))
 
     return structure
 
@@ -224,7 +226,7 @@ def problem(hint: Any, _seen: frozenset[type] = frozenset()) -> str | None:
     if origin is typing.Literal:
         wrong = [a for a in args if not isinstance(a, (*_SCALARS, enum.Enum))]
         return f"Literal value {wrong[0]!r} is not a JSON value" if wrong else None
-    if _is_union(hint) or origin is tuple or origin in _ARRAYS:
+    if is_union(hint) or origin is tuple or origin in _ARRAYS:
         return _first(problem(a, _seen) for a in args if a is not Ellipsis)
     if origin in _MAPPINGS:
         if args and problem(args[0], _seen) is None and _json_text(args[0]):

@@ -7,12 +7,11 @@ itself, fails at its first call otherwise, with an error that blames the caller.
 from __future__ import annotations
 
 import inspect
-import types
 import typing
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from busapp.core.convert import problem, type_name
+from busapp.core.convert import is_union, problem, type_name
 from busapp.core.pipeline import IncomingMessage
 
 #: What busapp puts in each injected parameter, and the name to suggest instead when a
@@ -88,8 +87,7 @@ def _is_wire_type(hint: Any) -> bool:
     """True if ``hint`` is a type busapp would take from the wire (not the injected object)."""
     if hint is Any or hint is object:
         return False
-    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) \
-        else (hint,)
+    members = typing.get_args(hint) if is_union(hint) else (hint,)
     if any(isinstance(m, type) and issubclass(m, IncomingMessage) for m in members):
         return False
     return problem(hint) is None

@@ -25,7 +25,6 @@ import enum
 import inspect
 import json
 import pathlib
-import types
 import typing
 import uuid
 from typing import Any
@@ -35,6 +34,7 @@ import attrs
 from busapp import errors
 from busapp._version import __version__
 from busapp.core.app import App
+from busapp.core.convert import is_union
 
 #: attrs.Factory is a class at run time (typed as an overloaded function).
 _FACTORY: type = attrs.Factory  # type: ignore[assignment]
@@ -85,7 +85,7 @@ class Schemas:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if origin is typing.Annotated:
             return self.of(args[0])
-        if origin in (typing.Union, types.UnionType):
+        if is_union(hint):
             return {"anyOf": [self.of(a) for a in args]}
         if origin is typing.Literal:
             return {"enum": list(args)}
