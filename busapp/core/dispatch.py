@@ -73,9 +73,9 @@ class Handler:
 
     @classmethod
     def from_function(cls, func: Callable[..., Any], name: str, *, message_first: bool = False,
-                      injectables: Collection[str] = INJECTABLE) -> Self:
+                      injectables: Collection[str] = INJECTABLE, checked: bool = False) -> Self:
         """Inspect ``func`` once and build its Handler (``injectables``: names never taken
-        from the wire)."""
+        from the wire; ``checked``: its annotations were checked when it was registered)."""
         sig = inspect.signature(func)
         target = inspect.unwrap(func)
         hints, unresolved = resolve_hints(target)
@@ -96,7 +96,8 @@ class Handler:
             and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
         ]
         kinds = {p.kind for p in params}
-        check_annotations(name, wire_params, inject, hints, unresolved, returns)
+        if not checked:
+            check_annotations(name, wire_params, inject, hints, unresolved, returns)
         return cls(
             func=func,
             name=name,

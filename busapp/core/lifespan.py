@@ -92,9 +92,11 @@ class Lifespan:
         names = self.resolver.dependencies
         if not chain and not any(p.name in names for p in _all_params(handler)):
             return handler  # nothing to add: the plain path
-        # What the handler injects stays injected (an event handler's ``event``).
+        # What the handler injects stays injected (an event handler's ``event``). Its wire
+        # params are a subset of those checked at registration: no need to check them again.
         wrapped = AppHandler.from_function(handler.func, handler.name,
-                                           injectables=(*INJECTABLE, *handler.inject, *names))
+                                           injectables=(*INJECTABLE, *handler.inject, *names),
+                                           checked=True)
         wrapped.lifespan, wrapped.kind, wrapped.middlewares = self, kind, chain
         wrapped.time_limit, wrapped.allow = handler.time_limit, handler.allow  # set at registration
         wrapped.deps = tuple(n for n in wrapped.inject if n in names)
