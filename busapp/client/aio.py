@@ -29,13 +29,11 @@ import asyncio
 import contextlib
 import queue
 import threading
-import time
 from typing import Any
 
 import structlog
 
-from busapp import names
-from busapp.client.replies import reply_key
+from busapp.client.replies import deadline_headers, reply_key
 from busapp.client.sync import DEFAULT_TIMEOUT, WAIT_HOOK, Client
 from busapp.core import events, tracing, wire
 from busapp.errors import BrokerUnavailable, RequestTimeout
@@ -115,9 +113,7 @@ class AsyncClient:
             async with scope:
                 await self._ready(loop)
                 body = wire.encode_request(method, params, request_id)
-                # As Client's: a worker drops it unrun once its caller stopped waiting (and,
-                # signed, a captured copy cannot be re-sent with a later deadline).
-                headers = {names.DEADLINE_HEADER: round(time.time() + timeout, 3)}
+                headers = deadline_headers(timeout)
                 await self._send(loop, future, body, routing_key, reply_to=self.reply_queue,
                                  correlation_id=request_id, expiration=timeout, headers=headers)
                 return await future

@@ -64,6 +64,12 @@ def check_size(payload: bytes, routing_key: str, limit: int | None) -> None:
             f"both (Client(max_body=...))", size=len(payload), limit=limit)
 
 
+def deadline_headers(timeout: float) -> dict[str, Any]:
+    """A request's headers with its deadline: a worker drops it unrun once its caller stopped
+    waiting (and, signed, a captured copy cannot be re-sent with a later deadline)."""
+    return {names.DEADLINE_HEADER: round(time.time() + timeout, 3)}
+
+
 def not_sent(exc: BrokerUnavailable) -> BrokerUnavailable:
     """``exc``, raised before the request was published: it says so (``sent`` False)."""
     error = BrokerUnavailable(f"{exc}; the request was not sent")
@@ -226,10 +232,15 @@ class _ReplyQueue:
             assert self._transport is not None
             self._transport.drain(0)
         except BrokerUnavailable as exc:
-            log.warning("reply connection lost; reconnecting", error=str(exc))
-            self.client.fault_at = time.monotonic()
-            self._drop(delete_queue=False)
-            self._connect()
+            self._reconnect(exc)
+
+    def _reconnect(self, exc: BrokerUnavailable) -> None:
+        """The reply connection broke (``exc``): open it again (a Redis reply list survives;
+        a RabbitMQ one is declared anew)."""
+        log.warning("reply connection lost; reconnecting", error=str(exc))
+        self.client.fault_at = time.monotonic()
+        self._drop(delete_queue=False)
+        self._connect()
 
     def _connect(self) -> None:
         if self.ready:
@@ -251,7 +262,7 @@ class _ReplyQueue:
                 log.warning("reply queue lost with its cluster node; using a new one",
                             queue=self.client.reply_queue)
                 self._lose(self.client.reply_queue)
-                self.client.reply_queue = f"{names.REPLY_PREFIX}{uuid.uuid4().hex}"
+                self.client.reply_queue = names.reply_queue(uuid.uuid4().hex)
             except BaseException:
                 transport.close()
                 raise
@@ -300,15 +311,12 @@ class _ReplyQueue:
                 assert self._transport is not None
                 self._transport.drain(min(remaining, self.DRAIN_SLICE))
             except BrokerUnavailable as exc:
-                self._drop(delete_queue=False)
                 if reconnected:
+                    self._drop(delete_queue=False)
                     raise
-                # The broker may have come back since the last call: reconnect once, and
-                # wait on (a Redis reply list survives; a RabbitMQ one is declared anew).
-                log.warning("reply connection lost; reconnecting", error=str(exc))
-                self.client.fault_at = time.monotonic()
+                # The broker may have come back since the last call: reconnect once, wait on.
                 reconnected = True
-                self._connect()
+                self._reconnect(exc)
 
     def hand_over_if_idle(self, leaving: _Pending) -> None:
         """Wake a waiting caller to lead if nobody drains now."""

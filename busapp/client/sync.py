@@ -30,6 +30,7 @@ from busapp.client.replies import (
     _ReplyQueue,
     accept_reply,
     check_size,
+    deadline_headers,
     not_sent,
     publish_routed,
     reply_key,
@@ -138,7 +139,7 @@ class Client(BusMixin):
         """Fresh state: at construction, and in a forked child (the parent's sockets are not
         ours)."""
         self._forks = _FORKS[0]
-        self.reply_queue = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
+        self.reply_queue = names.reply_queue(uuid.uuid4().hex)
         old = getattr(self, "_finalizer", None)
         if old is not None:
             old.detach()  # the parent's connections are the parent's to close
@@ -184,7 +185,7 @@ class Client(BusMixin):
         hook = WAIT_HOOK.hook
         if hook is not None:
             hook.waiting()
-        headers = {names.DEADLINE_HEADER: round(time.time() + timeout, 3)}
+        headers = deadline_headers(timeout)
         span = tracing.outgoing(routing_key, request_id, headers)  # request id, traceparent
         try:
             self._replies.ensure(deadline)
