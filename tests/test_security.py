@@ -188,6 +188,25 @@ def test_service_calling_another_signs_with_its_own_key(keyring):
         assert client.call("ask") == "caller"
 
 
+def test_service_on_another_exchange_signs_with_the_key_named_like_its_app(keyring):
+    """On a non-default exchange the service's queue is ``<exchange>.<app>``; its calls are
+    still signed with the key named like the App, under the test client as in a worker."""
+    app = App("caller", exchange="prod", keyring=Keyring({**SECRETS, "caller": "c-1"}))
+    other = App("billing", exchange="prod", keyring=Keyring({**SECRETS, "caller": "c-1"}))
+
+    @app.method()
+    def ask(bus) -> str:
+        return bus.call("billing.who")
+
+    @other.method()
+    def who(message) -> str:
+        return message.caller
+
+    with app.test_client(key="ops") as client:
+        client.register(other)
+        assert client.call("ask") == "caller"
+
+
 def test_forged_reply_never_reaches_a_keyed_caller(keyring):
     """A reply pushed into the caller's reply queue unsigned (or signed with another key) is
     dropped; the genuine signed reply is what the call returns."""

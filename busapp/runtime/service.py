@@ -165,12 +165,16 @@ class CommissaireService(BusMixin):
         """What a worker of this service consumes: its RPC methods and its subscriptions."""
         return rpc_entrypoints(self, options)
 
+    def key_name(self) -> str:
+        """The name of the keyring key this service signs its own messages with: its App's
+        (its queue may carry the exchange: ``prod.billing``), else the service's."""
+        return getattr(getattr(self, "app", None), "name", None) or self.service_name
+
     def _bus_client(self) -> Client:
         with self._client_lock:
             if self._client is None:
-                # Named like the App (its queue may carry the exchange: ``prod.billing``).
-                name = getattr(getattr(self, "app", None), "name", None) or self.service_name
-                own = self.keyring.own_key(name) if self.keyring is not None else None
+                keyring = self.keyring
+                own = keyring.own_key(self.key_name()) if keyring is not None else None
                 self._client = Client(self.connection_url, self.exchange_name, key=own)
             return self._client
 

@@ -240,7 +240,7 @@ class Worker:
         return pipeline.serve(entrypoint.tick(time.time(), key=self._tick_key()))
 
     def _tick_key(self) -> Any:
-        return None if self.gate is None else self.gate.own_key(self.service.service_name)
+        return None if self.gate is None else self.gate.own_key(self.service.key_name())
 
     def _lifespan(self, phase: str) -> None:
         """Run the service's start-up or shut-down hooks (``_lifespan_start``/``_stop``), if any."""

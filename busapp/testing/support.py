@@ -87,7 +87,7 @@ class ClientPerThread:
         if client is None:
             service = self._service
             keyring = service.keyring  # the key CommissaireService._bus_client signs with
-            own = keyring.own_key(service.service_name) if keyring is not None else None
+            own = keyring.own_key(service.key_name()) if keyring is not None else None
             client = self._local.client = Client(service.connection_url, service.exchange_name,
                                                  key=own)
             with self._lock:
