@@ -44,7 +44,7 @@ class BindingIndex:
     """
 
     def __init__(self, rows: Iterable[tuple[Any, ...]], topic: bool) -> None:
-        self.rows = list(rows)
+        rows = list(rows)
         self.topic = topic
         #: binding key without wildcards -> queues
         self._exact: dict[str, set[str]] = {}
@@ -54,13 +54,10 @@ class BindingIndex:
         self._hash: dict[str | None, list[_Candidate]] = {}
         self._memo: dict[str, frozenset[str]] = {}
         #: a row that is not ``(key, regex, queue)``: kombu's lookup fails on it, so does ours
-        self._malformed = any(len(row) != 3 for row in self.rows)
-        if not self._malformed:
-            for key, _, queue in self.rows:
+        self._malformed = next((row for row in rows if len(row) != 3), None)
+        if self._malformed is None:
+            for key, _, queue in rows:
                 self._add(key, queue)
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def _add(self, key: str, queue: str) -> None:
         words = key.split(".")
@@ -84,9 +81,9 @@ class BindingIndex:
         return found
 
     def _find(self, routing_key: str) -> set[str]:
-        if self._malformed:
+        if self._malformed is not None:
             raise ValueError("a binding of this exchange is not (key, regex, queue): "
-                             f"{next(r for r in self.rows if len(r) != 3)!r}")
+                             f"{self._malformed!r}")
         found = set(self._exact.get(routing_key, ()))
         if not self.topic:
             return found
