@@ -24,13 +24,12 @@ _log = structlog.get_logger("busapp.transport")
 class _Table:
     """An exchange's bindings as a channel read them, and what says they are still current."""
 
-    __slots__ = ("index", "members", "topic", "watcher", "generation", "expires", "just_read")
+    __slots__ = ("index", "members", "watcher", "generation", "expires", "just_read")
 
-    def __init__(self, index: BindingIndex, members: frozenset[bytes], topic: bool,
+    def __init__(self, index: BindingIndex, members: frozenset[bytes],
                  watcher: BindingWatcher | None, generation: Any, expires: float) -> None:
-        self.index = index
+        self.index = index  # its topic says how the table was read (topic or direct)
         self.members = members  # as SMEMBERS returned them
-        self.topic = topic
         self.watcher = watcher        # current while its generation of the key is unchanged
         self.generation = generation
         self.expires = expires        # without a watcher: current until then (the TTL, or 0)
@@ -103,7 +102,7 @@ class BindingRouting(_kredis.Channel):
                 self._drop_watcher(exc)
                 watcher = None
         table = self._tables.get(exchange)
-        if table is not None and table.topic == topic:
+        if table is not None and table.index.topic == topic:
             if watcher is not None and table.watcher is watcher:
                 if table.generation == watcher.generation(self.keyprefix_queue % exchange):
                     table.just_read = False
@@ -119,12 +118,12 @@ class BindingRouting(_kredis.Channel):
         with self.conn_or_acquire() as client:  # after noting the generation
             members = frozenset(client.smembers(key))
         old = self._tables.get(exchange)
-        if old is not None and old.members == members and old.topic == topic:
+        if old is not None and old.members == members and old.index.topic == topic:
             index = old.index  # unchanged (a publish without the watch reads every time)
         else:  # the rows kombu's get_table makes of them
             rows = [tuple(_kredis.bytes_to_str(m).split(self.sep)) for m in members]
             index = BindingIndex(rows, topic)
-        table = _Table(index, members, topic, watcher, generation,
+        table = _Table(index, members, watcher, generation,
                        monotonic() + self.binding_cache_ttl)
         self._tables[exchange] = table
         return table
