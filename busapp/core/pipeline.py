@@ -77,13 +77,13 @@ def decode(delivery: Delivery, max_body: int | None) -> Any:
             content type, or not JSON.
     """
     body = delivery.body
+    limit = wire.DEFAULT_MAX_BODY if max_body is None else max_body
     unread = delivery.headers.get(names.UNREAD_HEADER)
     if unread and not body:  # the broker's worker did not read it (busapp.transport)
         raise ParseError(f"message of {unread} bytes on the broker exceeds the limit of "
-                         f"{max_body} bytes for its body (the service's max_body); it was not "
-                         f"read", data={"size": unread, "limit": max_body})
+                         f"{limit} bytes for its body (the service's max_body); it was not "
+                         f"read", data={"size": unread, "limit": limit})
     if delivery.compression:
-        limit = wire.DEFAULT_MAX_BODY if max_body is None else max_body
         body = compression.inflate(body, delivery.compression, limit)
     return wire.loads_body(body, delivery.content_type, max_body)
 
